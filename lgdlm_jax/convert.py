@@ -1,0 +1,152 @@
+"""The mapping between the reference's PyTorch state-dict names and lgdlm_jax's Flax parameters.
+
+The rule is mechanical, so it runs both ways:
+- a numeric index is joined to the module name before it: `latent_encoder.projection.0` ->
+  `latent_encoder/projection_0`, `feedforwards.1.ff.0.0` -> `feedforwards_1/ff_0_0`;
+- `mmdit.blocks.{i}.X` -> `mmdit/blocks/X` stacked along a leading block axis (the blocks are scanned);
+- leaves: a 2-D Linear `weight` [out, in] -> `kernel` [in, out]; a 1-D (LayerNorm) `weight` ->
+  `scale`; `token_embed.weight` -> `embedding`; `bias` and raw parameters keep name and shape.
+Both directions check the result against the parameter shapes the model config implies and raise
+ConversionError listing every missing, unexpected and mismatched name with both shapes.
+"""
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgdlm_jax import model as model_lib
+
+_BLOCKS_PREFIX = ('mmdit', 'blocks')
+_MERGED_INDEX = re.compile(r'_(\d+)')
+
+
+class ConversionError(ValueError):
+  """A state dict does not fit the model config; the message lists every problem."""
+
+
+def param_shapes(model_config: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Flat {flax path: shape} of the parameters a model config implies, without allocating them."""
+  model = model_lib.MultimodalMMDiT(model_config)
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  latents = jnp.zeros((1, model_config.latent_dim), jnp.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, latents)['params'])
+  return {path: tuple(leaf.shape) for path, leaf in flax.traverse_util.flatten_dict(shapes).items()}
+
+
+def _merge_indices(segments: list[str]) -> list[str]:
+  merged: list[str] = []
+  for segment in segments:
+    if segment.isdigit() and merged:
+      merged[-1] = f'{merged[-1]}_{segment}'
+    else:
+      merged.append(segment)
+  return merged
+
+
+def _torch_leaf_to_flax(module_path: list[str], leaf: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+  if leaf != 'weight':
+    return leaf, array
+  if module_path and module_path[-1] == 'token_embed':
+    return 'embedding', array
+  if array.ndim == 1:
+    return 'scale', array
+  if array.ndim == 2:
+    return 'kernel', array.T
+  return leaf, array
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Reference state dict (name -> numpy array or tensor) -> nested Flax params dict of numpy arrays.
+
+  Keys must already be free of wrapper prefixes (`module.`, `model.`, `_orig_mod.`). Arrays keep
+  their dtype.
+  """
+  expected = param_shapes(model_config)
+  n_blocks = model_config.n_blocks
+  flat: dict[tuple[str, ...], np.ndarray] = {}
+  per_block: dict[tuple[str, ...], dict[int, np.ndarray]] = {}
+  problems: list[str] = []
+  for key, value in state_dict.items():
+    array = np.asarray(value)
+    segments = key.split('.')
+    block = None
+    if segments[:2] == list(_BLOCKS_PREFIX) and len(segments) > 2 and segments[2].isdigit():
+      block = int(segments[2])
+      segments = segments[:2] + segments[3:]
+    module_path = _merge_indices(segments[:-1])
+    leaf, array = _torch_leaf_to_flax(module_path, segments[-1], array)
+    path = tuple(module_path) + (leaf,)
+    if block is None:
+      flat[path] = array
+    elif block >= n_blocks:
+      problems.append(f'unexpected key {key}: block {block} but model.n_blocks={n_blocks}')
+    else:
+      per_block.setdefault(path, {})[block] = array
+  for path, arrays in per_block.items():
+    missing_blocks = sorted(set(range(n_blocks)) - set(arrays))
+    if missing_blocks:
+      problems.append(f'missing key {_torch_key(path, missing_blocks[0])} (blocks {missing_blocks} of that parameter)')
+      continue
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) > 1:
+      problems.append(f'the blocks of {_torch_key(path)} differ in shape: {sorted(shapes)}')
+      continue
+    flat[path] = np.stack([arrays[i] for i in range(n_blocks)])
+  problems += _compare(flat, expected, describe=_describe_torch)
+  if problems:
+    raise ConversionError('state dict does not fit the model config:\n  ' + '\n  '.join(problems))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def flax_to_torch(params: Mapping[str, Any], model_config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Flax params -> the reference's state dict (name -> numpy array), the inverse of torch_to_flax."""
+  flat = {path: np.asarray(v) for path, v in flax.traverse_util.flatten_dict(dict(params)).items()}
+  problems = _compare(flat, param_shapes(model_config), describe=lambda p, s: f'{"/".join(p)} {s}')
+  if problems:
+    raise ConversionError('params do not fit the model config:\n  ' + '\n  '.join(problems))
+  state_dict: dict[str, np.ndarray] = {}
+  for path, array in flat.items():
+    if path[:2] == _BLOCKS_PREFIX:
+      for i in range(array.shape[0]):
+        state_dict[_torch_key(path, i)] = _flax_leaf_to_torch(path[-1], array[i])
+    else:
+      state_dict[_torch_key(path)] = _flax_leaf_to_torch(path[-1], array)
+  return state_dict
+
+
+def _flax_leaf_to_torch(leaf: str, array: np.ndarray) -> np.ndarray:
+  # np.array, not np.ascontiguousarray: the latter turns 0-d parameters (h_post_scale) into 1-d.
+  return np.array(array.T if leaf == 'kernel' else array, order='C')
+
+
+def _torch_key(path: tuple[str, ...], block: int | str | None = None) -> str:
+  """The reference's name of a Flax parameter path; `block` fills the block index of scanned ones."""
+  leaf = 'weight' if path[-1] in ('kernel', 'scale', 'embedding') else path[-1]
+  modules = [_MERGED_INDEX.sub(r'.\1', m) for m in path[:-1]]
+  if path[:2] == _BLOCKS_PREFIX:
+    modules = modules[:2] + [str('*' if block is None else block)] + modules[2:]
+  return '.'.join(modules + [leaf])
+
+
+def _describe_torch(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> str:
+  """A parameter in the reference's terms: its state-dict name and torch shape (per block)."""
+  shape = flax_shape[1:] if path[:2] == _BLOCKS_PREFIX else flax_shape
+  if path[-1] == 'kernel':
+    shape = shape[::-1]
+  return f'{_torch_key(path)} {tuple(shape)}'
+
+
+def _compare(flat: Mapping[tuple[str, ...], np.ndarray], expected: Mapping[tuple[str, ...], tuple[int, ...]],
+             describe) -> list[str]:
+  """Every missing, unexpected and mismatched parameter, described with its shape(s)."""
+  problems = [f'missing key {describe(p, expected[p])}' for p in expected if p not in flat]
+  problems += [f'unexpected key {describe(p, flat[p].shape)}' for p in flat if p not in expected]
+  problems += [f'shape mismatch: got {describe(p, flat[p].shape)}, the model config expects {describe(p, expected[p])}'
+               for p in flat if p in expected and flat[p].shape != expected[p]]
+  return problems

@@ -1,0 +1,176 @@
+"""The generalized MMDiT backbone of mmdit 0.3.0 for two modalities (text, latent).
+
+Blocks are applied with `nn.scan` over stacked parameters (leading axis = block index), which keeps
+compile time independent of depth. Per block and modality m (0 = text, 1 = latent):
+  attention: residual width -> adaptive LayerNorm -> joint attention -> * gamma -> residual depth
+  feed-forward: residual width -> adaptive LayerNorm -> MLP -> * gamma -> residual depth
+Submodule names follow the PyTorch state dict with each numeric index joined to its parent by '_'
+(`attn_layernorms.0.to_cond.2` -> `attn_layernorms_0/to_cond_2`); see lgdlm_jax.convert.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lgdlm_jax import hyper_connections
+from lgdlm_jax import layers
+
+NUM_MODALITIES = 2
+# mmdit's generalized MMDiT never forwards the reference config's n_heads, so attention is always
+# 8 heads of 64 dims (inner width 512) whatever the config says.
+ATTN_HEADS = 8
+ATTN_HEAD_DIM = 64
+
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class AdaptiveLayerNorm(nn.Module):
+  """LayerNorm without affine, then x * gamma + beta with [gamma, beta] = Linear(silu(cond))."""
+
+  dim: int
+  cond_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxNxH: jax.Array, silu_cond_BxC: jax.Array) -> jax.Array:
+    # The reference zero-inits the weight and sets the bias to gamma = 1, beta = 0.
+    to_cond = layers.torch_linear(
+        2 * self.dim, self.cond_dim, name='to_cond_2', dtype=self.dtype,
+        kernel_init=nn.initializers.zeros,
+        bias_init=lambda k, s, d=jnp.float32: jnp.concatenate([jnp.ones(s[0] // 2, d), jnp.zeros(s[0] // 2, d)]))
+    gamma, beta = jnp.split(to_cond(silu_cond_BxC)[:, None, :].astype(jnp.float32), 2, axis=-1)
+    return (layers.layer_norm(x_BxNxH) * gamma + beta).astype(self.dtype)
+
+
+class JointAttention(nn.Module):
+  """Softmax attention over the concatenation of all modalities' tokens (text first).
+
+  Each modality has its own qkv and output projections (no biases). Masked keys get the most
+  negative finite value, as x_transformers does; a finite value (not -inf) keeps rows finite.
+  """
+
+  dims: tuple[int, ...]
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, inputs: tuple[jax.Array, ...], key_mask_BxN: jax.Array) -> tuple[jax.Array, ...]:
+    inner = ATTN_HEADS * ATTN_HEAD_DIM
+    qkvs, lengths = [], []
+    for m, (x_BxNxH, dim) in enumerate(zip(inputs, self.dims)):
+      qkv = layers.torch_linear(3 * inner, dim, name=f'to_qkv_{m}', dtype=self.dtype, use_bias=False)(x_BxNxH)
+      # Features are laid out (qkv, heads, head_dim) in that order.
+      qkvs.append(qkv.reshape(*qkv.shape[:2], 3, ATTN_HEADS, ATTN_HEAD_DIM))
+      lengths.append(x_BxNxH.shape[1])
+    qkv_BxNx3xKxD = jnp.concatenate(qkvs, axis=1)
+    q, k, v = (qkv_BxNx3xKxD[:, :, i] for i in range(3))
+
+    logits_BxKxNxN = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    logits_BxKxNxN = logits_BxKxNxN * (ATTN_HEAD_DIM**-0.5)
+    mask_value = jnp.finfo(logits_BxKxNxN.dtype).min
+    logits_BxKxNxN = jnp.where(key_mask_BxN[:, None, None, :], logits_BxKxNxN, mask_value)
+    weights = jax.nn.softmax(logits_BxKxNxN, axis=-1).astype(self.dtype)
+    out_BxNxKxD = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    out_BxNxI = out_BxNxKxD.reshape(*out_BxNxKxD.shape[:2], inner)
+
+    outputs, start = [], 0
+    for m, (length, dim) in enumerate(zip(lengths, self.dims)):
+      to_out = layers.torch_linear(dim, inner, name=f'to_out_{m}', dtype=self.dtype, use_bias=False)
+      outputs.append(to_out(out_BxNxI[:, start:start + length]))
+      start += length
+    return tuple(outputs)
+
+
+class FeedForward(nn.Module):
+  """x_transformers.FeedForward(dim): Linear(dim, 4 dim) -> exact GELU -> Linear(4 dim, dim)."""
+
+  dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    hidden = layers.torch_linear(4 * self.dim, self.dim, name='ff_0_0', dtype=self.dtype)(x)
+    return layers.torch_linear(self.dim, 4 * self.dim, name='ff_2', dtype=self.dtype)(layers.gelu(hidden))
+
+
+class MMDiTBlock(nn.Module):
+  """One generalized MMDiT block; called by nn.scan with carry = the two modalities' streams."""
+
+  dim: int
+  cond_dim: int
+  num_streams: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, streams: tuple[jax.Array, jax.Array], silu_cond_BxC: jax.Array,
+               key_mask_BxN: jax.Array) -> tuple[tuple[jax.Array, jax.Array], None]:
+    dims = (self.dim,) * NUM_MODALITIES
+    # One Linear gives the post-branch gammas of attention and feed-forward for every modality;
+    # the reference initialises it to weight 0, bias 1.
+    gammas = layers.torch_linear(
+        2 * sum(dims), self.cond_dim, name='to_post_branch_gammas_2', dtype=self.dtype,
+        kernel_init=nn.initializers.zeros, bias_init=nn.initializers.ones)(silu_cond_BxC)[:, None, :]
+    attn_gammas, ff_gammas = jnp.split(gammas, 2, axis=-1)
+    attn_gammas = jnp.split(attn_gammas, NUM_MODALITIES, axis=-1)
+    ff_gammas = jnp.split(ff_gammas, NUM_MODALITIES, axis=-1)
+
+    def residuals(kind: str) -> list[nn.Module]:
+      return [hyper_connections.residual_function(self.num_streams, self.dim, f'{kind}_residual_fns_{m}')
+              for m in range(NUM_MODALITIES)]
+
+    # Attention sub-layer.
+    attn_residuals = residuals('attn')
+    branch_inputs, states = zip(*(res.width(s) for res, s in zip(attn_residuals, streams)))
+    normed = [AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'attn_layernorms_{m}')(x, silu_cond_BxC)
+              for m, x in enumerate(branch_inputs)]
+    attended = JointAttention(dims, self.dtype, name='joint_attn')(tuple(normed), key_mask_BxN)
+    streams = tuple(res.depth(out * g, st)
+                    for res, out, g, st in zip(attn_residuals, attended, attn_gammas, states))
+
+    # Feed-forward sub-layer.
+    ff_residuals = residuals('ff')
+    branch_inputs, states = zip(*(res.width(s) for res, s in zip(ff_residuals, streams)))
+    outs = []
+    for m, x in enumerate(branch_inputs):
+      x = AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'ff_layernorms_{m}')(x, silu_cond_BxC)
+      outs.append(FeedForward(self.dim, self.dtype, name=f'feedforwards_{m}')(x))
+    streams = tuple(res.depth(out * g, st) for res, out, g, st in zip(ff_residuals, outs, ff_gammas, states))
+    return streams, None
+
+
+class MMDiT(nn.Module):
+  """Depth x MMDiTBlock over R residual streams, then stream sum and per-modality RMSNorm."""
+
+  depth: int
+  dim: int
+  cond_dim: int
+  num_streams: int
+  dtype: Any
+  remat_policy: str = 'none'
+
+  @nn.compact
+  def __call__(self, text_BxSxH: jax.Array, latent_BxLxH: jax.Array, cond_BxC: jax.Array,
+               key_mask_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'model.remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}')
+    block_cls = MMDiTBlock
+    if self.remat_policy != 'none':
+      block_cls = nn.remat(MMDiTBlock, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
+    blocks = nn.scan(
+        block_cls,
+        variable_axes={'params': 0},
+        split_rngs={'params': True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=self.depth,
+    )(self.dim, self.cond_dim, self.num_streams, self.dtype, name='blocks')
+
+    streams = tuple(hyper_connections.expand_streams(x.astype(self.dtype), self.num_streams)
+                    for x in (text_BxSxH, latent_BxLxH))
+    streams, _ = blocks(streams, nn.silu(cond_BxC), key_mask_BxN)
+    return tuple(layers.RMSNorm(name=f'norms_{m}')(hyper_connections.reduce_streams(s, self.num_streams))
+                 for m, s in enumerate(streams))

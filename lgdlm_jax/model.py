@@ -1,0 +1,188 @@
+"""MultimodalMMDiT: the LGDLM text <-> latent diffusion transformer in Flax (SPEC.md section 1).
+
+    model = MultimodalMMDiT(config.model)
+    params = model.init(key, tokens_BxS, latents_BxD, t_text_B, t_latent_B)['params']
+    text_logits_BxSxV, latent_pred_Bx1xD = model.apply({'params': params}, tokens_BxS, latents_BxD,
+                                                       t_text_B, t_latent_B, attention_mask=mask_BxS)
+
+Parameters are float32; `model.dtype` ('float32' or 'bfloat16') sets the compute dtype. Norms,
+softmax and the hyper-connection mixing run in float32. Outputs are returned in float32.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lgdlm_jax import layers
+from lgdlm_jax import mmdit
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+TIMESTEP_FREQUENCY_DIM = 256
+_POSITIVE_INT_KEYS = ('vocab_size', 'hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'latent_dim',
+                      'num_residual_streams')
+
+
+def validate_model_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first model.* key whose value cannot build a model."""
+  for key in _POSITIVE_INT_KEYS:
+    if key not in config:
+      raise ValueError(f'model.{key} is missing from the model config')
+    value = config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f'model.{key}={value!r}; expected a positive integer')
+  cluster_size = config.get('cluster_size', 0)
+  if not isinstance(cluster_size, int) or cluster_size < 0:
+    raise ValueError(f'model.cluster_size={cluster_size!r}; expected an integer >= 0')
+  dropout = config.get('dropout', 0.0)
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f'model.dropout={dropout!r}; expected a value in [0, 1)')
+  dtype = config.get('dtype', 'float32')
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'model.dtype={dtype!r}; expected one of {sorted(COMPUTE_DTYPES)}')
+  remat_policy = config.get('remat_policy', 'none')
+  if remat_policy not in mmdit.REMAT_POLICIES:
+    raise ValueError(f'model.remat_policy={remat_policy!r}; expected one of {sorted(mmdit.REMAT_POLICIES)}')
+
+
+def timestep_features(t_B: jax.Array, dim: int = TIMESTEP_FREQUENCY_DIM, max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal features [cos(t f), sin(t f)] with f_i = exp(-ln(max_period) i / (dim/2)).
+
+  t is used as given (in [0, 1], not scaled to 1000), as in the reference.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t_B.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimestepEmbedder(nn.Module):
+  """Sinusoidal features -> Linear(256, C) -> SiLU -> Linear(C, C)."""
+
+  cond_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, t_B: jax.Array) -> jax.Array:
+    x = layers.torch_linear(self.cond_dim, TIMESTEP_FREQUENCY_DIM, name='mlp_0', dtype=self.dtype)(timestep_features(t_B))
+    return layers.torch_linear(self.cond_dim, self.cond_dim, name='mlp_2', dtype=self.dtype)(nn.silu(x))
+
+
+class MultimodalConditioning(nn.Module):
+  """c = combine(concat[silu(text_emb(t_text)), silu(latent_emb(t_latent))])."""
+
+  cond_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, text_t_B: jax.Array, latent_t_B: jax.Array) -> jax.Array:
+    c = self.cond_dim
+    text_emb = TimestepEmbedder(c, self.dtype, name='text_sigma_map')(text_t_B)
+    latent_emb = TimestepEmbedder(c, self.dtype, name='latent_sigma_map')(latent_t_B)
+    x = jnp.concatenate([nn.silu(text_emb), nn.silu(latent_emb)], axis=-1)
+    x = layers.torch_linear(4 * c, 2 * c, name='combine_0', dtype=self.dtype)(x)
+    return layers.torch_linear(c, 4 * c, name='combine_2', dtype=self.dtype)(nn.silu(x))
+
+
+class TextEncoder(nn.Module):
+  """Token embedding plus a learned position embedding sliced to the sequence length."""
+
+  vocab_size: int
+  hidden_size: int
+  max_seq_len: int
+
+  @nn.compact
+  def __call__(self, tokens_BxS: jax.Array) -> jax.Array:
+    # torch.nn.Embedding initialises from N(0, 1).
+    embed = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=nn.initializers.normal(1.0),
+                     param_dtype=jnp.float32, name='token_embed')
+    position_1xLxH = self.param('position_embed', layers.normal_002, (1, self.max_seq_len, self.hidden_size))
+    return embed(tokens_BxS) + position_1xLxH[:, :tokens_BxS.shape[1]]
+
+
+class LatentEncoder(nn.Module):
+  """Linear(D, 2H) -> LayerNorm(2H) -> exact GELU -> Linear(2H, H), plus a position embedding."""
+
+  hidden_size: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, latents_BxLxD: jax.Array) -> jax.Array:
+    h = self.hidden_size
+    x = layers.torch_linear(2 * h, latents_BxLxD.shape[-1], name='projection_0', dtype=self.dtype)(latents_BxLxD)
+    x = layers.gelu(layers.LayerNorm(self.dtype, name='projection_1')(x))
+    x = layers.torch_linear(h, 2 * h, name='projection_3', dtype=self.dtype)(x)
+    position_1x1xH = self.param('position_embed', layers.normal_002, (1, 1, h))
+    return x + position_1x1xH
+
+
+def as_one_latent_token(latents: jax.Array) -> jax.Array:
+  """[B,D] -> [B,1,D]; [B,K,D] -> mean over K -> [B,1,D] (the model uses one latent token)."""
+  if latents.ndim == 2:
+    return latents[:, None, :]
+  if latents.ndim == 3:
+    return jnp.mean(latents, axis=1, keepdims=True) if latents.shape[1] > 1 else latents
+  raise ValueError(f'latents must be [B,D], [B,1,D] or [B,K,D]; got shape {latents.shape}')
+
+
+class MultimodalMMDiT(nn.Module):
+  """Text tokens + one latent token through a two-modality MMDiT conditioned on both timesteps."""
+
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(
+      self,
+      text_tokens: jax.Array,
+      latents: jax.Array,
+      text_timesteps: jax.Array | None = None,
+      latent_timesteps: jax.Array | None = None,
+      attention_mask: jax.Array | None = None,
+      deterministic: bool = True,
+  ) -> tuple[jax.Array, ...]:
+    cfg = self.config
+    validate_model_config(cfg)
+    dtype = COMPUTE_DTYPES[cfg.get('dtype', 'float32')]
+    h, c = cfg.hidden_size, cfg.cond_dim
+    batch, seq_len = text_tokens.shape
+    if seq_len > cfg.max_seq_len:
+      raise ValueError(f'text_tokens has sequence length {seq_len} > model.max_seq_len={cfg.max_seq_len}')
+    latents_Bx1xD = as_one_latent_token(latents)
+    if latents_Bx1xD.shape[0] != batch or latents_Bx1xD.shape[-1] != cfg.latent_dim:
+      raise ValueError(f'latents shape {latents.shape} does not fit batch {batch} and '
+                       f'model.latent_dim={cfg.latent_dim}')
+    zeros_B = jnp.zeros((batch,), jnp.float32)
+    text_t_B = zeros_B if text_timesteps is None else jnp.broadcast_to(text_timesteps, (batch,))
+    latent_t_B = zeros_B if latent_timesteps is None else jnp.broadcast_to(latent_timesteps, (batch,))
+    text_mask_BxS = (jnp.ones((batch, seq_len), bool) if attention_mask is None
+                     else attention_mask.astype(bool))
+    if text_mask_BxS.shape != (batch, seq_len):
+      raise ValueError(f'attention_mask shape {attention_mask.shape} != text_tokens shape {text_tokens.shape}')
+
+    text_BxSxH = TextEncoder(cfg.vocab_size, h, cfg.max_seq_len, name='text_encoder')(text_tokens)
+    latent_Bx1xH = LatentEncoder(h, dtype, name='latent_encoder')(latents_Bx1xD.astype(jnp.float32))
+    cond_BxC = MultimodalConditioning(c, dtype, name='conditioning')(text_t_B, latent_t_B)
+
+    # The latent token is never masked, so no query row is ever fully masked.
+    key_mask_BxN = jnp.concatenate([text_mask_BxS, jnp.ones((batch, 1), bool)], axis=1)
+    text_out, latent_out = mmdit.MMDiT(
+        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, cfg.get('remat_policy', 'none'), name='mmdit',
+    )(text_BxSxH, latent_Bx1xH, cond_BxC, key_mask_BxN)
+
+    text_logits = self._text_head('text_head', text_out, dtype)
+    latent_pred = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)(latent_out)
+    latent_pred = nn.Dropout(cfg.get('dropout', 0.0))(layers.gelu(latent_pred), deterministic=deterministic)
+    latent_pred = layers.torch_linear(cfg.latent_dim, 2 * h, name='latent_head_3', dtype=dtype,
+                                      kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)(latent_pred)
+    outputs = (text_logits, latent_pred.astype(jnp.float32))
+    if cfg.get('cluster_size', 0) > 0:
+      outputs += (self._text_head('text_head_clusters', text_out, dtype),)
+    return outputs
+
+  def _text_head(self, name: str, text_out_BxSxH: jax.Array, dtype: Any) -> jax.Array:
+    head = layers.torch_linear(self.config.vocab_size, self.config.hidden_size, name=name, dtype=dtype,
+                               kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)
+    return head(text_out_BxSxH).astype(jnp.float32)

@@ -1,0 +1,72 @@
+"""The state-dict mapping: exact round trips and errors that name the offending key and shapes."""
+
+import numpy as np
+import pytest
+
+from lgdlm_jax import convert
+from tests import model_test
+
+
+@pytest.mark.parametrize('streams,cluster', [(1, 0), (2, 3), (4, 0)])
+def test_round_trip_torch_flax_torch_is_exact(streams, cluster):
+  cfg = model_test.tiny_config(num_residual_streams=streams, cluster_size=cluster)
+  torch_model, params = model_test.build_pair(cfg, seed=streams)
+  state = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+  back = convert.flax_to_torch(params, cfg)
+  assert sorted(back) == sorted(state)
+  for key, value in state.items():
+    assert back[key].shape == value.shape, key
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+
+
+def test_stacked_blocks_and_transposed_kernels():
+  cfg = model_test.tiny_config(n_blocks=3)
+  torch_model, params = model_test.build_pair(cfg)
+  weight = torch_model.mmdit.blocks[2].feedforwards[1].ff[0][0].weight.detach().numpy()
+  np.testing.assert_array_equal(params['mmdit']['blocks']['feedforwards_1']['ff_0_0']['kernel'][2], weight.T)
+  embed = torch_model.text_encoder.token_embed.weight.detach().numpy()
+  np.testing.assert_array_equal(params['text_encoder']['token_embed']['embedding'], embed)
+
+
+def _state(cfg):
+  torch_model, _ = model_test.build_pair(cfg, perturb=False)
+  return {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+
+
+def test_missing_key_is_named():
+  cfg = model_test.tiny_config()
+  state = _state(cfg)
+  del state['mmdit.blocks.1.joint_attn.to_qkv.0.weight']
+  with pytest.raises(convert.ConversionError, match=r'missing key mmdit\.blocks\.1\.joint_attn\.to_qkv\.0\.weight'):
+    convert.torch_to_flax(state, cfg)
+
+
+def test_unexpected_key_is_named():
+  cfg = model_test.tiny_config()
+  state = _state(cfg)
+  state['text_head_clusters.weight'] = np.zeros((cfg.vocab_size, cfg.hidden_size), np.float32)
+  with pytest.raises(convert.ConversionError, match=r'unexpected key text_head_clusters\.weight'):
+    convert.torch_to_flax(state, cfg)
+
+
+def test_extra_block_is_named():
+  cfg = model_test.tiny_config(n_blocks=2)
+  state = _state(model_test.tiny_config(n_blocks=3))
+  with pytest.raises(convert.ConversionError, match=r'block 2 but model.n_blocks=2'):
+    convert.torch_to_flax(state, cfg)
+
+
+def test_shape_mismatch_names_both_shapes_in_torch_terms():
+  cfg = model_test.tiny_config()
+  state = _state(model_test.tiny_config(latent_dim=12))
+  with pytest.raises(convert.ConversionError,
+                     match=r'latent_encoder\.projection\.0\.weight \(128, 12\).*expects '
+                           r'latent_encoder\.projection\.0\.weight \(128, 8\)'):
+    convert.torch_to_flax(state, cfg)
+
+
+def test_flax_to_torch_rejects_params_of_another_config():
+  cfg = model_test.tiny_config()
+  _, params = model_test.build_pair(model_test.tiny_config(hidden_size=32))
+  with pytest.raises(convert.ConversionError, match='shape mismatch'):
+    convert.flax_to_torch(params, cfg)
