@@ -1,89 +1,12 @@
-"""Smoke config: the reference's `mmdit_cycle_vae.yaml` sizes (H=256, 2 blocks, S=128, D=32, V=8192, R=2).
+"""Smoke config: the reference's `mmdit_cycle_vae.yaml` sizes (H=256, 2 blocks, C=256, S=128, D=32, V=8192, R=2).
 
 Use: python -m lgdlm_jax.main --config configs/smoke.py --config.training.num_train_steps=20
 """
 
 import ml_collections
 
+from lgdlm_jax import default_config
+
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-
-  config.model = ml_collections.ConfigDict(dict(
-      vocab_size=8192,
-      hidden_size=256,
-      n_blocks=2,
-      cond_dim=256,
-      max_seq_len=128,
-      latent_dim=32,
-      num_residual_streams=2,
-      cluster_size=0,
-      dropout=0.0,
-      # Compute dtype of matmuls; parameters stay float32. 'bfloat16' on accelerators.
-      dtype='float32',
-      # Rematerialisation of each MMDiT block in the backward pass: 'none', 'full' or 'dots'.
-      remat_policy='none',
-      # Latent diffusion (the reference keeps these in its model section too).
-      latent_timesteps=1000,
-      latent_beta_schedule='cosine',
-      latent_parameterization='epsilon',
-  ))
-
-  config.data = ml_collections.ConfigDict(dict(
-      # Empty directories mean synthetic data.
-      token_dir='',
-      latent_dir='',
-      data_dir='',
-      val_ratio=0.05,
-      max_samples=0,  # 0 = all
-      skip_bad_files=False,
-  ))
-
-  config.training = ml_collections.ConfigDict(dict(
-      seed=42,
-      train_batch_size=2,
-      eval_batch_size=2,
-      num_train_steps=10,
-      gradient_accumulation_steps=1,
-      lr_schedule='constant',
-      warmup_steps=0,
-      max_consecutive_nonfinite=5,
-      log_every=1,
-      eval_every=0,
-      save_every=0,
-      keep_checkpoints=3,
-  ))
-
-  config.loss = ml_collections.ConfigDict(dict(
-      latent_loss_weight=0.1,
-      latent_t_mode='random',  # random | full
-      cycle_text_weight=1.0,
-      cycle_text_warmup_steps=0,
-      cycle_text_ramp_steps=0,
-      cycle_latent_weight=0.0,
-      cycle_latent_warmup_steps=0,
-      cycle_latent_ramp_steps=0,
-      cycle_latent_sampling='argmax',  # argmax | categorical
-      cycle_latent_t_min=0.0,
-      cycle_latent_t_max=0.98,
-      cycle_stop_grad_latent=True,
-  ))
-
-  config.optimizer = ml_collections.ConfigDict(dict(
-      name='adamw',
-      lr=1e-4,
-      weight_decay=0.01,
-      beta1=0.9,
-      beta2=0.95,
-      eps=1e-8,
-      grad_clip_norm=1.0,
-  ))
-
-  config.tokenizer = ml_collections.ConfigDict(dict(
-      vocab_size=8192,
-      mask_token_id=103,
-      pad_token_id=0,
-  ))
-
-  config.debug = ml_collections.ConfigDict(dict(check_finite=False))
-  return config
+  return default_config.default_config()

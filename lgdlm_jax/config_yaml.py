@@ -1,7 +1,7 @@
 """Reads the reference's YAML configs (cycle_vae_impl/configs/*.yaml) into our config schema.
 
-A convenience on top of the Python configs: the result starts from configs/smoke.py's
-get_config(), and every reference key either lands on one of our keys or is reported as ignored;
+A convenience on top of the Python configs: the result starts from
+lgdlm_jax.default_config.default_config(), and every reference key either lands on one of our keys or is reported as ignored;
 none is dropped silently. `overrides` are the reference's `--override a.b=c` strings, values read
 with yaml.safe_load. They may name reference keys (applied to the YAML before mapping, so
 `training.dtype=bf16` works as in the reference) or keys that only our schema has
@@ -9,14 +9,14 @@ with yaml.safe_load. They may name reference keys (applied to the YAML before ma
 """
 
 from collections.abc import Callable, Iterable
-import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
 from absl import logging
 import ml_collections
 import yaml
+
+from lgdlm_jax import default_config
 
 # Reference keys read unchanged into the same key of ours.
 _SAME_KEYS = (
@@ -53,26 +53,13 @@ _UNUSED_KEYS = frozenset((
     'logging.run_name', 'logging.log_dir',
     'tokenizer.path', 'tokenizer.local_files_only',
 ))
-# Where the reference's own default for an ABSENT key differs from smoke.py's value.
+# Where the reference's own default for an ABSENT key differs from default_config's value.
 _REFERENCE_DEFAULTS = {'optimizer.beta2': 0.999, 'optimizer.weight_decay': 0.0}
 # parse_dtype spellings we support; fp16 / fp64 are not a compute dtype we offer.
 _DTYPES = {'fp32': 'float32', 'float32': 'float32', 'float': 'float32',
            'bf16': 'bfloat16', 'bfloat16': 'bfloat16'}
 # String keys where YAML null means "not set", as an empty string does.
 _NULL_MEANS_EMPTY = frozenset(('data.token_dir', 'data.latent_dir', 'data.data_dir'))
-
-_SMOKE_CONFIG_PATH = Path(__file__).resolve().parent.parent / 'configs' / 'smoke.py'
-
-
-def smoke_defaults() -> ml_collections.ConfigDict:
-  """configs/smoke.py's get_config(), loaded by path (configs/ is not a package)."""
-  spec = importlib.util.spec_from_file_location('_lgdlm_smoke_config', _SMOKE_CONFIG_PATH)
-  if spec is None or spec.loader is None or not _SMOKE_CONFIG_PATH.is_file():
-    raise FileNotFoundError(f'default config not found: {_SMOKE_CONFIG_PATH}')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
 
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
   try:
@@ -222,7 +209,7 @@ def read_reference_yaml(
 ) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
   """Our config from a reference YAML file, and the reference keys that were ignored."""
   raw = _read_yaml(path)
-  config = smoke_defaults()
+  config = default_config.default_config()
   ours = _our_keys(config)
   reference_keys = _REFERENCE_KEYS | frozenset(_flatten(raw))
   late_overrides = []

@@ -27,13 +27,13 @@ def gelu(x: jax.Array) -> jax.Array:
   return jax.nn.gelu(x, approximate=False)
 
 
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-  """torch.nn.functional.normalize(x, p=2): x / max(||x||, 1e-12).
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = NORMALIZE_EPS) -> jax.Array:
+  """torch.nn.functional.normalize(x, p=2, eps=eps): x / max(||x||, eps).
 
   Written with rsqrt of the clamped squared norm so the gradient at x = 0 stays finite.
   """
   sum_sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sum_sq, NORMALIZE_EPS**2))
+  return x * jax.lax.rsqrt(jnp.maximum(sum_sq, eps**2))
 
 
 def l1_normalize(x: jax.Array, axis: int) -> jax.Array:

@@ -1,0 +1,23 @@
+"""Cluster config: the reference's `mmdit_cycle_vae_cluster.yaml` (H=1024, 24 blocks, C=1024, S=4096,
+D=32, R=2, global batch 4, bfloat16 compute, AdamW lr 5e-5, cosine after 2000 warmup steps, both
+cycle terms on). The batch is the reference's per-GPU batch; raise it with the number of chips.
+
+Use: python -m lgdlm_jax.main --config configs/cluster.py --workdir DIR \
+       --config.data.token_dir=... --config.data.latent_dir=... --config.mesh.fsdp=8
+"""
+
+import ml_collections
+
+from lgdlm_jax import default_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default_config.default_config()
+  config.model.update(hidden_size=1024, n_blocks=24, cond_dim=1024, max_seq_len=4096, latent_dim=32,
+                      num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='dots')
+  config.data.update(max_samples=2_000_000, num_workers=8)
+  config.training.update(train_batch_size=4, eval_batch_size=4, num_train_steps=100_000, lr_schedule='cosine',
+                         warmup_steps=2000, log_every=100, save_every=1000, eval_every=1000)
+  config.loss.update(latent_t_mode='full', cycle_text_weight=1.0, cycle_latent_weight=1.0)
+  config.optimizer.update(lr=5e-5, weight_decay=0.01, beta1=0.9, beta2=0.95, grad_clip_norm=0.5)
+  return config

@@ -1,0 +1,100 @@
+"""The full configuration schema with its defaults (the reference's smoke sizes).
+
+Keys follow the reference's YAML sections (model, data, training, loss, optimizer, tokenizer) so users
+moving from it recognise them; mesh and debug are ours.
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key lgdlm_jax reads, at the smoke sizes; configs/*.py start from this and change sizes."""
+  config = ml_collections.ConfigDict()
+
+  config.model = ml_collections.ConfigDict(dict(
+      vocab_size=8192,
+      hidden_size=256,
+      n_blocks=2,
+      cond_dim=256,
+      max_seq_len=128,
+      latent_dim=32,
+      num_residual_streams=2,
+      cluster_size=0,
+      dropout=0.0,
+      # Compute dtype of matmuls; parameters stay float32. 'bfloat16' on accelerators.
+      dtype='float32',
+      # Rematerialisation of each MMDiT block in the backward pass: 'none', 'full' or 'dots'.
+      remat_policy='none',
+      # Latent diffusion (the reference keeps these in its model section too).
+      latent_timesteps=1000,
+      latent_beta_schedule='cosine',
+      latent_parameterization='epsilon',
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      # Empty directories mean synthetic data.
+      token_dir='',
+      latent_dir='',
+      data_dir='',
+      val_ratio=0.05,
+      max_samples=0,  # 0 = all
+      skip_bad_files=False,
+      synthetic_num_samples=4096,
+      num_workers=2,
+      prefetch_batches=2,
+  ))
+
+  config.training = ml_collections.ConfigDict(dict(
+      seed=42,
+      train_batch_size=2,
+      eval_batch_size=2,
+      num_train_steps=10,
+      gradient_accumulation_steps=1,
+      lr_schedule='constant',
+      warmup_steps=0,
+      max_consecutive_nonfinite=5,
+      log_every=1,
+      eval_every=5,
+      eval_batches=4,  # validation batches per evaluation
+      save_every=5,
+      keep_checkpoints=3,
+  ))
+
+  config.loss = ml_collections.ConfigDict(dict(
+      latent_loss_weight=0.1,
+      latent_t_mode='random',  # random | full
+      cycle_text_weight=1.0,
+      cycle_text_warmup_steps=0,
+      cycle_text_ramp_steps=0,
+      cycle_latent_weight=0.0,
+      cycle_latent_warmup_steps=0,
+      cycle_latent_ramp_steps=0,
+      cycle_latent_sampling='argmax',  # argmax | categorical
+      cycle_latent_t_min=0.0,
+      cycle_latent_t_max=0.98,
+      cycle_stop_grad_latent=True,
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='adamw',
+      lr=1e-4,
+      weight_decay=0.01,
+      beta1=0.9,
+      beta2=0.95,
+      eps=1e-8,
+      grad_clip_norm=1.0,
+  ))
+
+  config.tokenizer = ml_collections.ConfigDict(dict(
+      vocab_size=8192,
+      mask_token_id=103,
+      pad_token_id=0,
+  ))
+
+  # Devices sharing each parameter (FSDP); the remaining devices split the batch.
+  # Parameters smaller than min_shard_size elements stay replicated.
+  config.mesh = ml_collections.ConfigDict(dict(fsdp=1, min_shard_size=2**14))
+
+  # check_finite: raise at the first non-finite input, loss term or gradient, naming it (slow).
+  config.debug = ml_collections.ConfigDict(dict(check_finite=False))
+  return config

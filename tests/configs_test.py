@@ -1,0 +1,37 @@
+"""Every shipped config file loads and describes a model, an optimizer and an objective we can build."""
+
+import importlib.util
+import os
+
+import pytest
+
+from lgdlm_jax import losses
+from lgdlm_jax import model as model_lib
+from lgdlm_jax import optimizer as optimizer_lib
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(f'config_{name}', os.path.join(CONFIG_DIR, f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('name', ['smoke', 'base', 'cluster'])
+def test_config_builds(name):
+  config = load(name)
+  model_lib.validate_model_config(config.model)
+  optimizer_lib.make_optimizer(config)
+  losses.loss_options(config)
+  assert config.training.train_batch_size >= 1
+
+
+def test_cluster_config_has_the_reference_cluster_sizes():
+  config = load('cluster')
+  assert (config.model.hidden_size, config.model.n_blocks, config.model.cond_dim, config.model.max_seq_len,
+          config.model.latent_dim, config.model.num_residual_streams) == (1024, 24, 1024, 4096, 32, 2)
+  assert config.model.dtype == 'bfloat16'
+  assert (config.optimizer.lr, config.optimizer.grad_clip_norm, config.training.warmup_steps) == (5e-5, 0.5, 2000)
+  assert config.loss.latent_t_mode == 'full' and config.loss.cycle_latent_weight == 1.0
