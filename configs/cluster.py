@@ -1,9 +1,13 @@
 """Cluster config: the reference's `mmdit_cycle_vae_cluster.yaml` (H=1024, 24 blocks, C=1024, S=4096,
-D=32, R=2, global batch 4, bfloat16 compute, AdamW lr 5e-5, cosine after 2000 warmup steps, both
-cycle terms on). The batch is the reference's per-GPU batch; raise it with the number of chips.
+D=32, R=2, bfloat16 compute, AdamW lr 5e-5, cosine after 2000 warmup steps, both cycle terms on).
+Laid out for a TPU slice of 8 chips with 16 GiB each (e.g. v5e-8): parameters and AdamW state fully
+sharded over the 8 chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4
+per GPU), and the MMDiT blocks rematerialised keeping only their matmul outputs. On another slice
+set --config.mesh.fsdp to its chip count (or fewer, the rest then split the data) and the batch to a
+multiple of the chip count.
 
 Use: python -m lgdlm_jax.main --config configs/cluster.py --workdir DIR \
-       --config.data.token_dir=... --config.data.latent_dir=... --config.mesh.fsdp=8
+       --config.data.token_dir=... --config.data.latent_dir=...
 """
 
 import ml_collections
@@ -16,8 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.update(hidden_size=1024, n_blocks=24, cond_dim=1024, max_seq_len=4096, latent_dim=32,
                       num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='dots')
   config.data.update(max_samples=2_000_000, num_workers=8)
-  config.training.update(train_batch_size=4, eval_batch_size=4, num_train_steps=100_000, lr_schedule='cosine',
+  config.training.update(train_batch_size=8, eval_batch_size=8, num_train_steps=100_000, lr_schedule='cosine',
                          warmup_steps=2000, log_every=100, save_every=1000, eval_every=1000)
   config.loss.update(latent_t_mode='full', cycle_text_weight=1.0, cycle_latent_weight=1.0)
   config.optimizer.update(lr=5e-5, weight_decay=0.01, beta1=0.9, beta2=0.95, grad_clip_norm=0.5)
+  config.mesh.fsdp = 8
   return config

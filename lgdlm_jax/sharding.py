@@ -58,3 +58,16 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   """This process's rows of the global batch -> global arrays split over the whole mesh."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def per_device_bytes(tree: Any, fsdp_size: int, min_size: int = 2**14) -> int:
+  """Bytes one device holds of a (possibly abstract) pytree sharded by param_spec."""
+  total = 0
+  for x in jax.tree_util.tree_leaves(tree):
+    shape = list(x.shape)
+    spec = param_spec(tuple(shape), fsdp_size, min_size)
+    for axis, name in enumerate(spec):
+      if name == 'fsdp':
+        shape[axis] //= fsdp_size
+    total += math.prod(shape) * np.dtype(x.dtype).itemsize
+  return total

@@ -28,6 +28,7 @@ from lgdlm_jax import losses
 from lgdlm_jax import metrics_log
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
+from lgdlm_jax import preemption
 from lgdlm_jax import sharding
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -152,6 +153,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   init_key, step_key, eval_key = jax.random.split(seed_key, 3)
   train_iter, val_batches = data_lib.make_datasets(config)
   state, state_shardings = create_sharded_state(config, model, optimizer, mesh, init_key)
+  min_shard = int(config.mesh.get('min_shard_size', 2**14))
+  logging.info('Per device: parameters %.3f GiB, optimizer state %.3f GiB (mesh %s)',
+               sharding.per_device_bytes(state.params, mesh.shape['fsdp'], min_shard) / 2**30,
+               sharding.per_device_bytes(state.opt_state, mesh.shape['fsdp'], min_shard) / 2**30, dict(mesh.shape))
   manager = checkpoint.make_manager(workdir, config)
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_with_shardings(state, state_shardings))
   if restored is not None:
@@ -169,6 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   start = int(state.step)
   progress = tqdm.tqdm(total=num_steps, initial=start, disable=not sys.stderr.isatty() or jax.process_index() != 0)
   pending = None  # (step, metrics on device, start time): fetched one step late, so dispatch never waits
+  watch = preemption.PreemptionWatch()
 
   def report(step: int, device_metrics, started: float) -> None:
     metrics = jax.device_get(device_metrics)
@@ -202,14 +208,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         pending = None
         val = _evaluate(eval_fn, state.params, val_batches, mesh, eval_key, int(tcfg.get('eval_batches', 8)))
         log.write(done, val, prefix='val_')
-      if (save_every and done % save_every == 0) or done == num_steps:
+      preempted = watch.reached(done)
+      if (save_every and done % save_every == 0) or done == num_steps or preempted:
         if pending is not None:
           report(*pending)  # never checkpoint past a step that should have stopped the run
           pending = None
         checkpoint.save(manager, done, state, train_iter.get_state())
+      if preempted:
+        logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.', done, workdir)
+        break
     if pending is not None:
       report(*pending)
   finally:
+    watch.close()
     manager.wait_until_finished()
     manager.close()
     log.close()

@@ -3,11 +3,14 @@
 import importlib.util
 import os
 
+import jax
 import pytest
 
 from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
+from lgdlm_jax import sharding
+from lgdlm_jax import train
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
@@ -35,3 +38,22 @@ def test_cluster_config_has_the_reference_cluster_sizes():
   assert config.model.dtype == 'bfloat16'
   assert (config.optimizer.lr, config.optimizer.grad_clip_norm, config.training.warmup_steps) == (5e-5, 0.5, 2000)
   assert config.loss.latent_t_mode == 'full' and config.loss.cycle_latent_weight == 1.0
+
+
+def test_cluster_state_fits_a_16_gib_chip_with_fsdp():
+  config = load('cluster')
+  model = model_lib.MultimodalMMDiT(config.model)
+  optimizer = optimizer_lib.make_optimizer(config)
+  abstract = jax.eval_shape(lambda k: train.init_state(config, model, optimizer, k), jax.random.key(0))
+  fsdp, min_size = config.mesh.fsdp, config.mesh.min_shard_size
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
+  params = sharding.per_device_bytes(abstract.params, fsdp, min_size)
+  opt = sharding.per_device_bytes(abstract.opt_state, fsdp, min_size)
+  print(f'cluster: {n_params / 1e6:.0f}M parameters; per device with fsdp={fsdp}: parameters '
+        f'{params / 2**30:.2f} GiB, AdamW state {opt / 2**30:.2f} GiB, gradients {params / 2**30:.2f} GiB')
+  assert 700e6 < n_params < 1e9
+  unsharded = sharding.per_device_bytes(abstract.params, 1, min_size)
+  assert params < unsharded / (fsdp - 1)  # really sharded
+  # Parameters, AdamW moments and gradients take under a quarter of a 16 GiB chip, leaving the rest
+  # to activations (one 4096-token sequence per chip, blocks rematerialised).
+  assert 2 * params + opt < 4 * 2**30

@@ -1,0 +1,111 @@
+"""Two processes x two CPU devices with jax.distributed on localhost: preemption, resume, and the
+same losses as one process with four devices."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lgdlm_jax import distributed
+from tests import train_test
+
+LOCAL_DEVICES = 2
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _command(workdir, steps: int, extra=()):
+  overrides = {**train_test.TINY_OVERRIDES, 'training.num_train_steps': steps, 'training.save_every': 100,
+               'mesh.fsdp': 2, 'mesh.min_shard_size': 1}
+  cmd = [sys.executable, '-m', 'lgdlm_jax.main', f'--config={train_test.SMOKE}', f'--workdir={workdir}']
+  return cmd + [f'--config.{k}={v}' for k, v in overrides.items()] + list(extra)
+
+
+def _env(devices: int):
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+
+
+def _start_processes(workdir, steps: int, log_dir):
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    log = open(os.path.join(log_dir, f'process{pid}.log'), 'w')
+    extra = (f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={pid}')
+    procs.append((subprocess.Popen(_command(workdir, steps, extra), cwd=train_test.REPO, env=_env(LOCAL_DEVICES),
+                                   stdout=log, stderr=subprocess.STDOUT), log))
+  return procs
+
+
+def _wait(procs, timeout: float = 600) -> list[int]:
+  codes = [p.wait(timeout=timeout) for p, _ in procs]
+  for _, log in procs:
+    log.close()
+  return codes
+
+
+def _logged_steps(workdir) -> int:
+  try:
+    return len(train_test.losses_of(workdir))
+  except FileNotFoundError:
+    return 0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_one_step_everywhere_and_resume_matches_one_process(tmp_path):
+  workdir = tmp_path / 'two_processes'
+  procs = _start_processes(workdir, 1000, tmp_path)
+  deadline = time.time() + 400
+  while _logged_steps(workdir) < 2 and time.time() < deadline and all(p.poll() is None for p, _ in procs):
+    time.sleep(0.5)
+  assert _logged_steps(workdir) >= 2, open(tmp_path / 'process0.log').read()[-3000:]
+  procs[1][0].send_signal(signal.SIGTERM)  # preempt one process only
+  assert _wait(procs) == [0, 0]
+
+  saved = [line for pid in range(2) for line in open(tmp_path / f'process{pid}.log') if 'Preempted: saved step' in line]
+  assert len(saved) == 2, saved
+  steps = {int(line.split('saved step ')[1].split()[0]) for line in saved}
+  assert len(steps) == 1, saved  # both processes saved the same step
+  preempted_at = steps.pop()
+  assert str(preempted_at) in os.listdir(workdir / 'checkpoints')
+
+  # The relaunch resumes from the preemption checkpoint and runs two more steps.
+  total = preempted_at + 2
+  assert _wait(_start_processes(workdir, total, tmp_path)) == [0, 0]
+  two = train_test.losses_of(workdir)
+  assert sorted(two)[-2:] == [preempted_at + 1, total]
+
+  # One process with four devices, uninterrupted, gives the same losses.
+  single = tmp_path / 'one_process'
+  subprocess.run(_command(single, total), cwd=train_test.REPO, env=_env(2 * LOCAL_DEVICES), check=True,
+                 capture_output=True, timeout=600)
+  one = train_test.losses_of(single)
+  assert sorted(one) == list(range(1, total + 1))
+  np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)], rtol=0, atol=1e-5)
+
+
+def test_process_group_from_environment():
+  group = distributed.from_env({'LGDLM_COORDINATOR_ADDRESS': 'h:1', 'LGDLM_NUM_PROCESSES': '4',
+                                'LGDLM_PROCESS_ID': '3'})
+  assert group == distributed.ProcessGroup('h:1', 4, 3)
+  assert not distributed.from_env({}).explicit
+  assert distributed.auto_detectable({'SLURM_NTASKS': '8', 'SLURM_JOB_ID': '1'}) == 'slurm'
+  assert distributed.auto_detectable({'TPU_WORKER_HOSTNAMES': 'a,b'}) == 'cloud_tpu'
+  assert distributed.auto_detectable({'SLURM_NTASKS': '1', 'SLURM_JOB_ID': '1'}) is None
+
+
+@pytest.mark.parametrize('group,match', [
+    (distributed.ProcessGroup('h:1', None, 0), 'process count'),
+    (distributed.ProcessGroup('h:1', 2, 2), 'process_id=2'),
+])
+def test_incomplete_or_wrong_process_group_is_refused(group, match):
+  with pytest.raises(ValueError, match=match):
+    distributed.maybe_initialize(group)
