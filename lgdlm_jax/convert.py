@@ -8,6 +8,7 @@ The rule is mechanical, so it runs both ways:
   `scale`; `token_embed.weight` -> `embedding`; `bias` and raw parameters keep name and shape.
 Both directions check the result against the parameter shapes the model config implies and raise
 ConversionError listing every missing, unexpected and mismatched name with both shapes.
+torch_param_shapes gives the same expectation in the reference's terms, for checks before mapping.
 """
 
 import re
@@ -37,6 +38,23 @@ def param_shapes(model_config: ml_collections.ConfigDict) -> dict[tuple[str, ...
   latents = jnp.zeros((1, model_config.latent_dim), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, latents)['params'])
   return {path: tuple(leaf.shape) for path, leaf in flax.traverse_util.flatten_dict(shapes).items()}
+
+
+def torch_param_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+  """{reference state-dict name: torch shape} of the parameters a model config implies."""
+  shapes = {}
+  for path, flax_shape in param_shapes(model_config).items():
+    blocks = range(flax_shape[0]) if path[:2] == _BLOCKS_PREFIX else (None,)
+    shapes.update({_torch_key(path, i): _torch_shape(path, flax_shape) for i in blocks})
+  return shapes
+
+
+def check_params(flat_params: Mapping[tuple[str, ...], Any], model_config: ml_collections.ConfigDict) -> None:
+  """Raises ConversionError naming every path of flat Flax params (anything with .shape) that does
+  not fit the model config: missing, unexpected, or mismatched with both shapes."""
+  problems = _compare(flat_params, param_shapes(model_config), describe=lambda p, s: f'{"/".join(p)} {s}')
+  if problems:
+    raise ConversionError('params do not fit the model config:\n  ' + '\n  '.join(problems))
 
 
 def _merge_indices(segments: list[str]) -> list[str]:
@@ -107,9 +125,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections.Co
 def flax_to_torch(params: Mapping[str, Any], model_config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Flax params -> the reference's state dict (name -> numpy array), the inverse of torch_to_flax."""
   flat = {path: np.asarray(v) for path, v in flax.traverse_util.flatten_dict(dict(params)).items()}
-  problems = _compare(flat, param_shapes(model_config), describe=lambda p, s: f'{"/".join(p)} {s}')
-  if problems:
-    raise ConversionError('params do not fit the model config:\n  ' + '\n  '.join(problems))
+  check_params(flat, model_config)
   state_dict: dict[str, np.ndarray] = {}
   for path, array in flat.items():
     if path[:2] == _BLOCKS_PREFIX:
@@ -134,12 +150,15 @@ def _torch_key(path: tuple[str, ...], block: int | str | None = None) -> str:
   return '.'.join(modules + [leaf])
 
 
+def _torch_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The torch shape of a Flax parameter (per block for the stacked ones)."""
+  shape = flax_shape[1:] if path[:2] == _BLOCKS_PREFIX else flax_shape
+  return tuple(shape[::-1] if path[-1] == 'kernel' else shape)
+
+
 def _describe_torch(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> str:
   """A parameter in the reference's terms: its state-dict name and torch shape (per block)."""
-  shape = flax_shape[1:] if path[:2] == _BLOCKS_PREFIX else flax_shape
-  if path[-1] == 'kernel':
-    shape = shape[::-1]
-  return f'{_torch_key(path)} {tuple(shape)}'
+  return f'{_torch_key(path)} {_torch_shape(path, flax_shape)}'
 
 
 def _compare(flat: Mapping[tuple[str, ...], np.ndarray], expected: Mapping[tuple[str, ...], tuple[int, ...]],

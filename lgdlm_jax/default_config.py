@@ -10,6 +10,9 @@ import ml_collections
 def default_config() -> ml_collections.ConfigDict:
   """Every key lgdlm_jax reads, at the smoke sizes; configs/*.py start from this and change sizes."""
   config = ml_collections.ConfigDict()
+  # A directory written by convert_torch_weights.py: start from its parameters (a fresh run only;
+  # a workdir with a checkpoint resumes from that instead).
+  config.init_from = ''
 
   config.model = ml_collections.ConfigDict(dict(
       vocab_size=8192,
@@ -56,6 +59,13 @@ def default_config() -> ml_collections.ConfigDict:
       log_every=1,
       eval_every=5,
       eval_batches=4,  # validation batches per evaluation
+      # Sampler metrics (lgdlm_jax.evaluation) on the first eval_sample_batches of those batches;
+      # each costs 2 + eval_l2t_steps + 2 * eval_t2l_steps model passes.
+      eval_sample_batches=1,
+      eval_l2t_steps=8,  # L2T unmasking rounds
+      eval_t2l_steps=10,  # T2L DDIM steps
+      eval_temperature=0.0,  # L2T sampling temperature; 0 = greedy, so the metric is deterministic
+      print_examples=3,  # validation sentences decoded and printed at the end of training
       save_every=5,
       keep_checkpoints=3,
   ))
@@ -89,6 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
       vocab_size=8192,
       mask_token_id=103,
       pad_token_id=0,
+      json_file='',  # a tokenizer.json (`tokenizers` library) to show token ids as text; '' = show ids
   ))
 
   # Devices sharing each parameter (FSDP); the remaining devices split the batch.

@@ -23,6 +23,7 @@ import optax
 import tqdm
 
 from lgdlm_jax import checkpoint
+from lgdlm_jax import converted
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import losses
 from lgdlm_jax import metrics_log
@@ -65,6 +66,13 @@ def create_sharded_state(config, model, optimizer, mesh, rng) -> tuple[TrainStat
   shardings = sharding.tree_shardings(abstract, mesh, int(config.mesh.get('min_shard_size', 2**14)))
   state = jax.jit(make, out_shardings=shardings)(rng)
   return state, shardings
+
+
+def load_initial_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
+  """Params of a converted checkpoint (convert_torch_weights.py), checked against config.model,
+  as float32 (training keeps float32 master weights) on the state's shardings."""
+  params = converted.load_params(config.init_from, config.model)
+  return jax.device_put(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), shardings)
 
 
 def _debug_check_finite(named: dict[str, Any]) -> None:
@@ -163,6 +171,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     state, data_state = restored
     train_iter.set_state(data_state)
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
+  elif config.get('init_from'):
+    state = state.replace(params=load_initial_params(config, state_shardings.params))
+    logging.info('Initialised the parameters from %s', config.init_from)
   step_fn, eval_fn = compile_steps(config, model, optimizer, mesh, state_shardings)
 
   tcfg = config.training

@@ -13,7 +13,7 @@ import torch
 
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
-from tests import torch_reference
+from lgdlm_jax.torch_interop import twin
 
 TOL = 1e-5
 
@@ -26,13 +26,21 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
+def perturb_(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
+  """Moves every parameter away from its init: several start at exactly 0 or 1, hiding mapping bugs."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in module.parameters():
+      p.add_(torch.randn(p.shape, generator=generator) * scale)
+
+
 def build_pair(cfg, seed: int = 0, perturb: bool = True):
   """A perturbed reference torch model and the same weights converted to Flax params."""
   torch.manual_seed(seed)
   random.seed(seed)  # mHC picks its initial branch stream with random.randrange
-  torch_model = torch_reference.ReferenceMultimodalMMDiT(cfg).eval()
+  torch_model = twin.ReferenceMultimodalMMDiT(cfg).eval()
   if perturb:
-    torch_reference.perturb_(torch_model, seed=seed)
+    perturb_(torch_model, seed=seed)
   state = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
   return torch_model, convert.torch_to_flax(state, cfg)
 

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lgdlm_jax import convert
+from lgdlm_jax import converted
 from lgdlm_jax import default_config
 from lgdlm_jax import metrics_log
 from lgdlm_jax import model as model_lib
@@ -134,3 +136,19 @@ def test_eight_devices_with_fsdp_match_one_device(tmp_path):
   eight = _run_main(tmp_path / 'eight', 8, 2)
   assert sorted(one) == [1, 2, 3, 4]
   np.testing.assert_allclose([eight[s] for s in sorted(one)], [one[s] for s in sorted(one)], rtol=0, atol=1e-5)
+
+
+def test_init_from_starts_from_converted_params_and_checks_them(tmp_path):
+  config = tiny_config(**{'training.num_train_steps': 0})
+  model = model_lib.MultimodalMMDiT(config.model)
+  tokens, latents = jnp.zeros((1, 12), jnp.int32), jnp.zeros((1, 8))
+  params = model.init(jax.random.key(123), tokens, latents)['params']
+  converted.save(str(tmp_path / 'converted'), params, config.model)
+  config.init_from = str(tmp_path / 'converted')
+  state = train.run(config, str(tmp_path / 'run'))
+  chex.assert_trees_all_equal(jax.device_get(state.params), jax.device_get(params))
+
+  wrong = tiny_config(**{'training.num_train_steps': 0, 'model.hidden_size': 48})
+  wrong.init_from = config.init_from
+  with pytest.raises(convert.ConversionError, match='hidden_size|shape'):
+    train.run(wrong, str(tmp_path / 'wrong'))

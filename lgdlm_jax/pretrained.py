@@ -1,0 +1,34 @@
+"""The config and parameters of a training workdir (config.json, checkpoints/<step>/state)."""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from lgdlm_jax import converted
+
+CHECKPOINTS = 'checkpoints'
+STATE_ITEM = 'state'  # the item lgdlm_jax.checkpoint saves the train state under
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The full config the run wrote to WORKDIR/config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir} has no config.json: not a training workdir')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_params(workdir: str, config: ml_collections.ConfigDict, step: int | None = None) -> tuple[Any, int]:
+  """(params as numpy, step) of the checkpoint at `step`, the newest by default; the optimizer
+  state is not read."""
+  root = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  steps = sorted(int(name) for name in os.listdir(root) if name.isdigit()) if os.path.isdir(root) else []
+  if not steps:
+    raise FileNotFoundError(f'{workdir} has no checkpoints under {CHECKPOINTS}/')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f'{workdir} has no checkpoint at step {step}; it has steps {steps}')
+  return converted.restore_params(os.path.join(root, str(step), STATE_ITEM), config.model, subtree='params'), step
