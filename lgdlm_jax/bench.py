@@ -53,19 +53,27 @@ def peak_flops(device: jax.Device) -> float | None:
   return next((v for k, v in PEAK_FLOPS.items() if device.device_kind.startswith(k)), None)
 
 
-def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict:
+def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+  """A seeded global batch of random tokens (no padding) and latents, as host arrays."""
+  b, s = config.training.train_batch_size, config.model.max_seq_len
+  rng = np.random.default_rng(seed)
+  return {
+      'input_ids': rng.integers(0, config.model.vocab_size, (b, s)).astype(np.int32),
+      'attention_mask': np.ones((b, s), bool),
+      'latent': rng.standard_normal((b, config.model.latent_dim)).astype(np.float32),
+  }
+
+
+def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
+              host_batch: dict[str, np.ndarray] | None = None) -> dict:
+  """Times the compiled train step on `host_batch` (default: synthetic_batch(config))."""
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
   state, shardings = train.create_sharded_state(config, model, optimizer, mesh, jax.random.key(0))
-  step_fn, _ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
   b, s = config.training.train_batch_size, config.model.max_seq_len
-  rng = np.random.default_rng(0)
-  batch = sharding.global_batch({
-      'input_ids': rng.integers(0, config.model.vocab_size, (b, s)).astype(np.int32),
-      'attention_mask': np.ones((b, s), bool),
-      'latent': rng.standard_normal((b, config.model.latent_dim)).astype(np.float32),
-  }, mesh)
+  batch = sharding.global_batch(synthetic_batch(config) if host_batch is None else host_batch, mesh)
   key = jax.random.key(1)
 
   started = time.perf_counter()

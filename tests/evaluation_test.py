@@ -1,0 +1,89 @@
+"""Evaluation metrics: exactly 1 for an oracle model, finite for a real one; decoded example lines."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tokenizers
+
+from lgdlm_jax import default_config
+from lgdlm_jax import diffusion
+from lgdlm_jax import evaluation
+from lgdlm_jax import model as model_lib
+
+VOCAB, MASK_ID, PAD_ID, SEQ_LEN, LATENT_DIM, BATCH = 30, 3, 0, 6, 8, 4
+METRICS = ('l2t_onepass_acc', 'l2t_sample_acc', 't2l_cosine', 'cycle_t2l2t_acc', 'cycle_l2t2l_cosine')
+
+
+def tiny_config():
+  config = default_config.default_config()
+  config.model.update(vocab_size=VOCAB, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=SEQ_LEN,
+                      latent_dim=LATENT_DIM, num_residual_streams=1)
+  config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID, pad_token_id=PAD_ID)
+  config.training.update(eval_l2t_steps=3, eval_t2l_steps=4)
+  return config
+
+
+def make_batch():
+  rng = np.random.default_rng(0)
+  lengths = np.array([6, 4, 2, 5])
+  mask = np.arange(SEQ_LEN)[None] < lengths[:, None]
+  ids = np.where(mask, rng.integers(5, VOCAB, (BATCH, SEQ_LEN)), PAD_ID).astype(np.int32)
+  return {'input_ids': ids, 'attention_mask': mask, 'latent': rng.standard_normal((BATCH, LATENT_DIM)).astype(np.float32)}
+
+
+class Oracle(nn.Module):
+  """Knows the batch: L2T answers the true ids of the row whose latent is nearest (and a wrong id
+  on padding), T2L answers the exact noise of the row whose text matches on its true positions."""
+  ids_BxS: np.ndarray
+  mask_BxS: np.ndarray
+  x0_BxD: np.ndarray
+
+  @nn.compact
+  def __call__(self, tokens, latents, text_t, latent_t, attention_mask=None, deterministic=True):
+    ids, mask, x0 = (jnp.asarray(a) for a in (self.ids_BxS, self.mask_BxS, self.x0_BxD))
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    by_latent_N = jnp.argmax(unit(latents) @ unit(x0).T, axis=-1)
+    by_text_N = jnp.argmax(jnp.all((tokens[:, None, :] == ids[None]) | ~mask[None], axis=-1), axis=-1)
+    answer_NxS = jnp.where(mask[by_latent_N], ids[by_latent_N], PAD_ID + 1)
+    logits = 20.0 * jax.nn.one_hot(answer_NxS, VOCAB)
+    sqrt_abar, sqrt_one_minus_abar = diffusion.schedule_values(diffusion.make_schedule('cosine'), latent_t)
+    x0_N = x0[by_text_N]
+    eps = (latents - sqrt_abar[:, None] * x0_N) / sqrt_one_minus_abar[:, None]
+    return logits, eps[:, None, :]
+
+
+def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
+  config, batch = tiny_config(), make_batch()
+  model = Oracle(batch['input_ids'], batch['attention_mask'], batch['latent'])
+  metrics = jax.jit(functools.partial(evaluation.evaluate_batch, model=model, config=config))(
+      {}, batch, jax.random.key(0))
+  assert set(metrics) == set(METRICS)
+  for name in METRICS:
+    np.testing.assert_allclose(metrics[name], 1.0, atol=1e-4, err_msg=name)
+
+  # Without a tokenizer the lines show the ids of each row's true positions, padding excluded.
+  lines = evaluation.decoded_examples({}, batch, jax.random.key(0), model=model, config=config, num_examples=2)
+  row = ' '.join(str(i) for i in batch['input_ids'][1][:4])
+  assert lines[4:] == ['example 1:', f'  reference: {row}', f'   one pass: {row}', f'    sampled: {row}']
+  vocab = {'[PAD]': PAD_ID, '[UNK]': 1, 'x2': 2, '[MASK]': MASK_ID, 'x4': 4} | {f'w{i}': i for i in range(5, VOCAB)}
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='[UNK]'))
+  tokenizer.add_special_tokens(['[PAD]', '[UNK]', '[MASK]'])
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  tokenizer.save(str(tmp_path / 'tokenizer.json'))
+  config.tokenizer.json_file = str(tmp_path / 'tokenizer.json')
+  lines = evaluation.decoded_examples({}, batch, jax.random.key(0), model=model, config=config, num_examples=2)
+  assert lines[5] == '  reference: ' + ' '.join(f'w{i}' for i in batch['input_ids'][1][:4])
+
+
+def test_real_model_metrics_are_in_range():
+  config, batch = tiny_config(), make_batch()
+  model = model_lib.MultimodalMMDiT(config.model)
+  params = model.init(jax.random.key(0), jnp.zeros((1, SEQ_LEN), jnp.int32), jnp.zeros((1, LATENT_DIM)))['params']
+  metrics = jax.device_get(jax.jit(functools.partial(evaluation.evaluate_batch, model=model, config=config))(
+      params, batch, jax.random.key(0)))
+  for name in METRICS:
+    low = 0.0 if name.endswith('acc') else -1.0
+    assert low - 1e-6 <= float(metrics[name]) <= 1.0 + 1e-6, (name, metrics[name])

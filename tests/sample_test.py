@@ -1,0 +1,79 @@
+"""The sampling CLI and the workdir loader, on a checkpoint written the way train.run writes it."""
+
+import os
+
+import chex
+import jax
+import numpy as np
+
+from lgdlm_jax import checkpoint
+from lgdlm_jax import data
+from lgdlm_jax import default_config
+from lgdlm_jax import model as model_lib
+from lgdlm_jax import optimizer as optimizer_lib
+from lgdlm_jax import prepare_data
+from lgdlm_jax import pretrained
+from lgdlm_jax import sample
+from lgdlm_jax import text
+from lgdlm_jax import train
+
+TEXTS = ['Jesus wept.', 'Rejoice evermore.', 'Pray without ceasing.', 'Quench not the Spirit.']
+SEQ_LEN, LATENT_DIM = 8, 8
+
+
+def make_workdir(workdir: str):
+  """A tokenizer, a tiny config using it, config.json and a step-3 checkpoint of a TrainState."""
+  tokenizer = prepare_data.train_wordpiece(TEXTS, 80)
+  tokenizer_path = os.path.join(workdir, 'tokenizer.json')
+  os.makedirs(workdir)
+  tokenizer.save(tokenizer_path)
+  vocab = tokenizer.get_vocab_size()
+  config = default_config.default_config()
+  config.model.update(vocab_size=vocab, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=SEQ_LEN,
+                      latent_dim=LATENT_DIM, num_residual_streams=1)
+  config.tokenizer.update(vocab_size=vocab, mask_token_id=text.token_id(tokenizer, '[MASK]'), pad_token_id=0,
+                          json_file=tokenizer_path)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2))
+  model = model_lib.MultimodalMMDiT(config.model)
+  state = train.init_state(config, model, optimizer_lib.make_optimizer(config), jax.random.key(0))
+  manager = checkpoint.make_manager(workdir, config)
+  checkpoint.save(manager, 3, state, {'epoch': 0, 'index': 0, 'skipped': 0})
+  manager.wait_until_finished()
+  manager.close()
+  return config, state
+
+
+def test_sampling_cli_round_trip(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config, state = make_workdir(workdir)
+  params, step = pretrained.load_params(workdir, pretrained.load_config(workdir))
+  assert step == 3
+  chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(state.params))
+
+  # l2t: 5 latents in one [N,D] file, batches of 2 (the last one padded).
+  latents_path = str(tmp_path / 'latents.npy')
+  np.save(latents_path, np.random.default_rng(0).standard_normal((5, LATENT_DIM)).astype(np.float32))
+  out = str(tmp_path / 'l2t')
+  sample.main(['l2t', '--workdir', workdir, '--latents', latents_path, '--out', out, '--steps', '3',
+               '--batch_size', '2'])
+  spec = data.SampleSpec(SEQ_LEN, LATENT_DIM, config.model.vocab_size)
+  token_files = sorted(os.listdir(os.path.join(out, 'tokens')))
+  assert token_files == [f'{i:06d}_tokens.npz' for i in range(5)]
+  with np.load(os.path.join(out, 'tokens', token_files[0])) as arrays:
+    assert arrays['input_ids'].shape == (SEQ_LEN,)
+    assert not (arrays['input_ids'] == config.tokenizer.mask_token_id).any()
+  with open(os.path.join(out, 'texts.txt')) as f:
+    assert [line.split('\t')[0] for line in f] == [f'{i:06d}' for i in range(5)]
+
+  # t2l from the sampled token files and from a text file, written in the training layout.
+  texts_path = tmp_path / 'texts.txt'
+  texts_path.write_text('\n'.join(TEXTS) + '\n\n')
+  for source, num in ((os.path.join(out, 'tokens'), 5), (str(texts_path), len(TEXTS))):
+    t2l_out = str(tmp_path / f't2l_{num}')
+    sample.main(['t2l', '--workdir', workdir, '--texts', source, '--out', t2l_out, '--steps', '2'])
+    names = [f'{i:06d}' for i in range(num)]
+    assert sorted(os.listdir(os.path.join(t2l_out, 'latents'))) == [f'{n}.npy' for n in names]
+    for name in names:  # paired with the l2t token files so the loader validates each latent
+      data.read_sample(data.SampleFiles(name, os.path.join(out, 'tokens', f'{name}_tokens.npz'),
+                                        os.path.join(t2l_out, 'latents', f'{name}.npy')), spec)
