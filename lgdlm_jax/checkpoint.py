@@ -11,6 +11,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+CHECKPOINTS_DIR = 'checkpoints'  # under the workdir: one folder per saved step
+STATE_ITEM = 'state'  # the TrainState; 'data' holds the iterator position
+DATA_ITEM = 'data'
+
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
@@ -18,8 +22,8 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
       enable_async_checkpointing=True,
       create=True,
   )
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
-                               item_names=('state', 'data'))
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR), options=options,
+                               item_names=(STATE_ITEM, DATA_ITEM))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict[str, Any]) -> None:

@@ -6,10 +6,8 @@ from typing import Any
 
 import ml_collections
 
+from lgdlm_jax import checkpoint
 from lgdlm_jax import converted
-
-CHECKPOINTS = 'checkpoints'
-STATE_ITEM = 'state'  # the item lgdlm_jax.checkpoint saves the train state under
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -24,11 +22,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def load_params(workdir: str, config: ml_collections.ConfigDict, step: int | None = None) -> tuple[Any, int]:
   """(params as numpy, step) of the checkpoint at `step`, the newest by default; the optimizer
   state is not read."""
-  root = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+  root = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINTS_DIR)
   steps = sorted(int(name) for name in os.listdir(root) if name.isdigit()) if os.path.isdir(root) else []
   if not steps:
-    raise FileNotFoundError(f'{workdir} has no checkpoints under {CHECKPOINTS}/')
+    raise FileNotFoundError(f'{workdir} has no checkpoints under {checkpoint.CHECKPOINTS_DIR}/')
   step = steps[-1] if step is None else step
   if step not in steps:
     raise FileNotFoundError(f'{workdir} has no checkpoint at step {step}; it has steps {steps}')
-  return converted.restore_params(os.path.join(root, str(step), STATE_ITEM), config.model, subtree='params'), step
+  state_path = os.path.join(root, str(step), checkpoint.STATE_ITEM)
+  return converted.restore_params(state_path, config.model, subtree='params'), step
