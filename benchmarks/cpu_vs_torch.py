@@ -1,32 +1,32 @@
-"""CPU benchmark: our compiled cycle_vae train step against the PyTorch reference, in one process.
+"""CPU benchmark: our compiled cycle_vae train step against the PyTorch reference.
 
-    python benchmarks/cpu_vs_torch.py [--steps N] [--warmup W]
+    python benchmarks/cpu_vs_torch.py [--steps N] [--warmup W] [--rounds R]
 
 Config (the performance issue's): hidden 512, 4 blocks, cond 512, sequence 256, batch 8, vocab 8192,
-latent 32, R = 2, float32, all four loss terms on (cycle_latent_weight = 1.0). Both sides train on
-the same host batch with the same AdamW settings and gradient clipping.
+latent 32, R = 2, float32, all four loss terms on (cycle_latent_weight = 1.0); our side unrolls
+the 4 blocks (model.scan_unroll = 4). Both sides train on the same host batch with the same
+AdamW settings and gradient clipping.
 
 PyTorch side: lgdlm_jax.torch_interop.twin's model (glue around the real pinned `mmdit` backbone),
 tests/torch_cycle_loss.py's statement of the reference loss (four separate model calls), then
 loss.backward(), clip_grad_norm_ and torch.optim.AdamW.step(), with torch.set_num_threads(2).
 
-Cores: JAX and PyTorch never run at the same time. The order is torch (first half of its timed
-steps), JAX (compile, warm-up, timed steps), torch (second half); whichever side is idle is blocked,
-not busy, while the other one is timed (both thread pools spin only briefly before they sleep).
-Splitting the torch steps around the JAX run spreads any background load over both sides. Each side gets both cores:
-XLA's CPU client sizes its pool to the machine, torch is told set_num_threads(2).
+Each side runs in a fresh process of its own (`--side torch|jax`), never at the same time as the
+other, and the sides alternate for --rounds rounds (torch, jax, torch, jax, ...) so that background
+load on a shared machine falls on both. An earlier version timed both in one process: torch's
+OpenMP team then slowed down ~10x after the JAX run (XLA's idle worker threads competing for the
+two cores), which made its figures meaningless. Every step is timed on its own; the ratio is of
+the MEDIAN step times (JAX steps/s over torch steps/s), which one slow outlier cannot move.
 
-Read the torch `step_seconds` before trusting the ratio: on a shared machine under background load,
-torch's 2-thread OpenMP team has been seen to slow down ~10x on some steps (7 s -> 85-113 s per
-step), while XLA's pool slowed ~2x; the ratio then measures contention, not the code.
-
-Prints one JSON line per side and one with the ratio (JAX steps/s over torch steps/s).
+Prints one JSON line per side (all step times, median, steps/s) and one with the ratio.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import statistics
+import subprocess
 import sys
 import time
 
@@ -34,7 +34,6 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -51,7 +50,7 @@ TORCH_THREADS = 2
 def make_config() -> ml_collections.ConfigDict:
   config = default_config.default_config()
   config.model.update(hidden_size=512, n_blocks=4, cond_dim=512, max_seq_len=256, vocab_size=8192, latent_dim=32,
-                      num_residual_streams=2, dtype='float32')
+                      num_residual_streams=2, dtype='float32', scan_unroll=4)
   config.training.train_batch_size = 8
   config.loss.cycle_latent_weight = 1.0  # all four terms on
   return config
@@ -98,47 +97,58 @@ class TorchTrainer:
     self.step += 1
     self.loss = float(total.detach())
 
-  def timed(self, steps: int) -> float:
-    """Seconds for `steps` train steps (each step is synchronous on CPU)."""
-    total = 0.0
+  def timed(self, steps: int) -> None:
+    """Runs `steps` train steps, appending each one's seconds (steps are synchronous on CPU)."""
     for _ in range(steps):
       started = time.perf_counter()
       self.train_step()
       self.step_seconds.append(time.perf_counter() - started)
-      total += self.step_seconds[-1]
-    return total
+
+
+def run_side(side: str, steps: int, warmup: int) -> dict:
+  """Times one side in this process; returns its JSON record."""
+  config = make_config()
+  host_batch = bench.synthetic_batch(config)
+  b, s = config.training.train_batch_size, config.model.max_seq_len
+  if side == 'torch':
+    torch.set_num_threads(TORCH_THREADS)
+    trainer = TorchTrainer(config, host_batch)
+    for _ in range(warmup):
+      trainer.train_step()
+    trainer.timed(steps)
+    record = {'torch': torch.__version__, 'threads': torch.get_num_threads(), 'final_loss': trainer.loss,
+              'step_seconds': [round(t, 3) for t in trainer.step_seconds]}
+  else:
+    record = bench.benchmark(config, steps, warmup, host_batch, sync_each_step=True)
+    record['xla_flags'] = os.environ.get('XLA_FLAGS', '')
+  median = statistics.median(record['step_seconds'])
+  return {'side': side, **record, 'median_step_s': median, 'steps_per_s': 1.0 / median,
+          'tokens_per_s': b * s / median, 'loadavg': os.getloadavg()}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--steps', type=int, default=4, help='timed steps per side')
-  parser.add_argument('--warmup', type=int, default=1, help='untimed steps per side before timing')
+  parser.add_argument('--steps', type=int, default=4, help='timed steps per side and round')
+  parser.add_argument('--warmup', type=int, default=1, help='untimed steps per side and round before timing')
+  parser.add_argument('--rounds', type=int, default=2, help='torch, jax alternations, each in fresh processes')
+  parser.add_argument('--side', choices=('both', 'torch', 'jax'), default='both',
+                      help='both: run the alternation; torch / jax: time that side in this process')
   args = parser.parse_args()
+  if args.side != 'both':
+    print(json.dumps(run_side(args.side, args.steps, args.warmup)))
+    return
 
-  torch.set_num_threads(TORCH_THREADS)
-  config = make_config()
-  host_batch = bench.synthetic_batch(config)
-  b, s = config.training.train_batch_size, config.model.max_seq_len
-  load_before = os.getloadavg()
-
-  trainer = TorchTrainer(config, host_batch)
-  for _ in range(args.warmup):
-    trainer.train_step()
-  first_half = args.steps // 2
-  torch_seconds = trainer.timed(first_half)
-  ours = bench.benchmark(config, args.steps, args.warmup, host_batch)
-  torch_seconds += trainer.timed(args.steps - first_half)
-
-  torch_steps_per_s = args.steps / torch_seconds
-  theirs = {
-      'side': 'torch', 'torch': torch.__version__, 'threads': torch.get_num_threads(),
-      'steps_per_s': torch_steps_per_s, 'tokens_per_s': torch_steps_per_s * b * s, 'final_loss': trainer.loss,
-      'step_seconds': [round(t, 2) for t in trainer.step_seconds],
-  }
-  print(json.dumps({'side': 'jax', 'xla_flags': os.environ.get('XLA_FLAGS', ''), **ours}))
-  print(json.dumps(theirs))
-  print(json.dumps({'ratio_jax_over_torch': ours['steps_per_s'] / torch_steps_per_s, 'steps': args.steps,
-                    'cpu_count': os.cpu_count(), 'loadavg_before': load_before, 'loadavg_after': os.getloadavg()}))
+  step_seconds: dict[str, list[float]] = {'torch': [], 'jax': []}
+  for _ in range(args.rounds):
+    for side in ('torch', 'jax'):
+      command = [sys.executable, __file__, '--side', side, '--steps', str(args.steps), '--warmup', str(args.warmup)]
+      output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+      record = json.loads(output.strip().splitlines()[-1])
+      print(json.dumps(record), flush=True)
+      step_seconds[side] += record['step_seconds']
+  medians = {side: statistics.median(times) for side, times in step_seconds.items()}
+  print(json.dumps({'ratio_jax_over_torch': medians['torch'] / medians['jax'], 'median_step_s': medians,
+                    'steps_per_side': len(step_seconds['jax']), 'cpu_count': os.cpu_count()}))
 
 
 if __name__ == '__main__':

@@ -3,8 +3,14 @@
 Prints one JSON line: config, backend, device, compile seconds, steps/s, tokens/s, model FLOPs per
 step, MFU (on accelerators whose peak is known) and peak device memory. Timing starts after
 `--warmup` steps and blocks on the result of the last step only, so dispatch overlaps as in training.
+With --compile_only the step is compiled from shapes alone (nothing allocated) and the line reports
+compile seconds and XLA's memory analysis instead, e.g. for the cluster config on one device:
+
+    python -m lgdlm_jax.bench --config configs/cluster.py --compile_only \
+        --config.mesh.fsdp=1 --config.training.train_batch_size=1
 """
 
+import functools
 import json
 import time
 
@@ -23,6 +29,8 @@ from lgdlm_jax import train
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/smoke.py', 'Path to a get_config() Python file.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+_COMPILE_ONLY = flags.DEFINE_boolean('compile_only', False, 'Only compile the step from shapes (no parameters '
+                                     'are created) and report compile time and XLA memory analysis.')
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -30,23 +38,41 @@ PEAK_FLOPS = {
     'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12,
 }
 ATTN_INNER = 512  # 8 heads x 64, fixed by the reference's MMDiT
+MODEL_KEYS = ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'vocab_size', 'latent_dim', 'num_residual_streams',
+              'dtype', 'remat_policy', 'scan_unroll')
 
 
-def forward_flops_per_sequence(model_config: ml_collections.ConfigDict) -> float:
-  """Matmul FLOPs of one forward pass over one sequence of S text tokens and one latent token."""
+def forward_flops_per_sequence(model_config: ml_collections.ConfigDict, text_logits: bool = True) -> float:
+  """Matmul FLOPs of one forward pass over one sequence of S text tokens and one latent token.
+
+  text_logits=False counts a pass whose latent prediction alone is read (a T2L pass): XLA then
+  drops the text heads and, in the last block, the text tokens' attention, output projection
+  and MLP, so those FLOPs are neither spent nor counted. Their qkv projection stays (queries
+  included: it is one matmul).
+  """
   h, s, v = model_config.hidden_size, model_config.max_seq_len, model_config.vocab_size
   n = s + 1
-  per_token_block = 2 * h * 3 * ATTN_INNER + 2 * ATTN_INNER * h + 2 * 2 * h * 4 * h  # qkv, out, MLP
-  attention = 2 * 2 * n * n * ATTN_INNER  # scores and weighted values
-  heads = 2 * h * v * s * (2 if model_config.cluster_size > 0 else 1)
+  qkv, out, mlp = 2 * h * 3 * ATTN_INNER, 2 * ATTN_INNER * h, 2 * 2 * h * 4 * h  # per token
+  attention = 2 * 2 * n * ATTN_INNER  # per query: scores and weighted values over all n keys
+  block = n * (qkv + out + mlp + attention)
   latent = 2 * (model_config.latent_dim * 2 * h + 2 * h * h) * 2  # encoder + head
-  return model_config.n_blocks * (n * per_token_block + attention) + heads + latent
+  if text_logits:
+    heads = 2 * h * v * s * (2 if model_config.cluster_size > 0 else 1)
+    return model_config.n_blocks * block + heads + latent
+  last_block = s * qkv + (qkv + out + mlp + attention)  # the text tokens' qkv, all of the latent token
+  return (model_config.n_blocks - 1) * block + last_block + latent
 
 
 def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
-  """Forward + backward (3x forward) of every pass the objective runs for one global batch."""
-  passes = 4 if config.loss.cycle_latent_weight > 0 else 3
-  return 3 * passes * config.training.train_batch_size * forward_flops_per_sequence(config.model)
+  """Forward + backward (3x forward) of every pass the objective runs for one global batch.
+
+  Two L2T passes (base L2T, cycle text) whose text logits are read, and one or two T2L passes
+  (base T2L, and cycle latent when its weight is > 0) whose latent prediction alone is.
+  """
+  t2l_passes = 2 if config.loss.cycle_latent_weight > 0 else 1
+  per_sequence = (2 * forward_flops_per_sequence(config.model, text_logits=True)
+                  + t2l_passes * forward_flops_per_sequence(config.model, text_logits=False))
+  return 3 * config.training.train_batch_size * per_sequence
 
 
 def peak_flops(device: jax.Device) -> float | None:
@@ -64,9 +90,45 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
   }
 
 
+def _abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+  b, s = config.training.train_batch_size, config.model.max_seq_len
+  return {'input_ids': jax.ShapeDtypeStruct((b, s), np.int32), 'attention_mask': jax.ShapeDtypeStruct((b, s), bool),
+          'latent': jax.ShapeDtypeStruct((b, config.model.latent_dim), np.float32)}
+
+
+def compile_only(config: ml_collections.ConfigDict) -> dict:
+  """Compiles the train step from shapes alone (no parameters are created) and reports the compile
+  seconds and XLA's memory analysis of the step: how a large config fits before any run."""
+  model = model_lib.MultimodalMMDiT(config.model)
+  optimizer = optimizer_lib.make_optimizer(config)
+  mesh = sharding.make_mesh(config)
+  abstract_state = jax.eval_shape(functools.partial(train.init_state, config, model, optimizer), jax.random.key(0))
+  shardings = sharding.tree_shardings(abstract_state, mesh, int(config.mesh.get('min_shard_size', 2**14)))
+  step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  started = time.perf_counter()
+  lowered = step_fn.lower(abstract_state, _abstract_batch(config), jax.random.key(1))
+  lower_seconds = time.perf_counter() - started
+  compiled = lowered.compile()
+  compile_seconds = time.perf_counter() - started
+  memory = compiled.memory_analysis()
+  device = jax.devices()[0]
+  return {
+      'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
+      'backend': jax.default_backend(), 'device': device.device_kind, 'devices': jax.device_count(),
+      'trace_and_lower_s': round(lower_seconds, 2), 'compile_s': round(compile_seconds, 2),
+      'argument_bytes': getattr(memory, 'argument_size_in_bytes', None),
+      'temp_bytes': getattr(memory, 'temp_size_in_bytes', None),
+      'model_flops_per_step': train_flops_per_step(config), 'jax': jax.__version__,
+  }
+
+
 def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
-              host_batch: dict[str, np.ndarray] | None = None) -> dict:
-  """Times the compiled train step on `host_batch` (default: synthetic_batch(config))."""
+              host_batch: dict[str, np.ndarray] | None = None, sync_each_step: bool = False) -> dict:
+  """Times the compiled train step on `host_batch` (default: synthetic_batch(config)).
+
+  sync_each_step: wait for every step and report each one's seconds ('step_seconds'), so that a
+  noisy machine's outliers can be seen; steps then no longer overlap their dispatch.
+  """
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
@@ -82,9 +144,15 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   for _ in range(warmup):
     state, metrics = compiled(state, batch, key)
   jax.block_until_ready(metrics)
-  started = time.perf_counter()
+  step_seconds = []
+  started = last = time.perf_counter()
   for _ in range(steps):
     state, metrics = compiled(state, batch, key)
+    if sync_each_step:
+      jax.block_until_ready(metrics)
+      now = time.perf_counter()
+      step_seconds.append(round(now - last, 3))
+      last = now
   jax.block_until_ready(metrics)
   elapsed = time.perf_counter() - started
 
@@ -94,8 +162,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   peak = peak_flops(device)
   memory = device.memory_stats() or {}
   return {
-      'model': {k: config.model[k] for k in ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'vocab_size',
-                                             'latent_dim', 'num_residual_streams', 'dtype', 'remat_policy')},
+      'model': {k: config.model[k] for k in MODEL_KEYS},
       'batch': b, 'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0),
       'backend': jax.default_backend(), 'device': device.device_kind, 'devices': jax.device_count(),
       'compile_s': round(compile_seconds, 2), 'steps_per_s': steps_per_sec,
@@ -103,12 +170,16 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
       'mfu': None if peak is None else flops * steps_per_sec / (peak * jax.device_count()),
       'peak_memory_bytes': memory.get('peak_bytes_in_use'),
       'final_loss': float(metrics['loss']), 'jax': jax.__version__,
+      **({'step_seconds': step_seconds} if sync_each_step else {}),
   }
 
 
 def main(argv) -> None:
   del argv
-  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)))
+  if _COMPILE_ONLY.value:
+    print(json.dumps(compile_only(_CONFIG.value)))
+  else:
+    print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)))
 
 
 if __name__ == '__main__':

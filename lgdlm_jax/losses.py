@@ -4,10 +4,9 @@
     loss, metrics = cycle_vae_loss(params, batch, draws, step=step, model=model, config=config)
 
 All randomness enters through `draws`, so a test can feed the very same noise to the PyTorch
-reference. The four passes run as two model calls: base T2L and base L2T are independent, and so
-are cycle-text and cycle-latent once the first round is done, so each round joins its passes
-along the batch axis into one call (same params, so this is exact) instead of calling the model
-four times (see `run_passes` for the row order).
+reference. The four passes run in two rounds: base T2L and base L2T, then cycle-text and
+cycle-latent, which read the first round's outputs. Each pass is its own model call (see
+`run_passes` for why they are not joined along the batch axis).
 
 Conventions of the reference trainer (`cycle_vae_impl/trainers/cycle_vae_trainer.py`) kept here:
 - Both latent timestep draws, the base T2L `t_lat` and the cycle-latent `t_lat2`, come from
@@ -180,10 +179,15 @@ def normalized_mse(pred_BxD: jax.Array, target_BxD: jax.Array) -> jax.Array:
 
 
 def text_cross_entropy(logits_BxSxV: jax.Array, targets_BxS: jax.Array) -> jax.Array:
-  """Token cross-entropy averaged over ALL B*S positions, padding included (as the reference)."""
-  log_probs_BxSxV = jax.nn.log_softmax(logits_BxSxV.astype(jnp.float32), axis=-1)
-  nll_BxS = -jnp.take_along_axis(log_probs_BxSxV, targets_BxS[..., None], axis=-1)[..., 0]
-  return jnp.mean(nll_BxS)
+  """Token cross-entropy averaged over ALL B*S positions, padding included (as the reference).
+
+  Written as logsumexp - target logit rather than a gather from log_softmax: the [B,S,V]
+  log-probabilities are then never materialised, and the backward pass is softmax minus a
+  scatter of B*S ones instead of a scatter into a fresh [B,S,V] array (2.5x faster on CPU).
+  """
+  logits_BxSxV = logits_BxSxV.astype(jnp.float32)
+  target_logit_BxS = jnp.take_along_axis(logits_BxSxV, targets_BxS[..., None], axis=-1)[..., 0]
+  return jnp.mean(jax.nn.logsumexp(logits_BxSxV, axis=-1) - target_logit_BxS)
 
 
 def sample_pseudo_tokens(logits_BxSxV: jax.Array, sampling: str, key: jax.Array) -> jax.Array:
@@ -205,33 +209,26 @@ class ModelPass(NamedTuple):
   mask_BxS: jax.Array
 
 
-def _interleave(*xs_B: jax.Array) -> jax.Array:
-  """[B,...] x P -> [B*P,...] with row b*P + p = xs[p][b]."""
-  return jnp.stack(xs_B, axis=1).reshape((-1,) + xs_B[0].shape[1:])
-
-
 def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *, deterministic: bool,
                dropout_key: jax.Array | None) -> list[tuple[jax.Array, jax.Array]]:
-  """Independent passes of equal batch size B as ONE model call on a batch of P*B.
+  """(text_logits [B,S,V], latent_pred [B,D]) of each pass, in order, each from its own model call.
 
-  Returns (text_logits [B,S,V], latent_pred [B,D]) per pass, in order; the model's single latent
-  token is squeezed away. Examples never interact inside the model, so this equals separate calls.
-  The passes are interleaved per example (row b*P + p) rather than laid end to end: with the
-  batch axis sharded over devices, each device's rows of the joint batch are then exactly its own
-  rows of every pass, so joining and splitting are local reshapes, never cross-device copies.
+  The model's single latent token is squeezed away. Each pass draws its own dropout key.
+  Separate calls rather than one call on the passes joined along the batch axis: XLA then drops
+  whatever a pass's result is never read for, i.e. for a T2L pass (only its latent prediction
+  counts) the text head and the last block's text queries, output projection and feed-forward,
+  which a joint call could not skip row by row. On CPU (H=512, 4 blocks, S=256, B=8, all four
+  terms) a step took 7.3 s this way against 7.8 s with the T2L/L2T passes joined.
   """
-  batch_size = passes[0].tokens_BxS.shape[0]
-  if any(p.tokens_BxS.shape[0] != batch_size for p in passes):
-    raise ValueError(f'passes differ in batch size: {[p.tokens_BxS.shape[0] for p in passes]}')
-  joined = jax.tree.map(_interleave, *passes)
-  rngs = {} if deterministic else {'dropout': dropout_key}
-  outputs = model.apply({'params': params}, joined.tokens_BxS, joined.latents_BxD, joined.text_t_B,
-                        joined.latent_t_B, attention_mask=joined.mask_BxS, deterministic=deterministic,
-                        rngs=rngs)
-  num_passes = len(passes)
-  text_logits_BxPxSxV = outputs[0].reshape((batch_size, num_passes) + outputs[0].shape[1:])
-  latent_pred_BxPxD = outputs[1][:, 0, :].reshape(batch_size, num_passes, -1)
-  return [(text_logits_BxPxSxV[:, p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
+  keys = [None] * len(passes) if deterministic else list(jax.random.split(dropout_key, len(passes)))
+  outputs = []
+  for one_pass, key in zip(passes, keys):
+    text_logits_BxSxV, latent_pred_Bx1xD = model.apply(
+        {'params': params}, one_pass.tokens_BxS, one_pass.latents_BxD, one_pass.text_t_B, one_pass.latent_t_B,
+        attention_mask=one_pass.mask_BxS, deterministic=deterministic,
+        rngs={} if deterministic else {'dropout': key})[:2]
+    outputs.append((text_logits_BxSxV, latent_pred_Bx1xD[:, 0, :]))
+  return outputs
 
 
 def _latents_2d(latent: jax.Array) -> jax.Array:

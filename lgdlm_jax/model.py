@@ -43,6 +43,9 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   dtype = config.get('dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ValueError(f'model.dtype={dtype!r}; expected one of {sorted(COMPUTE_DTYPES)}')
+  scan_unroll = config.get('scan_unroll', 1)
+  if not isinstance(scan_unroll, int) or isinstance(scan_unroll, bool) or scan_unroll < 1:
+    raise ValueError(f'model.scan_unroll={scan_unroll!r}; expected a positive integer (>= n_blocks: fully unrolled)')
   remat_policy = config.get('remat_policy', 'none')
   if remat_policy not in mmdit.REMAT_POLICIES:
     raise ValueError(f'model.remat_policy={remat_policy!r}; expected one of {sorted(mmdit.REMAT_POLICIES)}')
@@ -167,10 +170,10 @@ class MultimodalMMDiT(nn.Module):
     cond_BxC = MultimodalConditioning(c, dtype, name='conditioning')(text_t_B, latent_t_B)
 
     # The latent token is never masked, so no query row is ever fully masked.
-    key_mask_BxN = jnp.concatenate([text_mask_BxS, jnp.ones((batch, 1), bool)], axis=1)
     text_out, latent_out = mmdit.MMDiT(
-        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, cfg.get('remat_policy', 'none'), name='mmdit',
-    )(text_BxSxH, latent_Bx1xH, cond_BxC, key_mask_BxN)
+        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, cfg.get('remat_policy', 'none'),
+        cfg.get('scan_unroll', 1), name='mmdit',
+    )(text_BxSxH, latent_Bx1xH, cond_BxC, text_mask_BxS)
 
     text_logits = self._text_head('text_head', text_out, dtype)
     latent_pred = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)(latent_out)

@@ -291,7 +291,7 @@ class SamplingTest(parameterized.TestCase):
 
 class ContractTest(parameterized.TestCase):
 
-  def test_batched_passes_equal_separate_calls(self):
+  def test_passes_come_back_in_order_and_equal_single_calls(self):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()

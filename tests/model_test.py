@@ -91,6 +91,13 @@ class ForwardParityTest(parameterized.TestCase):
     torch_model, params = build_pair(cfg, seed=streams)
     assert_parity(cfg, torch_model, params, make_inputs(cfg, latent_shape=latent_shape))
 
+  @parameterized.parameters(2, 3, 8)
+  def test_unrolled_blocks_match_reference(self, scan_unroll):
+    # 3 blocks: unroll 2 leaves a remainder iteration, 3 and 8 (more than the blocks) unroll all.
+    cfg = tiny_config(n_blocks=3, scan_unroll=scan_unroll)
+    torch_model, params = build_pair(cfg, seed=11)
+    assert_parity(cfg, torch_model, params, make_inputs(cfg))
+
   def test_matches_reference_with_cluster_head_and_k_latents(self):
     cfg = tiny_config(cluster_size=5, n_blocks=3)
     torch_model, params = build_pair(cfg, seed=7)
@@ -179,7 +186,8 @@ class ModelContractTest(chex.TestCase):
 
   @parameterized.parameters(
       ('hidden_size', 0), ('n_blocks', -1), ('vocab_size', 0), ('dtype', 'float16'),
-      ('dropout', 1.0), ('cluster_size', -3), ('remat_policy', 'sometimes'))
+      ('dropout', 1.0), ('cluster_size', -3), ('remat_policy', 'sometimes'), ('scan_unroll', 0),
+      ('scan_unroll', 1.5), ('scan_unroll', True))
   def test_bad_config_value_is_named(self, key, value):
     cfg = tiny_config()
     cfg[key] = value

@@ -1,0 +1,69 @@
+"""lgdlm_jax.bench: its FLOP count against XLA's own, and one benchmark run on a tiny model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lgdlm_jax import bench
+from lgdlm_jax import default_config
+from lgdlm_jax import model as model_lib
+
+
+def small_config():
+  config = default_config.default_config()
+  # R = 1: the hyper-connection mixing adds elementwise FLOPs that the matmul count leaves out.
+  config.model.update(hidden_size=128, n_blocks=2, cond_dim=64, max_seq_len=64, vocab_size=2048,
+                      num_residual_streams=1, scan_unroll=2)
+  config.training.update(train_batch_size=2, eval_batch_size=2)
+  return config
+
+
+@pytest.mark.parametrize('text_logits', [True, False])
+def test_forward_flops_match_xlas_count(text_logits):
+  config = small_config()
+  model = model_lib.MultimodalMMDiT(config.model)
+  batch, seq_len = 2, config.model.max_seq_len
+  tokens, latents = jnp.zeros((batch, seq_len), jnp.int32), jnp.zeros((batch, config.model.latent_dim))
+  params = model.init(jax.random.key(0), tokens, latents)['params']
+  # Without its text logits read, XLA drops what only they need: the count must follow.
+  outputs = (lambda out: out) if text_logits else (lambda out: out[1])
+  apply = jax.jit(lambda p, t, l: outputs(model.apply({'params': p}, t, l)))
+  xla_flops = apply.lower(params, tokens, latents).compile().cost_analysis()['flops']
+  ours = batch * bench.forward_flops_per_sequence(config.model, text_logits=text_logits)
+  # Ours counts matmuls only; XLA also counts the norms, softmax and activations (a few %).
+  assert 0.9 * xla_flops <= ours <= xla_flops, (ours, xla_flops)
+
+
+def test_train_flops_count_two_l2t_passes_and_one_or_two_t2l_passes():
+  config = small_config()
+  l2t = bench.forward_flops_per_sequence(config.model, text_logits=True)
+  t2l = bench.forward_flops_per_sequence(config.model, text_logits=False)
+  config.loss.cycle_latent_weight = 1.0
+  assert bench.train_flops_per_step(config) == 3 * 2 * (2 * l2t + 2 * t2l)
+  config.loss.cycle_latent_weight = 0.0
+  assert bench.train_flops_per_step(config) == 3 * 2 * (2 * l2t + t2l)
+
+
+def test_benchmark_reports_every_field_and_each_step():
+  config = small_config()
+  result = bench.benchmark(config, steps=3, warmup=1, sync_each_step=True)
+  assert len(result['step_seconds']) == 3 and min(result['step_seconds']) > 0
+  assert result['steps_per_s'] > 0 and np.isfinite(result['final_loss'])
+  assert result['tokens_per_s'] == pytest.approx(result['steps_per_s'] * 2 * config.model.max_seq_len)
+  assert result['model_flops_per_step'] == bench.train_flops_per_step(config)
+  assert result['model']['scan_unroll'] == 2 and result['backend'] == 'cpu' and result['compile_s'] > 0
+  assert result['mfu'] is None  # no known peak for a CPU
+
+
+def test_compile_only_needs_no_parameters_and_reports_memory():
+  config = small_config()
+  result = bench.compile_only(config)
+  assert result['compile_s'] >= result['trace_and_lower_s'] > 0
+  # The donated arguments hold the parameters and two AdamW moments, float32.
+  model = model_lib.MultimodalMMDiT(config.model)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
+                          jnp.zeros((1, config.model.latent_dim)))
+  param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(shapes))
+  assert result['argument_bytes'] >= 3 * param_bytes
+  assert result['temp_bytes'] > 0 and result['model_flops_per_step'] == bench.train_flops_per_step(config)
