@@ -6,6 +6,13 @@ per GPU), and the MMDiT blocks rematerialised keeping only their matmul outputs.
 set --config.mesh.fsdp to its chip count (or fewer, the rest then split the data) and the batch to a
 multiple of the chip count.
 
+Unverified: no TPU was available to this project. On the CPU backend, XLA's memory analysis of
+the step (`python -m lgdlm_jax.bench --config configs/cluster.py --compile_only
+--config.mesh.fsdp=1 --config.training.train_batch_size=1`) reports 30.7 GB of temporaries for
+one 4096-token sequence (20.3 GB with remat_policy='full'); if a TPU's analysis is similar, one
+sequence does not fit a 16 GiB chip even with full remat, and the run needs chips with more memory
+or a shorter max_seq_len. Check with the same command on the target before a long run.
+
 Use: python -m lgdlm_jax.main --config configs/cluster.py --workdir DIR \
        --config.data.token_dir=... --config.data.latent_dir=...
 """

@@ -96,6 +96,15 @@ def _abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDty
           'latent': jax.ShapeDtypeStruct((b, config.model.latent_dim), np.float32)}
 
 
+def _describe(config: ml_collections.ConfigDict) -> dict:
+  """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
+  device = jax.devices()[0]
+  return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
+          'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0), 'backend': jax.default_backend(),
+          'device': device.device_kind, 'devices': jax.device_count(), 'jax': jax.__version__,
+          'model_flops_per_step': train_flops_per_step(config)}
+
+
 def compile_only(config: ml_collections.ConfigDict) -> dict:
   """Compiles the train step from shapes alone (no parameters are created) and reports the compile
   seconds and XLA's memory analysis of the step: how a large config fits before any run."""
@@ -111,14 +120,10 @@ def compile_only(config: ml_collections.ConfigDict) -> dict:
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started
   memory = compiled.memory_analysis()
-  device = jax.devices()[0]
   return {
-      'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
-      'backend': jax.default_backend(), 'device': device.device_kind, 'devices': jax.device_count(),
-      'trace_and_lower_s': round(lower_seconds, 2), 'compile_s': round(compile_seconds, 2),
+      **_describe(config), 'trace_and_lower_s': round(lower_seconds, 2), 'compile_s': round(compile_seconds, 2),
       'argument_bytes': getattr(memory, 'argument_size_in_bytes', None),
       'temp_bytes': getattr(memory, 'temp_size_in_bytes', None),
-      'model_flops_per_step': train_flops_per_step(config), 'jax': jax.__version__,
   }
 
 
@@ -158,18 +163,13 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
 
   device = jax.devices()[0]
   steps_per_sec = steps / elapsed
-  flops = train_flops_per_step(config)
   peak = peak_flops(device)
   memory = device.memory_stats() or {}
   return {
-      'model': {k: config.model[k] for k in MODEL_KEYS},
-      'batch': b, 'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0),
-      'backend': jax.default_backend(), 'device': device.device_kind, 'devices': jax.device_count(),
-      'compile_s': round(compile_seconds, 2), 'steps_per_s': steps_per_sec,
-      'tokens_per_s': steps_per_sec * b * s, 'model_flops_per_step': flops,
-      'mfu': None if peak is None else flops * steps_per_sec / (peak * jax.device_count()),
-      'peak_memory_bytes': memory.get('peak_bytes_in_use'),
-      'final_loss': float(metrics['loss']), 'jax': jax.__version__,
+      **_describe(config), 'compile_s': round(compile_seconds, 2), 'steps_per_s': steps_per_sec,
+      'tokens_per_s': steps_per_sec * b * s,
+      'mfu': None if peak is None else train_flops_per_step(config) * steps_per_sec / (peak * jax.device_count()),
+      'peak_memory_bytes': memory.get('peak_bytes_in_use'), 'final_loss': float(metrics['loss']),
       **({'step_seconds': step_seconds} if sync_each_step else {}),
   }
 
