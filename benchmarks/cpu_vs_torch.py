@@ -142,8 +142,10 @@ def main() -> None:
   for _ in range(args.rounds):
     for side in ('torch', 'jax'):
       command = [sys.executable, __file__, '--side', side, '--steps', str(args.steps), '--warmup', str(args.warmup)]
-      output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-      record = json.loads(output.strip().splitlines()[-1])
+      child = subprocess.run(command, capture_output=True, text=True)
+      if child.returncode != 0:
+        raise RuntimeError(f'the {side} side failed (exit {child.returncode}):\n{child.stderr}')
+      record = json.loads(child.stdout.strip().splitlines()[-1])
       print(json.dumps(record), flush=True)
       step_seconds[side] += record['step_seconds']
   medians = {side: statistics.median(times) for side, times in step_seconds.items()}

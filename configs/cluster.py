@@ -1,8 +1,8 @@
 """Cluster config: the reference's `mmdit_cycle_vae_cluster.yaml` (H=1024, 24 blocks, C=1024, S=4096,
 D=32, R=2, bfloat16 compute, AdamW lr 5e-5, cosine after 2000 warmup steps, both cycle terms on).
-Laid out for a TPU slice of 8 chips with 16 GiB each (e.g. v5e-8): parameters and AdamW state fully
-sharded over the 8 chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4
-per GPU), and the MMDiT blocks rematerialised keeping only their matmul outputs. On another slice
+Meant for a TPU slice of 8 chips (e.g. v5e-8): parameters and AdamW state fully sharded over the 8
+chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4 per GPU), and the
+MMDiT blocks rematerialised keeping only their matmul outputs (see below on memory per chip). On another slice
 set --config.mesh.fsdp to its chip count (or fewer, the rest then split the data) and the batch to a
 multiple of the chip count.
 

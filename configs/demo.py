@@ -1,6 +1,6 @@
 """Demo config: a small model on the shipped KJV sentences with all-MiniLM-L6-v2 latents (data/kjv_demo).
 
-Trains in about 90 seconds on a 2-core CPU (600 steps), long enough for the L2T accuracy to climb
+Trains in 1.5-2 minutes on a 2-core CPU (600 steps), long enough for the L2T accuracy to climb
 well above its start, and decodes a few validation sentences at the end:
 
     python -m lgdlm_jax.main --config configs/demo.py --workdir runs/demo
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.update(train_batch_size=16, eval_batch_size=32, num_train_steps=600, lr_schedule='cosine',
                          warmup_steps=20, log_every=50, eval_every=200, eval_batches=3, save_every=300)
   config.optimizer.update(lr=2e-3, weight_decay=0.0)
-  # The cycle-text pass decodes text from the T2L latent estimate, which a 90-second run never makes
+  # The cycle-text pass decodes text from the T2L latent estimate, which a 2-minute run never makes
   # good; weighted in, it teaches L2T to ignore its latent (val accuracy with the true latents
   # barely beat shuffled ones). It is still computed and logged.
   config.loss.cycle_text_weight = 0.0

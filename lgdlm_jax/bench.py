@@ -10,7 +10,6 @@ compile seconds and XLA's memory analysis instead, e.g. for the cluster config o
         --config.mesh.fsdp=1 --config.training.train_batch_size=1
 """
 
-import functools
 import json
 import time
 
@@ -39,38 +38,41 @@ PEAK_FLOPS = {
 }
 ATTN_INNER = 512  # 8 heads x 64, fixed by the reference's MMDiT
 MODEL_KEYS = ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'vocab_size', 'latent_dim', 'num_residual_streams',
-              'dtype', 'remat_policy', 'scan_unroll')
+              'cluster_size', 'dtype', 'remat_policy', 'scan_unroll')
+
+
+def _text_head_flops(model_config: ml_collections.ConfigDict) -> float:
+  """One vocabulary projection (text or cluster head) over S tokens."""
+  return 2 * model_config.hidden_size * model_config.vocab_size * model_config.max_seq_len
 
 
 def forward_flops_per_sequence(model_config: ml_collections.ConfigDict, text_logits: bool = True) -> float:
   """Matmul FLOPs of one forward pass over one sequence of S text tokens and one latent token.
 
-  text_logits=False counts a pass whose latent prediction alone is read (a T2L pass): XLA then
-  drops the text heads and, in the last block, the text tokens' attention, output projection
-  and MLP, so those FLOPs are neither spent nor counted. Their qkv projection stays (queries
-  included: it is one matmul).
+  text_logits=False: a pass whose text logits are not computed (the T2L rows of the objective's
+  joint calls, see lgdlm_jax.losses.run_passes): no text or cluster head.
   """
-  h, s, v = model_config.hidden_size, model_config.max_seq_len, model_config.vocab_size
+  h, s = model_config.hidden_size, model_config.max_seq_len
   n = s + 1
   qkv, out, mlp = 2 * h * 3 * ATTN_INNER, 2 * ATTN_INNER * h, 2 * 2 * h * 4 * h  # per token
   attention = 2 * 2 * n * ATTN_INNER  # per query: scores and weighted values over all n keys
-  block = n * (qkv + out + mlp + attention)
   latent = 2 * (model_config.latent_dim * 2 * h + 2 * h * h) * 2  # encoder + head
+  flops = model_config.n_blocks * n * (qkv + out + mlp + attention) + latent
   if text_logits:
-    heads = 2 * h * v * s * (2 if model_config.cluster_size > 0 else 1)
-    return model_config.n_blocks * block + heads + latent
-  last_block = s * qkv + (qkv + out + mlp + attention)  # the text tokens' qkv, all of the latent token
-  return (model_config.n_blocks - 1) * block + last_block + latent
+    flops += _text_head_flops(model_config) * (2 if model_config.get('cluster_size', 0) > 0 else 1)
+  return flops
 
 
 def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
   """Forward + backward (3x forward) of every pass the objective runs for one global batch.
 
-  Two L2T passes (base L2T, cycle text) whose text logits are read, and one or two T2L passes
-  (base T2L, and cycle latent when its weight is > 0) whose latent prediction alone is.
+  Two L2T passes (base L2T, cycle text) with text logits, and one or two T2L passes (base T2L,
+  and cycle latent when its weight is > 0) without. The objective never reads the cluster head,
+  so XLA drops it and it is not counted.
   """
+  cluster_head = _text_head_flops(config.model) if config.model.get('cluster_size', 0) > 0 else 0
   t2l_passes = 2 if config.loss.cycle_latent_weight > 0 else 1
-  per_sequence = (2 * forward_flops_per_sequence(config.model, text_logits=True)
+  per_sequence = (2 * (forward_flops_per_sequence(config.model, text_logits=True) - cluster_head)
                   + t2l_passes * forward_flops_per_sequence(config.model, text_logits=False))
   return 3 * config.training.train_batch_size * per_sequence
 
@@ -90,16 +92,10 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
   }
 
 
-def _abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-  b, s = config.training.train_batch_size, config.model.max_seq_len
-  return {'input_ids': jax.ShapeDtypeStruct((b, s), np.int32), 'attention_mask': jax.ShapeDtypeStruct((b, s), bool),
-          'latent': jax.ShapeDtypeStruct((b, config.model.latent_dim), np.float32)}
-
-
 def _describe(config: ml_collections.ConfigDict) -> dict:
   """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
   device = jax.devices()[0]
-  return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
+  return {'model': {k: config.model.get(k) for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
           'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0), 'backend': jax.default_backend(),
           'device': device.device_kind, 'devices': jax.device_count(), 'jax': jax.__version__,
           'model_flops_per_step': train_flops_per_step(config)}
@@ -111,11 +107,11 @@ def compile_only(config: ml_collections.ConfigDict) -> dict:
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
-  abstract_state = jax.eval_shape(functools.partial(train.init_state, config, model, optimizer), jax.random.key(0))
-  shardings = sharding.tree_shardings(abstract_state, mesh, int(config.mesh.get('min_shard_size', 2**14)))
+  abstract_state, shardings = train.abstract_state_and_shardings(config, model, optimizer, mesh, jax.random.key(0))
   step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(config))
   started = time.perf_counter()
-  lowered = step_fn.lower(abstract_state, _abstract_batch(config), jax.random.key(1))
+  lowered = step_fn.lower(abstract_state, abstract_batch, jax.random.key(1))
   lower_seconds = time.perf_counter() - started
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started

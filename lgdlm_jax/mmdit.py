@@ -1,7 +1,8 @@
 """The generalized MMDiT backbone of mmdit 0.3.0 for two modalities (text, latent).
 
-Blocks are applied with `nn.scan` over stacked parameters (leading axis = block index), which keeps
-compile time independent of depth. Per block and modality m (0 = text, 1 = latent):
+Blocks are applied with `nn.scan` over stacked parameters (leading axis = block index); with
+model.scan_unroll = 1 that keeps compile time independent of depth, while unrolling (several
+blocks per iteration) runs faster on CPU. Per block and modality m (0 = text, 1 = latent):
   attention: residual width -> adaptive LayerNorm -> joint attention -> * gamma -> residual depth
   feed-forward: residual width -> adaptive LayerNorm -> MLP -> * gamma -> residual depth
 Submodule names follow the PyTorch state dict with each numeric index joined to its parent by '_'
@@ -93,8 +94,11 @@ class JointAttention(nn.Module):
           functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores]))
       exps = [jnp.exp(s - max_BxKxQx1) for s in scores]
       total_BxKxQx1 = sum(jnp.sum(e, axis=-1, keepdims=True) for e in exps)
-      out_BxQxKxD = sum(jnp.einsum('bhqk,bkhd->bqhd', (e / total_BxKxQx1).astype(self.dtype), v)
-                        for e, v in zip(exps, vs))
+      # Each block's weighted values are accumulated in float32 and rounded to the compute dtype
+      # once, as a single matmul over the concatenated keys would.
+      out_BxQxKxD = sum(jnp.einsum('bhqk,bkhd->bqhd', (e / total_BxKxQx1).astype(self.dtype), v,
+                                   preferred_element_type=jnp.float32)
+                        for e, v in zip(exps, vs)).astype(self.dtype)
       to_out = layers.torch_linear(dim, inner, name=f'to_out_{m}', dtype=self.dtype, use_bias=False)
       outputs.append(to_out(out_BxQxKxD.reshape(*out_BxQxKxD.shape[:2], inner)))
     return tuple(outputs)
@@ -177,7 +181,10 @@ class MMDiT(nn.Module):
   @nn.compact
   def __call__(self, text_BxSxH: jax.Array, latent_BxLxH: jax.Array, cond_BxC: jax.Array,
                text_mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """text_mask_BxS: False marks padding keys (None = no padding); the latent token is never masked."""
+    """text_mask_BxS: False marks padding keys (None = no padding).
+
+    The latent token is never masked, so no query row is ever fully masked.
+    """
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'model.remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}')
     block_cls = MMDiTBlock

@@ -145,7 +145,15 @@ class MultimodalMMDiT(nn.Module):
       latent_timesteps: jax.Array | None = None,
       attention_mask: jax.Array | None = None,
       deterministic: bool = True,
+      text_head_rows: slice | None = None,
   ) -> tuple[jax.Array, ...]:
+    """(text_logits, latent_pred[, cluster_logits]); text_head_rows limits the text heads to those rows.
+
+    A caller that reads the text logits of some batch rows only passes a slice of the batch axis
+    (the cycle loss: slice(p, None, P) for pass p of P joined passes, its T2L rows need only the
+    latent prediction); the text and cluster logits then have that many rows. The vocabulary
+    projection is a quarter of the model's FLOPs at H = 512, V = 8192.
+    """
     cfg = self.config
     validate_model_config(cfg)
     dtype = COMPUTE_DTYPES[cfg.get('dtype', 'float32')]
@@ -160,21 +168,22 @@ class MultimodalMMDiT(nn.Module):
     zeros_B = jnp.zeros((batch,), jnp.float32)
     text_t_B = zeros_B if text_timesteps is None else jnp.broadcast_to(text_timesteps, (batch,))
     latent_t_B = zeros_B if latent_timesteps is None else jnp.broadcast_to(latent_timesteps, (batch,))
-    text_mask_BxS = (jnp.ones((batch, seq_len), bool) if attention_mask is None
-                     else attention_mask.astype(bool))
-    if text_mask_BxS.shape != (batch, seq_len):
+    # None (no padding) skips the masking altogether.
+    text_mask_BxS = None if attention_mask is None else attention_mask.astype(bool)
+    if text_mask_BxS is not None and text_mask_BxS.shape != (batch, seq_len):
       raise ValueError(f'attention_mask shape {attention_mask.shape} != text_tokens shape {text_tokens.shape}')
 
     text_BxSxH = TextEncoder(cfg.vocab_size, h, cfg.max_seq_len, name='text_encoder')(text_tokens)
     latent_Bx1xH = LatentEncoder(h, dtype, name='latent_encoder')(latents_Bx1xD.astype(jnp.float32))
     cond_BxC = MultimodalConditioning(c, dtype, name='conditioning')(text_t_B, latent_t_B)
 
-    # The latent token is never masked, so no query row is ever fully masked.
     text_out, latent_out = mmdit.MMDiT(
         cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, cfg.get('remat_policy', 'none'),
         cfg.get('scan_unroll', 1), name='mmdit',
     )(text_BxSxH, latent_Bx1xH, cond_BxC, text_mask_BxS)
 
+    if text_head_rows is not None:
+      text_out = text_out[text_head_rows]
     text_logits = self._text_head('text_head', text_out, dtype)
     latent_pred = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)(latent_out)
     latent_pred = nn.Dropout(cfg.get('dropout', 0.0))(layers.gelu(latent_pred), deterministic=deterministic)

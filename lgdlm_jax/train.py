@@ -60,12 +60,16 @@ def init_state(config: ml_collections.ConfigDict, model: model_lib.MultimodalMMD
                     consecutive_nonfinite=zero)
 
 
+def abstract_state_and_shardings(config, model, optimizer, mesh, rng) -> tuple[TrainState, Any]:
+  """The state's shapes and dtypes (nothing allocated) and the shardings it is laid out with."""
+  abstract = jax.eval_shape(functools.partial(init_state, config, model, optimizer), rng)
+  return abstract, sharding.tree_shardings(abstract, mesh, int(config.mesh.get('min_shard_size', 2**14)))
+
+
 def create_sharded_state(config, model, optimizer, mesh, rng) -> tuple[TrainState, Any]:
   """Creates the state directly in its shardings (no full copy on one device first)."""
-  make = functools.partial(init_state, config, model, optimizer)
-  abstract = jax.eval_shape(make, rng)
-  shardings = sharding.tree_shardings(abstract, mesh, int(config.mesh.get('min_shard_size', 2**14)))
-  state = jax.jit(make, out_shardings=shardings)(rng)
+  _, shardings = abstract_state_and_shardings(config, model, optimizer, mesh, rng)
+  state = jax.jit(functools.partial(init_state, config, model, optimizer), out_shardings=shardings)(rng)
   return state, shardings
 
 

@@ -291,26 +291,54 @@ class SamplingTest(parameterized.TestCase):
 
 class ContractTest(parameterized.TestCase):
 
-  def test_passes_come_back_in_order_and_equal_single_calls(self):
+  def test_each_pass_returns_its_own_model_outputs_in_order(self):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = []
-    for seed in (1, 2):
-      tokens, latents, text_t, latent_t, mask = model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN,
-                                                                       seed=seed)
-      passes.append(losses.ModelPass(tokens, latents, text_t, latent_t, mask))
-    joint = jax.jit(lambda p, ps: losses.run_passes(model, p, ps, deterministic=True, dropout_key=None))
-    single = jax.jit(lambda p, one: losses.run_passes(model, p, [one], deterministic=True, dropout_key=None)[0])
+    passes = [losses.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+              for seed in (1, 2)]
     with jax.default_matmul_precision('highest'):
-      together = joint(params, passes)
-      apart = [single(params, one) for one in passes]
-    for (text_a, latent_a), (text_b, latent_b) in zip(together, apart):
-      chex.assert_shape(latent_a, (BATCH, config.model.latent_dim))
-      np.testing.assert_allclose(text_a, text_b, atol=1e-5, rtol=0)
-      np.testing.assert_allclose(latent_a, latent_b, atol=1e-5, rtol=0)
-    # The two passes are far apart, so a mix-up of the halves could not pass the checks above.
-    self.assertGreater(float(jnp.abs(apart[0][1] - apart[1][1]).max()), 1e-2)
+      got = jax.jit(lambda p, ps: losses.run_passes(model, p, ps, deterministic=True, dropout_key=None))(
+          params, passes)
+      direct = [model.apply({'params': params}, *one[:4], attention_mask=one.mask_BxS) for one in passes]
+    for (text, latent), (text_ref, latent_ref) in zip(got, direct):
+      chex.assert_shape(latent, (BATCH, config.model.latent_dim))
+      np.testing.assert_allclose(text, text_ref, atol=1e-5, rtol=0)
+      np.testing.assert_allclose(latent, latent_ref[:, 0, :], atol=1e-5, rtol=0)
+    # The two passes are far apart, so a mix-up of the passes could not pass the checks above.
+    self.assertGreater(float(jnp.abs(got[0][1] - got[1][1]).max()), 1e-2)
+
+  @parameterized.parameters(((False, True),), ((True, False),), ((True, True),), ((False, False),))
+  def test_unwanted_text_logits_are_none_and_the_rest_unchanged(self, wanted):
+    config = make_config()
+    model = model_lib.MultimodalMMDiT(config.model)
+    _, params = torch_pair()
+    passes = [losses.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+              for seed in (1, 2)]
+    call = lambda w: jax.jit(lambda p, ps: losses.run_passes(model, p, ps, deterministic=True, dropout_key=None,
+                                                             text_logits_wanted=w))(params, passes)
+    with jax.default_matmul_precision('highest'):
+      every, some = call(None), call(wanted)
+    for w, (text_all, latent_all), (text_some, latent_some) in zip(wanted, every, some):
+      np.testing.assert_allclose(latent_some, latent_all, atol=1e-6, rtol=0)
+      if w:
+        np.testing.assert_allclose(text_some, text_all, atol=1e-6, rtol=0)
+      else:
+        self.assertIsNone(text_some)
+    with self.assertRaisesRegex(ValueError, 'text_logits_wanted has 1 entries for 2 passes'):
+      losses.run_passes(model, params, passes, deterministic=True, dropout_key=None, text_logits_wanted=(True,))
+
+  def test_each_pass_draws_its_own_dropout_mask(self):
+    config = make_config(dropout=0.3)
+    model = model_lib.MultimodalMMDiT(config.model)
+    _, params = torch_pair()
+    one = losses.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=1))
+    call = jax.jit(lambda key: losses.run_passes(model, params, [one, one], deterministic=False, dropout_key=key))
+    first, again, other = call(jax.random.key(0)), call(jax.random.key(0)), call(jax.random.key(1))
+    # Same input twice: only the dropout masks (drawn per row of the joint call) tell them apart.
+    self.assertGreater(float(jnp.abs(first[0][1] - first[1][1]).max()), 1e-3)
+    chex.assert_trees_all_equal(first, again)
+    self.assertGreater(float(jnp.abs(first[0][1] - other[0][1]).max()), 1e-3)
 
   def test_bx1xd_latent_equals_bxd(self):
     fn, config, _ = compiled_loss('epsilon', grad=False, cycle_latent_sampling='categorical')
