@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax import layers
+from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import samplers
 from lgdlm_jax import text
@@ -78,8 +79,8 @@ def evaluate_batch(params: Params, batch: dict[str, jax.Array], rng: jax.Array, 
   predicted = l2t_predictions(params, batch, l2t_key, model=model, config=config)
 
   # T2L from the true text and from the sampled text, as one sampler call over 2B rows.
-  pair = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
-  t2l_2BxD = samplers.sample_t2l(params, pair(ids_BxS, predicted['sampled']), pair(mask_BxS, mask_BxS), t2l_key,
+  t2l_2BxD = samplers.sample_t2l(params, losses.interleave(ids_BxS, predicted['sampled']),
+                                 losses.interleave(mask_BxS, mask_BxS), t2l_key,
                                  model=model, config=config, steps=int(config.training.eval_t2l_steps))
   t2l_Bx2xD = t2l_2BxD.reshape(ids_BxS.shape[0], 2, -1)
   from_text_BxD, from_sampled_text_BxD = t2l_Bx2xD[:, 0], t2l_Bx2xD[:, 1]

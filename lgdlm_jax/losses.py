@@ -207,10 +207,10 @@ class ModelPass(NamedTuple):
   latents_BxD: jax.Array
   text_t_B: jax.Array
   latent_t_B: jax.Array
-  mask_BxS: jax.Array
+  mask_BxS: jax.Array | None  # None: no padding (every pass of one run_passes call alike)
 
 
-def _interleave(*xs_B: jax.Array) -> jax.Array:
+def interleave(*xs_B: jax.Array) -> jax.Array:
   """[B,...] x P -> [B*P,...] with row b*P + p = xs[p][b]."""
   return jnp.stack(xs_B, axis=1).reshape((-1,) + xs_B[0].shape[1:])
 
@@ -243,7 +243,7 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
   if len(wanted) != num_passes:
     raise ValueError(f'text_logits_wanted has {len(wanted)} entries for {num_passes} passes')
   only_pass = wanted.index(True) if sum(wanted) == 1 and num_passes > 1 else None
-  joined = jax.tree.map(_interleave, *passes)
+  joined = jax.tree.map(interleave, *passes)
   options = dict(rngs={} if deterministic else {'dropout': dropout_key})
   if only_pass is not None:
     options['text_head_rows'] = slice(only_pass, None, num_passes)
@@ -300,7 +300,7 @@ def cycle_vae_loss(
   latents_BxD = _latents_2d(jnp.asarray(batch['latent']))
   batch_size = input_ids_BxS.shape[0]
   mask = batch.get('attention_mask')
-  mask_BxS = jnp.ones(input_ids_BxS.shape, bool) if mask is None else jnp.asarray(mask).astype(bool)
+  mask_BxS = None if mask is None else jnp.asarray(mask).astype(bool)  # None: the model skips masking
   zeros_B = jnp.zeros((batch_size,), jnp.float32)
   ones_B = jnp.ones((batch_size,), jnp.float32)
   all_mask_tokens_BxS = jnp.full_like(input_ids_BxS, opts.mask_token_id)

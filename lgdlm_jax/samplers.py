@@ -64,7 +64,6 @@ def apply_model(model: nn.Module, params: Params, tokens_BxS: jax.Array, latents
                 mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   """One deterministic pass with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D])."""
   batch = tokens_BxS.shape[0]
-  mask_BxS = jnp.ones(tokens_BxS.shape, bool) if mask_BxS is None else mask_BxS
   full_B = lambda t: jnp.full((batch,), t, jnp.float32)
   passes = [losses.ModelPass(tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t), mask_BxS)]
   return losses.run_passes(model, params, passes, deterministic=True, dropout_key=None)[0]

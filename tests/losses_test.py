@@ -340,6 +340,15 @@ class ContractTest(parameterized.TestCase):
     chex.assert_trees_all_equal(first, again)
     self.assertGreater(float(jnp.abs(first[0][1] - other[0][1]).max()), 1e-3)
 
+  def test_absent_mask_equals_all_true_mask(self):
+    fn, config, _ = compiled_loss('epsilon', grad=False, cycle_latent_sampling='categorical')
+    _, params = torch_pair()
+    batch, draws = make_batch(), draws_for(config)
+    batch['attention_mask'] = np.ones_like(batch['attention_mask'])
+    unmasked = {k: v for k, v in batch.items() if k != 'attention_mask'}
+    chex.assert_trees_all_close(run(fn, params, batch, draws, PARITY_STEP),
+                                run(fn, params, unmasked, draws, PARITY_STEP), atol=1e-6)
+
   def test_bx1xd_latent_equals_bxd(self):
     fn, config, _ = compiled_loss('epsilon', grad=False, cycle_latent_sampling='categorical')
     _, params = torch_pair()
