@@ -48,7 +48,7 @@ TORCH_THREADS = 2
 
 
 def make_config() -> ml_collections.ConfigDict:
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(hidden_size=512, n_blocks=4, cond_dim=512, max_seq_len=256, vocab_size=8192, latent_dim=32,
                       num_residual_streams=2, dtype='float32', scan_unroll=4)
   config.training.train_batch_size = 8

@@ -6,11 +6,11 @@ Use: python -m lgdlm_jax.main --config configs/base.py --workdir DIR --config.da
 
 import ml_collections
 
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(hidden_size=512, n_blocks=8, cond_dim=512, max_seq_len=512, latent_dim=32,
                       num_residual_streams=2, dtype='bfloat16')
   config.training.update(train_batch_size=32, eval_batch_size=32, num_train_steps=50_000, lr_schedule='cosine',

@@ -19,11 +19,11 @@ Use: python -m lgdlm_jax.main --config configs/cluster.py --workdir DIR \
 
 import ml_collections
 
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(hidden_size=1024, n_blocks=24, cond_dim=1024, max_seq_len=4096, latent_dim=32,
                       num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='dots')
   config.data.update(max_samples=2_000_000, num_workers=8)

@@ -11,13 +11,13 @@ of data/kjv_demo/dataset.json; the paths are relative to the repository root.
 
 import ml_collections
 
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 
 DATA_DIR = 'data/kjv_demo'
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default_config.default_config()
+  config = config_lib.default_config()
   # H = 64 keeps a step under 0.1 s on 2 cores; many small steps beat fewer large ones in a
   # few-minute budget (the attention is 8 x 64 wide whatever H is).
   config.model.update(vocab_size=2048, hidden_size=64, n_blocks=2, cond_dim=64, max_seq_len=32, latent_dim=384,

@@ -10,70 +10,41 @@ compile seconds and XLA's memory analysis instead, e.g. for the cluster config o
         --config.mesh.fsdp=1 --config.training.train_batch_size=1
 """
 
+from collections.abc import Sequence
 import json
 import time
 
-from absl import app
 from absl import flags
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
+from lgdlm_jax import cli
+from lgdlm_jax import config as config_lib
+from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import sharding
 from lgdlm_jax import train
-
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/smoke.py', 'Path to a get_config() Python file.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-_COMPILE_ONLY = flags.DEFINE_boolean('compile_only', False, 'Only compile the step from shapes (no parameters '
-                                     'are created) and report compile time and XLA memory analysis.')
+from lgdlm_jax.model import flops as model_flops
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
     'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12,
     'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12,
 }
-ATTN_INNER = 512  # 8 heads x 64, fixed by the reference's MMDiT
 MODEL_KEYS = ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'vocab_size', 'latent_dim', 'num_residual_streams',
               'cluster_size', 'dtype', 'remat_policy', 'scan_unroll')
-
-
-def _text_head_flops(model_config: ml_collections.ConfigDict) -> float:
-  """One vocabulary projection (text or cluster head) over S tokens."""
-  return 2 * model_config.hidden_size * model_config.vocab_size * model_config.max_seq_len
-
-
-def forward_flops_per_sequence(model_config: ml_collections.ConfigDict, text_logits: bool = True) -> float:
-  """Matmul FLOPs of one forward pass over one sequence of S text tokens and one latent token.
-
-  text_logits=False: a pass whose text logits are not computed (the T2L rows of the objective's
-  joint calls, see lgdlm_jax.losses.run_passes): no text or cluster head.
-  """
-  h, s = model_config.hidden_size, model_config.max_seq_len
-  n = s + 1
-  qkv, out, mlp = 2 * h * 3 * ATTN_INNER, 2 * ATTN_INNER * h, 2 * 2 * h * 4 * h  # per token
-  attention = 2 * 2 * n * ATTN_INNER  # per query: scores and weighted values over all n keys
-  latent = 2 * (model_config.latent_dim * 2 * h + 2 * h * h) * 2  # encoder + head
-  flops = model_config.n_blocks * n * (qkv + out + mlp + attention) + latent
-  if text_logits:
-    flops += _text_head_flops(model_config) * (2 if model_config.get('cluster_size', 0) > 0 else 1)
-  return flops
 
 
 def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
   """Forward + backward (3x forward) of every pass the objective runs for one global batch.
 
-  Two L2T passes (base L2T, cycle text) with text logits, and one or two T2L passes (base T2L,
-  and cycle latent when its weight is > 0) without. The objective never reads the cluster head,
-  so XLA drops it and it is not counted.
+  The passes come from lgdlm_jax.losses.pass_plan, the list cycle_vae_loss itself runs. The
+  objective never reads the cluster head, so XLA drops it and it is not counted.
   """
-  cluster_head = _text_head_flops(config.model) if config.model.get('cluster_size', 0) > 0 else 0
-  t2l_passes = 2 if config.loss.cycle_latent_weight > 0 else 1
-  per_sequence = (2 * (forward_flops_per_sequence(config.model, text_logits=True) - cluster_head)
-                  + t2l_passes * forward_flops_per_sequence(config.model, text_logits=False))
+  per_sequence = sum(model_flops.forward_flops_per_sequence(config.model, text_logits=planned.text_logits)
+                     for round_ in losses.pass_plan(losses.loss_options(config)) for planned in round_)
   return 3 * config.training.train_batch_size * per_sequence
 
 
@@ -95,7 +66,7 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
 def _describe(config: ml_collections.ConfigDict) -> dict:
   """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
   device = jax.devices()[0]
-  return {'model': {k: config.model.get(k) for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
+  return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
           'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0), 'backend': jax.default_backend(),
           'device': device.device_kind, 'devices': jax.device_count(), 'jax': jax.__version__,
           'model_flops_per_step': train_flops_per_step(config)}
@@ -104,6 +75,7 @@ def _describe(config: ml_collections.ConfigDict) -> dict:
 def compile_only(config: ml_collections.ConfigDict) -> dict:
   """Compiles the train step from shapes alone (no parameters are created) and reports the compile
   seconds and XLA's memory analysis of the step: how a large config fits before any run."""
+  config = config_lib.finalize(config)
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
@@ -130,6 +102,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   sync_each_step: wait for every step and report each one's seconds ('step_seconds'), so that a
   noisy machine's outliers can be seen; steps then no longer overlap their dispatch.
   """
+  config = config_lib.finalize(config)
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
@@ -170,13 +143,28 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   }
 
 
-def main(argv) -> None:
-  del argv
-  if _COMPILE_ONLY.value:
-    print(json.dumps(compile_only(_CONFIG.value)))
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+  cli.define_config_flag(flag_values, argv, 'configs/smoke.py', 'A get_config() Python file (FILE.py or FILE.py:arg).')
+  flags.DEFINE_integer('steps', 10, 'Timed steps.', flag_values=flag_values)
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.', flag_values=flag_values)
+  flags.DEFINE_boolean('compile_only', False, 'Only compile the step from shapes (no parameters are created) and '
+                       'report compile time and XLA memory analysis.', flag_values=flag_values)
+
+
+def work(flag_values: flags.FlagValues, args: list[str]) -> None:
+  if args:
+    raise cli.UsageError(f'unexpected arguments: {" ".join(args)}')
+  config = config_lib.finalize(flag_values.config)
+  config_lib.check_devices(config, jax.device_count(), jax.process_count())
+  if flag_values.compile_only:
+    print(json.dumps(compile_only(config)))
   else:
-    print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)))
+    print(json.dumps(benchmark(config, flag_values.steps, flag_values.warmup)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run(work, define_flags, argv, doc=__doc__)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.main_exit(work, define_flags, __doc__)

@@ -18,7 +18,7 @@ DATA_ITEM = 'data'
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=int(config.training.get('keep_checkpoints', 3)),
+      max_to_keep=config.training.keep_checkpoints,
       enable_async_checkpointing=True,
       create=True,
   )

@@ -4,8 +4,8 @@ Layouts (SPEC section 4), one sample per file pair:
   * `data.token_dir` + `data.latent_dir`: `NAME_tokens.npz` (or `NAME.npz`) holding `input_ids`
     and `attention_mask`, paired with `latent_dir/NAME.npy` holding the latent, shape [D] or [1,D].
   * `data.data_dir`: the same pairs under `tokens/<split>/` and `latents/<split>/`
-    (`data.split`, default 'train'); `texts/<split>/` is not read, the objective needs no text.
-  * neither: a deterministic synthetic source (`data.synthetic_num_samples`, default 65536).
+    (split `train`); `texts/<split>/` is not read, the objective needs no text.
+  * neither: a deterministic synthetic source (`data.synthetic_num_samples`).
 
 Decisions:
   * Samples are sorted by NAME, `max_samples` (0 = all) keeps the first ones, then the validation
@@ -526,12 +526,11 @@ class BatchIterator:
 
 
 def _sample_spec(config: ml_collections.ConfigDict) -> SampleSpec:
-  tokenizer = config.get('tokenizer', None) or {}
   return SampleSpec(
-      seq_len=int(config.model.max_seq_len),
-      latent_dim=int(config.model.latent_dim),
-      vocab_size=int(config.model.vocab_size),
-      pad_id=int(tokenizer.get('pad_token_id', 0)))
+      seq_len=config.model.max_seq_len,
+      latent_dim=config.model.latent_dim,
+      vocab_size=config.model.vocab_size,
+      pad_id=config.tokenizer.pad_token_id)
 
 
 def _file_dirs(data: ml_collections.ConfigDict) -> tuple[str, str] | None:
@@ -540,8 +539,7 @@ def _file_dirs(data: ml_collections.ConfigDict) -> tuple[str, str] | None:
   if data_dir and (token_dir or latent_dir):
     raise ValueError('set either data.data_dir or data.token_dir/latent_dir, not both')
   if data_dir:
-    split = data.get('split', 'train')
-    return os.path.join(data_dir, 'tokens', split), os.path.join(data_dir, 'latents', split)
+    return os.path.join(data_dir, 'tokens', 'train'), os.path.join(data_dir, 'latents', 'train')
   if bool(token_dir) != bool(latent_dir):
     raise ValueError('data.token_dir and data.latent_dir must be set together')
   return (token_dir, latent_dir) if token_dir else None
@@ -552,7 +550,7 @@ def _make_sources(config: ml_collections.ConfigDict) -> tuple[Source, Source | N
   data, seed, spec = config.data, int(config.training.seed), _sample_spec(config)
   dirs = _file_dirs(data)
   if dirs is None:
-    num = int(data.get('synthetic_num_samples', 65536))
+    num = data.synthetic_num_samples
     num_val = int(num * data.val_ratio)
     val = SyntheticSource(num_val, spec, seed, stream=1) if num_val else None
     return SyntheticSource(num, spec, seed, stream=0), val, 0
@@ -587,10 +585,10 @@ def make_datasets(
   data, seed = config.data, int(config.training.seed)
   common = dict(seed=seed, process_index=process_index, process_count=process_count,
                 skip_bad_files=bool(data.skip_bad_files),
-                num_workers=int(data.get('num_workers', 8)))
+                num_workers=data.num_workers)
   train = BatchIterator(
       train_source, global_batch_size=int(config.training.train_batch_size), shuffle=True,
-      prefetch=int(data.get('prefetch_batches', 2)), unpaired_skipped=unpaired, **common)
+      prefetch=data.prefetch_batches, unpaired_skipped=unpaired, **common)
 
   eval_batch_size = int(config.training.eval_batch_size)
   if val_source is None or len(val_source) < eval_batch_size:

@@ -17,8 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BETA_SCHEDULES = ('cosine', 'linear', 'sigmoid')
-PARAMETERIZATIONS = ('epsilon', 'x0', 'v_param')
+from lgdlm_jax.config import schema
+
+BETA_SCHEDULES = schema.CHOICES['model.latent_beta_schedule']
+PARAMETERIZATIONS = schema.CHOICES['model.latent_parameterization']
+# The largest t the objective draws in `random` mode: the reference keeps t < 1 so that sqrt(abar)
+# never reaches its smallest value (1.56e-5 at t = 1 with the cosine schedule).
+MAX_RANDOM_T = 0.9999
 
 # Improved-DDPM cosine schedule offset (Nichol & Dhariwal 2021), as in the reference.
 COSINE_S = 0.008
@@ -97,6 +102,11 @@ def make_schedule(name: str,
       sqrt_alphas_cumprod=as_f32(np.sqrt(abar_T)),
       sqrt_one_minus_alphas_cumprod=as_f32(np.sqrt(1.0 - abar_T)),
       num_timesteps=int(num_timesteps))
+
+
+def schedule_from_config(model_config) -> DiffusionSchedule:
+  """The schedule of model.latent_beta_schedule over model.latent_timesteps steps."""
+  return make_schedule(model_config.latent_beta_schedule, model_config.latent_timesteps)
 
 
 def timestep_index(t: jax.Array, num_timesteps: int) -> jax.Array:

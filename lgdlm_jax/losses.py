@@ -31,7 +31,7 @@ Deliberate differences (SPEC.md section 3):
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -40,23 +40,22 @@ import jax.numpy as jnp
 import ml_collections
 
 from lgdlm_jax import diffusion
-from lgdlm_jax import layers
+from lgdlm_jax.model import layers
+from lgdlm_jax.model.passes import ModelPass, run_passes
 
 # The reference keeps t < 1 in random mode so that sqrt(abar) never reaches its smallest value.
-LATENT_T_MAX = 0.9999
+LATENT_T_MAX = diffusion.MAX_RANDOM_T
 # F.normalize's eps: the norm is clamped to at least this before dividing.
 NORMALIZE_EPS = 1e-8
 LATENT_LOSS_MAX = 10.0
 TEXT_LOSS_MAX = 100.0
-FULL_T_MODES = ('full', 'ones', 't1')
-SAMPLINGS = ('argmax', 'categorical')
 
 Params = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
-  """The static (trace-time) choices of the objective, read and checked once from the config."""
+  """The static (trace-time) choices of the objective, read from a validated config."""
   latent_loss_weight: float
   cycle_text_weight: float
   cycle_text_warmup_steps: int
@@ -68,50 +67,47 @@ class LossOptions:
   cycle_stop_grad_latent: bool
   mask_token_id: int
   parameterization: str
-  beta_schedule: str
-  num_timesteps: int
 
   @property
   def cycle_latent_on(self) -> bool:
     return self.cycle_latent_weight > 0.0
 
 
-def _loss_key(config: ml_collections.ConfigDict, key: str) -> Any:
-  """config.loss[key]; lgdlm_jax.default_config holds the reference trainer's defaults."""
-  if 'loss' not in config or key not in config.loss:
-    raise ValueError(f'loss.{key} is missing from the config (start from lgdlm_jax.default_config)')
-  return config.loss[key]
-
-
 def loss_options(config: ml_collections.ConfigDict) -> LossOptions:
-  """Reads config.loss / config.model.latent_* / config.tokenizer.mask_token_id; raises ValueError."""
-  sampling = str(_loss_key(config, 'cycle_latent_sampling')).lower()
-  if sampling not in SAMPLINGS:
-    raise ValueError(f'loss.cycle_latent_sampling={sampling!r}; expected one of {SAMPLINGS}')
-  parameterization = config.model.get('latent_parameterization', 'epsilon')
-  if parameterization not in diffusion.PARAMETERIZATIONS:
-    raise ValueError(f'model.latent_parameterization={parameterization!r}; '
-                     f'expected one of {diffusion.PARAMETERIZATIONS}')
-  mask_token_id = config.tokenizer.mask_token_id
-  # An out-of-range id would not fail in JAX: the embedding lookup would silently fill with NaN.
-  if not 0 <= mask_token_id < config.model.vocab_size:
-    raise ValueError(f'tokenizer.mask_token_id={mask_token_id} is outside the model vocabulary '
-                     f'[0, {config.model.vocab_size})')
+  """The objective's settings from config.loss, model.latent_parameterization and tokenizer.mask_token_id."""
+  loss = config.loss
   return LossOptions(
-      latent_loss_weight=float(_loss_key(config, 'latent_loss_weight')),
-      cycle_text_weight=float(_loss_key(config, 'cycle_text_weight')),
-      cycle_text_warmup_steps=int(_loss_key(config, 'cycle_text_warmup_steps')),
-      cycle_text_ramp_steps=int(_loss_key(config, 'cycle_text_ramp_steps')),
-      cycle_latent_weight=float(_loss_key(config, 'cycle_latent_weight')),
-      cycle_latent_warmup_steps=int(_loss_key(config, 'cycle_latent_warmup_steps')),
-      cycle_latent_ramp_steps=int(_loss_key(config, 'cycle_latent_ramp_steps')),
-      cycle_latent_sampling=sampling,
-      cycle_stop_grad_latent=bool(_loss_key(config, 'cycle_stop_grad_latent')),
-      mask_token_id=int(mask_token_id),
-      parameterization=parameterization,
-      beta_schedule=config.model.get('latent_beta_schedule', 'cosine'),
-      num_timesteps=int(config.model.get('latent_timesteps', 1000)),
+      latent_loss_weight=loss.latent_loss_weight,
+      cycle_text_weight=loss.cycle_text_weight,
+      cycle_text_warmup_steps=loss.cycle_text_warmup_steps,
+      cycle_text_ramp_steps=loss.cycle_text_ramp_steps,
+      cycle_latent_weight=loss.cycle_latent_weight,
+      cycle_latent_warmup_steps=loss.cycle_latent_warmup_steps,
+      cycle_latent_ramp_steps=loss.cycle_latent_ramp_steps,
+      cycle_latent_sampling=loss.cycle_latent_sampling,
+      cycle_stop_grad_latent=loss.cycle_stop_grad_latent,
+      mask_token_id=config.tokenizer.mask_token_id,
+      parameterization=config.model.latent_parameterization,
   )
+
+
+class PlannedPass(NamedTuple):
+  """One model pass of the objective: the loss term that reads it, and whether it reads its text logits."""
+  term: str
+  text_logits: bool
+
+
+def pass_plan(opts: LossOptions) -> tuple[tuple[PlannedPass, ...], ...]:
+  """The passes cycle_vae_loss runs, round by round; each round is one joint model call.
+
+  Round 1: base T2L (clean text -> noised latent) and base L2T (all-[MASK] text, clean latent).
+  Round 2: cycle text (L2T on round 1's x0 estimate) and, when on, cycle latent (T2L on round 1's
+  pseudo tokens). The benchmark counts model FLOPs from this same plan.
+  """
+  round2 = (PlannedPass('cycle_text', True),)
+  if opts.cycle_latent_on:
+    round2 += (PlannedPass('cycle_latent', False),)
+  return (PlannedPass('base_t2l', False), PlannedPass('base_l2t', True)), round2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,16 +116,11 @@ def loss_options(config: ml_collections.ConfigDict) -> LossOptions:
 
 def sample_latent_t(rng: jax.Array, batch_size: int, config: ml_collections.ConfigDict) -> jax.Array:
   """Latent timesteps t_B: U(cycle_latent_t_min, cycle_latent_t_max) clamped to <= 0.9999, or ones."""
-  mode = str(_loss_key(config, 'latent_t_mode')).lower()
-  if mode in FULL_T_MODES:
+  loss = config.loss
+  if loss.latent_t_mode == 'full':
     return jnp.ones((batch_size,), jnp.float32)
-  if mode != 'random':
-    raise ValueError(f'loss.latent_t_mode={mode!r}; expected random or one of {FULL_T_MODES}')
-  t_min = float(_loss_key(config, 'cycle_latent_t_min'))
-  t_max = float(_loss_key(config, 'cycle_latent_t_max'))
-  if not 0.0 <= t_min < t_max <= 1.0:
-    raise ValueError(f'loss.cycle_latent_t_min/t_max = [{t_min}, {t_max}]; expected 0 <= min < max <= 1')
-  t_B = t_min + (t_max - t_min) * jax.random.uniform(rng, (batch_size,), jnp.float32)
+  t_B = loss.cycle_latent_t_min + (loss.cycle_latent_t_max - loss.cycle_latent_t_min) * jax.random.uniform(
+      rng, (batch_size,), jnp.float32)
   return jnp.minimum(t_B, LATENT_T_MAX)
 
 
@@ -196,66 +187,7 @@ def sample_pseudo_tokens(logits_BxSxV: jax.Array, sampling: str, key: jax.Array)
   logits_BxSxV = jax.lax.stop_gradient(logits_BxSxV)
   if sampling == 'argmax':
     return jnp.argmax(logits_BxSxV, axis=-1).astype(jnp.int32)
-  if sampling == 'categorical':
-    return jax.random.categorical(key, logits_BxSxV, axis=-1).astype(jnp.int32)
-  raise ValueError(f'cycle_latent_sampling={sampling!r}; expected one of {SAMPLINGS}')
-
-
-class ModelPass(NamedTuple):
-  """The inputs of one model pass over the batch."""
-  tokens_BxS: jax.Array
-  latents_BxD: jax.Array
-  text_t_B: jax.Array
-  latent_t_B: jax.Array
-  mask_BxS: jax.Array | None  # None: no padding (every pass of one run_passes call alike)
-
-
-def interleave(*xs_B: jax.Array) -> jax.Array:
-  """[B,...] x P -> [B*P,...] with row b*P + p = xs[p][b]."""
-  return jnp.stack(xs_B, axis=1).reshape((-1,) + xs_B[0].shape[1:])
-
-
-def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *, deterministic: bool,
-               dropout_key: jax.Array | None,
-               text_logits_wanted: Sequence[bool] | None = None) -> list[tuple[jax.Array | None, jax.Array]]:
-  """Independent passes of equal batch size B as ONE model call on a batch of P*B.
-
-  Returns (text_logits [B,S,V], latent_pred [B,D]) per pass, in order; the model's single latent
-  token is squeezed away. Examples never interact inside the model, so this equals separate calls.
-  The passes are interleaved per example (row b*P + p) rather than laid end to end: with the
-  batch axis sharded over devices, each device's rows of the joint batch are then exactly its own
-  rows of every pass, so joining and splitting are local reshapes, never cross-device copies.
-
-  text_logits_wanted[p] = False: pass p's text logits are None. When exactly one pass wants them,
-  the model's text heads run on that pass's rows only (a strided slice of the joint batch);
-  otherwise they run on every row and the unwanted logits are dropped.
-
-  Why joined: one call per pass lets XLA also drop the last block's text branch of a T2L pass
-  (with the blocks unrolled), which ran a CPU step 7% faster (7.3 against 7.8 s, H=512, 4 blocks),
-  but each pass is then compiled separately: the tiny test model's train step took 23 s to
-  compile against 15 s, and a scanned deep model gains nothing from it.
-  """
-  num_passes = len(passes)
-  batch_size = passes[0].tokens_BxS.shape[0]
-  if any(p.tokens_BxS.shape[0] != batch_size for p in passes):
-    raise ValueError(f'passes differ in batch size: {[p.tokens_BxS.shape[0] for p in passes]}')
-  wanted = [True] * num_passes if text_logits_wanted is None else [bool(w) for w in text_logits_wanted]
-  if len(wanted) != num_passes:
-    raise ValueError(f'text_logits_wanted has {len(wanted)} entries for {num_passes} passes')
-  only_pass = wanted.index(True) if sum(wanted) == 1 and num_passes > 1 else None
-  joined = jax.tree.map(interleave, *passes)
-  options = dict(rngs={} if deterministic else {'dropout': dropout_key})
-  if only_pass is not None:
-    options['text_head_rows'] = slice(only_pass, None, num_passes)
-  outputs = model.apply({'params': params}, joined.tokens_BxS, joined.latents_BxD, joined.text_t_B,
-                        joined.latent_t_B, attention_mask=joined.mask_BxS, deterministic=deterministic, **options)
-  latent_pred_BxPxD = outputs[1][:, 0, :].reshape(batch_size, num_passes, -1)
-  if only_pass is None:
-    text_logits_BxPxSxV = outputs[0].reshape((batch_size, num_passes) + outputs[0].shape[1:])
-    text_logits = [text_logits_BxPxSxV[:, p] if wanted[p] else None for p in range(num_passes)]
-  else:
-    text_logits = [outputs[0] if p == only_pass else None for p in range(num_passes)]
-  return [(text_logits[p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
+  return jax.random.categorical(key, logits_BxSxV, axis=-1).astype(jnp.int32)
 
 
 def _latents_2d(latent: jax.Array) -> jax.Array:
@@ -294,8 +226,8 @@ def cycle_vae_loss(
   """
   opts = loss_options(config)
   if deterministic is None:
-    deterministic = not config.model.get('dropout', 0.0) > 0.0
-  schedule = diffusion.make_schedule(opts.beta_schedule, opts.num_timesteps)
+    deterministic = not config.model.dropout > 0.0
+  schedule = diffusion.schedule_from_config(config.model)
   input_ids_BxS = jnp.asarray(batch['input_ids']).astype(jnp.int32)
   latents_BxD = _latents_2d(jnp.asarray(batch['latent']))
   batch_size = input_ids_BxS.shape[0]
@@ -306,6 +238,8 @@ def cycle_vae_loss(
   all_mask_tokens_BxS = jnp.full_like(input_ids_BxS, opts.mask_token_id)
   round1_key, round2_key = (None, None) if deterministic else jax.random.split(draws['dropout_key'])
   t_lat_B = jnp.asarray(draws['t_lat'], jnp.float32)
+  round1_plan, round2_plan = pass_plan(opts)
+  wants_text = lambda plan: [p.text_logits for p in plan]
 
   # Round 1: base T2L (clean text -> noised latent) and base L2T (all-[MASK] text, clean latent).
   z_t_BxD, target_BxD = diffusion.add_noise(schedule, latents_BxD, t_lat_B, draws['noise'], opts.parameterization)
@@ -313,7 +247,7 @@ def cycle_vae_loss(
       model, params,
       [ModelPass(input_ids_BxS, z_t_BxD, zeros_B, t_lat_B, mask_BxS),
        ModelPass(all_mask_tokens_BxS, latents_BxD, ones_B, zeros_B, mask_BxS)],
-      deterministic=deterministic, dropout_key=round1_key, text_logits_wanted=(False, True))
+      deterministic=deterministic, dropout_key=round1_key, text_logits_wanted=wants_text(round1_plan))
   base_t2l = jnp.clip(normalized_mse(latent_pred_BxD, target_BxD), 0.0, LATENT_LOSS_MAX)
   base_l2t = jnp.clip(text_cross_entropy(l2t_logits_BxSxV, input_ids_BxS), 0.0, TEXT_LOSS_MAX)
 
@@ -329,7 +263,7 @@ def cycle_vae_loss(
                                                 opts.parameterization)
     passes.append(ModelPass(pseudo_tokens_BxS, z_t2_BxD, zeros_B, t_lat2_B, mask_BxS))
   round2 = run_passes(model, params, passes, deterministic=deterministic, dropout_key=round2_key,
-                      text_logits_wanted=(True, False)[:len(passes)])
+                      text_logits_wanted=wants_text(round2_plan))
   cycle_text = jnp.clip(text_cross_entropy(round2[0][0], input_ids_BxS), 0.0, TEXT_LOSS_MAX)
   cycle_latent = jnp.zeros((), jnp.float32)
   if opts.cycle_latent_on:

@@ -1,45 +1,46 @@
-"""Entry point: python -m lgdlm_jax.main --config configs/smoke.py --workdir DIR [--config.a.b=value ...].
+"""Train the cycle_vae objective: python -m lgdlm_jax.main --config configs/smoke.py --workdir DIR [--config.a.b=value ...]
 
-Trains the cycle_vae objective; re-running the same command resumes from the newest checkpoint in
-DIR. Several processes (TPU pod hosts, SLURM tasks, or --coordinator_address/--num_processes/
---process_id) train one run together; SIGTERM makes all of them save the same step and exit.
-Instead of --config, --config_yaml reads one of the reference's YAML files (with --override a.b=c).
+Re-running the same command resumes from the newest checkpoint in DIR. Several processes (TPU pod
+hosts, SLURM tasks, or --coordinator_address/--num_processes/--process_id) train one run together;
+SIGTERM makes all of them save the same step and exit. A reference YAML file is a config like any
+other: --config configs/reference_yaml.py:PATH.yaml, with the same --config.a.b=value overrides.
 """
 
-from absl import app
+from collections.abc import Sequence
+
 from absl import flags
-from ml_collections import config_flags
 
-from lgdlm_jax import config_yaml
-from lgdlm_jax import distributed
-from lgdlm_jax import train
-
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/smoke.py', 'Path to a get_config() Python file.')
-_CONFIG_YAML = flags.DEFINE_string('config_yaml', None, "A reference YAML config; replaces --config.")
-_OVERRIDES = flags.DEFINE_multi_string('override', [], 'a.b=value overrides of --config_yaml.')
-_WORKDIR = flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, logs and TensorBoard events go here.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0, for multi-process runs outside Cloud TPU and SLURM '
-                                   '(or LGDLM_COORDINATOR_ADDRESS).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run (or LGDLM_NUM_PROCESSES).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based (or LGDLM_PROCESS_ID).')
+from lgdlm_jax import cli
+from lgdlm_jax import config as config_lib
+from lgdlm_jax import runtime
+from lgdlm_jax import loop
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _CONFIG_YAML.value:
-    config = config_yaml.load_reference_yaml(_CONFIG_YAML.value, _OVERRIDES.value)
-  elif _OVERRIDES.value:
-    raise app.UsageError('--override applies to --config_yaml; use --config.a.b=value with --config')
-  else:
-    config = _CONFIG.value
-  group = distributed.from_env()
-  if _COORDINATOR.value is not None:
-    group = distributed.ProcessGroup(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  distributed.maybe_initialize(group)
-  train.run(config, _WORKDIR.value)
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+  cli.define_config_flag(flag_values, argv, 'configs/smoke.py', 'A get_config() Python file (FILE.py or FILE.py:arg).')
+  flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, logs and TensorBoard events go here.', flag_values=flag_values)
+  flags.DEFINE_string('coordinator_address', None,
+                      'host:port of process 0, for multi-process runs outside Cloud TPU and SLURM '
+                      '(or LGDLM_COORDINATOR_ADDRESS).', flag_values=flag_values)
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run (or LGDLM_NUM_PROCESSES).',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('process_id', None, 'This process, 0-based (or LGDLM_PROCESS_ID).', flag_values=flag_values)
+
+
+def work(flag_values: flags.FlagValues, args: list[str]) -> None:
+  if args:
+    raise cli.UsageError(f'unexpected arguments: {" ".join(args)}')
+  config = config_lib.finalize(flag_values.config)
+  group = runtime.from_env()
+  if flag_values.coordinator_address is not None:
+    group = runtime.ProcessGroup(flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
+  runtime.maybe_initialize(group)
+  loop.run(config, flag_values.workdir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run(work, define_flags, argv, doc=__doc__)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.main_exit(work, define_flags, __doc__)

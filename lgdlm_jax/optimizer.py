@@ -15,7 +15,6 @@ Conventions of the reference (`cycle_vae_impl/entrypoints/train_cycle_vae.py`), 
 - Clipping is torch.nn.utils.clip_grad_norm_, whose scale is min(1, c / (norm + 1e-6)).
 """
 
-import math
 from typing import Any
 
 import chex
@@ -23,49 +22,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LR_SCHEDULES = ('constant', 'linear', 'cosine')
-OPTIMIZERS = ('adamw', 'adam')
 # Cosine decays to this fraction of the peak learning rate, as in the reference.
 COSINE_FINAL_FRACTION = 0.1
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing.
 TORCH_CLIP_EPS = 1e-6
-
-
-def _bad(key: str, value: Any, why: str) -> ValueError:
-  return ValueError(f'config.{key}={value!r}: {why}')
-
-
-def _as_float(config_section: Any, key: str) -> float:
-  value = config_section[key.split('.')[-1]]
-  if isinstance(value, bool):
-    raise _bad(key, value, 'expected a number')
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    raise _bad(key, value, 'expected a number') from None
-
-
-def _as_int(config_section: Any, key: str, minimum: int) -> int:
-  value = config_section[key.split('.')[-1]]
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise _bad(key, value, f'expected an integer >= {minimum}')
-  return value
-
-
-def _peak_lr(config: Any) -> float:
-  lr = _as_float(config.optimizer, 'optimizer.lr')
-  if not math.isfinite(lr) or lr < 0:
-    raise _bad('optimizer.lr', lr, 'expected a finite number >= 0')
-  return lr
-
-
-def _schedule_name(config: Any) -> str:
-  # The reference lower-cases the name before comparing.
-  name = str(config.training.lr_schedule).lower()
-  if name not in LR_SCHEDULES:
-    raise _bad('training.lr_schedule', config.training.lr_schedule,
-               f'expected one of {LR_SCHEDULES}')
-  return name
 
 
 def learning_rate_schedule(config: Any) -> optax.Schedule:
@@ -77,10 +37,10 @@ def learning_rate_schedule(config: Any) -> optax.Schedule:
   Under gradient accumulation the optimizer does not call this directly: `make_optimizer`
   evaluates it at the micro-batch index of the last micro-batch of each update.
   """
-  peak = _peak_lr(config)
-  name = _schedule_name(config)
-  warmup = _as_int(config.training, 'training.warmup_steps', 0)
-  total = _as_int(config.training, 'training.num_train_steps', 0)
+  peak = config.optimizer.lr
+  name = config.training.lr_schedule
+  warmup = config.training.warmup_steps
+  total = config.training.num_train_steps
   decay_steps = max(1, total - warmup)
   # Static (config-time) branch, as in the reference: nothing decays when warmup uses it all.
   decays = name != 'constant' and total > warmup
@@ -127,40 +87,6 @@ def clip_by_global_norm_like_torch(max_norm: float) -> optax.GradientTransformat
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _clip_norm(config: Any) -> float | None:
-  """The clipping threshold, or None when clipping is off (0 or None).
-
-  The reference always calls clip_grad_norm_, and with 0 that zeroes every gradient; we read 0
-  as "off" instead. A negative threshold would flip the gradients in torch; we refuse it.
-  """
-  value = config.optimizer.grad_clip_norm
-  if value is None:
-    return None
-  norm = _as_float(config.optimizer, 'optimizer.grad_clip_norm')
-  if not norm >= 0:  # Also catches NaN.
-    raise _bad('optimizer.grad_clip_norm', value, 'expected a number >= 0 (0 or None = off)')
-  return norm if norm > 0 else None
-
-
-def _adamw_settings(config: Any) -> dict[str, float]:
-  opt = config.optimizer
-  name = str(opt.name).lower()
-  if name not in OPTIMIZERS:
-    raise _bad('optimizer.name', opt.name, f'expected one of {OPTIMIZERS}')
-  b1 = _as_float(opt, 'optimizer.beta1')
-  b2 = _as_float(opt, 'optimizer.beta2')
-  eps = _as_float(opt, 'optimizer.eps')
-  weight_decay = _as_float(opt, 'optimizer.weight_decay')
-  # The same ranges torch.optim.AdamW accepts.
-  for key, value in (('optimizer.beta1', b1), ('optimizer.beta2', b2)):
-    if not 0.0 <= value < 1.0:
-      raise _bad(key, value, 'expected 0 <= beta < 1')
-  for key, value in (('optimizer.eps', eps), ('optimizer.weight_decay', weight_decay)):
-    if not 0.0 <= value < math.inf:
-      raise _bad(key, value, 'expected a finite number >= 0')
-  return dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-
-
 def make_optimizer(config: Any) -> optax.GradientTransformation:
   """AdamW with torch-style global-norm clipping and gradient accumulation, as the reference.
 
@@ -171,14 +97,17 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
   which we translate to the reference's micro-batch index j * A + A - 1 for the schedule.
   """
   micro_lr = learning_rate_schedule(config)
-  accumulation = _as_int(config.training, 'training.gradient_accumulation_steps', 1)
-  clip_norm = _clip_norm(config)
+  accumulation = config.training.gradient_accumulation_steps
+  # The reference always clips, and with 0 that zeroes every gradient; 0 or None means off here.
+  clip_norm = config.optimizer.grad_clip_norm or None
+  opt = config.optimizer
 
   def update_lr(update_count: chex.Numeric) -> chex.Array:
     return micro_lr(update_count * accumulation + accumulation - 1)
 
   # No decay mask: the reference decays all parameters.
-  adamw = optax.adamw(learning_rate=update_lr, eps_root=0.0, **_adamw_settings(config))
+  adamw = optax.adamw(learning_rate=update_lr, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, eps_root=0.0,
+                      weight_decay=opt.weight_decay)
   # Clipping sees the averaged gradient of the whole accumulation group, before Adam.
   inner = adamw if clip_norm is None else optax.chain(
       clip_by_global_norm_like_torch(clip_norm), adamw)

@@ -1,22 +1,22 @@
 """The config and parameters of a training workdir (config.json, checkpoints/<step>/state)."""
 
-import json
 import os
 from typing import Any
 
 import ml_collections
 
 from lgdlm_jax import checkpoint
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import converted
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The full config the run wrote to WORKDIR/config.json."""
+def load_config(workdir: str) -> ml_collections.FrozenConfigDict:
+  """The full config the run wrote to WORKDIR/config.json (keys it predates take the schema's default)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{workdir} has no config.json: not a training workdir')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return config_lib.from_json(f.read(), source=path)
 
 
 def load_params(workdir: str, config: ml_collections.ConfigDict, step: int | None = None) -> tuple[Any, int]:

@@ -13,19 +13,21 @@ serves them all); each batch is one jitted sampler call. Names from a single .np
 file are the 6-digit row / line index.
 """
 
-import argparse
+from collections.abc import Sequence
 import functools
 import os
 
+from absl import flags
 from absl import logging
 import jax
 import numpy as np
 import tqdm
 
+from lgdlm_jax import cli
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import pretrained
-from lgdlm_jax import samplers
 from lgdlm_jax import text
+from lgdlm_jax.evaluation import samplers
 
 _DEFAULT_STEPS = {'l2t': 20, 't2l': 50}
 
@@ -85,7 +87,7 @@ def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc
   return np.concatenate(outputs)
 
 
-def run_l2t(args: argparse.Namespace, config, params, model, tokenizer) -> None:
+def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   names, latents = read_latents(args.latents)
   if args.num_samples:
     names, latents = names[:args.num_samples], latents[:args.num_samples]
@@ -107,7 +109,7 @@ def run_l2t(args: argparse.Namespace, config, params, model, tokenizer) -> None:
   print(f'Wrote {len(names)} token files to {token_dir}')
 
 
-def run_t2l(args: argparse.Namespace, config, params, model, tokenizer) -> None:
+def run_t2l(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   source = args.texts
   if os.path.isdir(source):
     names, ids, mask = read_token_dir(source)
@@ -131,38 +133,51 @@ def run_t2l(args: argparse.Namespace, config, params, model, tokenizer) -> None:
   print(f'Wrote {len(names)} latents to {latent_dir}')
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m lgdlm_jax.sample', description=__doc__.split('\n')[0])
-  parser.add_argument('mode', choices=sorted(_DEFAULT_STEPS))
-  parser.add_argument('--workdir', required=True, help='training workdir (config.json, checkpoints/)')
-  parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--step', type=int, help='checkpoint step; default the newest')
-  parser.add_argument('--tokenizer', help="tokenizer.json; default the config's tokenizer.json_file")
-  parser.add_argument('--latents', help='l2t input: a directory of .npy files or one .npy file')
-  parser.add_argument('--texts', help='t2l input: a text file, or a directory of token .npz files')
-  parser.add_argument('--steps', type=int, help='sampler steps; default 20 (l2t) or 50 (t2l)')
-  parser.add_argument('--temperature', type=float, default=1.0, help='l2t sampling temperature; 0 = greedy')
-  parser.add_argument('--seq_len', type=int, help='l2t text length; default model.max_seq_len')
-  parser.add_argument('--batch_size', type=int, default=16, help='samples per sampler call')
-  parser.add_argument('--num_samples', type=int, default=0, help='use only the first N inputs; 0 = all')
-  parser.add_argument('--seed', type=int, default=0, help='random seed; batch k uses fold_in(seed, k)')
-  args = parser.parse_args(argv)
-  if (args.mode == 'l2t') != bool(args.latents) or (args.mode == 't2l') != bool(args.texts):
-    parser.error('l2t takes --latents, t2l takes --texts')
-  return args
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+  del argv
+  define = lambda kind, name, default, help_string: kind(name, default, help_string, flag_values=flag_values)
+  define(flags.DEFINE_string, 'workdir', None, 'Training workdir (config.json, checkpoints/).')
+  define(flags.DEFINE_string, 'out', None, 'Output directory.')
+  define(flags.DEFINE_integer, 'step', None, 'Checkpoint step; default the newest.')
+  define(flags.DEFINE_string, 'tokenizer', None, "tokenizer.json; default the config's tokenizer.json_file.")
+  define(flags.DEFINE_string, 'latents', None, 'l2t input: a directory of .npy files or one .npy file.')
+  define(flags.DEFINE_string, 'texts', None, 't2l input: a text file, or a directory of token .npz files.')
+  define(flags.DEFINE_integer, 'steps', None, 'Sampler steps; default 20 (l2t) or 50 (t2l).')
+  define(flags.DEFINE_float, 'temperature', 1.0, 'l2t sampling temperature; 0 = greedy.')
+  define(flags.DEFINE_integer, 'seq_len', None, 'l2t text length; default model.max_seq_len.')
+  define(flags.DEFINE_integer, 'batch_size', 16, 'Samples per sampler call.')
+  define(flags.DEFINE_integer, 'num_samples', 0, 'Use only the first N inputs; 0 = all.')
+  define(flags.DEFINE_integer, 'seed', 0, 'Random seed; batch k uses fold_in(seed, k).')
 
 
-def main(argv: list[str] | None = None) -> None:
-  args = parse_args(argv)
+def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
+  """The mode (l2t or t2l), after checking that the flags it needs, and no others, are given."""
+  if len(positional) != 1 or positional[0] not in _DEFAULT_STEPS:
+    raise cli.UsageError(f'expected one mode, l2t or t2l; got {" ".join(positional) or "none"}')
+  mode = positional[0]
+  for name in ('workdir', 'out'):
+    if not args[name].value:
+      raise cli.UsageError(f'--{name} is required')
+  if (mode == 'l2t') != bool(args.latents) or (mode == 't2l') != bool(args.texts):
+    raise cli.UsageError('l2t takes --latents, t2l takes --texts')
+  return mode
+
+
+def work(args: flags.FlagValues, positional: list[str]) -> None:
+  mode = _check_args(args, positional)
   config = pretrained.load_config(args.workdir)
   params, step = pretrained.load_params(args.workdir, config, args.step)
   print(f'Loaded step {step} from {args.workdir}')
-  tokenizer_path = args.tokenizer or config.tokenizer.get('json_file', '')
+  tokenizer_path = args.tokenizer or config.tokenizer.json_file
   tokenizer = text.load_tokenizer(tokenizer_path) if tokenizer_path else None
   model = model_lib.MultimodalMMDiT(config.model)
   os.makedirs(args.out, exist_ok=True)
-  (run_l2t if args.mode == 'l2t' else run_t2l)(args, config, params, model, tokenizer)
+  (run_l2t if mode == 'l2t' else run_t2l)(args, config, params, model, tokenizer)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run(work, define_flags, argv, doc=__doc__)
 
 
 if __name__ == '__main__':
-  main()
+  cli.main_exit(work, define_flags, __doc__)

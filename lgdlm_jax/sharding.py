@@ -21,7 +21,7 @@ BATCH_SPEC = P(MESH_AXES)
 def make_mesh(config: ml_collections.ConfigDict, devices: list[Any] | None = None) -> Mesh:
   """config.mesh.fsdp devices share each parameter; the rest of the devices split the data."""
   devices = jax.devices() if devices is None else devices
-  fsdp = int(config.mesh.get('fsdp', 1))
+  fsdp = config.mesh.fsdp
   if fsdp < 1 or len(devices) % fsdp:
     raise ValueError(f'mesh.fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices')
   return Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), MESH_AXES)

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import bench
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.model import flops as model_flops
 
 
 def small_config():
-  config = default_config.default_config()
+  config = config_lib.default_config()
   # R = 1: the hyper-connection mixing adds elementwise FLOPs that the matmul count leaves out.
   config.model.update(hidden_size=128, n_blocks=2, cond_dim=64, max_seq_len=64, vocab_size=2048,
                       num_residual_streams=1, scan_unroll=2)
@@ -28,7 +29,7 @@ def test_forward_flops_match_xlas_count():
   params = model.init(jax.random.key(0), tokens, latents)['params']
   apply = jax.jit(lambda p, t, l: model.apply({'params': p}, t, l))
   xla_flops = apply.lower(params, tokens, latents).compile().cost_analysis()['flops']
-  ours = batch * bench.forward_flops_per_sequence(config.model)
+  ours = batch * model_flops.forward_flops_per_sequence(config.model, text_logits=True)
   # Ours counts matmuls only; XLA also counts the norms, softmax and activations (a few %).
   assert 0.9 * xla_flops <= ours <= xla_flops, (ours, xla_flops)
 
@@ -51,8 +52,8 @@ def test_train_flops_match_xlas_count_of_the_loss_gradient(cycle_latent_weight):
 
 def test_train_flops_count_two_l2t_passes_and_one_or_two_t2l_passes():
   config = small_config()
-  l2t = bench.forward_flops_per_sequence(config.model, text_logits=True)
-  t2l = bench.forward_flops_per_sequence(config.model, text_logits=False)
+  l2t = model_flops.forward_flops_per_sequence(config.model, text_logits=True)
+  t2l = model_flops.forward_flops_per_sequence(config.model, text_logits=False)
   config.loss.cycle_latent_weight = 1.0
   assert bench.train_flops_per_step(config) == 3 * 2 * (2 * l2t + 2 * t2l)
   config.loss.cycle_latent_weight = 0.0

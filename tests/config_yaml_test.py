@@ -9,7 +9,7 @@ from absl.testing import parameterized
 import chex
 import numpy as np
 
-from lgdlm_jax import config_yaml
+from lgdlm_jax.config import reference_yaml
 
 DATA_DIR = Path(__file__).resolve().parent / 'data'
 SMOKE_YAML = DATA_DIR / 'mmdit_cycle_vae.yaml'
@@ -27,7 +27,7 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
     return path
 
   def test_smoke_yaml_values(self):
-    config, ignored = config_yaml.read_reference_yaml(SMOKE_YAML)
+    config, ignored = reference_yaml.read_reference_yaml(SMOKE_YAML)
     self.assertEqual(config.model.hidden_size, 256)
     self.assertEqual(config.model.n_blocks, 2)
     self.assertEqual(config.model.dtype, 'float32')
@@ -48,7 +48,7 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
     self.assertIn('model.use_stub_if_no_mmdit', ignored)
 
   def test_cluster_yaml_values(self):
-    config, ignored = config_yaml.read_reference_yaml(CLUSTER_YAML)
+    config, ignored = reference_yaml.read_reference_yaml(CLUSTER_YAML)
     self.assertEqual(config.model.hidden_size, 1024)
     self.assertEqual(config.model.n_blocks, 24)
     self.assertEqual(config.model.cond_dim, 1024)
@@ -82,7 +82,7 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
   def test_loaded_configs_build_an_optimizer(self):
     from lgdlm_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
     for path in (SMOKE_YAML, CLUSTER_YAML):
-      config = config_yaml.load_reference_yaml(path)
+      config = reference_yaml.load_reference_yaml(path)
       optimizer_lib.make_optimizer(config)
       schedule = optimizer_lib.learning_rate_schedule(config)
       np.testing.assert_allclose(
@@ -90,12 +90,12 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
 
   def test_ignored_keys_are_logged(self):
     with self.assertLogs(level='WARNING') as logs:
-      config_yaml.load_reference_yaml(SMOKE_YAML)
+      reference_yaml.load_reference_yaml(SMOKE_YAML)
     self.assertIn('model.qk_rmsnorm', '\n'.join(logs.output))
 
   def test_reference_defaults_fill_absent_keys(self):
     path = self._write('config.yaml', 'optimizer:\n  lr: 3.0e-4\ntraining:\n  dtype: bf16\n')
-    config, ignored = config_yaml.read_reference_yaml(path)
+    config, ignored = reference_yaml.read_reference_yaml(path)
     self.assertEqual(config.optimizer.lr, 3e-4)
     # torch's AdamW defaults when the reference YAML leaves them out (smoke.py says 0.95, 0.01).
     self.assertEqual(config.optimizer.beta2, 0.999)
@@ -106,12 +106,12 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
   def test_optimizer_type_beats_name_and_null_max_samples_means_all(self):
     path = self._write(
         'config.yaml', 'optimizer:\n  type: Adam\n  name: adamw\ndata:\n  max_samples: null\n')
-    config, _ = config_yaml.read_reference_yaml(path)
+    config, _ = reference_yaml.read_reference_yaml(path)
     self.assertEqual(config.optimizer.name, 'Adam')
     self.assertEqual(config.data.max_samples, 0)
 
   def test_overrides(self):
-    config, ignored = config_yaml.read_reference_yaml(SMOKE_YAML, overrides=(
+    config, ignored = reference_yaml.read_reference_yaml(SMOKE_YAML, overrides=(
         'training.dtype=bf16',
         'optimizer.lr=5e-5',
         'training.lr_schedule=cosine',
@@ -139,7 +139,7 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
   )
   def test_bad_override_names_the_key(self, override, key):
     with self.assertRaisesRegex(ValueError, key.replace('.', r'\.')):
-      config_yaml.read_reference_yaml(SMOKE_YAML, overrides=(override,))
+      reference_yaml.read_reference_yaml(SMOKE_YAML, overrides=(override,))
 
   @parameterized.named_parameters(
       ('int_key', 'training.num_train_steps=many', 'training.num_train_steps'),
@@ -150,21 +150,21 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
   )
   def test_bad_value_names_the_key(self, override, key):
     with self.assertRaisesRegex(ValueError, key.replace('.', r'\.')):
-      config_yaml.read_reference_yaml(SMOKE_YAML, overrides=(override,))
+      reference_yaml.read_reference_yaml(SMOKE_YAML, overrides=(override,))
 
   def test_missing_file_names_the_file(self):
     with self.assertRaisesRegex(FileNotFoundError, 'no_such_config.yaml'):
-      config_yaml.load_reference_yaml(DATA_DIR / 'no_such_config.yaml')
+      reference_yaml.load_reference_yaml(DATA_DIR / 'no_such_config.yaml')
 
   def test_invalid_yaml_names_the_file(self):
     path = self._write('broken.yaml', 'model: [unclosed\n')
     with self.assertRaisesRegex(ValueError, 'broken.yaml'):
-      config_yaml.load_reference_yaml(path)
+      reference_yaml.load_reference_yaml(path)
 
   def test_non_mapping_yaml_names_the_file(self):
     path = self._write('list.yaml', '- 1\n- 2\n')
     with self.assertRaisesRegex(ValueError, 'list.yaml'):
-      config_yaml.load_reference_yaml(path)
+      reference_yaml.load_reference_yaml(path)
 
 
 if __name__ == '__main__':

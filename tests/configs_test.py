@@ -6,6 +6,7 @@ import os
 import jax
 import pytest
 
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
@@ -25,7 +26,7 @@ def load(name):
 @pytest.mark.parametrize('name', ['smoke', 'base', 'cluster'])
 def test_config_builds(name):
   config = load(name)
-  model_lib.validate_model_config(config.model)
+  config = config_lib.finalize(config)
   optimizer_lib.make_optimizer(config)
   losses.loss_options(config)
   assert config.training.train_batch_size >= 1

@@ -17,7 +17,7 @@ import convert_torch_weights
 from lgdlm_jax import checkpoint
 from lgdlm_jax import convert
 from lgdlm_jax import converted
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import train
 from lgdlm_jax.torch_interop import files
 from lgdlm_jax.torch_interop import layout
@@ -118,7 +118,7 @@ def test_config_inference_gets_every_value_right():
   assert (from_saved.config.cluster_size, from_saved.config.dropout) == (9, 0.5)
   assert from_saved.config.latent_parameterization == 'v_param'
   assert from_saved.sources['latent_parameterization'] == 'checkpoint config'
-  assert from_saved.config.latent_beta_schedule == default_config.default_config().model.latent_beta_schedule
+  assert from_saved.config.latent_beta_schedule == config_lib.default_config().model.latent_beta_schedule
 
   plain = model_test.tiny_config(num_residual_streams=1, n_blocks=1)
   inferred = layout.infer_model_config({k: v.numpy() for k, v in _torch_model(plain).state_dict().items()}, {})
@@ -267,7 +267,7 @@ def test_load_params_names_what_does_not_fit(tmp_path, capsys):
 
 
 def test_to_torch_from_a_training_workdir(tmp_path, capsys):
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(model_test.tiny_config(cluster_size=2))
   _, params = model_test.build_pair(config.model, seed=4)
   optimizer = optax.adamw(1e-3)

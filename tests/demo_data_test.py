@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 from lgdlm_jax import data
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import losses
-from lgdlm_jax import model as model_lib
 from lgdlm_jax import text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def demo_config():
 
 def test_demo_config_matches_its_dataset_and_tokenizer():
   config = demo_config()
-  model_lib.validate_model_config(config.model)
+  config = config_lib.finalize(config)
   losses.loss_options(config)
   with open(os.path.join(config.data.data_dir, 'dataset.json')) as f:
     info = json.load(f)

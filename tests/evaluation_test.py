@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import diffusion
-from lgdlm_jax import evaluation
+from lgdlm_jax.evaluation import examples as eval_examples
+from lgdlm_jax.evaluation import metrics as eval_metrics
 from lgdlm_jax import model as model_lib
 
 VOCAB, MASK_ID, PAD_ID, SEQ_LEN, LATENT_DIM, BATCH = 30, 3, 0, 6, 8, 4
@@ -18,7 +19,7 @@ METRICS = ('l2t_onepass_acc', 'l2t_sample_acc', 't2l_cosine', 'cycle_t2l2t_acc',
 
 
 def tiny_config():
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(vocab_size=VOCAB, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=SEQ_LEN,
                       latent_dim=LATENT_DIM, num_residual_streams=1)
   config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID, pad_token_id=PAD_ID)
@@ -58,14 +59,14 @@ class Oracle(nn.Module):
 def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
   config, batch = tiny_config(), make_batch()
   model = Oracle(batch['input_ids'], batch['attention_mask'], batch['latent'])
-  metrics = jax.jit(functools.partial(evaluation.evaluate_batch, model=model, config=config))(
+  metrics = jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config))(
       {}, batch, jax.random.key(0))
   assert set(metrics) == set(METRICS)
   for name in METRICS:
     np.testing.assert_allclose(metrics[name], 1.0, atol=1e-4, err_msg=name)
 
   # Without a tokenizer the lines show the ids of each row's true positions, padding excluded.
-  lines = evaluation.decoded_examples({}, batch, jax.random.key(0), model=model, config=config, num_examples=2)
+  lines = eval_examples.decoded_examples({}, batch, jax.random.key(0), model=model, config=config, num_examples=2)
   row = ' '.join(str(i) for i in batch['input_ids'][1][:4])
   assert lines[4:] == ['example 1:', f'  reference: {row}', f'   one pass: {row}', f'    sampled: {row}']
   vocab = {'[PAD]': PAD_ID, '[UNK]': 1, 'x2': 2, '[MASK]': MASK_ID, 'x4': 4} | {f'w{i}': i for i in range(5, VOCAB)}
@@ -74,7 +75,7 @@ def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
   tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   tokenizer.save(str(tmp_path / 'tokenizer.json'))
   config.tokenizer.json_file = str(tmp_path / 'tokenizer.json')
-  lines = evaluation.decoded_examples({}, batch, jax.random.key(0), model=model, config=config, num_examples=2)
+  lines = eval_examples.decoded_examples({}, batch, jax.random.key(0), model=model, config=config, num_examples=2)
   assert lines[5] == '  reference: ' + ' '.join(f'w{i}' for i in batch['input_ids'][1][:4])
 
 
@@ -82,7 +83,7 @@ def test_real_model_metrics_are_in_range():
   config, batch = tiny_config(), make_batch()
   model = model_lib.MultimodalMMDiT(config.model)
   params = model.init(jax.random.key(0), jnp.zeros((1, SEQ_LEN), jnp.int32), jnp.zeros((1, LATENT_DIM)))['params']
-  metrics = jax.device_get(jax.jit(functools.partial(evaluation.evaluate_batch, model=model, config=config))(
+  metrics = jax.device_get(jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config))(
       params, batch, jax.random.key(0)))
   for name in METRICS:
     low = 0.0 if name.endswith('acc') else -1.0

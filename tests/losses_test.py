@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from lgdlm_jax import convert
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import diffusion
 from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
@@ -40,7 +40,7 @@ PARITY_LOSS = dict(latent_loss_weight=0.3, cycle_text_weight=1.3, cycle_text_war
 
 
 def make_config(parameterization: str = 'epsilon', dropout: float = 0.0, **loss_overrides) -> ml_collections.ConfigDict:
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model = model_test.tiny_config(num_residual_streams=1, dropout=dropout)
   config.model.update(latent_timesteps=1000, latent_beta_schedule='cosine', latent_parameterization=parameterization)
   config.tokenizer.mask_token_id = MASK_TOKEN_ID
@@ -384,7 +384,7 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     config[section][key] = value
     with pytest.raises(ValueError, match=key):
-      losses.loss_options(config)
+      config_lib.finalize(config)
 
   def test_bad_latent_shape_and_t_range_are_named(self):
     config = make_config()
@@ -395,4 +395,4 @@ class ContractTest(parameterized.TestCase):
                             model=model, config=config)
     for bad in (dict(cycle_latent_t_min=0.5, cycle_latent_t_max=0.5), dict(latent_t_mode='half')):
       with pytest.raises(ValueError, match='latent_t'):
-        losses.sample_draws(jax.random.key(0), BATCH, 8, make_config(**bad))
+        config_lib.finalize(make_config(**bad))

@@ -11,18 +11,21 @@ import numpy as np
 import pytest
 import torch
 
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.model import layers
 from lgdlm_jax.torch_interop import twin
 
 TOL = 1e-5
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict(dict(
-      vocab_size=97, hidden_size=64, n_blocks=2, cond_dim=48, max_seq_len=16, latent_dim=8,
-      num_residual_streams=2, cluster_size=0, dropout=0.0, dtype='float32', remat_policy='none'))
-  cfg.update(overrides)
+  cfg = config_lib.default_config().model
+  cfg.update(vocab_size=97, hidden_size=64, n_blocks=2, cond_dim=48, max_seq_len=16, latent_dim=8,
+             num_residual_streams=2, cluster_size=0, dropout=0.0, dtype='float32', remat_policy='none')
+  with cfg.ignore_type():
+    cfg.update(overrides)
   return cfg
 
 
@@ -120,7 +123,7 @@ class ForwardParityTest(parameterized.TestCase):
     x = np.linspace(-4.0, 4.0, 81, dtype=np.float32)
     expected = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
     # torch's float32 erf loses ~1e-6 in the far negative tail; jax's is closer to the exact value.
-    np.testing.assert_allclose(np.asarray(model_lib.layers.gelu(x)), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(layers.gelu(x)), expected, atol=1e-6)
     self.assertGreater(np.abs(np.asarray(jax.nn.gelu(x, approximate=True)) - expected).max(), 1e-4)
 
 
@@ -192,10 +195,9 @@ class ModelContractTest(chex.TestCase):
       ('dropout', 1.0), ('cluster_size', -3), ('remat_policy', 'sometimes'), ('scan_unroll', 0),
       ('scan_unroll', 1.5), ('scan_unroll', True))
   def test_bad_config_value_is_named(self, key, value):
-    cfg = tiny_config()
-    cfg[key] = value
+    cfg = tiny_config(**{key: value})
     with pytest.raises(ValueError, match=key):
-      model_lib.validate_model_config(cfg)
+      config_lib.validate_section('model', cfg)
 
   def test_text_head_rows_are_those_rows_of_the_full_output(self):
     cfg = tiny_config(cluster_size=5)

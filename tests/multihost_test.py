@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from lgdlm_jax import distributed
+from lgdlm_jax import runtime
 from tests import train_test
 
 LOCAL_DEVICES = 2
@@ -93,19 +93,19 @@ def test_sigterm_saves_one_step_everywhere_and_resume_matches_one_process(tmp_pa
 
 
 def test_process_group_from_environment():
-  group = distributed.from_env({'LGDLM_COORDINATOR_ADDRESS': 'h:1', 'LGDLM_NUM_PROCESSES': '4',
+  group = runtime.from_env({'LGDLM_COORDINATOR_ADDRESS': 'h:1', 'LGDLM_NUM_PROCESSES': '4',
                                 'LGDLM_PROCESS_ID': '3'})
-  assert group == distributed.ProcessGroup('h:1', 4, 3)
-  assert not distributed.from_env({}).explicit
-  assert distributed.auto_detectable({'SLURM_NTASKS': '8', 'SLURM_JOB_ID': '1'}) == 'slurm'
-  assert distributed.auto_detectable({'TPU_WORKER_HOSTNAMES': 'a,b'}) == 'cloud_tpu'
-  assert distributed.auto_detectable({'SLURM_NTASKS': '1', 'SLURM_JOB_ID': '1'}) is None
+  assert group == runtime.ProcessGroup('h:1', 4, 3)
+  assert not runtime.from_env({}).explicit
+  assert runtime.auto_detectable({'SLURM_NTASKS': '8', 'SLURM_JOB_ID': '1'}) == 'slurm'
+  assert runtime.auto_detectable({'TPU_WORKER_HOSTNAMES': 'a,b'}) == 'cloud_tpu'
+  assert runtime.auto_detectable({'SLURM_NTASKS': '1', 'SLURM_JOB_ID': '1'}) is None
 
 
 @pytest.mark.parametrize('group,match', [
-    (distributed.ProcessGroup('h:1', None, 0), 'process count'),
-    (distributed.ProcessGroup('h:1', 2, 2), 'process_id=2'),
+    (runtime.ProcessGroup('h:1', None, 0), 'process count'),
+    (runtime.ProcessGroup('h:1', 2, 2), 'process_id=2'),
 ])
 def test_incomplete_or_wrong_process_group_is_refused(group, match):
   with pytest.raises(ValueError, match=match):
-    distributed.maybe_initialize(group)
+    runtime.maybe_initialize(group)

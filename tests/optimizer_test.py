@@ -14,21 +14,21 @@ import numpy as np
 import optax
 import torch
 
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import optimizer as optimizer_lib
 
 
 def _config(**overrides: Any) -> ml_collections.ConfigDict:
-  """A minimal config with the keys the optimizer reads; overrides are 'section__key' names."""
-  config = ml_collections.ConfigDict(dict(
-      training=dict(lr_schedule='constant', warmup_steps=0, num_train_steps=10,
-                    gradient_accumulation_steps=1),
-      optimizer=dict(name='adamw', lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.95, eps=1e-8,
-                     grad_clip_norm=0.0),
-  ))
+  """The finalized default config with these optimizer settings; overrides are 'section__key' names."""
+  config = config_lib.default_config()
+  config.training.update(lr_schedule='constant', warmup_steps=0, num_train_steps=10, gradient_accumulation_steps=1)
+  config.optimizer.update(name='adamw', lr=0.05, weight_decay=0.01, beta1=0.9, beta2=0.95, eps=1e-8,
+                          grad_clip_norm=0.0)
   for name, value in overrides.items():
     section, key = name.split('__')
-    config[section][key] = value
-  return config
+    with config[section].ignore_type():
+      config[section][key] = value
+  return config_lib.finalize(config)
 
 
 def _reference_get_lr(config: ml_collections.ConfigDict, step: int) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import data
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import prepare_data
 from lgdlm_jax import text
 
@@ -32,7 +32,7 @@ def fake_encoder(texts):
 
 
 def loader_config(out_dir, info):
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(vocab_size=info['vocab_size'], max_seq_len=info['seq_len'], latent_dim=info['latent_dim'])
   config.tokenizer.update(vocab_size=info['vocab_size'], pad_token_id=info['pad_token_id'],
                           mask_token_id=info['mask_token_id'])

@@ -1,4 +1,4 @@
-"""The sampling CLI and the workdir loader, on a checkpoint written the way train.run writes it."""
+"""The sampling CLI and the workdir loader, on a checkpoint written the way loop.run writes it."""
 
 import os
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from lgdlm_jax import checkpoint
 from lgdlm_jax import data
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import prepare_data
@@ -28,7 +28,7 @@ def make_workdir(workdir: str):
   os.makedirs(workdir)
   tokenizer.save(tokenizer_path)
   vocab = tokenizer.get_vocab_size()
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(vocab_size=vocab, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=SEQ_LEN,
                       latent_dim=LATENT_DIM, num_residual_streams=1)
   config.tokenizer.update(vocab_size=vocab, mask_token_id=text.token_id(tokenizer, '[MASK]'), pad_token_id=0,

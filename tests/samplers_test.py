@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import diffusion
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import samplers
+from lgdlm_jax.evaluation import samplers
 
 MASK_ID = 3
 VOCAB = 40
@@ -19,7 +19,7 @@ FIRST_ROUND_ID = 10  # the schedule stub proposes token FIRST_ROUND_ID + i in ro
 
 
 def tiny_config(**model_overrides):
-  config = default_config.default_config()
+  config = config_lib.default_config()
   config.model.update(vocab_size=VOCAB, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12, latent_dim=8,
                       num_residual_streams=1, **model_overrides)
   config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID)

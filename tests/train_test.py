@@ -12,11 +12,12 @@ import pytest
 
 from lgdlm_jax import convert
 from lgdlm_jax import converted
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import metrics_log
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import sharding
+from lgdlm_jax import loop
 from lgdlm_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,7 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(**overrides):
-  config = default_config.default_config()
+  config = config_lib.default_config()
   for key, value in {**TINY_OVERRIDES, **overrides}.items():
     section, name = key.split('.')
     config[section][name] = value
@@ -101,8 +102,8 @@ def test_run_stops_after_consecutive_nonfinite_steps(tmp_path):
   # An enormous learning rate drives the parameters to inf within a few steps.
   config = tiny_config(**{'training.num_train_steps': 30, 'training.max_consecutive_nonfinite': 2,
                           'optimizer.lr': 1e30, 'optimizer.grad_clip_norm': 0.0, 'training.save_every': 0})
-  with pytest.raises(train.NonFiniteError, match='2 consecutive steps'):
-    train.run(config, str(tmp_path))
+  with pytest.raises(loop.NonFiniteError, match='2 consecutive steps'):
+    loop.run(config, str(tmp_path))
   records = metrics_log.read_log(str(tmp_path))
   assert records[-1]['consecutive_nonfinite'] == 2
   assert not np.isfinite(records[-1]['loss']) or not np.isfinite(records[-1]['grad_norm'])
@@ -112,10 +113,10 @@ def test_run_stops_after_consecutive_nonfinite_steps(tmp_path):
 def test_interrupted_run_resumes_exactly(tmp_path):
   steps = {'training.num_train_steps': 6, 'training.save_every': 3}
   full = tmp_path / 'full'
-  train.run(tiny_config(**steps), str(full))
+  loop.run(tiny_config(**steps), str(full))
   interrupted = tmp_path / 'interrupted'
-  train.run(tiny_config(**{**steps, 'training.num_train_steps': 3}), str(interrupted))
-  train.run(tiny_config(**steps), str(interrupted))  # resumes from the step-3 checkpoint
+  loop.run(tiny_config(**{**steps, 'training.num_train_steps': 3}), str(interrupted))
+  loop.run(tiny_config(**steps), str(interrupted))  # resumes from the step-3 checkpoint
   expected, got = losses_of(full), losses_of(interrupted)
   assert sorted(got) == list(range(1, 7))
   assert got == expected  # bit-for-bit on CPU
@@ -149,10 +150,10 @@ def test_init_from_starts_from_converted_params_and_checks_them(tmp_path):
   params = model.init(jax.random.key(123), tokens, latents)['params']
   converted.save(str(tmp_path / 'converted'), params, config.model)
   config.init_from = str(tmp_path / 'converted')
-  state = train.run(config, str(tmp_path / 'run'))
+  state = loop.run(config, str(tmp_path / 'run'))
   chex.assert_trees_all_equal(jax.device_get(state.params), jax.device_get(params))
 
   wrong = tiny_config(**{'training.num_train_steps': 0, 'model.hidden_size': 48})
   wrong.init_from = config.init_from
   with pytest.raises(convert.ConversionError, match='hidden_size|shape'):
-    train.run(wrong, str(tmp_path / 'wrong'))
+    loop.run(wrong, str(tmp_path / 'wrong'))

@@ -15,9 +15,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import diffusion
-from lgdlm_jax import model as model_lib
 from lgdlm_jax.convert import ConversionError
 
 MHC = 'mhc'
@@ -95,7 +94,7 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], stated: Mapping[str
   from_tensors, evidence = _sizes_from_tensors(state_dict)
   from_tensors['num_residual_streams'] = streams
   evidence['num_residual_streams'] = f'the {LAYOUT_NAMES[layout]} parameters'
-  config = default_config.default_config().model
+  model_config = config_lib.default_config().model
   sources: dict[str, str] = {}
   problems: list[str] = []
   for key in _SIZE_KEYS:
@@ -105,7 +104,7 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], stated: Mapping[str
     elif value is not None and stated_value is not None and stated_value != value:
       problems.append(f'{key}: stated {stated_value}, but the tensors say {value} ({evidence[key]})')
     else:
-      config[key] = value if value is not None else stated_value
+      model_config[key] = value if value is not None else stated_value
       sources[key] = 'tensors' if value is not None else 'stated'
 
   saved_model = (saved_config or {}).get('model')
@@ -115,29 +114,29 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], stated: Mapping[str
   if stated.get('cluster_size') is not None:
     if (stated['cluster_size'] > 0) != has_head:
       problems.append(f'cluster_size: stated {stated["cluster_size"]}, but {head}')
-    config.cluster_size, sources['cluster_size'] = stated['cluster_size'], 'stated'
+    model_config.cluster_size, sources['cluster_size'] = stated['cluster_size'], 'stated'
   elif (saved_model.get('cluster_size') or 0) > 0 and has_head:
-    config.cluster_size, sources['cluster_size'] = int(saved_model['cluster_size']), 'checkpoint config'
+    model_config.cluster_size, sources['cluster_size'] = int(saved_model['cluster_size']), 'checkpoint config'
   else:
-    config.cluster_size = _CLUSTER_SIZE_IF_UNKNOWN if has_head else 0
+    model_config.cluster_size = _CLUSTER_SIZE_IF_UNKNOWN if has_head else 0
     sources['cluster_size'] = (f'{head}; its value is not stored, so the reference model\'s default' if has_head
                                else 'tensors')
 
   for key in UNINFERABLE_KEYS:
     if stated.get(key) is not None:
-      config[key], sources[key] = stated[key], 'stated'
+      model_config[key], sources[key] = stated[key], 'stated'
     elif saved_model.get(key) is not None:
-      config[key], sources[key] = type(config[key])(saved_model[key]), 'checkpoint config'
+      model_config[key], sources[key] = type(model_config[key])(saved_model[key]), 'checkpoint config'
     else:
       sources[key] = 'default'
   for key, allowed in (('latent_beta_schedule', diffusion.BETA_SCHEDULES),
                        ('latent_parameterization', diffusion.PARAMETERIZATIONS)):
-    if config[key] not in allowed:
-      problems.append(f'{key}={config[key]!r} ({sources[key]}); expected one of {allowed}')
+    if model_config[key] not in allowed:
+      problems.append(f'{key}={model_config[key]!r} ({sources[key]}); expected one of {allowed}')
   if problems:
     raise ConversionError('the model config does not fit the tensors:\n  ' + '\n  '.join(problems))
-  model_lib.validate_model_config(config)
-  return InferredConfig(config, sources, layout)
+  config_lib.validate_section('model', model_config)
+  return InferredConfig(model_config, sources, layout)
 
 
 def _sizes_from_tensors(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, int], dict[str, str]]:

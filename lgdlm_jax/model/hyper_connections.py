@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lgdlm_jax import layers
+from lgdlm_jax.model import layers
 
 SINKHORN_ITERS = 20
 

@@ -1,7 +1,7 @@
 """Reads the reference's YAML configs (cycle_vae_impl/configs/*.yaml) into our config schema.
 
 A convenience on top of the Python configs: the result starts from
-lgdlm_jax.default_config.default_config(), and every reference key either lands on one of our keys or is reported as ignored;
+lgdlm_jax.config_lib.default_config(), and every reference key either lands on one of our keys or is reported as ignored;
 none is dropped silently. `overrides` are the reference's `--override a.b=c` strings, values read
 with yaml.safe_load. They may name reference keys (applied to the YAML before mapping, so
 `training.dtype=bf16` works as in the reference) or keys that only our schema has
@@ -16,7 +16,7 @@ from absl import logging
 import ml_collections
 import yaml
 
-from lgdlm_jax import default_config
+from lgdlm_jax import config as config_lib
 
 # Reference keys read unchanged into the same key of ours.
 _SAME_KEYS = (
@@ -209,7 +209,7 @@ def read_reference_yaml(
 ) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
   """Our config from a reference YAML file, and the reference keys that were ignored."""
   raw = _read_yaml(path)
-  config = default_config.default_config()
+  config = config_lib.default_config()
   ours = _our_keys(config)
   reference_keys = _REFERENCE_KEYS | frozenset(_flatten(raw))
   late_overrides = []

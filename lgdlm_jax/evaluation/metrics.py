@@ -1,7 +1,6 @@
-"""What the model has learned, on validation batches: sampler-based metrics and decoded examples.
+"""What the model has learned, on validation batches: sampler-based metrics.
 
     metrics = evaluate_batch(params, batch, rng, model=model, config=config)   # jittable
-    lines = decoded_examples(params, local_batch, rng, model=model, config=config)  # host side
 
 `evaluate_batch` reports, for one batch (every accuracy counts non-padding positions only, i.e.
 where batch['attention_mask'] is true, pooled over the batch; every cosine is averaged over it):
@@ -19,19 +18,16 @@ one-pass prediction and the training passes get. Cost in model passes over B row
 2 + eval_l2t_steps + 2 * eval_t2l_steps (the two T2L samples run as one 2B-row sampler).
 """
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from lgdlm_jax import layers
-from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import samplers
-from lgdlm_jax import text
+from lgdlm_jax.evaluation import samplers
+from lgdlm_jax.model import layers
+from lgdlm_jax.model import passes
 
 Params = Any
 
@@ -55,7 +51,7 @@ def one_pass_l2t(params: Params, latents_BxD: jax.Array, mask_BxS: jax.Array, *,
                  config: ml_collections.ConfigDict) -> jax.Array:
   """Argmax tokens [B,S] of one pass on all-[MASK] text at text t = 1, as in the base L2T loss."""
   all_mask_BxS = jnp.full(mask_BxS.shape, config.tokenizer.mask_token_id, jnp.int32)
-  logits_BxSxV, _ = samplers.apply_model(model, params, all_mask_BxS, latents_BxD, 1.0, 0.0, mask_BxS)
+  logits_BxSxV, _ = passes.apply_model(model, params, all_mask_BxS, latents_BxD, 1.0, 0.0, mask_BxS)
   return jnp.argmax(logits_BxSxV, axis=-1).astype(jnp.int32)
 
 
@@ -79,8 +75,8 @@ def evaluate_batch(params: Params, batch: dict[str, jax.Array], rng: jax.Array, 
   predicted = l2t_predictions(params, batch, l2t_key, model=model, config=config)
 
   # T2L from the true text and from the sampled text, as one sampler call over 2B rows.
-  t2l_2BxD = samplers.sample_t2l(params, losses.interleave(ids_BxS, predicted['sampled']),
-                                 losses.interleave(mask_BxS, mask_BxS), t2l_key,
+  t2l_2BxD = samplers.sample_t2l(params, passes.interleave(ids_BxS, predicted['sampled']),
+                                 passes.interleave(mask_BxS, mask_BxS), t2l_key,
                                  model=model, config=config, steps=int(config.training.eval_t2l_steps))
   t2l_Bx2xD = t2l_2BxD.reshape(ids_BxS.shape[0], 2, -1)
   from_text_BxD, from_sampled_text_BxD = t2l_Bx2xD[:, 0], t2l_Bx2xD[:, 1]
@@ -94,30 +90,3 @@ def evaluate_batch(params: Params, batch: dict[str, jax.Array], rng: jax.Array, 
       cycle_l2t2l_cosine=_mean_cosine(from_sampled_text_BxD, latents_BxD),
   )
   return {k: v.astype(jnp.float32) for k, v in metrics.items()}
-
-
-def decoded_examples(params: Params, batch: dict[str, np.ndarray], rng: jax.Array, *, model,
-                     config: ml_collections.ConfigDict, num_examples: int = 3) -> list[str]:
-  """Printable lines for the first rows of a host batch: the reference text and both L2T decodings.
-
-  Text comes from the tokenizer at config.tokenizer.json_file; with no path, token ids are shown.
-  Positions past each row's true length are shown as padding.
-  """
-  rows = {k: np.asarray(v)[:num_examples] for k, v in batch.items()}
-  predict = jax.jit(functools.partial(l2t_predictions, model=model, config=config))
-  predicted = jax.device_get(predict(params, rows, rng))
-  mask = rows['attention_mask'].astype(bool)
-  pad_id = int(config.tokenizer.pad_token_id)
-  shown = {name: np.where(mask, ids, pad_id) for name, ids in
-           (('reference', rows['input_ids']), ('one pass', predicted['one_pass']), ('sampled', predicted['sampled']))}
-  path = config.tokenizer.get('json_file', '')
-  if path:
-    tokenizer = text.load_tokenizer(path)
-    shown = {name: text.decode(tokenizer, ids) for name, ids in shown.items()}
-  else:
-    shown = {name: [' '.join(str(i) for i in row[m]) for row, m in zip(ids, mask)] for name, ids in shown.items()}
-  lines = []
-  for i in range(len(mask)):
-    lines.append(f'example {i}:')
-    lines.extend(f'  {name:>9}: {texts[i]}' for name, texts in shown.items())
-  return lines

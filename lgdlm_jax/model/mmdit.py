@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lgdlm_jax import hyper_connections
-from lgdlm_jax import layers
+from lgdlm_jax.model import hyper_connections
+from lgdlm_jax.model import layers
 
 NUM_MODALITIES = 2
 # mmdit's generalized MMDiT never forwards the reference config's n_heads, so attention is always
@@ -25,6 +25,7 @@ NUM_MODALITIES = 2
 ATTN_HEADS = 8
 ATTN_HEAD_DIM = 64
 
+# The names are lgdlm_jax.config.schema.CHOICES['model.remat_policy'].
 REMAT_POLICIES = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,
@@ -185,8 +186,6 @@ class MMDiT(nn.Module):
 
     The latent token is never masked, so no query row is ever fully masked.
     """
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f'model.remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}')
     block_cls = MMDiTBlock
     if self.remat_policy != 'none':
       block_cls = nn.remat(MMDiTBlock, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])

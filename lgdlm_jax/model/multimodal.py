@@ -17,40 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgdlm_jax import layers
-from lgdlm_jax import mmdit
+from lgdlm_jax.model import layers
+from lgdlm_jax.model import mmdit
 
+# The names are lgdlm_jax.config.schema.CHOICES['model.dtype'].
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 TIMESTEP_FREQUENCY_DIM = 256
-_POSITIVE_INT_KEYS = ('vocab_size', 'hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'latent_dim',
-                      'num_residual_streams')
-
-
-def validate_model_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first model.* key whose value cannot build a model."""
-  for key in _POSITIVE_INT_KEYS:
-    if key not in config:
-      raise ValueError(f'model.{key} is missing from the model config')
-    value = config[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f'model.{key}={value!r}; expected a positive integer')
-  cluster_size = config.get('cluster_size', 0)
-  if not isinstance(cluster_size, int) or cluster_size < 0:
-    raise ValueError(f'model.cluster_size={cluster_size!r}; expected an integer >= 0')
-  dropout = config.get('dropout', 0.0)
-  if not 0.0 <= dropout < 1.0:
-    raise ValueError(f'model.dropout={dropout!r}; expected a value in [0, 1)')
-  dtype = config.get('dtype', 'float32')
-  if dtype not in COMPUTE_DTYPES:
-    raise ValueError(f'model.dtype={dtype!r}; expected one of {sorted(COMPUTE_DTYPES)}')
-  scan_unroll = config.get('scan_unroll', 1)
-  if not isinstance(scan_unroll, int) or isinstance(scan_unroll, bool) or scan_unroll < 1:
-    raise ValueError(f'model.scan_unroll={scan_unroll!r}; expected a positive integer (>= n_blocks: fully unrolled)')
-  remat_policy = config.get('remat_policy', 'none')
-  if remat_policy not in mmdit.REMAT_POLICIES:
-    raise ValueError(f'model.remat_policy={remat_policy!r}; expected one of {sorted(mmdit.REMAT_POLICIES)}')
-
-
 def timestep_features(t_B: jax.Array, dim: int = TIMESTEP_FREQUENCY_DIM, max_period: float = 10000.0) -> jax.Array:
   """Sinusoidal features [cos(t f), sin(t f)] with f_i = exp(-ln(max_period) i / (dim/2)).
 
@@ -150,13 +122,12 @@ class MultimodalMMDiT(nn.Module):
     """(text_logits, latent_pred[, cluster_logits]); text_head_rows limits the text heads to those rows.
 
     A caller that reads the text logits of some batch rows only passes a slice of the batch axis
-    (the cycle loss: slice(p, None, P) for pass p of P joined passes, its T2L rows need only the
-    latent prediction); the text and cluster logits then have that many rows. The vocabulary
-    projection is a quarter of the model's FLOPs at H = 512, V = 8192.
+    (e.g. slice(p, None, P) for one of P interleaved passes, see lgdlm_jax.model.passes); the text
+    and cluster logits then have that many rows. The vocabulary projection is a quarter of the
+    model's FLOPs at H = 512, V = 8192.
     """
     cfg = self.config
-    validate_model_config(cfg)
-    dtype = COMPUTE_DTYPES[cfg.get('dtype', 'float32')]
+    dtype = COMPUTE_DTYPES[cfg.dtype]
     h, c = cfg.hidden_size, cfg.cond_dim
     batch, seq_len = text_tokens.shape
     if seq_len > cfg.max_seq_len:
@@ -178,19 +149,18 @@ class MultimodalMMDiT(nn.Module):
     cond_BxC = MultimodalConditioning(c, dtype, name='conditioning')(text_t_B, latent_t_B)
 
     text_out, latent_out = mmdit.MMDiT(
-        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, cfg.get('remat_policy', 'none'),
-        cfg.get('scan_unroll', 1), name='mmdit',
+        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, cfg.remat_policy, cfg.scan_unroll, name='mmdit',
     )(text_BxSxH, latent_Bx1xH, cond_BxC, text_mask_BxS)
 
     if text_head_rows is not None:
       text_out = text_out[text_head_rows]
     text_logits = self._text_head('text_head', text_out, dtype)
     latent_pred = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)(latent_out)
-    latent_pred = nn.Dropout(cfg.get('dropout', 0.0))(layers.gelu(latent_pred), deterministic=deterministic)
+    latent_pred = nn.Dropout(cfg.dropout)(layers.gelu(latent_pred), deterministic=deterministic)
     latent_pred = layers.torch_linear(cfg.latent_dim, 2 * h, name='latent_head_3', dtype=dtype,
                                       kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)(latent_pred)
     outputs = (text_logits, latent_pred.astype(jnp.float32))
-    if cfg.get('cluster_size', 0) > 0:
+    if cfg.cluster_size > 0:
       outputs += (self._text_head('text_head_clusters', text_out, dtype),)
     return outputs
 

@@ -1,10 +1,25 @@
-"""The full configuration schema with its defaults (the reference's smoke sizes).
+"""The configuration schema: every key lgdlm_jax reads, with its one default (the reference's smoke sizes).
 
 Keys follow the reference's YAML sections (model, data, training, loss, optimizer, tokenizer) so users
-moving from it recognise them; mesh and debug are ours.
+moving from it recognise them; mesh and debug are ours. CHOICES lists the allowed values of every
+key that takes one of a few names; lgdlm_jax.config.rules checks every key against its rule.
+This module imports nothing from lgdlm_jax, so every room may read it.
 """
 
 import ml_collections
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    'model.dtype': ('float32', 'bfloat16'),
+    'model.remat_policy': ('none', 'full', 'dots'),
+    'model.latent_beta_schedule': ('cosine', 'linear', 'sigmoid'),
+    'model.latent_parameterization': ('epsilon', 'x0', 'v_param'),
+    'training.lr_schedule': ('constant', 'linear', 'cosine'),
+    # The reference builds torch.optim.AdamW (decoupled decay) for both names.
+    'optimizer.name': ('adamw', 'adam'),
+    # The reference also spells 'full' as 'ones' or 't1'; lgdlm_jax.config.finalize reads those as 'full'.
+    'loss.latent_t_mode': ('random', 'full'),
+    'loss.cycle_latent_sampling': ('argmax', 'categorical'),
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -71,6 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
       print_examples=3,  # validation sentences decoded and printed at the end of training
       save_every=5,
       keep_checkpoints=3,
+      # A persistent XLA compilation cache, so that a relaunch (resume, a preempted job) does not
+      # compile again. '' = WORKDIR/compilation_cache; any other path can be shared by runs.
+      compilation_cache=True,
+      compilation_cache_dir='',
   ))
 
   config.loss = ml_collections.ConfigDict(dict(

@@ -1,15 +1,19 @@
-"""Multi-process start-up: jax.distributed on TPU pods, SLURM clusters, or explicit settings.
+"""The run's processes: jax.distributed start-up, and preemption (SIGTERM) handling.
 
-A single process needs nothing. Otherwise the coordinator, process count and process id come from
-(in this order) the flags of `main`, the environment variables LGDLM_COORDINATOR_ADDRESS,
-LGDLM_NUM_PROCESSES and LGDLM_PROCESS_ID, or JAX's own auto-detection on Cloud TPU and SLURM.
+Start-up: jax.distributed on TPU pods, SLURM clusters, or explicit settings. A single process
+needs nothing. Otherwise the coordinator, process count and process id come from (in this order)
+the flags of `main`, the environment variables LGDLM_COORDINATOR_ADDRESS, LGDLM_NUM_PROCESSES and
+LGDLM_PROCESS_ID, or JAX's own auto-detection on Cloud TPU and SLURM.
 """
 
 import dataclasses
 import os
+import signal
+import threading
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 
 ENV_PREFIX = 'LGDLM_'
 
@@ -64,3 +68,30 @@ def maybe_initialize(group: ProcessGroup) -> None:
 def _use_gloo_on_cpu() -> None:
   # CPU devices of several processes need a collectives implementation; accelerators have their own.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+
+
+class PreemptionWatch:
+  """On SIGTERM, every process stops at the same step so that one checkpoint covers all.
+
+  With several processes JAX's preemption service (started by jax.distributed.initialize) catches
+  SIGTERM on any process and agrees on a step all of them reach; with one process a signal handler
+  sets a flag checked after each step.
+  """
+
+  def __init__(self):
+    self._multi_process = jax.process_count() > 1
+    self._signalled = threading.Event()
+    self._previous_handler = None
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, lambda *_: self._signalled.set())
+
+  def reached(self, step: int) -> bool:
+    """True when the run should save at `step` and stop; call it after every step on every process."""
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled.is_set()
+
+  def close(self) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None

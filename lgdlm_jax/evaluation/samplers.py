@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax import diffusion
-from lgdlm_jax import losses
+from lgdlm_jax.model.passes import apply_model
 
 Params = Any
 
@@ -59,21 +59,11 @@ def unmask_counts(seq_len: int, steps: int) -> np.ndarray:
   return counts
 
 
-def apply_model(model: nn.Module, params: Params, tokens_BxS: jax.Array, latents_BxD: jax.Array,
-                text_t: float | jax.Array, latent_t: float | jax.Array,
-                mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-  """One deterministic pass with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D])."""
-  batch = tokens_BxS.shape[0]
-  full_B = lambda t: jnp.full((batch,), t, jnp.float32)
-  passes = [losses.ModelPass(tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t), mask_BxS)]
-  return losses.run_passes(model, params, passes, deterministic=True, dropout_key=None)[0]
-
-
 def _banned_ids(config: ml_collections.ConfigDict) -> jax.Array:
   """[V] bool: ids the L2T sampler never emits (the mask token, ids the tokenizer lacks)."""
   vocab = config.model.vocab_size
   ids_V = jnp.arange(vocab)
-  return (ids_V == config.tokenizer.mask_token_id) | (ids_V >= config.tokenizer.get('vocab_size', vocab))
+  return (ids_V == config.tokenizer.mask_token_id) | (ids_V >= config.tokenizer.vocab_size)
 
 
 def _rank_BxS(scores_BxS: jax.Array) -> jax.Array:
@@ -132,9 +122,9 @@ def t2l_start_time(config: ml_collections.ConfigDict) -> float:
   cosine schedule's sqrt(abar) = 1.56e-5 would turn any error in an epsilon prediction into a
   ~6e4 times larger error of the clean estimate.
   """
-  if str(config.loss.latent_t_mode).lower() in losses.FULL_T_MODES:
+  if config.loss.latent_t_mode == 'full':
     return 1.0
-  return min(float(config.loss.cycle_latent_t_max), losses.LATENT_T_MAX)
+  return min(config.loss.cycle_latent_t_max, diffusion.MAX_RANDOM_T)
 
 
 def sample_t2l(params: Params, tokens_BxS: jax.Array, attention_mask: jax.Array | None, rng: jax.Array, *,
@@ -146,15 +136,15 @@ def sample_t2l(params: Params, tokens_BxS: jax.Array, attention_mask: jax.Array 
   """
   if steps < 1:
     raise ValueError(f'steps={steps} must be positive')
-  opts = losses.loss_options(config)
-  schedule = diffusion.make_schedule(opts.beta_schedule, opts.num_timesteps)
+  parameterization = config.model.latent_parameterization
+  schedule = diffusion.schedule_from_config(config.model)
   times = jnp.linspace(t2l_start_time(config), 0.0, steps + 1, dtype=jnp.float32)
   z_BxD = jax.random.normal(rng, (tokens_BxS.shape[0], config.model.latent_dim), jnp.float32)
 
   def step(z_BxD, ts):
     t, t_prev = ts[0], ts[1]
     _, output_BxD = apply_model(model, params, tokens_BxS, z_BxD, 0.0, t, attention_mask)
-    eps_BxD = diffusion.predict_eps(schedule, z_BxD, t, output_BxD, opts.parameterization)
+    eps_BxD = diffusion.predict_eps(schedule, z_BxD, t, output_BxD, parameterization)
     z_prev_BxD, x0_BxD = diffusion.ddim_step(schedule, z_BxD, t, t_prev, eps_BxD)
     return z_prev_BxD, x0_BxD
 

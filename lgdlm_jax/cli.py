@@ -1,0 +1,146 @@
+"""One command-line style for every `python -m lgdlm_jax.X` entry point: absl flags and config_flags.
+
+An entry point defines its flags on a FlagValues of its own (so that several entry points can be
+imported into one process, and `main(argv)` can be called more than once, as the tests do) and
+hands its work to `run`:
+
+    def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None: ...
+    def work(flag_values: flags.FlagValues, args: list[str]) -> int | None: ...
+    def main(argv: list[str] | None = None) -> int:
+      return cli.run(work, define_flags, argv, doc=__doc__)
+
+What every entry point then does alike:
+- `--help` (or `-h`, `--helpfull`) prints the module's usage and its flags, and exits 0;
+- a flag error (an unknown flag, a bad value, an unknown `--config.a.b` key, with the closest key
+  as a suggestion) is one line on stderr, exit status 2;
+- an `errors.InputError` (a bad config value or file) or a missing, unreadable or misplaced path is
+  one line on stderr, exit status 1;
+- any other exception is a bug and keeps its traceback.
+"""
+
+from collections.abc import Callable, Sequence
+import difflib
+import os
+import re
+import sys
+
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+from lgdlm_jax import errors
+
+HELP_FLAGS = ('--help', '-h', '--helpfull', '--helpshort', '-help')
+# Besides errors.InputError: a path the user gave that is missing, of the wrong kind or not ours to write.
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+USAGE_ERROR = 2
+INPUT_ERROR = 1
+
+DefineFlags = Callable[[flags.FlagValues, Sequence[str]], None]
+Work = Callable[[flags.FlagValues, list[str]], 'int | None']
+
+
+class UsageError(errors.InputError):
+  """The command line is wrong (a missing or contradictory flag); exit status 2."""
+
+
+def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str], default: str | None,
+                       help_string: str, name: str = 'config') -> None:
+  """`--config FILE.py[:arg]` with `--config.a.b=value` overrides (ml_collections.config_flags).
+
+  The overrides are read from `argv` (not sys.argv), so that `main(argv)` works in-process.
+  """
+  config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values, lock_config=True,
+                                  sys_argv=list(argv))
+
+
+def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None, *, doc: str | None) -> int:
+  """Parses argv (default sys.argv) with the entry point's flags and runs `work`; returns the exit status."""
+  argv = list(sys.argv if argv is None else [_program(), *argv])
+  prog = _program()
+  flag_values = flags.FlagValues()
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    _define_quietly(define_flags, flag_values, argv[:1])
+    print(_usage(doc, flag_values))
+    return 0
+  try:
+    define_flags(flag_values, argv)
+    args = flag_values(argv)[1:]
+  except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+    print(f'{prog}: error: {_flag_error_message(e, argv)}', file=sys.stderr)
+    return USAGE_ERROR
+  _mark_global_flags_parsed()
+  try:
+    return int(work(flag_values, args) or 0)
+  except UsageError as e:
+    print(f'{prog}: error: {e}', file=sys.stderr)
+    return USAGE_ERROR
+  except (errors.InputError, *PATH_ERRORS) as e:
+    print(f'{prog}: error: {e}', file=sys.stderr)
+    return INPUT_ERROR
+
+
+def main_exit(work: Work, define_flags: DefineFlags, doc: str | None) -> None:
+  """`run` on sys.argv, then exit with its status: the body of `if __name__ == '__main__'`."""
+  sys.exit(run(work, define_flags, None, doc=doc))
+
+
+def _program() -> str:
+  main_module = sys.modules.get('__main__')
+  spec = getattr(main_module, '__spec__', None)
+  if spec is not None and spec.name.startswith('lgdlm_jax'):
+    return f'python -m {spec.name.removesuffix(".__main__")}'
+  return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'lgdlm_jax'
+
+
+def _define_quietly(define_flags: DefineFlags, flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+  """Defines the flags for --help; a config file that fails to load must not stop the help text."""
+  try:
+    define_flags(flag_values, argv)
+  except Exception:  # pylint: disable=broad-except  (the help text is printed either way)
+    pass
+
+
+def _usage(doc: str | None, flag_values: flags.FlagValues) -> str:
+  flag_help = flag_values.get_help(include_special_flags=False)
+  return '\n'.join(part for part in ((doc or '').strip(), 'Flags:', flag_help) if part)
+
+
+def _flag_error_message(error: BaseException, argv: Sequence[str]) -> str:
+  """One line: which flag or config key is wrong, with the closest known key when it is misspelt."""
+  unknown = _unknown_config_key(argv)
+  if unknown is not None:
+    return unknown
+  message = str(error).strip().strip("'\"")
+  return ' '.join(message.split())
+
+
+def _unknown_config_key(argv: Sequence[str]) -> str | None:
+  """'--config.a.b: no such config key (did you mean a.c?)' for the first override not in the schema."""
+  from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top  (only on errors)
+  schema = config_lib.default_config()
+  for arg in argv[1:]:
+    match = re.match(r'^--?(?:no)?config\.([\w.]+)', arg)
+    if match is None:
+      continue
+    node: ml_collections.ConfigDict | object = schema
+    walked: list[str] = []
+    for part in match.group(1).split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        choices = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(part, choices, n=1)
+        known = '.'.join(walked)
+        hint = f' (did you mean {".".join(walked + close)}?)' if close else (
+            f' ({known or "the config"} has {", ".join(sorted(choices))})' if choices else '')
+        return f'--config.{match.group(1)}: no such config key{hint}'
+      node = node[part]
+      walked.append(part)
+  return None
+
+
+def _mark_global_flags_parsed() -> None:
+  # absl's logging reads the global FLAGS; without this it warns that logging began before parsing.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  logging.use_absl_handler()

@@ -1,0 +1,80 @@
+"""Configuration: the schema with every key and its one default, validation once at load, the reference's YAML.
+
+    config = default_config()            # or a configs/*.py get_config(), mutable
+    frozen = finalize(config)            # spellings normalised, every key validated, then frozen
+    frozen = from_json(text)             # a workdir's config.json; keys it predates take the schema's default
+
+Everything past `finalize` reads the frozen config: jitted functions close over values that cannot change.
+"""
+
+import json
+from typing import Any
+
+import ml_collections
+
+from lgdlm_jax.config.schema import CHOICES
+from lgdlm_jax.config.schema import default_config
+from lgdlm_jax.config.rules import check_devices
+from lgdlm_jax.config.rules import flat_items
+from lgdlm_jax.config.rules import validate
+from lgdlm_jax.config.rules import validate_section
+from lgdlm_jax.errors import ConfigError
+
+# Spellings the reference accepts for one of our choices (it lower-cases names before comparing).
+_ALIASES = {'loss.latent_t_mode': {'ones': 'full', 't1': 'full'}}
+_LOWER_CASED = ('loss.latent_t_mode', 'loss.cycle_latent_sampling', 'training.lr_schedule', 'optimizer.name')
+
+Config = ml_collections.FrozenConfigDict
+
+
+def finalize(config: ml_collections.ConfigDict | ml_collections.FrozenConfigDict) -> Config:
+  """The validated, frozen config; ConfigError naming the first bad key and its value.
+
+  A FrozenConfigDict is returned as it is: only finalize makes them, so it was validated.
+  """
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())  # never change the caller's object
+  for key in _LOWER_CASED:
+    section, name = key.split('.')
+    value = config[section][name]
+    if isinstance(value, str):
+      value = value.lower()
+      config[section][name] = _ALIASES.get(key, {}).get(value, value)
+  validate(config)
+  return ml_collections.FrozenConfigDict(config)
+
+
+def from_json(text: str, source: str = 'config.json') -> Config:
+  """A config written as JSON by an earlier run: the schema's defaults, then every stored value.
+
+  Keys the file predates keep the schema's default; a key the schema no longer has is an error
+  naming it (and `source`).
+  """
+  try:
+    stored = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f'{source}: not valid JSON ({e})') from e
+  config = default_config()
+  known = flat_items(config)
+  for key, value in _flat_json(stored).items():
+    if key not in known:
+      raise ConfigError(f'{source}: {key} is not a config key of this lgdlm_jax version')
+    section, _, name = key.rpartition('.')
+    target = config[section] if section else config
+    with target.ignore_type():
+      target[name] = value
+  try:
+    return finalize(config)
+  except ConfigError as e:
+    raise ConfigError(f'{source}: {e}') from e
+
+
+def _flat_json(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat: dict[str, Any] = {}
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat_json(value, f'{prefix}{name}.'))
+    else:
+      flat[f'{prefix}{name}'] = value
+  return flat

@@ -1,0 +1,168 @@
+"""The training loop: `run(config, workdir)`.
+
+Sharded state creation, resume from the workdir, logging one step late (dispatch never waits),
+evaluation, checkpoints, preemption.
+"""
+
+import sys
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from lgdlm_jax import checkpoint
+from lgdlm_jax import compile_cache
+from lgdlm_jax import config as config_lib
+from lgdlm_jax import converted
+from lgdlm_jax import data as data_lib
+from lgdlm_jax import metrics_log
+from lgdlm_jax import model as model_lib
+from lgdlm_jax import optimizer as optimizer_lib
+from lgdlm_jax import runtime
+from lgdlm_jax import sharding
+from lgdlm_jax import train
+from lgdlm_jax.evaluation import examples as eval_examples
+
+
+class NonFiniteError(RuntimeError):
+  """Raised when training.max_consecutive_nonfinite steps in a row had a non-finite loss or gradient."""
+
+
+def load_initial_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
+  """Params of a converted checkpoint (convert_torch_weights.py), checked against config.model,
+  as float32 (training keeps float32 master weights) on the state's shardings."""
+  params = converted.load_params(config.init_from, config.model)
+  return jax.device_put(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), shardings)
+
+
+def _evaluate(eval_fns, params, val_batches, mesh, rng, max_batches: int, sample_batches: int) -> dict[str, float]:
+  """Validation losses over max_batches batches, plus the sampler metrics (accuracies, cosines) of
+  the first sample_batches of them; each metric is averaged over the batches that computed it."""
+  eval_fn, sample_eval_fn = eval_fns
+  totals: dict[str, float] = {}
+  counts: dict[str, int] = {}
+  for i, local in enumerate(val_batches(max_batches)):
+    batch = sharding.global_batch(local, mesh)
+    metrics = eval_fn(params, batch, rng)
+    if i < sample_batches:
+      metrics = {**metrics, **sample_eval_fn(params, batch, rng)}
+    for k, v in jax.device_get(metrics).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+      counts[k] = counts.get(k, 0) + 1
+  return {k: v / counts[k] for k, v in totals.items()}
+
+
+def _print_decoded_examples(state, val_batches, rng, *, model, config) -> None:
+  """Decoded validation sentences at the end of a run (single process: the rows are host-local)."""
+  num_examples = config.training.print_examples
+  if val_batches is None or not num_examples or jax.process_count() > 1:
+    return
+  lines = eval_examples.decoded_examples(state.params, next(iter(val_batches(1))), rng, model=model, config=config,
+                                      num_examples=num_examples)
+  print('\n'.join(lines), flush=True)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
+  """Trains config.training.num_train_steps micro-batch steps, resuming from workdir if it has a checkpoint.
+
+  `config` is validated and frozen here unless it already is (lgdlm_jax.config.finalize).
+  """
+  config = config_lib.finalize(config)
+  config_lib.check_devices(config, jax.device_count(), jax.process_count())
+  compile_cache.use(config, workdir)
+  model = model_lib.MultimodalMMDiT(config.model)
+  optimizer = optimizer_lib.make_optimizer(config)
+  mesh = sharding.make_mesh(config)
+  seed_key = jax.random.key(config.training.seed)
+  init_key, step_key, eval_key = jax.random.split(seed_key, 3)
+  train_iter, val_batches = data_lib.make_datasets(config)
+  state, state_shardings = train.create_sharded_state(config, model, optimizer, mesh, init_key)
+  min_shard = config.mesh.min_shard_size
+  logging.info('Per device: parameters %.3f GiB, optimizer state %.3f GiB (mesh %s)',
+               sharding.per_device_bytes(state.params, mesh.shape['fsdp'], min_shard) / 2**30,
+               sharding.per_device_bytes(state.opt_state, mesh.shape['fsdp'], min_shard) / 2**30, dict(mesh.shape))
+  manager = checkpoint.make_manager(workdir, config)
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_with_shardings(state, state_shardings))
+  if restored is not None:
+    state, data_state = restored
+    train_iter.set_state(data_state)
+    logging.info('Resumed from step %d in %s', int(state.step), workdir)
+  elif config.init_from:
+    state = state.replace(params=load_initial_params(config, state_shardings.params))
+    logging.info('Initialised the parameters from %s', config.init_from)
+  step_fn, eval_fn, sample_eval_fn = train.compile_steps(config, model, optimizer, mesh, state_shardings)
+
+  tcfg = config.training
+  num_steps = int(tcfg.num_train_steps)
+  save_every, eval_every, log_every = int(tcfg.save_every), int(tcfg.eval_every), tcfg.log_every
+  max_bad = int(tcfg.max_consecutive_nonfinite)
+  tokens_per_step = int(tcfg.train_batch_size) * int(config.model.max_seq_len)
+  log = metrics_log.MetricsLog(workdir, config)
+  start = int(state.step)
+  progress = tqdm.tqdm(total=num_steps, initial=start, disable=not sys.stderr.isatty() or jax.process_index() != 0)
+  pending = None  # (step, metrics on device, start time): fetched one step late, so dispatch never waits
+  watch = runtime.PreemptionWatch()
+
+  def report(step: int, device_metrics, started: float) -> None:
+    metrics = jax.device_get(device_metrics)
+    elapsed = time.perf_counter() - started
+    if int(metrics['consecutive_nonfinite']) > 0:
+      logging.warning('step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update skipped',
+                      step, metrics['loss'], metrics['grad_norm'])
+    if step % log_every == 0 or step == num_steps:
+      record = {k: float(v) for k, v in metrics.items()}
+      record.update(step_time=elapsed, tokens_per_sec=tokens_per_step / elapsed,
+                    data_skipped_samples=train_iter.num_skipped)
+      log.write(step, record)
+      progress.set_postfix(loss=f'{record["loss"]:.4f}')
+    if int(metrics['consecutive_nonfinite']) >= max_bad:
+      raise NonFiniteError(
+          f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
+          f'The newest checkpoint in {workdir} holds the last good parameters.')
+
+  def evaluate(step: int) -> None:
+    val = _evaluate((eval_fn, sample_eval_fn), state.params, val_batches, mesh, eval_key,
+                    tcfg.eval_batches, tcfg.eval_sample_batches)
+    log.write(step, val, prefix='val_')
+
+  try:
+    if eval_every and val_batches is not None and start == 0:
+      evaluate(0)  # the starting point of every validation curve
+    for step in range(start, num_steps):
+      started = time.perf_counter()
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics = step_fn(state, batch, step_key)
+      if pending is not None:
+        report(*pending)
+      pending = (step + 1, metrics, started)
+      progress.update(1)
+      done = step + 1
+      if eval_every and val_batches is not None and done % eval_every == 0:
+        report(*pending)
+        pending = None
+        evaluate(done)
+      preempted = watch.reached(done)
+      if (save_every and done % save_every == 0) or done == num_steps or preempted:
+        if pending is not None:
+          report(*pending)  # never checkpoint past a step that should have stopped the run
+          pending = None
+        checkpoint.save(manager, done, state, train_iter.get_state())
+      if preempted:
+        logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.', done, workdir)
+        break
+    if pending is not None:
+      report(*pending)
+    if int(state.step) == num_steps:
+      _print_decoded_examples(state, val_batches, eval_key, model=model, config=config)
+  finally:
+    watch.close()
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+    progress.close()
+    train_iter.close()
+  return state
