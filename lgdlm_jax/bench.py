@@ -154,7 +154,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
 def work(flag_values: flags.FlagValues, args: list[str]) -> None:
   if args:
     raise cli.UsageError(f'unexpected arguments: {" ".join(args)}')
-  config = config_lib.finalize(flag_values.config)
+  config = config_lib.for_processes(config_lib.finalize(flag_values.config), jax.process_count())
   config_lib.check_devices(config, jax.device_count(), jax.process_count())
   if flag_values.compile_only:
     print(json.dumps(compile_only(config)))

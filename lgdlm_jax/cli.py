@@ -67,6 +67,7 @@ def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None
   try:
     define_flags(flag_values, argv)
     args = flag_values(argv)[1:]
+    _load_config_flags(flag_values)
   except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
     print(f'{prog}: error: {_flag_error_message(e, argv)}', file=sys.stderr)
     return USAGE_ERROR
@@ -94,6 +95,15 @@ def _program() -> str:
   return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'lgdlm_jax'
 
 
+def _load_config_flags(flag_values: flags.FlagValues) -> None:
+  # config_flags defers a config file's load error until the config is first read; read each now,
+  # so that a missing or broken file is a flag error before any work.
+  for name in flag_values:
+    value = flag_values[name].value
+    if hasattr(value, 'keys'):
+      value.keys()
+
+
 def _define_quietly(define_flags: DefineFlags, flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   """Defines the flags for --help; a config file that fails to load must not stop the help text."""
   try:
@@ -112,8 +122,7 @@ def _flag_error_message(error: BaseException, argv: Sequence[str]) -> str:
   unknown = _unknown_config_key(argv)
   if unknown is not None:
     return unknown
-  message = str(error).strip().strip("'\"")
-  return ' '.join(message.split())
+  return ' '.join(str(error).split())
 
 
 def _unknown_config_key(argv: Sequence[str]) -> str | None:

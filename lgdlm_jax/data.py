@@ -4,7 +4,7 @@ Layouts (SPEC section 4), one sample per file pair:
   * `data.token_dir` + `data.latent_dir`: `NAME_tokens.npz` (or `NAME.npz`) holding `input_ids`
     and `attention_mask`, paired with `latent_dir/NAME.npy` holding the latent, shape [D] or [1,D].
   * `data.data_dir`: the same pairs under `tokens/<split>/` and `latents/<split>/`
-    (split `train`); `texts/<split>/` is not read, the objective needs no text.
+    (`data.split`); `texts/<split>/` is not read, the objective needs no text.
   * neither: a deterministic synthetic source (`data.synthetic_num_samples`).
 
 Decisions:
@@ -539,7 +539,7 @@ def _file_dirs(data: ml_collections.ConfigDict) -> tuple[str, str] | None:
   if data_dir and (token_dir or latent_dir):
     raise ValueError('set either data.data_dir or data.token_dir/latent_dir, not both')
   if data_dir:
-    return os.path.join(data_dir, 'tokens', 'train'), os.path.join(data_dir, 'latents', 'train')
+    return os.path.join(data_dir, 'tokens', data.split), os.path.join(data_dir, 'latents', data.split)
   if bool(token_dir) != bool(latent_dir):
     raise ValueError('data.token_dir and data.latent_dir must be set together')
   return (token_dir, latent_dir) if token_dir else None

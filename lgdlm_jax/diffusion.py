@@ -206,7 +206,7 @@ def ddim_step(schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array, t_pre
   x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat.
   This is the reference's eta = 0 path. Its eta > 0 branch is not reproduced: it builds sigma
   from the square roots of the tables where DDIM uses abar itself, and adds the noise without
-  shrinking the direction term, so it is not DDIM's stochastic step; the SPEC asks for eta = 0.
+  shrinking the direction term, so it is not DDIM's stochastic step; the objective needs eta = 0 only.
   As in the reference, t_prev = 0 reads row 0 (abar = 1 - beta_0), not abar = 1, so the last
   step returns a very slightly noised sample; x0_hat is the clean estimate.
   """

@@ -71,7 +71,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
 
   `config` is validated and frozen here unless it already is (lgdlm_jax.config.finalize).
   """
-  config = config_lib.finalize(config)
+  config = config_lib.for_processes(config_lib.finalize(config), jax.process_count())
   config_lib.check_devices(config, jax.device_count(), jax.process_count())
   compile_cache.use(config, workdir)
   model = model_lib.MultimodalMMDiT(config.model)

@@ -1,4 +1,4 @@
-"""The cycle_vae training objective (SPEC.md section 3) as a pure, jittable function.
+"""The cycle_vae training objective (docs/reference.md section 3) as a pure, jittable function.
 
     draws = sample_draws(rng, batch_size, latent_dim, config)
     loss, metrics = cycle_vae_loss(params, batch, draws, step=step, model=model, config=config)
@@ -20,7 +20,7 @@ Conventions of the reference trainer (`cycle_vae_impl/trainers/cycle_vae_trainer
 - Metrics report the CLAMPED, UNWEIGHTED terms; latent_pred_norm and x0_pred_norm are the batch
   means of the per-example L2 norm over D of the base T2L prediction and of its x0 estimate.
 
-Deliberate differences (SPEC.md section 3):
+Deliberate differences (docs/reference.md section 3):
 - latent_pred is [B,1,D]; it is squeezed to [B,D] before any loss (the reference crashes there).
 - Nothing is substituted for non-finite values: a NaN stays a NaN; the train step reports it.
 - The cycle-latent term is built whenever `loss.cycle_latent_weight > 0` in the config (a static

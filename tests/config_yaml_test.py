@@ -9,6 +9,7 @@ from absl.testing import parameterized
 import chex
 import numpy as np
 
+from lgdlm_jax import config as config_lib
 from lgdlm_jax.config import reference_yaml
 
 DATA_DIR = Path(__file__).resolve().parent / 'data'
@@ -68,16 +69,15 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
     self.assertEqual(config.loss.latent_t_mode, 'full')
     self.assertEqual(config.loss.cycle_text_weight, 1.0)
     self.assertEqual(config.loss.cycle_latent_weight, 1.0)
-    self.assertEqual(config.data.max_samples, 2000000)
+    self.assertEqual(config.data.max_samples, 2000000)  # token_dir is empty: no scan limit
+    self.assertEqual(config.data.num_workers, 8)
     self.assertEqual(
         set(ignored),
-        {'data.data_files.train', 'data.data_files.validation', 'data.load_tokens',
-         'data.use_preprocessed', 'data.max_val_samples', 'data.num_workers',
-         'data.initial_scan_limit', 'model.type', 'model.diffusion_process',
+        {'data.data_files.train', 'data.data_files.validation',
+         'data.max_val_samples', 'model.type', 'model.diffusion_process',
          'model.latent_diffusion_process', 'model.n_heads', 'model.qk_rmsnorm',
          'model.use_multimodal', 'model.latent_beta_min', 'model.latent_beta_max',
-         'model.use_stub_if_no_mmdit', 'logging.run_name', 'logging.log_dir', 'tokenizer.path',
-         'tokenizer.local_files_only'})
+         'model.use_stub_if_no_mmdit', 'logging.run_name', 'logging.log_dir', 'tokenizer.local_files_only'})
 
   def test_loaded_configs_build_an_optimizer(self):
     from lgdlm_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
@@ -107,50 +107,68 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
     path = self._write(
         'config.yaml', 'optimizer:\n  type: Adam\n  name: adamw\ndata:\n  max_samples: null\n')
     config, _ = reference_yaml.read_reference_yaml(path)
-    self.assertEqual(config.optimizer.name, 'Adam')
+    self.assertEqual(config.optimizer.name, 'Adam')  # lower-cased by config.finalize
     self.assertEqual(config.data.max_samples, 0)
 
-  def test_overrides(self):
-    config, ignored = reference_yaml.read_reference_yaml(SMOKE_YAML, overrides=(
-        'training.dtype=bf16',
-        'optimizer.lr=5e-5',
-        'training.lr_schedule=cosine',
-        'training.warmup_steps=7',
-        'loss.cycle_stop_grad_latent=false',
-        'tokenizer.vocab_size=1000',
-        'model.n_heads=16',
-        'model.remat_policy=full',
-        'data.token_dir=/tmp/tok=x',
-    ))
-    self.assertEqual(config.model.dtype, 'bfloat16')
-    self.assertEqual(config.optimizer.lr, 5e-5)
-    self.assertEqual(config.training.lr_schedule, 'cosine')
-    self.assertEqual(config.training.warmup_steps, 7)
-    self.assertFalse(config.loss.cycle_stop_grad_latent)
-    self.assertEqual((config.model.vocab_size, config.tokenizer.vocab_size), (1000, 1000))
+  def test_keys_only_lgdlm_jax_has_are_applied_from_the_yaml(self):
+    path = self._write('config.yaml', 'model:\n  remat_policy: full\ntraining:\n  eval_every: 50\n  n_gpus: 8\n')
+    config, ignored = reference_yaml.read_reference_yaml(path)
     self.assertEqual(config.model.remat_policy, 'full')
-    self.assertEqual(config.data.token_dir, '/tmp/tok=x')
-    self.assertIn('model.n_heads', ignored)
+    self.assertEqual(config.training.eval_every, 50)  # evaluation because the YAML asks for it
+    self.assertEqual(ignored, ('training.n_gpus',))
+
+  def test_batch_sizes_are_per_process_and_evaluation_is_off(self):
+    config, _ = reference_yaml.read_reference_yaml(CLUSTER_YAML)
+    self.assertEqual(config.training.batch_size_per, 'process')
+    self.assertEqual((config.training.eval_every, config.training.print_examples, config.training.save_every),
+                     (0, 0, 1000))
+    frozen = config_lib.for_processes(config_lib.finalize(config), process_count=8)
+    self.assertEqual((frozen.training.train_batch_size, frozen.training.eval_batch_size), (32, 32))
+    self.assertEqual(frozen.training.batch_size_per, 'global')
+    self.assertIs(config_lib.for_processes(frozen, 8), frozen)  # already global: unchanged
+
+  def test_scan_limit_caps_token_dir_file_pairs_as_the_reference_loader_does(self):
+    for yaml_text, expected in (
+        ('data:\n  token_dir: t\n  latent_dir: l\n', 10000),  # the reference's default scan limit
+        ('data:\n  token_dir: t\n  latent_dir: l\n  initial_scan_limit: 50\n  max_samples: 80\n', 50),
+        ('data:\n  token_dir: t\n  latent_dir: l\n  initial_scan_limit: 500\n  max_samples: 80\n', 80),
+        ('data:\n  data_dir: d\n  initial_scan_limit: 50\n', 0),  # its data_dir loader has no scan limit
+    ):
+      config, _ = reference_yaml.read_reference_yaml(self._write('config.yaml', yaml_text))
+      self.assertEqual(config.data.max_samples, expected, yaml_text)
+
+  def test_tokenizer_path_sets_the_vocabulary_and_special_ids(self):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    directory = Path(tempfile.mkdtemp())
+    self.addCleanup(shutil.rmtree, directory)
+    vocab = {name: i for i, name in enumerate(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '<mask>'] + list('abcdefg'))}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='[UNK]'))
+    tokenizer.add_special_tokens(['[EXTRA]'])
+    tokenizer.save(str(directory / 'tokenizer.json'))
+    (directory / 'special_tokens_map.json').write_text('{"mask_token": "<mask>", "pad_token": {"content": "[PAD]"}}')
+    path = self._write('config.yaml', f'tokenizer:\n  path: {directory}\n  vocab_size: 8192\n  mask_token_id: 103\n')
+    config, ignored = reference_yaml.read_reference_yaml(path)
+    self.assertEqual((config.model.vocab_size, config.tokenizer.vocab_size), (13, 13))  # len(tokenizer)
+    self.assertEqual((config.tokenizer.mask_token_id, config.tokenizer.pad_token_id), (4, 0))
+    self.assertEqual(config.tokenizer.json_file, str(directory / 'tokenizer.json'))
+    self.assertEqual(ignored, ())
+    missing = self._write('config.yaml', 'tokenizer:\n  path: /no/such/tokenizer\n')
+    with self.assertRaisesRegex(ValueError, 'tokenizer.path=.*/no/such/tokenizer'):
+      reference_yaml.read_reference_yaml(missing)
 
   @parameterized.named_parameters(
-      ('typo', 'model.hiden_size=3', 'model.hiden_size'),
-      ('unknown_section', 'trainer.lr=3', 'trainer.lr'),
-      ('no_equals', 'model.hidden_size', 'model.hidden_size'),
+      ('int_key', 'training:\n  num_train_steps: many\n', 'training.num_train_steps'),
+      ('float_key', 'optimizer:\n  lr: fast\n', 'optimizer.lr'),
+      ('bool_key', 'loss:\n  cycle_stop_grad_latent: 3\n', 'loss.cycle_stop_grad_latent'),
+      ('dtype', 'training:\n  dtype: fp16\n', 'training.dtype'),
+      ('loss_type', 'loss:\n  loss_type: mdlm\n', 'loss.loss_type'),
+      ('json_loader', 'data:\n  use_preprocessed: false\n', 'data.use_preprocessed'),
+      ('raw_text', 'data:\n  load_tokens: false\n', 'data.load_tokens'),
   )
-  def test_bad_override_names_the_key(self, override, key):
-    with self.assertRaisesRegex(ValueError, key.replace('.', r'\.')):
-      reference_yaml.read_reference_yaml(SMOKE_YAML, overrides=(override,))
-
-  @parameterized.named_parameters(
-      ('int_key', 'training.num_train_steps=many', 'training.num_train_steps'),
-      ('float_key', 'optimizer.lr=fast', 'optimizer.lr'),
-      ('bool_key', 'loss.cycle_stop_grad_latent=3', 'loss.cycle_stop_grad_latent'),
-      ('dtype', 'training.dtype=fp16', 'training.dtype'),
-      ('loss_type', 'loss.loss_type=mdlm', 'loss.loss_type'),
-  )
-  def test_bad_value_names_the_key(self, override, key):
-    with self.assertRaisesRegex(ValueError, key.replace('.', r'\.')):
-      reference_yaml.read_reference_yaml(SMOKE_YAML, overrides=(override,))
+  def test_bad_or_unsupported_value_names_the_key_and_the_file(self, yaml_text, key):
+    path = self._write('bad.yaml', yaml_text)
+    with self.assertRaisesRegex(ValueError, f'bad.yaml.*{key.replace(".", r"[.]")}'):
+      reference_yaml.read_reference_yaml(path)
 
   def test_missing_file_names_the_file(self):
     with self.assertRaisesRegex(FileNotFoundError, 'no_such_config.yaml'):

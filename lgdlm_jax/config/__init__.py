@@ -10,6 +10,7 @@ Everything past `finalize` reads the frozen config: jitted functions close over 
 import json
 from typing import Any
 
+from absl import logging
 import ml_collections
 
 from lgdlm_jax.config.schema import CHOICES
@@ -43,6 +44,21 @@ def finalize(config: ml_collections.ConfigDict | ml_collections.FrozenConfigDict
       config[section][name] = _ALIASES.get(key, {}).get(value, value)
   validate(config)
   return ml_collections.FrozenConfigDict(config)
+
+
+def for_processes(config: Config, process_count: int) -> Config:
+  """The config with global batch sizes: per-process ones (training.batch_size_per = 'process', the
+  reference's DDP meaning) times the process count. Call it after jax.distributed start-up."""
+  if config.training.batch_size_per == 'global':
+    return config
+  resolved = config.as_configdict()
+  training = resolved.training
+  logging.info('train_batch_size %d and eval_batch_size %d are per process (training.batch_size_per=process): '
+               'x %d processes = global batches of %d and %d', training.train_batch_size, training.eval_batch_size,
+               process_count, training.train_batch_size * process_count, training.eval_batch_size * process_count)
+  training.update(train_batch_size=training.train_batch_size * process_count,
+                  eval_batch_size=training.eval_batch_size * process_count, batch_size_per='global')
+  return ml_collections.FrozenConfigDict(resolved)
 
 
 def from_json(text: str, source: str = 'config.json') -> Config:

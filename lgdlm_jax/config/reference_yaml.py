@@ -1,14 +1,26 @@
-"""Reads the reference's YAML configs (cycle_vae_impl/configs/*.yaml) into our config schema.
+"""Reads the reference's YAML configs (cycle_vae_impl/configs/*.yaml) into our config, with the reference's meaning.
 
-A convenience on top of the Python configs: the result starts from
-lgdlm_jax.config_lib.default_config(), and every reference key either lands on one of our keys or is reported as ignored;
-none is dropped silently. `overrides` are the reference's `--override a.b=c` strings, values read
-with yaml.safe_load. They may name reference keys (applied to the YAML before mapping, so
-`training.dtype=bf16` works as in the reference) or keys that only our schema has
-(`model.remat_policy=full`); anything else is an error.
+    config, ignored = read_reference_yaml(path)     # ignored: reference keys that have no effect here
+
+The result starts from lgdlm_jax.config.default_config(). Every reference key lands on one of our
+keys, is refused with the reason (a setting lgdlm_jax cannot honour), or is reported as having no
+effect; none is dropped silently. Where the reference's code differs from ours the reference's
+meaning wins (docs/reference.md has the table):
+- `training.train_batch_size` / `eval_batch_size` are per process (DDP): the config says so
+  (training.batch_size_per = 'process') and lgdlm_jax.config.for_processes multiplies them by
+  the process count after jax.distributed start-up;
+- `tokenizer.path` sets the vocabulary (the reference builds the model with len(tokenizer)), the
+  [MASK] and [PAD] ids and the tokenizer used to show text;
+- `data.initial_scan_limit` (default 10000) caps the number of file pairs, as the reference's
+  loader reads only that many; `data.max_samples` caps them too;
+- the reference's trainer never evaluates: evaluation and the printed examples are off unless the
+  YAML sets lgdlm_jax's own `training.eval_every`;
+- keys the YAML leaves out take the reference's defaults where they differ from ours.
+A YAML may also hold keys only lgdlm_jax has (e.g. `model.remat_policy`, `training.eval_every`):
+they are applied as they are.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 import os
 from typing import Any
 
@@ -16,11 +28,13 @@ from absl import logging
 import ml_collections
 import yaml
 
-from lgdlm_jax import config as config_lib
+from lgdlm_jax import text
+from lgdlm_jax.config import schema
+from lgdlm_jax.errors import ConfigError
 
 # Reference keys read unchanged into the same key of ours.
 _SAME_KEYS = (
-    'data.token_dir', 'data.latent_dir', 'data.data_dir', 'data.val_ratio',
+    'data.token_dir', 'data.latent_dir', 'data.data_dir', 'data.val_ratio', 'data.num_workers', 'data.split',
     'model.hidden_size', 'model.n_blocks', 'model.cond_dim', 'model.max_seq_len',
     'model.dropout', 'model.num_residual_streams', 'model.latent_dim', 'model.cluster_size',
     'model.latent_timesteps', 'model.latent_beta_schedule', 'model.latent_parameterization',
@@ -41,25 +55,32 @@ _RENAMED_KEYS = {
     'logging.log_every': 'training.log_every',
     'logging.save_every': 'training.save_every',
 }
-# Keys the reference reads or ships that have no effect here (n_heads and qk_rmsnorm have none
-# in the reference either). Listed so that `--override` on them is accepted; still reported.
+# Keys the reference ships that have no effect on what it trains (n_heads and qk_rmsnorm have
+# none in the reference either: its MMDiT never receives them), or that name its output folders.
 _UNUSED_KEYS = frozenset((
-    'data.data_files.train', 'data.data_files.validation', 'data.load_tokens',
-    'data.use_preprocessed', 'data.max_val_samples', 'data.num_workers',
-    'data.initial_scan_limit', 'data.split',
+    'data.data_files.train', 'data.data_files.validation', 'data.max_val_samples',
     'model.type', 'model.n_heads', 'model.qk_rmsnorm', 'model.use_multimodal',
     'model.use_stub_if_no_mmdit', 'model.diffusion_process', 'model.latent_diffusion_process',
     'model.latent_beta_min', 'model.latent_beta_max',
-    'logging.run_name', 'logging.log_dir',
-    'tokenizer.path', 'tokenizer.local_files_only',
+    'logging.run_name', 'logging.log_dir', 'tokenizer.local_files_only',
 ))
-# Where the reference's own default for an ABSENT key differs from default_config's value.
-_REFERENCE_DEFAULTS = {'optimizer.beta2': 0.999, 'optimizer.weight_decay': 0.0}
+# The reference's defaults for keys a YAML leaves out, where they differ from default_config's.
+_REFERENCE_DEFAULTS = {
+    'optimizer.beta2': 0.999,  # torch.optim.AdamW's default (build_optimizer)
+    'optimizer.weight_decay': 0.0,  # build_optimizer's default
+    'training.save_every': 0,  # the reference saves only every logging.save_every steps, 0 = never
+    'training.eval_every': 0,  # the reference's trainer never evaluates
+    'training.print_examples': 0,  # nor prints decoded examples
+    'training.batch_size_per': 'process',  # DDP: each process loads train_batch_size rows
+}
+# The reference's loader reads at most this many file pairs when data.initial_scan_limit is absent.
+_REFERENCE_SCAN_LIMIT = 10000
 # parse_dtype spellings we support; fp16 / fp64 are not a compute dtype we offer.
 _DTYPES = {'fp32': 'float32', 'float32': 'float32', 'float': 'float32',
            'bf16': 'bfloat16', 'bfloat16': 'bfloat16'}
 # String keys where YAML null means "not set", as an empty string does.
-_NULL_MEANS_EMPTY = frozenset(('data.token_dir', 'data.latent_dir', 'data.data_dir'))
+_NULL_MEANS_EMPTY = frozenset(('data.token_dir', 'data.latent_dir', 'data.data_dir', 'tokenizer.path'))
+
 
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
   try:
@@ -68,11 +89,11 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
   except OSError as e:
     raise FileNotFoundError(f'cannot read config file {str(path)!r}: {e}') from e
   except yaml.YAMLError as e:
-    raise ValueError(f'invalid YAML in config file {str(path)!r}: {e}') from e
+    raise ConfigError(f'invalid YAML in config file {str(path)!r}: {e}') from e
   if data is None:
     return {}
   if not isinstance(data, dict):
-    raise ValueError(f'config file {str(path)!r} must hold a mapping, not {type(data).__name__}')
+    raise ConfigError(f'config file {str(path)!r} must hold a mapping, not {type(data).__name__}')
   return data
 
 
@@ -111,7 +132,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
   else:
     ok = True
   if not ok:
-    raise ValueError(f'config key {key!r}: {value!r} is not a valid {type(current).__name__}')
+    raise ConfigError(f'{key}={value!r}: expected a {type(current).__name__}')
   return value
 
 
@@ -125,117 +146,113 @@ def _our_keys(config: ml_collections.ConfigDict) -> frozenset[str]:
                    if isinstance(group, ml_collections.ConfigDict) for name in group)
 
 
-def _set_dtype(config: ml_collections.ConfigDict, value: Any) -> None:
+def _set_dtype(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> None:
   # The reference's parse_dtype reads a missing/null dtype as float32.
+  value = flat.get('training.dtype')
   name = 'fp32' if value is None else str(value).strip().lower()
   if name not in _DTYPES:
-    raise ValueError(f'config key \'training.dtype\': {value!r} is not supported; '
-                     f'expected one of {sorted(_DTYPES)}')
+    raise ConfigError(f'training.dtype={value!r} is not supported; expected one of {", ".join(sorted(_DTYPES))}')
   config.model.dtype = _DTYPES[name]
 
 
-def _set_optimizer_type(config: ml_collections.ConfigDict, value: Any) -> None:
+def _set_optimizer_type(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> None:
   # The reference reads `type or name`: a non-empty type wins over name.
-  if value:
-    _assign(config, 'optimizer.name', value)
+  if flat.get('optimizer.type'):
+    _assign(config, 'optimizer.name', flat['optimizer.type'])
 
 
-def _set_vocab_size(config: ml_collections.ConfigDict, value: Any) -> None:
-  # The reference sizes the model by len(tokenizer), the dummy tokenizer's vocab_size.
-  _assign(config, 'tokenizer.vocab_size', value)
-  _assign(config, 'model.vocab_size', value)
+def _set_vocab_size(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> None:
+  # Without tokenizer.path the reference sizes the model by its dummy tokenizer's vocab_size.
+  if 'tokenizer.vocab_size' in flat and not flat.get('tokenizer.path'):
+    _assign(config, 'tokenizer.vocab_size', flat['tokenizer.vocab_size'])
+    _assign(config, 'model.vocab_size', flat['tokenizer.vocab_size'])
 
 
-def _set_max_samples(config: ml_collections.ConfigDict, value: Any) -> None:
-  # The reference's None (all samples) is our 0.
-  _assign(config, 'data.max_samples', 0 if value is None else value)
+def _set_tokenizer(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> None:
+  """tokenizer.path: the reference loads that tokenizer and sizes the model by len(tokenizer)."""
+  path = flat.get('tokenizer.path')
+  if not path:
+    return
+  found = text.read_tokenizer_dir(str(path))
+  config.tokenizer.json_file = found.json_file
+  for key, value in (('tokenizer.vocab_size', found.vocab_size), ('model.vocab_size', found.vocab_size),
+                     ('tokenizer.mask_token_id', found.mask_token_id), ('tokenizer.pad_token_id', found.pad_token_id)):
+    _assign(config, key, value)
 
 
-def _check_loss_type(config: ml_collections.ConfigDict, value: Any) -> None:
-  del config
-  if value != 'cycle_vae':  # The reference trainer refuses any other loss too.
-    raise ValueError(f'config key \'loss.loss_type\': {value!r}; only \'cycle_vae\' exists')
+def _set_sample_limit(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> None:
+  """data.max_samples, and with token_dir data.initial_scan_limit: the reference's loader reads at most
+  that many file pairs from token_dir (its data_dir loader has no scan limit)."""
+  scan_limit = flat.get('data.initial_scan_limit', _REFERENCE_SCAN_LIMIT) if flat.get('data.token_dir') else None
+  limits = [flat.get('data.max_samples'), scan_limit]
+  limits = [int(v) for v in limits if v]  # None or 0: no limit from that key
+  _assign(config, 'data.max_samples', min(limits) if limits else 0)
 
 
-# Applied after the plain keys, so that e.g. optimizer.type beats optimizer.name.
-_SPECIAL_KEYS: dict[str, Callable[[ml_collections.ConfigDict, Any], None]] = {
-    'training.dtype': _set_dtype,
-    'optimizer.type': _set_optimizer_type,
-    'tokenizer.vocab_size': _set_vocab_size,
-    'data.max_samples': _set_max_samples,
-    'loss.loss_type': _check_loss_type,
+def _refuse_unless(expected: Any, why: str) -> Callable[[ml_collections.ConfigDict, dict[str, Any]], None]:
+  """A reference key whose only value lgdlm_jax can honour is `expected`; anything else is refused."""
+  def check(config: ml_collections.ConfigDict, flat: dict[str, Any], key: str) -> None:
+    del config
+    if flat[key] != expected:
+      raise ConfigError(f'{key}={flat[key]!r}: {why}')
+  return check
+
+
+# Applied in this order after the plain keys, so that e.g. optimizer.type beats optimizer.name and
+# tokenizer.path beats tokenizer.vocab_size. Each reads the flat YAML and writes our config.
+_SPECIAL_HANDLERS = (_set_dtype, _set_optimizer_type, _set_vocab_size, _set_tokenizer, _set_sample_limit)
+_SPECIAL_KEYS = frozenset(('training.dtype', 'optimizer.type', 'tokenizer.vocab_size', 'tokenizer.path',
+                           'data.max_samples', 'data.initial_scan_limit'))
+_REFUSED_OTHERWISE = {
+    'loss.loss_type': _refuse_unless('cycle_vae', "only 'cycle_vae' exists (the reference trainer refuses others too)"),
+    'data.use_preprocessed': _refuse_unless(True, 'lgdlm_jax reads only preprocessed token/latent files '
+                                                  '(the reference\'s JSON loader is not supported)'),
+    'data.load_tokens': _refuse_unless(True, 'lgdlm_jax trains on token files; it cannot tokenize raw text '
+                                             'while training (python -m lgdlm_jax.prepare_data does)'),
 }
-_REFERENCE_KEYS = (frozenset(_SAME_KEYS) | frozenset(_RENAMED_KEYS) | frozenset(_SPECIAL_KEYS)
-                   | _UNUSED_KEYS)
-
-
-def _parse_override(override: str) -> tuple[str, Any]:
-  key, sep, raw = override.partition('=')
-  key = key.strip()
-  if not sep or not key:
-    raise ValueError(f'override {override!r} is not of the form a.b=value')
-  try:
-    return key, yaml.safe_load(raw)
-  except yaml.YAMLError as e:
-    raise ValueError(f'override {key!r}: cannot parse value {raw!r}: {e}') from e
-
-
-def _set_nested(tree: dict[str, Any], key: str, value: Any) -> None:
-  *sections, name = key.split('.')
-  for section in sections:
-    tree = tree.setdefault(section, {})
-    if not isinstance(tree, dict):
-      raise ValueError(f'override {key!r}: {section!r} is not a section in the YAML file')
-  tree[name] = value
 
 
 def _apply_reference(flat: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """Writes the flat reference keys into `config`; returns the keys that had no effect."""
+  ours = _our_keys(config)
   ignored = []
   for key, value in flat.items():
     if key in _SAME_KEYS or key in _RENAMED_KEYS:
       _assign(config, _RENAMED_KEYS.get(key, key), value)
-    elif key not in _SPECIAL_KEYS:
+    elif key in _REFUSED_OTHERWISE:
+      _REFUSED_OTHERWISE[key](config, flat, key)
+    elif key in _SPECIAL_KEYS:
+      continue  # below, in order
+    elif key in ours:
+      _assign(config, key, value)  # a key only lgdlm_jax has, written into the YAML
+    else:
       ignored.append(key)
-  for key, set_value in _SPECIAL_KEYS.items():
-    if key in flat:
-      set_value(config, flat[key])
+  for set_value in _SPECIAL_HANDLERS:
+    set_value(config, flat)
   return ignored
 
 
-def read_reference_yaml(
-    path: str | os.PathLike,
-    overrides: Iterable[str] = (),
-) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-  """Our config from a reference YAML file, and the reference keys that were ignored."""
-  raw = _read_yaml(path)
-  config = config_lib.default_config()
-  ours = _our_keys(config)
-  reference_keys = _REFERENCE_KEYS | frozenset(_flatten(raw))
-  late_overrides = []
-  for key, value in map(_parse_override, overrides):
-    if key in reference_keys:
-      _set_nested(raw, key, value)
-    elif key in ours:
-      late_overrides.append((key, value))
-    else:
-      raise ValueError(f'override names unknown config key {key!r}')
+def read_reference_yaml(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+  """Our config from a reference YAML file, and the reference keys that have no effect here."""
+  flat = _flatten(_read_yaml(path))
+  config = schema.default_config()
   for key, value in _REFERENCE_DEFAULTS.items():
-    _assign(config, key, value)
-  try:
-    ignored = _apply_reference(_flatten(raw), config)
-    for key, value in late_overrides:
+    if key not in flat:
       _assign(config, key, value)
-  except ValueError as e:
-    raise ValueError(f'{e} (config file {str(path)!r})') from e
+  try:
+    ignored = _apply_reference(flat, config)
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}') from e
   return config, tuple(ignored)
 
 
-def load_reference_yaml(path: str | os.PathLike,
-                        overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Our config from a reference YAML file; ignored reference keys are logged as a warning."""
-  config, ignored = read_reference_yaml(path, overrides)
+def load_reference_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Our config from a reference YAML file; what has no effect, and the sample cap, are logged."""
+  config, ignored = read_reference_yaml(path)
   if ignored:
-    logging.warning('%s: reference keys with no effect in lgdlm_jax: %s', path,
-                    ', '.join(ignored))
+    logging.warning('%s: reference keys with no effect in lgdlm_jax: %s', path, ', '.join(ignored))
+  if config.data.max_samples:
+    logging.warning('%s: at most %d file pairs are read, min(data.max_samples, data.initial_scan_limit) as '
+                    'in the reference (whose scan limit is %d when absent); --config.data.max_samples=0 reads '
+                    'them all', path, config.data.max_samples, _REFERENCE_SCAN_LIMIT)
   return config

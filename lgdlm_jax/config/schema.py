@@ -19,6 +19,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # The reference also spells 'full' as 'ones' or 't1'; lgdlm_jax.config.finalize reads those as 'full'.
     'loss.latent_t_mode': ('random', 'full'),
     'loss.cycle_latent_sampling': ('argmax', 'categorical'),
+    # 'global': train/eval_batch_size count every process's rows; 'process': each process's (the
+    # reference's DDP meaning), multiplied by the process count after jax.distributed start-up.
+    'training.batch_size_per': ('global', 'process'),
 }
 
 
@@ -57,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
       token_dir='',
       latent_dir='',
       data_dir='',
+      split='train',  # with data_dir: the tokens/<split>/ and latents/<split>/ folders
       val_ratio=0.05,
       max_samples=0,  # 0 = all
       skip_bad_files=False,
@@ -69,6 +73,7 @@ def default_config() -> ml_collections.ConfigDict:
       seed=42,
       train_batch_size=2,
       eval_batch_size=2,
+      batch_size_per='global',
       num_train_steps=10,
       gradient_accumulation_steps=1,
       lr_schedule='constant',

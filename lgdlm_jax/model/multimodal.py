@@ -1,4 +1,4 @@
-"""MultimodalMMDiT: the LGDLM text <-> latent diffusion transformer in Flax (SPEC.md section 1).
+"""MultimodalMMDiT: the LGDLM text <-> latent diffusion transformer in Flax (docs/reference.md section 1).
 
     model = MultimodalMMDiT(config.model)
     params = model.init(key, tokens_BxS, latents_BxD, t_text_B, t_latent_B)['params']

@@ -1,0 +1,75 @@
+"""Every `python -m lgdlm_jax.X` entry point: --help exits 0, and bad flags, config keys, values and paths
+are one line on stderr with a non-zero exit status, before any work starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lgdlm_jax import bench
+from lgdlm_jax import main
+from lgdlm_jax import sample
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
+ENTRY_POINTS = {'main': main.main, 'bench': bench.main, 'sample': sample.main}
+
+
+def _run(entry, argv, capsys):
+  code = ENTRY_POINTS[entry](argv)
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize('entry', sorted(ENTRY_POINTS))
+def test_help_exits_zero_and_lists_the_flags(entry, capsys):
+  argv = ['--help'] if entry == 'sample' else [f'--config={SMOKE}', '--help']
+  code, out, _ = _run(entry, argv, capsys)
+  assert code == 0
+  assert ('--workdir' if entry != 'bench' else '--compile_only') in out
+
+
+@pytest.mark.parametrize('entry', ['main', 'bench'])
+def test_a_misspelt_config_key_is_one_line_with_the_suggestion(entry, capsys):
+  code, _, err = _run(entry, [f'--config={SMOKE}', '--config.model.hiden_size=64'], capsys)
+  assert code == 2
+  assert err.strip().count('\n') == 0
+  assert '--config.model.hiden_size: no such config key (did you mean model.hidden_size?)' in err
+
+
+@pytest.mark.parametrize('argv, code, message', [
+    (['--config.model.hidden_size=abc'], 2, 'hidden_size'),
+    (['--config.model.hidden_size=0'], 1, 'model.hidden_size=0: expected an integer >= 1'),
+    (['--config.training.lr_schedule=step'], 1, 'training.lr_schedule=\'step\''),
+    (['--no_such_flag=1'], 2, "Unknown command line flag 'no_such_flag'"),
+    (['stray'], 2, 'unexpected arguments: stray'),
+])
+def test_bad_flags_and_values_are_one_line(argv, code, message, capsys):
+  got, _, err = _run('main', [f'--config={SMOKE}', *argv], capsys)
+  assert got == code
+  assert err.strip().count('\n') == 0, err
+  assert message in err
+
+
+def test_a_missing_config_file_is_one_line(capsys):
+  code, _, err = _run('main', ['--config=configs/no_such_config.py'], capsys)
+  assert code == 2 and err.strip().count('\n') == 0 and 'no_such_config.py' in err
+
+
+@pytest.mark.parametrize('argv, code, message', [
+    ([], 2, 'expected one mode, l2t or t2l'),
+    (['l2t', '--out', 'o', '--latents', 'x'], 2, '--workdir is required'),
+    (['l2t', '--workdir', 'w', '--out', 'o', '--texts', 't'], 2, 'l2t takes --latents'),
+    (['t2l', '--workdir', '/no/such/run', '--out', 'o', '--texts', 't'], 1, '/no/such/run'),
+])
+def test_sample_checks_its_arguments_first(argv, code, message, capsys):
+  got, _, err = _run('sample', argv, capsys)
+  assert got == code and err.strip().count('\n') == 0 and message in err, err
+
+
+def test_python_dash_m_help_exits_zero():
+  result = subprocess.run([sys.executable, '-m', 'lgdlm_jax.main', '--help'], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('Train the cycle_vae objective: python -m lgdlm_jax.main')
