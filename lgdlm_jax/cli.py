@@ -61,8 +61,10 @@ def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None
   prog = _program()
   flag_values = flags.FlagValues()
   if any(arg in HELP_FLAGS for arg in argv[1:]):
-    _define_quietly(define_flags, flag_values, argv[:1])
+    problem = _define_for_help(define_flags, flag_values, argv[:1])
     print(_usage(doc, flag_values))
+    if problem:
+      print(f'(the default config could not be loaded, so its --config.* flags are not listed: {problem})')
     return 0
   try:
     define_flags(flag_values, argv)
@@ -104,12 +106,14 @@ def _load_config_flags(flag_values: flags.FlagValues) -> None:
       value.keys()
 
 
-def _define_quietly(define_flags: DefineFlags, flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
-  """Defines the flags for --help; a config file that fails to load must not stop the help text."""
+def _define_for_help(define_flags: DefineFlags, flag_values: flags.FlagValues, argv: Sequence[str]) -> str | None:
+  """Defines the flags for --help; a default config that fails to load (e.g. run from another folder)
+  must not stop the help text: returns what went wrong instead."""
   try:
     define_flags(flag_values, argv)
-  except Exception:  # pylint: disable=broad-except  (the help text is printed either way)
-    pass
+  except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+    return ' '.join(str(e).split())
+  return None
 
 
 def _usage(doc: str | None, flag_values: flags.FlagValues) -> str:
