@@ -58,7 +58,7 @@ def _config(token_dir='', latent_dir='', data_dir='', *, val_ratio=0.0, batch=4,
             skip=False, seed=7, prefetch=0, max_samples=0):
   return ml_collections.ConfigDict(dict(
       model=dict(vocab_size=VOCAB, max_seq_len=SEQ_LEN, latent_dim=LATENT_DIM),
-      data=dict(token_dir=token_dir, latent_dir=latent_dir, data_dir=data_dir,
+      data=dict(token_dir=token_dir, latent_dir=latent_dir, data_dir=data_dir, split='train',
                 val_ratio=val_ratio, max_samples=max_samples, skip_bad_files=skip,
                 prefetch_batches=prefetch, num_workers=2, synthetic_num_samples=64),
       training=dict(seed=seed, train_batch_size=batch, eval_batch_size=eval_batch),
