@@ -170,10 +170,10 @@ def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
 
 def work(args: flags.FlagValues, positional: list[str]) -> None:
   mode = _check_args(args, positional)
+  if os.path.exists(args.workdir) and sources.kind(args.workdir) == sources.TORCH:
+    raise cli.UsageError(f'--workdir {args.workdir} is neither a training workdir nor a converted directory; for a '
+                         'PyTorch checkpoint, convert it first (python -m lgdlm_jax.convert --input CKPT --output DIR)')
   weights = sources.read(args.workdir, step=args.step)
-  if weights.kind == sources.TORCH:
-    raise cli.UsageError(f'--workdir {args.workdir} is a PyTorch checkpoint: convert it first (python -m '
-                         'lgdlm_jax.convert --input CKPT --output DIR) and sample from DIR')
   config = sampling_config(weights, args.mask_token_id, args.pad_token_id)
   params = weights.params
   print(f'Loaded the {weights.description}')

@@ -6,16 +6,23 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import convert_torch_weights
+from lgdlm_jax import loop
+from lgdlm_jax import metrics_log
 from lgdlm_jax.convert import converted
+from lgdlm_jax.convert import exporters
 from lgdlm_jax.convert import sources
 from lgdlm_jax.convert import twin
 from tests import model_test
+from tests import optimizer_test
 from tests import reference_checkpoints
+from tests import train_test
 
 
 def _trained(model_config, seed: int = 0, updates: int = 2):
@@ -85,6 +92,9 @@ def test_latentdlm_checkpoint_converts_without_its_code_or_unsafe_pickle(tmp_pat
   torch_moments = adamw.state_dict()['state']
   first = list(trainer.state_dict()).index('model.text_head.weight')
   np.testing.assert_array_equal(weights.moments.nu['text_head']['kernel'], torch_moments[first]['exp_avg_sq'].numpy().T)
+  # With --unsafe-pickle too, the reference's class is a stand-in: its code is still not needed.
+  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'unsafe', '--unsafe-pickle')
+  assert sources.read(str(tmp_path / 'unsafe')).steps_done == 3
 
 
 def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, capsys):
@@ -142,9 +152,47 @@ def test_weights_without_optimizer_state_export_without_it(tmp_path, capsys):
   model_config = model_test.tiny_config(num_residual_streams=1, n_blocks=1)
   torch.save(twin.ReferenceMultimodalMMDiT(model_config).state_dict(), tmp_path / 'model.pth')
   out = _convert(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'converted')
-  assert 'optimizer state: none' in out and 'step: None' in out
+  assert 'optimizer state: none' in out and 'step: unknown' in out
   out = _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'cycle.pt')
   assert 'no optimizer state' in out
   checkpoint = torch.load(tmp_path / 'cycle.pt', weights_only=True)
   assert checkpoint['optimizer_state_dict'] is None and checkpoint['step'] == 0
   assert not os.path.isdir(tmp_path / 'converted' / converted.OPTIMIZER_DIR)
+
+
+@pytest.mark.slow  # one training run (its train step compiles in about 10 s on 2 cores)
+def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
+  """The reference's run directory -> converted -> training continues mid-schedule in lgdlm_jax ->
+  exported -> loaded by the reference's --resume (and its samplers) strictly."""
+  config = train_test.tiny_config(**{'training.num_train_steps': 6, 'training.save_every': 0,
+                                     'training.lr_schedule': 'cosine', 'training.warmup_steps': 2})
+  trainer, adamw = _trained(config.model, seed=6, updates=4)
+  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 3,  # after micro-batches 0..3
+                                       reference_checkpoints.cycle_cfg(config.model))
+  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
+  config.update(init_from=str(tmp_path / 'converted'), init_from_optimizer=True)
+  workdir = tmp_path / 'jax_run'
+  state = loop.run(config, str(workdir))
+
+  rows = [r for r in metrics_log.read_log(str(workdir)) if 'loss' in r]
+  assert [r['step'] for r in rows] == [5, 6]  # micro-batches 4 and 5, the reference's steps 4 and 5
+  np.testing.assert_allclose([r['lr'] for r in rows], [optimizer_test._reference_get_lr(config, s) for s in (4, 5)],
+                             rtol=1e-6)  # pylint: disable=protected-access
+  assert int(state.step) == 6
+  trained = exporters.ordered_state_dict(jax.device_get(state.params), config.model, None)
+
+  _convert(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'cycle.pt')
+  fresh, fresh_adamw = _trained(config.model, seed=7, updates=0)
+  assert reference_checkpoints.resume_cycle_trainer(tmp_path / 'cycle.pt', fresh, fresh_adamw) == 5
+  _assert_same_weights(trained, fresh.model)
+  assert {float(s['step']) for s in fresh_adamw.state_dict()['state'].values()} == {6.0}
+  for p in fresh.parameters():  # the reference carries on from the loaded state
+    p.grad = torch.ones_like(p)
+  fresh_adamw.step()
+
+  _convert(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'model.pth', '--torch-layout', 'latentdlm')
+  _assert_same_weights(trained, reference_checkpoints.load_like_latentdlm_sampler(tmp_path / 'model.pth', config.model))
+  _convert(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'bare.safetensors')
+  bare_model = twin.ReferenceMultimodalMMDiT(config.model)
+  bare_model.load_state_dict(safetensors.torch.load_file(str(tmp_path / 'bare.safetensors')), strict=True)
+  _assert_same_weights(trained, bare_model)

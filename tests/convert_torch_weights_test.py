@@ -4,6 +4,8 @@ import dataclasses
 import os
 import random
 import re
+import subprocess
+import sys
 
 import hyper_connections
 import jax
@@ -304,3 +306,17 @@ def test_verify_above_tolerance_fails_and_writes_nothing(tmp_path, capsys, monke
   assert code == 1
   assert 'tolerance 0.0001' in out and 'latent_pred differs by 0.0003 > tolerance 0.0001' in err
   _assert_nothing_written(tmp_path / 'out')
+
+
+def test_module_and_script_are_the_same_command(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  commands = {'python -m lgdlm_jax.convert': [sys.executable, '-m', 'lgdlm_jax.convert'],
+              'convert_torch_weights.py': [sys.executable, os.path.join(repo, 'convert_torch_weights.py')]}
+  results = {}
+  for name, command in commands.items():
+    run = subprocess.run(command + ['--input', str(tmp_path / 'missing'), '--output', str(tmp_path / 'out'),
+                                    '--to-torch'], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith(f'{name}: error: ') and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    results[name] = run.stderr.split(': error: ', 1)[1]
+  assert len(set(results.values())) == 1, results

@@ -28,7 +28,7 @@ from typing import Any
 
 from absl import flags
 import flax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from lgdlm_jax import cli
@@ -117,13 +117,14 @@ def _to_flax(args: flags.FlagValues) -> None:
   allow = fitting.Allowances(args['allow-missing'].value, args['allow-unexpected'].value, args['allow-mismatched'].value)
   fitted = fitting.fit(checkpoint.state_dict, model_config, allow, args.seed)
   print('\n'.join(fitted.report))
-  state_dict = _cast(fitted.state_dict, args.dtype)
+  state_dict = exporters.cast(fitted.state_dict, args.dtype)
   params = mapping.torch_to_flax(state_dict, model_config)
   flat = flax.traverse_util.flatten_dict(params)
   print(f'converted {len(state_dict)} tensors ({_count(state_dict):,} parameters) into {len(flat)} Flax arrays '
         f'({_count(flat):,} parameters), {_dtypes(flat)}')
   moments = _moments(checkpoint, model_config, fitted.changed)
-  print(f'step: {checkpoint.steps_done} micro-batches done ({checkpoint.step_source})')
+  done = 'unknown' if checkpoint.steps_done is None else f'{checkpoint.steps_done} micro-batches done'
+  print(f'step: {done} ({checkpoint.step_source})')
   info = {'source': os.path.abspath(checkpoint.path), 'steps_done': checkpoint.steps_done,
           'step_source': checkpoint.step_source, 'tokenizer': sources.tokenizer_ids(checkpoint.saved_config)}
   with _staged(args.output, args.overwrite) as staged:
@@ -136,7 +137,9 @@ def _to_flax(args: flags.FlagValues) -> None:
   print(f'wrote {args.output}: {", ".join(written)}')
 
 
-def _moments(checkpoint: files.TorchCheckpoint, model_config, changed: bool) -> moments_lib.AdamMoments | None:
+def _moments(checkpoint: files.TorchCheckpoint, model_config: ml_collections.ConfigDict,
+             changed: bool) -> moments_lib.AdamMoments | None:
+  """The checkpoint's AdamW moments when they fit the converted parameters; says why not otherwise."""
   if checkpoint.optimizer_state is None:
     print(f'optimizer state: none in the checkpoint (no {files.OPTIMIZER_KEY})')
     return None
@@ -155,23 +158,23 @@ def _moments(checkpoint: files.TorchCheckpoint, model_config, changed: bool) -> 
 
 def _to_torch(args: flags.FlagValues) -> None:
   torch_layout = exporters.layout_for(args.output, args['torch-layout'].value)
-  if not (converted.is_converted(args.input) or workdirs.is_workdir(args.input)):
+  if sources.kind(args.input) == sources.TORCH:
     raise FileNotFoundError(f'{args.input} is neither a converted directory (no {converted.PARAMS_DIR}/) nor a '
                             f'training workdir ({workdirs.CONFIG_FILE} and checkpoints/): --to-torch exports those')
-  with_moments = torch_layout == exporters.CYCLE and not (
-      converted.is_converted(args.input) and not os.path.isdir(os.path.join(args.input, converted.OPTIMIZER_DIR)))
-  weights = sources.read(args.input, step=args.step, with_moments=with_moments)
+  has_optimizer_state = (sources.kind(args.input) == sources.WORKDIR
+                         or os.path.isdir(os.path.join(args.input, converted.OPTIMIZER_DIR)))
+  weights = sources.read(args.input, step=args.step, with_moments=torch_layout == exporters.CYCLE and has_optimizer_state)
   print(f'read {weights.description}')
+  state_dict = exporters.ordered_state_dict(weights.params, weights.model_config, args.dtype)
   with _staged(args.output, args.overwrite) as staged:
-    held = exporters.write(staged, torch_layout, weights, args.dtype)
+    held = exporters.write(staged, torch_layout, weights, state_dict)
     if args.verify:
       _verify(weights.model_config, files.read_checkpoint(staged).state_dict, weights.params, args)
-  state_dict = exporters.ordered_state_dict(weights.params, weights.model_config, args.dtype)
   print(f'wrote {args.output}: {held}; {len(state_dict)} tensors, {_count(state_dict):,} parameters, '
         f'{_dtypes(state_dict)}')
 
 
-def _verify(model_config, state_dict: Mapping[str, np.ndarray], params: Any, args: flags.FlagValues) -> None:
+def _verify(model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], params: Any, args: flags.FlagValues) -> None:
   try:
     from lgdlm_jax.convert import twin  # pylint: disable=g-import-not-at-top  (needs torch and mmdit)
   except ImportError as e:
@@ -184,10 +187,6 @@ def _verify(model_config, state_dict: Mapping[str, np.ndarray], params: Any, arg
   if differences[worst] > args.tolerance:
     raise VerificationError(f'{worst} differs by {differences[worst]:.3g} > tolerance {args.tolerance:g}; '
                             'nothing was written')
-
-
-def _cast(state_dict: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarray]:
-  return state_dict if dtype is None else {k: v.astype(jnp.dtype(dtype)) for k, v in state_dict.items()}
 
 
 def _count(arrays: Mapping[Any, np.ndarray]) -> int:

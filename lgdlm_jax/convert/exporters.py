@@ -50,9 +50,9 @@ def layout_for(output: str, requested: str | None) -> str:
   return requested or CYCLE
 
 
-def write(path: str, torch_layout: str, weights: sources.Weights, dtype: str | None) -> str:
-  """Writes `weights` to `path` in `torch_layout`; returns a sentence on what the file holds."""
-  state_dict = ordered_state_dict(weights.params, weights.model_config, dtype)
+def write(path: str, torch_layout: str, weights: sources.Weights, state_dict: dict[str, np.ndarray]) -> str:
+  """Writes `state_dict` (ordered_state_dict of `weights`) and, as `torch_layout` says, the rest of
+  `weights` to `path`; returns a sentence on what the file holds."""
   if path.endswith(files.SAFETENSORS_SUFFIX):
     safetensors.numpy.save_file(state_dict, path)
     return 'weights only (a bare state dict): a .safetensors file holds tensors, not the optimizer state or step'
@@ -77,10 +77,12 @@ def write(path: str, torch_layout: str, weights: sources.Weights, dtype: str | N
 def ordered_state_dict(params: Any, model_config: ml_collections.ConfigDict, dtype: str | None) -> dict[str, np.ndarray]:
   """The reference's state dict of `params`, in its parameter order, optionally cast."""
   state_dict = mapping.flax_to_torch(params, model_config)
-  ordered = {name: state_dict[name] for name in mapping.reference_parameter_order(model_config)}
-  if dtype is None:
-    return ordered
-  return {k: v.astype(jnp.dtype(dtype)) for k, v in ordered.items()}
+  return cast({name: state_dict[name] for name in mapping.reference_parameter_order(model_config)}, dtype)
+
+
+def cast(arrays: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarray]:
+  """The arrays in `dtype` ('float32', 'bfloat16'), or as they are for None."""
+  return arrays if dtype is None else {k: v.astype(jnp.dtype(dtype)) for k, v in arrays.items()}
 
 
 def reference_config(weights: sources.Weights) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-import optax
 
 from lgdlm_jax.convert import files
 from lgdlm_jax.convert import mapping
@@ -101,10 +100,25 @@ def into_opt_state(opt_state: Any, moments: AdamMoments) -> Any:
   AdamW moments and every update count set, and gradient accumulation at the start of a group."""
   values = {'mu': moments.mu, 'nu': moments.nu, _MICRO_STEP_FIELD: np.int32(0),
             **{field: np.int32(moments.updates) for field in _COUNT_FIELDS}}
-  present = {k: v for k, v in values.items() if optax.tree_utils.tree_get_all_with_path(opt_state, k)}
-  if not {'mu', 'nu'} <= present.keys():
+  found: set[str] = set()
+  opt_state = _set_fields(opt_state, values, found)
+  if not set(_MOMENT_FIELDS) <= found:
     raise mapping.ConversionError('the optimizer has no AdamW state (mu, nu) to set')
-  return optax.tree_utils.tree_set(opt_state, **present)
+  return opt_state
+
+
+def _set_fields(tree: Any, values: Mapping[str, Any], found: set[str]) -> Any:
+  """`tree` with every optax state field (a NamedTuple field, at any depth) named in `values`
+  replaced; the names replaced are added to `found`. (optax.tree_utils.tree_set stops at the first
+  level that matches, so it misses the AdamW state inside optax.MultiSteps.)"""
+  if isinstance(tree, tuple) and hasattr(tree, '_fields'):
+    replaced = {f: values[f] for f in tree._fields if f in values}
+    found.update(replaced)
+    return tree._replace(**replaced, **{f: _set_fields(getattr(tree, f), values, found)
+                                        for f in tree._fields if f not in values})
+  if isinstance(tree, (tuple, list)):
+    return type(tree)(_set_fields(child, values, found) for child in tree)
+  return tree  # arrays, and parameter trees (the moments, MultiSteps' accumulated gradient)
 
 
 def adam_state_path(tree: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:

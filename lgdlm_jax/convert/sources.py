@@ -36,6 +36,13 @@ class Weights:
   tokenizer: dict[str, int]  # tokenizer ids the source states (may be empty)
 
 
+def kind(path: str) -> str:
+  """CONVERTED, WORKDIR or TORCH (anything else: the reference's files), from the layout alone."""
+  if converted.is_converted(path):
+    return CONVERTED
+  return WORKDIR if workdirs.is_workdir(path) else TORCH
+
+
 def read(path: str, *, model_config: ml_collections.ConfigDict | None = None, step: int | None = None,
          with_moments: bool = False, unsafe_pickle: bool = False) -> Weights:
   """The weights at `path`, checked against `model_config` when given (else the source's own).
@@ -45,14 +52,15 @@ def read(path: str, *, model_config: ml_collections.ConfigDict | None = None, st
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist')
-  if converted.is_converted(path):
+  source_kind = kind(path)
+  if source_kind == CONVERTED:
     return _read_converted(path, model_config, step, with_moments)
-  if workdirs.is_workdir(path):
+  if source_kind == WORKDIR:
     config = workdirs.load_config(path)
     checkpoint = workdirs.read(path, model_config or config.model, step, with_moments)
     tokenizer = {k: config.tokenizer[k] for k in TOKENIZER_KEYS}
     return Weights(path, WORKDIR, f'{WORKDIR} {path}, step {checkpoint.step}', config.model, checkpoint.params,
-                   checkpoint.step, checkpoint.moments, config, tokenizer)
+                   checkpoint.steps_done, checkpoint.moments, config, tokenizer)
   return _read_torch(path, model_config, step, with_moments, unsafe_pickle)
 
 

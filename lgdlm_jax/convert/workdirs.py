@@ -23,7 +23,8 @@ CONFIG_FILE = 'config.json'
 
 @dataclasses.dataclass(frozen=True)
 class WorkdirCheckpoint:
-  step: int  # micro-batches applied (TrainState.step)
+  step: int  # the checkpoint's step (its folder's name)
+  steps_done: int  # micro-batches applied (the saved TrainState.step; the same in checkpoints of a run)
   params: Any  # numpy, stored dtype
   moments: moments_lib.AdamMoments | None  # when asked for
 
@@ -80,7 +81,7 @@ def read(workdir: str, model_config: ml_collections.ConfigDict, step: int | None
   if adam_path is not None:
     adam = _at(restored['opt_state'], adam_path)
     moments = moments_lib.AdamMoments(int(adam['count']), adam['mu'], adam['nu'], {})
-  return WorkdirCheckpoint(int(restored['step']), restored['params'], moments)
+  return WorkdirCheckpoint(step, int(restored['step']), restored['params'], moments)
 
 
 def _only(tree: Any, path: tuple[Any, ...]) -> Any:
