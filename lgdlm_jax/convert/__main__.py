@@ -46,10 +46,9 @@ from lgdlm_jax.convert import workdirs
 
 # float32 on both sides, highest matmul precision: what the mapping alone is accountable for.
 DEFAULT_TOLERANCE = 1e-4
-_INTEGER_MODEL_FLAGS = layout.INFERRED_KEYS + ('latent_timesteps',)
 _ENUM_MODEL_FLAGS = {'latent_beta_schedule': diffusion.BETA_SCHEDULES,
                      'latent_parameterization': diffusion.PARAMETERIZATIONS}
-MODEL_FLAGS = _INTEGER_MODEL_FLAGS + ('dropout',) + tuple(_ENUM_MODEL_FLAGS)
+MODEL_FLAGS = layout.INFERRED_KEYS + ('latent_timesteps', 'dropout') + tuple(_ENUM_MODEL_FLAGS)
 
 
 class VerificationError(errors.InputError):
@@ -81,8 +80,9 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_float, 'tolerance', DEFAULT_TOLERANCE, '--verify: the largest |difference| allowed.')
   define(flags.DEFINE_integer, 'seed', 0, 'Seed of the --verify batch and of initialised parameters.')
   define(flags.DEFINE_boolean, 'overwrite', False, 'Replace an existing output.')
-  for key in _INTEGER_MODEL_FLAGS:
+  for key in layout.INFERRED_KEYS:
     define(flags.DEFINE_integer, flag_name(key), None, f'model.{key}; checked against the tensors.')
+  define(flags.DEFINE_integer, 'latent-timesteps', None, 'model.latent_timesteps (not in the tensors).')
   define(flags.DEFINE_float, 'dropout', None, 'model.dropout (not in the tensors).')
   for key, choices in _ENUM_MODEL_FLAGS.items():
     define(flags.DEFINE_enum, flag_name(key), None, choices, f'model.{key} (not in the tensors).')

@@ -92,8 +92,11 @@ def load_moments(directory: str, model_config: ml_collections.ConfigDict) -> mom
   for name in ('mu', 'nu'):
     mapping.check_params(flax.traverse_util.flatten_dict(stored[name]), model_config)
   info = load_info(directory)
+  if not isinstance(info.get('optimizer_updates'), int):
+    raise mapping.ConversionError(f'{directory}/{INFO_FILE} does not say how many updates the moments in '
+                                  f'{OPTIMIZER_DIR}/ have had (optimizer_updates)')
   restored = restore_numpy(path, stored)
-  return moments_lib.AdamMoments(int(info['optimizer_updates']), restored['mu'], restored['nu'],
+  return moments_lib.AdamMoments(info['optimizer_updates'], restored['mu'], restored['nu'],
                                  info.get('optimizer_hyperparameters', {}))
 
 
