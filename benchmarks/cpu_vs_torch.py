@@ -7,7 +7,7 @@ latent 32, R = 2, float32, all four loss terms on (cycle_latent_weight = 1.0); o
 the 4 blocks (model.scan_unroll = 4). Both sides train on the same host batch with the same
 AdamW settings and gradient clipping.
 
-PyTorch side: lgdlm_jax.torch_interop.twin's model (glue around the real pinned `mmdit` backbone),
+PyTorch side: lgdlm_jax.convert.twin's model (glue around the real pinned `mmdit` backbone),
 tests/torch_cycle_loss.py's statement of the reference loss (four separate model calls), then
 loss.backward(), clip_grad_norm_ and torch.optim.AdamW.step(), with torch.set_num_threads(2).
 
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from lgdlm_jax import bench  # noqa: E402
 from lgdlm_jax import default_config  # noqa: E402
 from lgdlm_jax import diffusion  # noqa: E402
-from lgdlm_jax.torch_interop import twin  # noqa: E402
+from lgdlm_jax.convert import twin  # noqa: E402
 from tests import torch_cycle_loss  # noqa: E402
 
 TORCH_THREADS = 2

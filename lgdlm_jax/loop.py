@@ -11,13 +11,11 @@ from typing import Any
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 
 from lgdlm_jax import checkpoint
 from lgdlm_jax import compile_cache
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import converted
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import metrics_log
 from lgdlm_jax import model as model_lib
@@ -25,6 +23,7 @@ from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import runtime
 from lgdlm_jax import sharding
 from lgdlm_jax import train
+from lgdlm_jax.convert import init_from
 from lgdlm_jax.evaluation import examples as eval_examples
 
 
@@ -32,11 +31,13 @@ class NonFiniteError(RuntimeError):
   """Raised when training.max_consecutive_nonfinite steps in a row had a non-finite loss or gradient."""
 
 
-def load_initial_params(config: ml_collections.ConfigDict, shardings: Any) -> Any:
-  """Params of a converted checkpoint (convert_torch_weights.py), checked against config.model,
-  as float32 (training keeps float32 master weights) on the state's shardings."""
-  params = converted.load_params(config.init_from, config.model)
-  return jax.device_put(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), shardings)
+def _start_data_at(train_iter, data_state: dict[str, Any] | None, step: int) -> None:
+  """The iterator at its saved position, or, without one, where `step` global batches leave it."""
+  if data_state is None and step:
+    epoch, batch_in_epoch = divmod(step, train_iter.steps_per_epoch)
+    data_state = {'epoch': epoch, 'index': batch_in_epoch * train_iter.batch_size, 'skipped': 0}
+  if data_state is not None:
+    train_iter.set_state(data_state)
 
 
 def _evaluate(eval_fns, params, val_batches, mesh, rng, max_batches: int, sample_batches: int) -> dict[str, float]:
@@ -73,6 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   """
   config = config_lib.for_processes(config_lib.finalize(config), jax.process_count())
   config_lib.check_devices(config, jax.device_count(), jax.process_count())
+  initial = init_from.load(config, workdir)  # every check of init_from, before any work
   compile_cache.use(config, workdir)
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
@@ -89,11 +91,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_with_shardings(state, state_shardings))
   if restored is not None:
     state, data_state = restored
-    train_iter.set_state(data_state)
+    _start_data_at(train_iter, data_state, int(state.step))
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
-  elif config.init_from:
-    state = state.replace(params=load_initial_params(config, state_shardings.params))
-    logging.info('Initialised the parameters from %s', config.init_from)
+  elif initial is not None:
+    state = init_from.apply(initial, state, state_shardings)
+    _start_data_at(train_iter, None, int(state.step))
+    logging.info('Initialised from %s', init_from.describe(initial))
   step_fn, eval_fn, sample_eval_fn = train.compile_steps(config, model, optimizer, mesh, state_shardings)
 
   tcfg = config.training

@@ -6,8 +6,10 @@
   t2l: text -> latents. --texts is a text file (one text per non-empty line; needs a tokenizer) or
        a directory of NAME[_tokens].npz token files. Writes OUT/latents/NAME.npy (float32 [D]).
 
-Params come from the newest checkpoint in WORKDIR/checkpoints (or --step), the model from
-WORKDIR/config.json; the tokenizer from --tokenizer, else the config's tokenizer.json_file.
+--workdir is a training workdir (params of its newest checkpoint, or --step; the config from its
+config.json) or a directory the converter wrote (its params and model config; the tokenizer ids
+from what the converted checkpoint said, or --mask_token_id / --pad_token_id). The tokenizer comes
+from --tokenizer, else the config's tokenizer.json_file.
 Inputs are processed in batches of --batch_size (the last one padded, so one compiled sampler
 serves them all); each batch is one jitted sampler call. Names from a single .npy or a text
 file are the 6-digit row / line index.
@@ -24,9 +26,10 @@ import numpy as np
 import tqdm
 
 from lgdlm_jax import cli
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import pretrained
 from lgdlm_jax import text
+from lgdlm_jax.convert import sources
 from lgdlm_jax.evaluation import samplers
 
 _DEFAULT_STEPS = {'l2t': 20, 't2l': 50}
@@ -136,7 +139,7 @@ def run_t2l(args: flags.FlagValues, config, params, model, tokenizer) -> None:
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   del argv
   define = lambda kind, name, default, help_string: kind(name, default, help_string, flag_values=flag_values)
-  define(flags.DEFINE_string, 'workdir', None, 'Training workdir (config.json, checkpoints/).')
+  define(flags.DEFINE_string, 'workdir', None, 'A training workdir or a converted directory.')
   define(flags.DEFINE_string, 'out', None, 'Output directory.')
   define(flags.DEFINE_integer, 'step', None, 'Checkpoint step; default the newest.')
   define(flags.DEFINE_string, 'tokenizer', None, "tokenizer.json; default the config's tokenizer.json_file.")
@@ -148,6 +151,8 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_integer, 'batch_size', 16, 'Samples per sampler call.')
   define(flags.DEFINE_integer, 'num_samples', 0, 'Use only the first N inputs; 0 = all.')
   define(flags.DEFINE_integer, 'seed', 0, 'Random seed; batch k uses fold_in(seed, k).')
+  define(flags.DEFINE_integer, 'mask_token_id', None, 'Overrides the [MASK] id of the workdir or converted directory.')
+  define(flags.DEFINE_integer, 'pad_token_id', None, 'Overrides the [PAD] id of the workdir or converted directory.')
 
 
 def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
@@ -165,14 +170,36 @@ def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
 
 def work(args: flags.FlagValues, positional: list[str]) -> None:
   mode = _check_args(args, positional)
-  config = pretrained.load_config(args.workdir)
-  params, step = pretrained.load_params(args.workdir, config, args.step)
-  print(f'Loaded step {step} from {args.workdir}')
+  if os.path.exists(args.workdir) and sources.kind(args.workdir) == sources.TORCH:
+    raise cli.UsageError(f'--workdir {args.workdir} is neither a training workdir nor a converted directory; for a '
+                         'PyTorch checkpoint, convert it first (python -m lgdlm_jax.convert --input CKPT --output DIR)')
+  weights = sources.read(args.workdir, step=args.step)
+  config = sampling_config(weights, args.mask_token_id, args.pad_token_id)
+  params = weights.params
+  print(f'Loaded the {weights.description}')
   tokenizer_path = args.tokenizer or config.tokenizer.json_file
   tokenizer = text.load_tokenizer(tokenizer_path) if tokenizer_path else None
   model = model_lib.MultimodalMMDiT(config.model)
   os.makedirs(args.out, exist_ok=True)
   (run_l2t if mode == 'l2t' else run_t2l)(args, config, params, model, tokenizer)
+
+
+def sampling_config(weights: sources.Weights, mask_token_id: int | None,
+                    pad_token_id: int | None) -> config_lib.Config:
+  """The run's config (a workdir's, or the schema's with the converted model and the tokenizer ids
+  the source stated), with the ids given on the command line."""
+  config = config_lib.default_config() if weights.config is None else weights.config.as_configdict()
+  if weights.config is None:
+    config.model.update(weights.model_config)
+    config.tokenizer.update(weights.tokenizer)
+  for key, value in (('mask_token_id', mask_token_id), ('pad_token_id', pad_token_id)):
+    if value is not None:
+      config.tokenizer[key] = value
+  try:
+    return config_lib.finalize(config)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f'{e} (with the {weights.description}; --mask_token_id and --pad_token_id set '
+                                 'the tokenizer ids)') from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:

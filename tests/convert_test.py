@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import convert
+from lgdlm_jax.convert import mapping
+from lgdlm_jax.convert import twin
 from tests import model_test
 
 
@@ -70,3 +72,19 @@ def test_flax_to_torch_rejects_params_of_another_config():
   _, params = model_test.build_pair(model_test.tiny_config(hidden_size=32))
   with pytest.raises(convert.ConversionError, match='shape mismatch'):
     convert.flax_to_torch(params, cfg)
+
+
+@pytest.mark.parametrize('streams,cluster', [(1, 0), (2, 3)])
+def test_reference_parameter_order_is_the_reference_models(streams, cluster):
+  """The optimizer state's parameter indices follow this order (the real mmdit's, for the backbone)."""
+  cfg = model_test.tiny_config(num_residual_streams=streams, cluster_size=cluster, n_blocks=2)
+  torch_model = twin.ReferenceMultimodalMMDiT(cfg)
+  assert convert.reference_parameter_order(cfg) == [name for name, _ in torch_model.named_parameters()]
+
+
+def test_an_unknown_module_has_no_place_in_the_order(monkeypatch):
+  cfg = model_test.tiny_config()
+  shapes = dict(convert.torch_param_shapes(cfg), **{'mystery_head.weight': (1,)})
+  monkeypatch.setattr(mapping, 'torch_param_shapes', lambda _: shapes)
+  with pytest.raises(convert.ConversionError, match="mystery_head.weight: no known position"):
+    convert.reference_parameter_order(cfg)

@@ -1,9 +1,11 @@
-"""convert_torch_weights.py end to end, run in-process: PyTorch checkpoints -> Flax -> PyTorch."""
+"""The converter's command line end to end, run in-process: PyTorch checkpoints -> Flax -> PyTorch."""
 
 import dataclasses
 import os
 import random
 import re
+import subprocess
+import sys
 
 import hyper_connections
 import jax
@@ -11,25 +13,26 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
+import safetensors.numpy
 import torch
 
 import convert_torch_weights
 from lgdlm_jax import checkpoint
 from lgdlm_jax import convert
-from lgdlm_jax import converted
+from lgdlm_jax.convert import converted
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import train
-from lgdlm_jax.torch_interop import files
-from lgdlm_jax.torch_interop import layout
-from lgdlm_jax.torch_interop import twin
+from lgdlm_jax.convert import files
+from lgdlm_jax.convert import layout
+from lgdlm_jax.convert import twin
 from tests import model_test
 
 PARITY_TOL = 1e-5
 
 
 @dataclasses.dataclass
-class TrainingState:
-  """Stands for the reference trainer's own dataclass, which weights_only unpickling refuses."""
+class UnknownState:
+  """A class of no module the converter knows: weights_only unpickling refuses it."""
   step: int = 0
 
 
@@ -129,15 +132,16 @@ def test_config_inference_gets_every_value_right():
 def test_bfloat16_survives_both_ways(tmp_path, capsys):
   cfg = model_test.tiny_config()
   state = {k: v.to(torch.bfloat16) for k, v in _state(_torch_model(cfg)).items()}
-  files.write_state_dict(str(tmp_path / 'model.safetensors'),
-                         {k: v.float().numpy().astype(ml_dtypes.bfloat16) for k, v in state.items()})
+  safetensors.numpy.save_file({k: v.float().numpy().astype(ml_dtypes.bfloat16) for k, v in state.items()},
+                              str(tmp_path / 'model.safetensors'))
   code, out, err = _run(capsys, '--input', tmp_path / 'model.safetensors', '--output', tmp_path / 'flax')
   assert code == 0, err
   assert 'bfloat16' in out
   params = converted.load_params(str(tmp_path / 'flax'), cfg)
   assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {np.dtype(ml_dtypes.bfloat16)}
 
-  code, _, err = _run(capsys, '--to-torch', '--input', tmp_path / 'flax', '--output', tmp_path / 'back.pt')
+  code, _, err = _run(capsys, '--to-torch', '--input', tmp_path / 'flax', '--output', tmp_path / 'back.pt',
+                      '--torch-layout', 'bare')
   assert code == 0, err
   back = torch.load(tmp_path / 'back.pt', weights_only=True)
   assert sorted(back) == sorted(state)
@@ -216,7 +220,10 @@ def test_contradicting_flag_names_both_values(tmp_path, capsys, flags, pattern):
 def test_truncated_file_is_refused(tmp_path, capsys, name):
   state = _state(_torch_model(model_test.tiny_config()))
   path = tmp_path / name
-  files.write_state_dict(str(path), {k: v.numpy() for k, v in state.items()})
+  if name.endswith('.safetensors'):
+    safetensors.numpy.save_file({k: v.numpy() for k, v in state.items()}, str(path))
+  else:
+    torch.save(state, path)
   data = path.read_bytes()
   path.write_bytes(data[:len(data) // 2])
   code, _, err = _run(capsys, '--input', path, '--output', tmp_path / 'out')
@@ -224,12 +231,12 @@ def test_truncated_file_is_refused(tmp_path, capsys, name):
   _assert_nothing_written(tmp_path / 'out')
 
 
-def test_unsafe_pickle_needs_the_flag(tmp_path, capsys):
+def test_unknown_pickled_class_needs_unsafe_pickle(tmp_path, capsys):
   cfg = model_test.tiny_config()
-  torch.save({'model_state_dict': _state(_torch_model(cfg)), 'state': TrainingState(3)}, tmp_path / 'checkpoint.pt')
+  torch.save({'model_state_dict': _state(_torch_model(cfg)), 'state': UnknownState(3)}, tmp_path / 'checkpoint.pt')
   code, _, err = _run(capsys, '--input', tmp_path / 'checkpoint.pt', '--output', tmp_path / 'out')
   assert code == 1
-  assert '--unsafe-pickle' in err and 'TrainingState' in err and 'weights_only=True' in err
+  assert '--unsafe-pickle' in err and 'convert_torch_weights_test.UnknownState' in err and len(err.splitlines()) == 1
   _assert_nothing_written(tmp_path / 'out')
   code, _, err = _run(capsys, '--input', tmp_path / 'checkpoint.pt', '--output', tmp_path / 'out', '--unsafe-pickle')
   assert code == 0, err
@@ -261,7 +268,7 @@ def test_load_params_names_what_does_not_fit(tmp_path, capsys):
   cfg = model_test.tiny_config()
   torch.save(_state(_torch_model(cfg)), tmp_path / 'model.pth')
   assert _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out')[0] == 0
-  with pytest.raises(convert.ConversionError, match=r'(?s)shape mismatch: got mmdit/norms_0/g \(64,\).*'
+  with pytest.raises(convert.ConversionError, match=r'shape mismatch: got latent_encoder/position_embed \(1, 1, 64\).*'
                                                     r'hidden_size \(64 there, 32 here\)'):
     converted.load_params(str(tmp_path / 'out'), model_test.tiny_config(hidden_size=32))
 
@@ -269,6 +276,7 @@ def test_load_params_names_what_does_not_fit(tmp_path, capsys):
 def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   config = config_lib.default_config()
   config.model.update(model_test.tiny_config(cluster_size=2))
+  config.tokenizer.mask_token_id = 3
   _, params = model_test.build_pair(config.model, seed=4)
   optimizer = optax.adamw(1e-3)
   state = train.TrainState(step=np.int32(3), params=params, opt_state=optimizer.init(params),
@@ -280,7 +288,8 @@ def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   manager.wait_until_finished()
   (workdir / 'config.json').write_text(config.to_json())
 
-  code, out, err = _run(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'model.pt', '--step', 3)
+  code, out, err = _run(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'model.pt', '--step', 3,
+                        '--torch-layout', 'bare')
   assert code == 0, err
   assert 'step 3' in out
   back = torch.load(tmp_path / 'model.pt', weights_only=True)
@@ -297,3 +306,17 @@ def test_verify_above_tolerance_fails_and_writes_nothing(tmp_path, capsys, monke
   assert code == 1
   assert 'tolerance 0.0001' in out and 'latent_pred differs by 0.0003 > tolerance 0.0001' in err
   _assert_nothing_written(tmp_path / 'out')
+
+
+def test_module_and_script_are_the_same_command(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  commands = {'python -m lgdlm_jax.convert': [sys.executable, '-m', 'lgdlm_jax.convert'],
+              'convert_torch_weights.py': [sys.executable, os.path.join(repo, 'convert_torch_weights.py')]}
+  results = {}
+  for name, command in commands.items():
+    run = subprocess.run(command + ['--input', str(tmp_path / 'missing'), '--output', str(tmp_path / 'out'),
+                                    '--to-torch'], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith(f'{name}: error: ') and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    results[name] = run.stderr.split(': error: ', 1)[1]
+  assert len(set(results.values())) == 1, results

@@ -15,7 +15,7 @@ from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import layers
-from lgdlm_jax.torch_interop import twin
+from lgdlm_jax.convert import twin
 
 TOL = 1e-5
 

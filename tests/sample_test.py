@@ -12,10 +12,10 @@ from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import prepare_data
-from lgdlm_jax import pretrained
 from lgdlm_jax import sample
 from lgdlm_jax import text
 from lgdlm_jax import train
+from lgdlm_jax.convert import workdirs
 
 TEXTS = ['Jesus wept.', 'Rejoice evermore.', 'Pray without ceasing.', 'Quench not the Spirit.']
 SEQ_LEN, LATENT_DIM = 8, 8
@@ -47,9 +47,9 @@ def make_workdir(workdir: str):
 def test_sampling_cli_round_trip(tmp_path):
   workdir = str(tmp_path / 'run')
   config, state = make_workdir(workdir)
-  params, step = pretrained.load_params(workdir, pretrained.load_config(workdir))
-  assert step == 3
-  chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(state.params))
+  saved = workdirs.read(workdir, workdirs.load_config(workdir).model)
+  assert saved.step == 3
+  chex.assert_trees_all_equal(jax.device_get(saved.params), jax.device_get(state.params))
 
   # l2t: 5 latents in one [N,D] file, batches of 2 (the last one padded).
   latents_path = str(tmp_path / 'latents.npy')

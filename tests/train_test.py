@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgdlm_jax import convert
-from lgdlm_jax import converted
+from lgdlm_jax import errors
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import metrics_log
 from lgdlm_jax import model as model_lib
@@ -19,6 +18,7 @@ from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import sharding
 from lgdlm_jax import loop
 from lgdlm_jax import train
+from lgdlm_jax.convert import converted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
@@ -155,5 +155,5 @@ def test_init_from_starts_from_converted_params_and_checks_them(tmp_path):
 
   wrong = tiny_config(**{'training.num_train_steps': 0, 'model.hidden_size': 48})
   wrong.init_from = config.init_from
-  with pytest.raises(convert.ConversionError, match='hidden_size|shape'):
+  with pytest.raises(errors.InputError, match='init_from=.*: .*shape mismatch'):
     loop.run(wrong, str(tmp_path / 'wrong'))

@@ -64,7 +64,8 @@ def choice(key: str, value: Any) -> None:
 POSITIVE = integer(1)
 NON_NEGATIVE = integer(0)
 RULES: dict[str, Rule] = {
-    'init_from': string,
+    'init_from': string,  # the path itself is checked before any work, by lgdlm_jax.convert.init_from
+    'init_from_optimizer': boolean,
     'model.vocab_size': POSITIVE,
     'model.hidden_size': POSITIVE,
     'model.n_blocks': POSITIVE,
@@ -180,6 +181,8 @@ def validate_section(section: str, values: ml_collections.ConfigDict) -> None:
 def _check_agreement(config: ml_collections.ConfigDict) -> None:
   """Keys whose values must agree with each other."""
   model, loss, data, tokenizer = config.model, config.loss, config.data, config.tokenizer
+  if config.init_from_optimizer and not config.init_from:
+    raise ConfigError('init_from_optimizer=True: it takes the optimizer state of init_from, which is not set')
   if not loss.cycle_latent_t_min < loss.cycle_latent_t_max:
     raise ConfigError(f'loss.cycle_latent_t_min={loss.cycle_latent_t_min!r}, loss.cycle_latent_t_max='
                       f'{loss.cycle_latent_t_max!r}: expected min < max')

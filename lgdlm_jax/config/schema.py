@@ -28,9 +28,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 def default_config() -> ml_collections.ConfigDict:
   """Every key lgdlm_jax reads, at the smoke sizes; configs/*.py start from this and change sizes."""
   config = ml_collections.ConfigDict()
-  # A directory written by convert_torch_weights.py: start from its parameters (a fresh run only;
-  # a workdir with a checkpoint resumes from that instead).
+  # Start a fresh run from these weights: a directory the converter wrote, another run's training
+  # workdir (its newest checkpoint) or a PyTorch checkpoint or run directory of the reference. A
+  # workdir that has a checkpoint resumes from that instead.
   config.init_from = ''
+  # Also take init_from's AdamW moments and step, so that the run continues mid-schedule.
+  config.init_from_optimizer = False
 
   config.model = ml_collections.ConfigDict(dict(
       vocab_size=8192,

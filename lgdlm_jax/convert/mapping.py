@@ -8,11 +8,15 @@ The rule is mechanical, so it runs both ways:
   `scale`; `token_embed.weight` -> `embedding`; `bias` and raw parameters keep name and shape.
 Both directions check the result against the parameter shapes the model config implies and raise
 ConversionError listing every missing, unexpected and mismatched name with both shapes.
-torch_param_shapes gives the same expectation in the reference's terms, for checks before mapping.
+torch_param_shapes gives the same expectation in the reference's terms, for checks before mapping;
+reference_parameter_order the order of the reference model's parameters, which is the order of the
+parameter indices in its optimizer state.
 """
 
-import re
 from collections.abc import Mapping
+import functools
+import json
+import re
 from typing import Any
 
 import flax
@@ -21,18 +25,48 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lgdlm_jax import errors
 from lgdlm_jax import model as model_lib
 
 _BLOCKS_PREFIX = ('mmdit', 'blocks')
 _MERGED_INDEX = re.compile(r'_(\d+)')
+# Problems named in one error line; the rest are counted.
+_MAX_NAMED_PROBLEMS = 8
+# The order in which the reference registers the modules and parameters that share a parent. PyTorch
+# lists a module's own parameters before its children's, in registration order, so position_embed
+# (a parameter of the encoders) precedes token_embed and projection (their sub-modules).
+_REGISTRATION_ORDER = (
+    'text_encoder', 'latent_encoder', 'conditioning', 'mmdit', 'text_head', 'latent_head', 'text_head_clusters',
+    'position_embed', 'token_embed', 'projection', 'text_sigma_map', 'latent_sigma_map', 'combine', 'mlp',
+    'blocks', 'norms',
+    'attn_residual_fns', 'ff_residual_fns', 'to_post_branch_gammas', 'attn_layernorms', 'joint_attn',
+    'ff_layernorms', 'feedforwards',
+    'static_alpha', 'dynamic_alpha_fn', 'pre_branch_scale', 'residual_scale', 'static_beta', 'dynamic_beta_fn',
+    'h_post_scale', 'norm', 'gamma', 'to_cond', 'to_qkv', 'to_out', 'ff', 'weight', 'bias', 'g',
+)
+_REGISTRATION_RANK = {name: rank for rank, name in enumerate(_REGISTRATION_ORDER)}
 
 
-class ConversionError(ValueError):
-  """A state dict does not fit the model config; the message lists every problem."""
+class ConversionError(errors.InputError):
+  """A state dict does not fit the model config; the message lists the problems on one line."""
+
+
+def problem_list(problems: list[str]) -> str:
+  """Problems joined on one line, the first few named and the rest counted."""
+  named = '; '.join(problems[:_MAX_NAMED_PROBLEMS])
+  rest = len(problems) - _MAX_NAMED_PROBLEMS
+  return named + (f'; and {rest} more' if rest > 0 else '')
 
 
 def param_shapes(model_config: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Flat {flax path: shape} of the parameters a model config implies, without allocating them."""
+  return dict(_param_shapes(json.dumps(model_config.to_dict(), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(model_config_json: str) -> dict[tuple[str, ...], tuple[int, ...]]:
+  # Cached by config: tracing the model's init takes seconds, and one conversion asks several times.
+  model_config = ml_collections.ConfigDict(json.loads(model_config_json))
   model = model_lib.MultimodalMMDiT(model_config)
   tokens = jnp.zeros((1, 1), jnp.int32)
   latents = jnp.zeros((1, model_config.latent_dim), jnp.float32)
@@ -49,12 +83,23 @@ def torch_param_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tup
   return shapes
 
 
+def reference_parameter_order(model_config: ml_collections.ConfigDict) -> list[str]:
+  """The reference model's parameter names in the order of its `parameters()`: the order of its
+  state dict and of the parameter indices in its optimizer's state."""
+  def rank(name: str) -> tuple[int, ...]:
+    try:
+      return tuple(int(part) if part.isdigit() else _REGISTRATION_RANK[part] for part in name.split('.'))
+    except KeyError as e:
+      raise ConversionError(f'{name}: no known position in the reference model ({e} is not a module name of it)') from e
+  return sorted(torch_param_shapes(model_config), key=rank)
+
+
 def check_params(flat_params: Mapping[tuple[str, ...], Any], model_config: ml_collections.ConfigDict) -> None:
   """Raises ConversionError naming every path of flat Flax params (anything with .shape) that does
   not fit the model config: missing, unexpected, or mismatched with both shapes."""
   problems = _compare(flat_params, param_shapes(model_config), describe=lambda p, s: f'{"/".join(p)} {s}')
   if problems:
-    raise ConversionError('params do not fit the model config:\n  ' + '\n  '.join(problems))
+    raise ConversionError(f'params do not fit the model config: {problem_list(problems)}')
 
 
 def _merge_indices(segments: list[str]) -> list[str]:
@@ -118,7 +163,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections.Co
     flat[path] = np.stack([arrays[i] for i in range(n_blocks)])
   problems += _compare(flat, expected, describe=_describe_torch)
   if problems:
-    raise ConversionError('state dict does not fit the model config:\n  ' + '\n  '.join(problems))
+    raise ConversionError(f'state dict does not fit the model config: {problem_list(problems)}')
   return flax.traverse_util.unflatten_dict(flat)
 
 

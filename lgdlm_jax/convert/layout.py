@@ -17,7 +17,7 @@ import numpy as np
 
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import diffusion
-from lgdlm_jax.convert import ConversionError
+from lgdlm_jax.convert import mapping
 
 MHC = 'mhc'
 PLAIN = 'plain'
@@ -66,7 +66,7 @@ def residual_layout(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
     return PLAIN, 1
   streams = int(state_dict[first_key['static_alpha']].shape[0]) if 'static_alpha' in first_key else None
   if _HYPER_CONNECTIONS_LEAVES & first_key.keys():
-    raise ConversionError(
+    raise mapping.ConversionError(
         f'the residual parameters ({", ".join(sorted(first_key))}) are the hyper_connections.HyperConnections '
         f'layout of mmdit 0.2.x (R={streams}), which lgdlm_jax does not implement. It mixes the streams with '
         'static + scale * tanh(RMSNorm(x) @ W) weights, used as they are; mmdit 0.3.0\'s manifold-constrained '
@@ -76,7 +76,7 @@ def residual_layout(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
         'a conversion would change the outputs. Convert only R = 1 or mmdit 0.3.0 checkpoints.')
   unknown = sorted(first_key.keys() - _MHC_LEAVES)
   if unknown or streams is None:
-    raise ConversionError(
+    raise mapping.ConversionError(
         f'unrecognised residual layout: {first_key[unknown[0]] if unknown else next(iter(first_key.values()))} '
         f'and the other residual parameters ({", ".join(sorted(first_key))}) are neither mmdit 0.3.0\'s '
         f'mHC ({", ".join(sorted(_MHC_LEAVES))}) nor mmdit 0.2.x\'s HyperConnections')
@@ -134,7 +134,7 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], stated: Mapping[str
     if model_config[key] not in allowed:
       problems.append(f'{key}={model_config[key]!r} ({sources[key]}); expected one of {allowed}')
   if problems:
-    raise ConversionError('the model config does not fit the tensors:\n  ' + '\n  '.join(problems))
+    raise mapping.ConversionError(f'the model config does not fit the tensors: {mapping.problem_list(problems)}')
   config_lib.validate_section('model', model_config)
   return InferredConfig(model_config, sources, layout)
 

@@ -19,8 +19,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.convert import ConversionError
-from lgdlm_jax.torch_interop import files
+from lgdlm_jax.convert import mapping
+from lgdlm_jax.convert import files
 
 OUTPUT_NAMES = ('text_logits', 'latent_pred', 'cluster_logits')
 
@@ -142,7 +142,8 @@ def max_abs_differences(model_config: ml_collections.ConfigDict, state_dict: Map
     torch_model.load_state_dict({k: files.to_tensor(np.asarray(v, np.float32)) for k, v in state_dict.items()},
                                 strict=True)
   except RuntimeError as e:
-    raise ConversionError(f'the PyTorch model does not load the state dict with strict=True: {e}') from e
+    raise mapping.ConversionError('the PyTorch model does not load the state dict with strict=True: '
+                                  + ' '.join(str(e).split())) from e
   inputs = random_batch(cfg, seed)
   tokens, latents, text_t, latent_t, mask = inputs
   with torch.no_grad():
