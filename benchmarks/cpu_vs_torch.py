@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lgdlm_jax import bench  # noqa: E402
-from lgdlm_jax import default_config  # noqa: E402
+from lgdlm_jax import config as config_lib  # noqa: E402
 from lgdlm_jax import diffusion  # noqa: E402
 from lgdlm_jax.convert import twin  # noqa: E402
 from tests import torch_cycle_loss  # noqa: E402
