@@ -6,7 +6,6 @@ evaluation, checkpoints, preemption.
 
 import sys
 import time
-from typing import Any
 
 from absl import logging
 import jax
@@ -29,15 +28,6 @@ from lgdlm_jax.evaluation import examples as eval_examples
 
 class NonFiniteError(RuntimeError):
   """Raised when training.max_consecutive_nonfinite steps in a row had a non-finite loss or gradient."""
-
-
-def _start_data_at(train_iter, data_state: dict[str, Any] | None, step: int) -> None:
-  """The iterator at its saved position, or, without one, where `step` global batches leave it."""
-  if data_state is None and step:
-    epoch, batch_in_epoch = divmod(step, train_iter.steps_per_epoch)
-    data_state = {'epoch': epoch, 'index': batch_in_epoch * train_iter.batch_size, 'skipped': 0}
-  if data_state is not None:
-    train_iter.set_state(data_state)
 
 
 def _evaluate(eval_fns, params, val_batches, mesh, rng, max_batches: int, sample_batches: int) -> dict[str, float]:
@@ -88,14 +78,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
                sharding.per_device_bytes(state.params, mesh.shape['fsdp'], min_shard) / 2**30,
                sharding.per_device_bytes(state.opt_state, mesh.shape['fsdp'], min_shard) / 2**30, dict(mesh.shape))
   manager = checkpoint.make_manager(workdir, config)
-  restored = checkpoint.restore_latest(manager, checkpoint.abstract_with_shardings(state, state_shardings))
+  restored = checkpoint.restore_latest(manager, checkpoint.abstract_with_shardings(state, state_shardings), train_iter)
   if restored is not None:
-    state, data_state = restored
-    _start_data_at(train_iter, data_state, int(state.step))
+    state = restored
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
   elif initial is not None:
     state = init_from.apply(initial, state, state_shardings)
-    _start_data_at(train_iter, None, int(state.step))
+    train_iter.start_at_step(int(state.step))  # a converted optimizer state continues mid-run
     logging.info('Initialised from %s', init_from.describe(initial))
   step_fn, eval_fn, sample_eval_fn = train.compile_steps(config, model, optimizer, mesh, state_shardings)
 
@@ -107,18 +96,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   log = metrics_log.MetricsLog(workdir, config)
   start = int(state.step)
   progress = tqdm.tqdm(total=num_steps, initial=start, disable=not sys.stderr.isatty() or jax.process_index() != 0)
-  pending = None  # (step, metrics on device, start time): fetched one step late, so dispatch never waits
+  pending = None  # (step, metrics on device, start time, data wait): fetched one step late, so dispatch never waits
   watch = runtime.PreemptionWatch()
 
-  def report(step: int, device_metrics, started: float) -> None:
+  def report(step: int, device_metrics, started: float, data_wait: float) -> None:
     metrics = jax.device_get(device_metrics)
     elapsed = time.perf_counter() - started
+    train_iter.agree_on_bad_samples()  # every process, every step: a stop for bad data is taken by all
     if int(metrics['consecutive_nonfinite']) > 0:
       logging.warning('step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update skipped',
                       step, metrics['loss'], metrics['grad_norm'])
     if step % log_every == 0 or step == num_steps:
       record = {k: float(v) for k, v in metrics.items()}
-      record.update(step_time=elapsed, tokens_per_sec=tokens_per_step / elapsed,
+      record.update(step_time=elapsed, tokens_per_sec=tokens_per_step / elapsed, data_wait_time=data_wait,
                     data_skipped_samples=train_iter.num_skipped)
       log.write(step, record)
       progress.set_postfix(loss=f'{record["loss"]:.4f}')
@@ -137,11 +127,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       evaluate(0)  # the starting point of every validation curve
     for step in range(start, num_steps):
       started = time.perf_counter()
-      batch = sharding.global_batch(next(train_iter), mesh)
-      state, metrics = step_fn(state, batch, step_key)
+      local_batch = next(train_iter)
+      data_wait = time.perf_counter() - started  # the loader's share of the step
+      state, metrics = step_fn(state, sharding.global_batch(local_batch, mesh), step_key)
       if pending is not None:
         report(*pending)
-      pending = (step + 1, metrics, started)
+      pending = (step + 1, metrics, started, data_wait)
       progress.update(1)
       done = step + 1
       if eval_every and val_batches is not None and done % eval_every == 0:
@@ -153,7 +144,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
         if pending is not None:
           report(*pending)  # never checkpoint past a step that should have stopped the run
           pending = None
-        checkpoint.save(manager, done, state, train_iter.get_state())
+        checkpoint.save(manager, done, state, train_iter)
       if preempted:
         logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.', done, workdir)
         break

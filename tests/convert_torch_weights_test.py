@@ -284,7 +284,7 @@ def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   workdir = tmp_path / 'run'
   manager = checkpoint.make_manager(str(workdir), config)
   for step in (3, 6):
-    checkpoint.save(manager, step, state, {'position': step})
+    checkpoint.save(manager, step, state)
   manager.wait_until_finished()
   (workdir / 'config.json').write_text(config.to_json())
 

@@ -1,4 +1,4 @@
-"""Tests for lgdlm_jax.data: discovery, validation, sharding, checkpointable iteration."""
+"""lgdlm_jax.data: reading and validation, the grain pipeline's order and sharding, bad samples, exact resume."""
 
 import ast
 import dataclasses
@@ -9,11 +9,12 @@ from unittest import mock
 
 from absl.testing import parameterized
 import chex
-import ml_collections
 import numpy as np
 import pytest
 
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import data
+from lgdlm_jax.data import formats
 
 SEQ_LEN, LATENT_DIM, VOCAB = 8, 4, 50
 SPEC = data.SampleSpec(seq_len=SEQ_LEN, latent_dim=LATENT_DIM, vocab_size=VOCAB, pad_id=0)
@@ -31,15 +32,14 @@ def _sample_arrays(i: int, length: int = SEQ_LEN):
   return ids, mask, latent
 
 
-def _write_pair(token_dir, latent_dir, name, i, *, suffix='_tokens.npz', length=SEQ_LEN,
-                latent=None):
+def _write_pair(token_dir, latent_dir, name, i, *, suffix='_tokens.npz', length=SEQ_LEN, latent=None):
   ids, mask, default_latent = _sample_arrays(i, length)
   np.savez(os.path.join(token_dir, name + suffix), input_ids=ids, attention_mask=mask)
   np.save(os.path.join(latent_dir, name + '.npy'), default_latent if latent is None else latent)
 
 
-def _make_dirs(root, num, *, layout='split'):
-  """Writes `num` good samples; returns (token_dir, latent_dir) or the data_dir root."""
+def make_dirs(root, num, *, layout='split'):
+  """Writes `num` good samples; returns (token_dir, latent_dir)."""
   if layout == 'split':
     token_dir, latent_dir = os.path.join(root, 'tok'), os.path.join(root, 'lat')
   else:
@@ -54,16 +54,20 @@ def _make_dirs(root, num, *, layout='split'):
   return token_dir, latent_dir
 
 
-def _config(token_dir='', latent_dir='', data_dir='', *, val_ratio=0.0, batch=4, eval_batch=2,
-            skip=False, seed=7, prefetch=0, max_samples=0):
-  return ml_collections.ConfigDict(dict(
-      model=dict(vocab_size=VOCAB, max_seq_len=SEQ_LEN, latent_dim=LATENT_DIM),
-      data=dict(token_dir=token_dir, latent_dir=latent_dir, data_dir=data_dir, split='train',
-                val_ratio=val_ratio, max_samples=max_samples, skip_bad_files=skip,
-                prefetch_batches=prefetch, num_workers=2, synthetic_num_samples=64),
-      training=dict(seed=seed, train_batch_size=batch, eval_batch_size=eval_batch),
-      tokenizer=dict(pad_token_id=0),
-  ))
+def make_config(token_dir='', latent_dir='', data_dir='', *, val_ratio=0.0, batch=4, eval_batch=2, skip=False,
+                seed=7, prefetch=2, workers=0, max_samples=0, max_bad_fraction=0.5, synthetic=64):
+  config = config_lib.default_config()
+  config.model.update(vocab_size=VOCAB, max_seq_len=SEQ_LEN, latent_dim=LATENT_DIM)
+  config.tokenizer.update(vocab_size=VOCAB, pad_token_id=0, mask_token_id=3)
+  config.data.update(token_dir=token_dir, latent_dir=latent_dir, data_dir=data_dir, val_ratio=val_ratio,
+                     max_samples=max_samples, skip_bad_files=skip, max_bad_fraction=max_bad_fraction,
+                     prefetch_batches=prefetch, num_workers=workers, synthetic_num_samples=synthetic)
+  config.training.update(seed=seed, train_batch_size=batch, eval_batch_size=eval_batch)
+  return config_lib.finalize(config)
+
+
+def datasets(config, process_index=0, process_count=1):
+  return data.make_datasets(config, process_index=process_index, process_count=process_count)
 
 
 def _tmpdir(test):
@@ -73,15 +77,15 @@ def _tmpdir(test):
   return tmp.name
 
 
-def _ids(batch):
+def ids_of(batch):
   return [int(v) for v in batch['latent'][:, 0]]
 
 
-def _take(iterator, n):
+def take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
-def _assert_batches_equal(a, b):
+def assert_batches_equal(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
     assert x.keys() == y.keys()
@@ -94,18 +98,20 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
   @parameterized.parameters('split', 'data_dir')
   def test_batches_hold_the_file_contents(self, layout):
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 8, layout=layout)
-    config = (_config(token_dir, latent_dir) if layout == 'split' else _config(data_dir=root))
-    train, val = data.make_datasets(config, process_index=0, process_count=1)
+    token_dir, latent_dir = make_dirs(root, 8, layout=layout)
+    config = make_config(token_dir, latent_dir) if layout == 'split' else make_config(data_dir=root)
+    train, val = datasets(config)
     self.assertIsNone(val)  # val_ratio 0
     seen = []
-    for batch in _take(train, 2):
+    with train:
+      batches = take(train, 2)
+    for batch in batches:
       self.assertEqual(batch['input_ids'].dtype, np.int32)
       self.assertEqual(batch['attention_mask'].dtype, np.bool_)
       self.assertEqual(batch['latent'].dtype, np.float32)
       chex.assert_shape([batch['input_ids'], batch['attention_mask']], (4, SEQ_LEN))
       chex.assert_shape(batch['latent'], (4, LATENT_DIM))
-      for row, i in enumerate(_ids(batch)):
+      for row, i in enumerate(ids_of(batch)):
         ids, mask, latent = _sample_arrays(i)
         np.testing.assert_array_equal(batch['input_ids'][row], ids)
         np.testing.assert_array_equal(batch['attention_mask'][row], mask.astype(bool))
@@ -115,7 +121,7 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
 
   def test_short_sequence_is_right_padded_and_1xD_latent_accepted(self):
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 0)
+    token_dir, latent_dir = make_dirs(root, 0)
     _, _, latent = _sample_arrays(3)
     _write_pair(token_dir, latent_dir, 'a', 3, length=5, latent=latent[None])
     (files,), _ = data.discover_samples(token_dir, latent_dir)
@@ -129,7 +135,7 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
   def test_reading_does_not_parse_python(self):
     # numpy's loader uses ast, which races with other threads' parses on CPython 3.11.
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 1)
+    token_dir, latent_dir = make_dirs(root, 1)
     np.save(os.path.join(latent_dir, 's000.npy'), np.asfortranarray(np.ones((1, LATENT_DIM))))
     (files,), _ = data.discover_samples(token_dir, latent_dir)
     with mock.patch.object(ast, 'parse', side_effect=AssertionError('ast used')):
@@ -139,11 +145,20 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
 
   def test_max_samples_keeps_the_first_sorted_names(self):
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 8)
-    train, _ = data.make_datasets(_config(token_dir, latent_dir, max_samples=4),
-                                  process_index=0, process_count=1)
-    self.assertEqual(train.steps_per_epoch, 1)
-    self.assertCountEqual(_ids(next(train)), range(4))
+    token_dir, latent_dir = make_dirs(root, 8)
+    train, _ = datasets(make_config(token_dir, latent_dir, max_samples=4))
+    with train:
+      self.assertEqual(train.steps_per_epoch, 1)
+      self.assertCountEqual(ids_of(next(train)), range(4))
+
+  def test_both_layouts_at_once_and_a_name_used_twice_are_errors(self):
+    with self.assertRaisesRegex(config_lib.ConfigError, 'set one'):
+      make_config('a', 'b', data_dir='c')
+    root = _tmpdir(self)
+    token_dir, latent_dir = make_dirs(root, 2)
+    _write_pair(token_dir, latent_dir, 's000', 0, suffix='_tokens.npz')  # s000.npz exists
+    with self.assertRaisesRegex(data.DataError, 's000'):
+      data.discover_samples(token_dir, latent_dir)
 
 
 class SplitTest(chex.TestCase):
@@ -169,15 +184,15 @@ class SplitTest(chex.TestCase):
 
   def test_val_batches_come_from_the_val_split_only(self):
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 20)
-    config = _config(token_dir, latent_dir, val_ratio=0.25, eval_batch=2)
-    train, val_factory = data.make_datasets(config, process_index=0, process_count=1)
+    token_dir, latent_dir = make_dirs(root, 20)
+    train, val_factory = datasets(make_config(token_dir, latent_dir, val_ratio=0.25, eval_batch=2))
     _, expected_val = data.split_train_val(20, 0.25, seed=7)
-    val_ids = [i for b in val_factory() for i in _ids(b)]
+    val_ids = [i for b in val_factory() for i in ids_of(b)]
     self.assertEqual(val_ids, list(expected_val[:4]))  # fixed order; 5th dropped (batch of 2)
-    self.assertEqual(val_ids, [i for b in val_factory() for i in _ids(b)])  # repeatable
-    self.assertEqual([i for b in val_factory(max_batches=1) for i in _ids(b)], val_ids[:2])
-    train_ids = {i for b in _take(train, train.steps_per_epoch) for i in _ids(b)}
+    self.assertEqual(val_ids, [i for b in val_factory() for i in ids_of(b)])  # repeatable
+    self.assertEqual([i for b in val_factory(max_batches=1) for i in ids_of(b)], val_ids[:2])
+    with train:
+      train_ids = {i for b in take(train, train.steps_per_epoch) for i in ids_of(b)}
     self.assertLen(train_ids, 12)  # 15 train samples, 3 whole batches of 4
     self.assertEmpty(train_ids & set(val_ids))
 
@@ -260,163 +275,223 @@ class CorruptionTest(chex.TestCase, parameterized.TestCase):
   def test_corrupt_sample_raises_data_error_naming_the_file(self, kind):
     corrupt, what = CORRUPTIONS[kind]
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 4)
+    token_dir, latent_dir = make_dirs(root, 4)
     path = corrupt(token_dir, latent_dir)
-    config = _config(token_dir, latent_dir, batch=4)
-    with self.assertRaises(data.DataError) as raised:
-      train, _ = data.make_datasets(config, process_index=0, process_count=1)
-      next(train)  # one epoch of 4 = every sample, so the bad one is read
+    with self.assertRaises(data.CorruptSampleError) as raised:
+      train, _ = datasets(make_config(token_dir, latent_dir, batch=4))
+      with train:
+        next(train)  # one epoch of 4 = every sample, so the bad one is read
     self.assertIn(path, str(raised.exception))
     self.assertIn(what, str(raised.exception))
 
-  def test_error_surfaces_through_the_prefetch_thread(self):
+  def test_error_crosses_from_a_grain_worker_process(self):
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 4)
+    token_dir, latent_dir = make_dirs(root, 4)
     path = _rewrite_latent(np.full(LATENT_DIM, np.nan, np.float32))(token_dir, latent_dir)
-    train, _ = data.make_datasets(_config(token_dir, latent_dir, prefetch=2),
-                                  process_index=0, process_count=1)
-    with self.assertRaisesRegex(data.DataError, path):
+    train, _ = datasets(make_config(token_dir, latent_dir, workers=1))
+    with train, self.assertRaisesRegex(data.DataError, path):
       next(train)
-    with self.assertRaisesRegex(data.DataError, path):  # retried, not a silent zero batch
-      next(train)
-    train.close()
 
-  def test_skip_bad_files_skips_and_counts(self):
+  def test_skip_bad_files_replaces_and_counts_each_bad_sample_once(self):
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 10)
+    token_dir, latent_dir = make_dirs(root, 10)
     _corrupt_truncated_npy(token_dir, latent_dir)  # s001
     os.remove(os.path.join(latent_dir, 's004.npy'))  # s004 unpaired
     np.savez(os.path.join(token_dir, 's007_tokens.npz'), input_ids=np.ones(SEQ_LEN))  # no mask
-    config = _config(token_dir, latent_dir, batch=2, skip=True)
-    train, _ = data.make_datasets(config, process_index=0, process_count=1)
-    self.assertEqual(train.num_skipped, 1)  # the unpaired file, found at discovery
-    # 9 paired samples -> 4 batches of 2 per epoch; over 4 epochs every sample is read.
-    ids = [i for b in _take(train, 16) for i in _ids(b)]
+    train, _ = datasets(make_config(token_dir, latent_dir, batch=3, skip=True))
+    with train:
+      self.assertEqual(train.num_skipped, 1)  # the unpaired file, found at listing
+      # 9 paired samples -> 3 batches of 3 per epoch; over 4 epochs every sample is read several times.
+      batches = take(train, 12)
+    ids = [i for b in batches for i in ids_of(b)]
+    self.assertLen(ids, 36)  # every batch is whole
     self.assertNoCommonElements(ids, [1, 4, 7])
     self.assertContainsSubset({0, 2, 3, 5, 6, 8, 9}, set(ids))
-    self.assertGreaterEqual(train.get_state()['skipped'], 2)
-    self.assertEqual(train.num_skipped, train.get_state()['skipped'] + 1)
+    self.assertEqual(train.num_skipped, 3)  # s001 and s007 met in every epoch, counted once
+    for epoch in range(4):  # a replacement is another sample of the same epoch's order
+      self.assertGreaterEqual(len(set(ids[9 * epoch:9 * (epoch + 1)])), 7)
+
+  def test_more_bad_samples_than_max_bad_fraction_stop_the_run(self):
+    root = _tmpdir(self)
+    token_dir, latent_dir = make_dirs(root, 10)
+    for i in (1, 2):
+      np.save(os.path.join(latent_dir, f's{i:03d}.npy'), np.zeros(1, np.float32))
+    ok, _ = datasets(make_config(token_dir, latent_dir, batch=5, skip=True, max_bad_fraction=0.2))
+    with ok:
+      take(ok, 4)  # 2 of 10 allowed
+    self.assertEqual(ok.num_skipped, 2)
+    stopped, _ = datasets(make_config(token_dir, latent_dir, batch=5, skip=True, max_bad_fraction=0.1))
+    with stopped, self.assertRaisesRegex(data.DataError, r'2 of 10 samples are bad.*max_bad_fraction allows \(1\)'):
+      take(stopped, 2)
 
   def test_all_bad_with_skipping_raises_instead_of_looping(self):
     root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 4)
+    token_dir, latent_dir = make_dirs(root, 4)
     for i in range(4):
       np.save(os.path.join(latent_dir, f's{i:03d}.npy'), np.zeros(1, np.float32))
-    train, _ = data.make_datasets(_config(token_dir, latent_dir, batch=2, skip=True),
-                                  process_index=0, process_count=1)
-    with self.assertRaisesRegex(data.DataError, 'every sample'):
+    train, _ = datasets(make_config(token_dir, latent_dir, batch=2, skip=True, max_bad_fraction=1.0))
+    with train, self.assertRaisesRegex(data.DataError, 'all 4 samples of the epoch are bad'):
       next(train)
 
+  def test_io_error_is_retried_then_fatal_even_when_skipping(self):
+    root = _tmpdir(self)
+    token_dir, latent_dir = make_dirs(root, 1)
+    (files,), _ = data.discover_samples(token_dir, latent_dir)
+    real_open = open
+    failures = []
 
-def _file_iterator(root, num=22, **kw):
-  token_dir, latent_dir = _make_dirs(root, num)
-  files, _ = data.discover_samples(token_dir, latent_dir)
-  source = data.FileSource(files, SPEC)
-  return lambda **more: data.BatchIterator(source, seed=1, num_workers=2, **{**kw, **more})
+    def flaky_open(path, *args, **kwargs):
+      if str(path).endswith('.npy') and len(failures) < 2:
+        failures.append(path)
+        raise OSError(5, 'Input/output error')
+      return real_open(path, *args, **kwargs)
+
+    with mock.patch.object(formats, 'IO_BACKOFF_S', 0.0), mock.patch('builtins.open', flaky_open):
+      sample = data.read_sample(files, SPEC)  # two failures, then the third attempt reads it
+    self.assertLen(failures, 2)
+    np.testing.assert_array_equal(sample['latent'], _sample_arrays(0)[2])
+    broken = mock.patch('builtins.open', side_effect=OSError(5, 'Input/output error'))
+    with mock.patch.object(formats, 'IO_BACKOFF_S', 0.0), broken, self.assertRaisesRegex(
+        data.DataIOError, r's000.npy: read failed 4 times'):
+      data.read_sample(files, SPEC)
+    self.assertFalse(issubclass(data.DataIOError, data.CorruptSampleError))  # so skipping never hides it
 
 
 class ShardingTest(chex.TestCase):
 
   def test_process_shares_are_disjoint_and_cover_each_global_batch(self):
-    make = _file_iterator(_tmpdir(self), num=22, global_batch_size=4,
-                          prefetch=0)
-    single = make()
-    shards = [make(process_index=p, process_count=2) for p in range(2)]
+    root = _tmpdir(self)
+    config = make_config(*make_dirs(root, 22), batch=4)
+    single, _ = datasets(config)
+    shards = [datasets(config, p, 2)[0] for p in range(2)]
     steps = single.steps_per_epoch
     self.assertEqual(steps, 5)  # 22 // 4: the incomplete last global batch is dropped
     epoch_ids = []
     for _ in range(2 * steps):  # two epochs
-      whole = _ids(next(single))
-      parts = [_ids(next(s)) for s in shards]
+      whole = ids_of(next(single))
+      parts = [ids_of(next(s)) for s in shards]
       self.assertLen(parts[0], 2)
       self.assertEmpty(set(parts[0]) & set(parts[1]))
       self.assertEqual(parts[0] + parts[1], whole)  # process p holds rows [p*b, (p+1)*b)
       epoch_ids.append(whole)
+    for iterator in (single, *shards):
+      iterator.close()
     first, second = sum(epoch_ids[:steps], []), sum(epoch_ids[steps:], [])
     self.assertLen(set(first), 20)  # no sample twice in an epoch
     self.assertNotEqual(first, second)  # reshuffled with seed + epoch
 
+  def test_replacements_do_not_depend_on_the_process_count(self):
+    root = _tmpdir(self)
+    token_dir, latent_dir = make_dirs(root, 12)
+    for i in (0, 5, 6):
+      np.save(os.path.join(latent_dir, f's{i:03d}.npy'), np.zeros(1, np.float32))
+    config = make_config(token_dir, latent_dir, batch=4, skip=True)
+    single, _ = datasets(config)
+    shards = [datasets(config, p, 2)[0] for p in range(2)]
+    for _ in range(6):
+      self.assertEqual(ids_of(next(single)), sum((ids_of(next(s)) for s in shards), []))
+    for iterator in (single, *shards):
+      iterator.close()
+
   def test_global_batch_must_divide_by_process_count(self):
-    make = _file_iterator(_tmpdir(self), num=8, prefetch=0)
+    config = make_config(batch=3)
     with self.assertRaisesRegex(ValueError, 'multiple of process_count'):
-      make(global_batch_size=3, process_index=0, process_count=2)
+      datasets(config, 0, 2)
 
 
 class StateTest(chex.TestCase, parameterized.TestCase):
 
-  @parameterized.product(prefetch=[0, 3], stop_at=[2, 5, 7], skip=[False, True])
-  def test_restore_reproduces_the_uninterrupted_batches(self, prefetch, stop_at, skip):
+  @parameterized.product(stop_at=[2, 5], skip=[False, True])
+  def test_restore_reproduces_the_uninterrupted_batches(self, stop_at, skip):
     root = _tmpdir(self)
-    make = _file_iterator(root, num=11, global_batch_size=4, prefetch=prefetch,
-                          skip_bad_files=skip, process_index=1, process_count=2)
+    token_dir, latent_dir = make_dirs(root, 11)
     if skip:
-      _rewrite_latent(np.full(LATENT_DIM, np.nan, np.float32))(None, os.path.join(root, 'lat'))
-    with make() as uninterrupted:
-      reference = _take(uninterrupted, 12)  # 2 steps per epoch: stop_at 2 is an epoch boundary
-      self.assertEqual(uninterrupted.get_state()['skipped'] > 0, skip)  # skipping exercised
-    interrupted = make()
-    head = _take(interrupted, stop_at)
-    state = interrupted.get_state()
-    interrupted.close()
-    self.assertEqual(state, json.loads(json.dumps(state)))
-    restored = make()
-    restored.set_state(state)
-    _assert_batches_equal(head + _take(restored, 12 - stop_at), reference)
-    restored.close()
+      _rewrite_latent(np.full(LATENT_DIM, np.nan, np.float32))(token_dir, latent_dir)
+    config = make_config(token_dir, latent_dir, batch=4, skip=skip)
+    with datasets(config, 1, 2)[0] as uninterrupted:
+      reference = take(uninterrupted, 8)  # 2 steps per epoch: stop_at 2 is an epoch boundary
+    with datasets(config, 1, 2)[0] as interrupted:
+      head = take(interrupted, stop_at)
+      state = interrupted.get_state()
+    self.assertEqual(state, json.loads(json.dumps(state)))  # what grain's handler writes
+    with datasets(config, 1, 2)[0] as restored:
+      restored.set_state(state)
+      assert_batches_equal(head + take(restored, 8 - stop_at), reference)
+    with datasets(config, 1, 2)[0] as from_step:  # no saved state: the position follows from the step
+      from_step.start_at_step(stop_at)
+      assert_batches_equal(head + take(from_step, 8 - stop_at), reference)
 
-  def test_state_counts_epochs_and_rejects_another_layout(self):
-    make = _file_iterator(_tmpdir(self), num=8, global_batch_size=4, prefetch=0)
-    iterator = make()
-    _take(iterator, 2)  # a whole epoch: the state says so rather than "end of epoch 0"
-    self.assertEqual((iterator.get_state()['epoch'], iterator.get_state()['index']), (1, 0))
-    next(iterator)
-    self.assertEqual(iterator.get_state()['epoch'], 1)
-    self.assertEqual(iterator.get_state()['index'], 4)
-    other = make(global_batch_size=2)
-    with self.assertRaisesRegex(ValueError, 'global_batch_size'):
-      other.set_state(iterator.get_state())
+  @pytest.mark.slow  # two grain worker processes start (spawn + imports: 5-20 s on 2 cores)
+  def test_worker_processes_give_the_same_batches_and_restore_exactly(self):
+    root = _tmpdir(self)
+    token_dir, latent_dir = make_dirs(root, 11)
+    _rewrite_latent(np.full(LATENT_DIM, np.nan, np.float32))(token_dir, latent_dir)
+    in_process = make_config(token_dir, latent_dir, batch=4, skip=True)
+    with datasets(in_process, 1, 2)[0] as uninterrupted:
+      reference = take(uninterrupted, 7)
+    workers = make_config(token_dir, latent_dir, batch=4, skip=True, workers=1)
+    with datasets(workers, 1, 2)[0] as interrupted:
+      head = take(interrupted, 3)
+      state = interrupted.get_state()
+    with datasets(workers, 1, 2)[0] as restored:
+      restored.set_state(state)
+      assert_batches_equal(head + take(restored, 4), reference)
+      self.assertEqual(restored.num_skipped, 1)
+    with datasets(in_process, 1, 2)[0] as fewer_workers:  # grain's state is per worker; the position is not
+      fewer_workers.set_state(state)
+      assert_batches_equal(head + take(fewer_workers, 4), reference)
+
+  def test_bad_sample_tally_is_restored(self):
+    root = _tmpdir(self)
+    token_dir, latent_dir = make_dirs(root, 8)
+    np.save(os.path.join(latent_dir, 's003.npy'), np.zeros(1, np.float32))
+    config = make_config(token_dir, latent_dir, batch=4, skip=True)
+    with datasets(config)[0] as first:
+      take(first, 2)
+      state = first.get_state()
+    self.assertEqual(first.num_skipped, 1)
+    with datasets(config)[0] as second:
+      second.set_state(state)
+      take(second, 4)  # meets s003 twice more
+      self.assertEqual(second.num_skipped, 1)
+
+  def test_state_of_another_layout_is_refused_naming_both(self):
+    root = _tmpdir(self)
+    dirs = make_dirs(root, 8)
+    with datasets(make_config(*dirs, batch=4))[0] as iterator:
+      next(iterator)
+      state = iterator.get_state()
+    with datasets(make_config(*dirs, batch=2))[0] as other, self.assertRaisesRegex(
+        data.DataError, 'global_batch_size=4, this run has 2'):
+      other.set_state(state)
+
+  def test_order_position_of_a_step(self):
+    self.assertEqual(data.order_position(0, 8, 5), (0, 0))
+    self.assertEqual(data.order_position(7, 8, 5), (1, 16))
 
 
 class SyntheticTest(chex.TestCase):
 
-  def test_synthetic_batches_are_deterministic_and_in_range(self):
-    config = _config(batch=8, val_ratio=0.25, eval_batch=4)
-    train_a, val_a = data.make_datasets(config, process_index=0, process_count=1)
-    train_b, _ = data.make_datasets(config, process_index=0, process_count=1)
-    batches = _take(train_a, 3)
-    _assert_batches_equal(batches, _take(train_b, 3))
+  def test_synthetic_batches_are_full_length_uniform_tokens_like_the_reference(self):
+    config = make_config(batch=8, val_ratio=0.25, eval_batch=4)
+    with datasets(config)[0] as train_a, datasets(config)[0] as train_b:
+      batches = take(train_a, 3)
+      assert_batches_equal(batches, take(train_b, 3))
     for batch in batches:
       ids, mask = batch['input_ids'], batch['attention_mask']
       self.assertEqual(ids.dtype, np.int32)
       self.assertEqual(mask.dtype, np.bool_)
       chex.assert_shape(batch['latent'], (8, LATENT_DIM))
       self.assertTrue(((ids >= 0) & (ids < VOCAB)).all())
-      self.assertTrue(mask[:, 0].all())  # every sample has tokens
-      np.testing.assert_array_equal(ids[~mask], 0)  # padding carries the pad id
+      self.assertTrue(mask.all())  # no padding, as the reference's --synthetic batches
       self.assertTrue(np.isfinite(batch['latent']).all())
-    masks = np.concatenate([b['attention_mask'] for b in batches])
-    self.assertFalse(masks.all())  # some padding
-    val = list(val_a())
+    all_ids = np.concatenate([b['input_ids'] for b in batches])
+    self.assertGreater(len(np.unique(all_ids)), VOCAB // 2)  # uniform over the vocabulary
+    val = list(datasets(config)[1]())
     self.assertLen(val, 4)  # 64 * 0.25 = 16 samples in batches of 4
     self.assertFalse(np.array_equal(val[0]['latent'], batches[0]['latent'][:4]))
-    other, _ = data.make_datasets(_config(batch=8, seed=8), process_index=0, process_count=1)
-    self.assertFalse(np.array_equal(next(other)['latent'], batches[0]['latent']))
-
-
-class ConfigTest(chex.TestCase):
-
-  def test_both_layouts_at_once_is_an_error(self):
-    with self.assertRaisesRegex(ValueError, 'not both'):
-      data.make_datasets(_config('a', 'b', data_dir='c'), process_index=0, process_count=1)
-    with self.assertRaisesRegex(ValueError, 'together'):
-      data.make_datasets(_config('a', ''), process_index=0, process_count=1)
-
-  def test_two_token_files_for_one_name_is_an_error(self):
-    root = _tmpdir(self)
-    token_dir, latent_dir = _make_dirs(root, 2)
-    _write_pair(token_dir, latent_dir, 's000', 0, suffix='_tokens.npz')  # s000.npz exists
-    with self.assertRaisesRegex(data.DataError, 's000'):
-      data.discover_samples(token_dir, latent_dir)
+    with datasets(make_config(batch=8, seed=8))[0] as other:
+      self.assertFalse(np.array_equal(next(other)['latent'], batches[0]['latent']))
 
 
 if __name__ == '__main__':

@@ -1,14 +1,17 @@
-"""The shipped demo dataset (data/kjv_demo) fits configs/demo.py and the training loader reads it."""
+"""The shipped demo dataset (data/kjv_demo) fits configs/demo.py, the training loader reads it, and the
+checker finds what is wrong with a damaged copy of it."""
 
 import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 
 from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import losses
+from lgdlm_jax import prepare_data
 from lgdlm_jax import text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,3 +56,29 @@ def test_demo_data_is_small_and_read_by_the_loader():
   with open(os.path.join(config.data.data_dir, 'texts.txt')) as f:
     num_texts = sum(1 for line in f if line.strip())
   assert num_texts == len(os.listdir(os.path.join(config.data.data_dir, 'latents', 'train')))
+
+
+def test_checker_names_a_truncated_file_a_wrong_latent_size_and_an_out_of_range_id(tmp_path, capsys):
+  copy = str(tmp_path / 'kjv_demo')
+  shutil.copytree(os.path.join(REPO, 'data', 'kjv_demo'), copy)
+  tokens, latents = os.path.join(copy, 'tokens', 'train'), os.path.join(copy, 'latents', 'train')
+  truncated = os.path.join(tokens, '000010_tokens.npz')
+  with open(truncated, 'rb') as f:
+    payload = f.read()
+  with open(truncated, 'wb') as f:
+    f.write(payload[:len(payload) // 2])
+  wrong_size = os.path.join(latents, '000020.npy')
+  np.save(wrong_size, np.zeros(383, np.float16))
+  out_of_range = os.path.join(tokens, '000030_tokens.npz')
+  with np.load(out_of_range) as arrays:
+    ids, mask = arrays['input_ids'].copy(), arrays['attention_mask']
+  ids[1] = 2048  # the vocabulary has 2048 entries
+  np.savez_compressed(out_of_range, input_ids=ids, attention_mask=mask)
+
+  assert prepare_data.main(['check', copy]) == 1
+  out = capsys.readouterr().out
+  assert '2500 samples checked' in out and '2497 good, 3 bad' in out, out
+  assert f'{truncated}: cannot read token file' in out
+  assert f'{wrong_size}: latent shape (383,), expected [384]' in out
+  assert f'{out_of_range}: input_ids[1] = 2048 outside [0, 2048)' in out
+  assert prepare_data.main(['check', os.path.join(REPO, 'data', 'kjv_demo')]) == 0

@@ -1,4 +1,4 @@
-"""prepare_data writes the reference's token/latent files, and lgdlm_jax.data reads them back exactly."""
+"""prepare_data writes the reference's token/latent files (or packed shards), and lgdlm_jax.data reads them back exactly."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import pytest
 
 from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import prepare_data
 from lgdlm_jax import text
+from lgdlm_jax.data import prepare as prepare_data
 
 TEXTS = [
     'In the beginning God created the heaven and the earth.',
@@ -36,7 +36,7 @@ def loader_config(out_dir, info):
   config.model.update(vocab_size=info['vocab_size'], max_seq_len=info['seq_len'], latent_dim=info['latent_dim'])
   config.tokenizer.update(vocab_size=info['vocab_size'], pad_token_id=info['pad_token_id'],
                           mask_token_id=info['mask_token_id'])
-  config.data.update(data_dir=out_dir, val_ratio=0.25, num_workers=1, prefetch_batches=0)
+  config.data.update(data_dir=out_dir, val_ratio=0.25, num_workers=0, prefetch_batches=1)
   config.training.update(train_batch_size=6, eval_batch_size=2)
   return config
 
@@ -75,6 +75,18 @@ def test_written_files_are_read_back_by_the_training_loader(tmp_path, latent_dty
     batch = next(train)
   assert batch['input_ids'].shape == (6, 16) and batch['latent'].shape == (6, LATENT_DIM)
   assert next(val_batches())['input_ids'].shape == (2, 16)
+
+  # The same texts written as packed shards give the same batches (latents rounded to the same dtype).
+  packed_dir = str(tmp_path / 'packed')
+  assert prepare_data.write_dataset(TEXTS, tokenizer, fake_encoder, packed_dir, seq_len=16, latent_dtype=latent_dtype,
+                                    batch_size=3, packed=True) == info
+  packed_train, packed_val = data.make_datasets(loader_config(packed_dir, info), process_index=0, process_count=1)
+  with packed_train, data.make_datasets(config, process_index=0, process_count=1)[0] as files_train:
+    for _ in range(3):
+      expected, got = next(files_train), next(packed_train)
+      for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+  np.testing.assert_array_equal(next(packed_val())['latent'], next(val_batches())['latent'])
 
 
 def test_truncation_keeps_the_closing_token_and_is_counted(tmp_path):

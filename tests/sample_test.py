@@ -11,7 +11,7 @@ from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
-from lgdlm_jax import prepare_data
+from lgdlm_jax.data import prepare as prepare_data
 from lgdlm_jax import sample
 from lgdlm_jax import text
 from lgdlm_jax import train
@@ -38,7 +38,7 @@ def make_workdir(workdir: str):
   model = model_lib.MultimodalMMDiT(config.model)
   state = train.init_state(config, model, optimizer_lib.make_optimizer(config), jax.random.key(0))
   manager = checkpoint.make_manager(workdir, config)
-  checkpoint.save(manager, 3, state, {'epoch': 0, 'index': 0, 'skipped': 0})
+  checkpoint.save(manager, 3, state)
   manager.wait_until_finished()
   manager.close()
   return config, state

@@ -88,6 +88,7 @@ RULES: dict[str, Rule] = {
     'data.val_ratio': number(0.0, 1.0, below_max=True),
     'data.max_samples': NON_NEGATIVE,
     'data.skip_bad_files': boolean,
+    'data.max_bad_fraction': number(0.0, 1.0),
     'data.synthetic_num_samples': POSITIVE,
     'data.num_workers': NON_NEGATIVE,
     'data.prefetch_batches': NON_NEGATIVE,

@@ -59,16 +59,21 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
   config.data = ml_collections.ConfigDict(dict(
-      # Empty directories mean synthetic data.
+      # Empty directories mean synthetic data; data_dir may also be a packed directory
+      # (python -m lgdlm_jax.prepare_data pack), recognised by its manifest.json.
       token_dir='',
       latent_dir='',
       data_dir='',
       split='train',  # with data_dir: the tokens/<split>/ and latents/<split>/ folders
       val_ratio=0.05,
       max_samples=0,  # 0 = all
+      # Replace a corrupt sample by the next good one instead of stopping, up to max_bad_fraction
+      # of the whole dataset (distinct samples, decided by all processes together).
       skip_bad_files=False,
+      max_bad_fraction=0.01,
       synthetic_num_samples=4096,
-      num_workers=2,
+      # grain worker processes that read and decode batches (0 = reader threads in the training process).
+      num_workers=0,
       prefetch_batches=2,
   ))
 

