@@ -142,8 +142,8 @@ def test_splash_model_equals_xla_model_in_outputs_and_parameter_gradients(stream
 
 @pytest.mark.parametrize('platform, dtype, max_seq_len, expected', [
     ('tpu', 'bfloat16', 4096, 'splash'), ('gpu', 'bfloat16', 4096, 'cudnn'), ('gpu', 'float32', 4096, 'blockwise'),
-    ('cpu', 'float32', 128, 'xla'), ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM - 1, 'xla'),
-    ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM, 'blockwise')])
+    ('cpu', 'float32', 128, 'xla'), ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM - 2, 'xla'),
+    ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM - 1, 'blockwise'), ('cpu', 'float32', 4096, 'blockwise')])
 def test_auto_resolves_by_platform_dtype_and_length(platform, dtype, max_seq_len, expected):
   config = config_lib.default_config()
   config.model.update(dtype=dtype, max_seq_len=max_seq_len)

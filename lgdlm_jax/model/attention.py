@@ -18,9 +18,9 @@ with padded text keys (key_masks[m] False) excluded and the latent token always 
   not partition a pallas_call.
 - `auto` (the default) is replaced by `resolve` once the platform is known (after jax.distributed
   start-up, before the model is built): TPU -> splash; GPU -> cudnn in bfloat16, else blockwise;
-  CPU -> xla while the joint sequence (max_seq_len + 1) is at most CPU_BLOCKWISE_FROM tokens,
-  blockwise beyond (the faster of the two for that length on CPU, and the one whose memory does
-  not grow with S^2).
+  CPU -> xla below CPU_BLOCKWISE_FROM joint tokens (max_seq_len + 1), blockwise from there. xla
+  was the faster of the two on CPU at every length measured (128 to 2048 tokens: 1.1-1.7x, README
+  "Attention backends on CPU"); from 4096 tokens its scores take GBs per layer, so blockwise.
 """
 
 import functools
@@ -35,9 +35,8 @@ from lgdlm_jax.model import blockwise_attention
 
 # The names are lgdlm_jax.config.schema.CHOICES['model.attention'] less 'auto'.
 BACKENDS = ('xla', 'blockwise', 'cudnn', 'splash')
-# Measured on a 2-core CPU (forward + backward of one attention layer, B = 8, 8 x 64 heads):
-# README, "Attention backends on CPU".
-CPU_BLOCKWISE_FROM = 1024
+# benchmarks/attention_cpu.py measures the two on CPU (forward + backward of one layer).
+CPU_BLOCKWISE_FROM = 4096
 RESIDUAL_NAME = blockwise_attention.RESIDUAL_NAME
 # cuDNN pads its tiles to 64 tokens anyway; padding the sequence to that also makes it even.
 CUDNN_BLOCK = 64
@@ -68,7 +67,7 @@ def auto_backend(model_config: ml_collections.ConfigDict, platform: str) -> str:
   if platform in ('gpu', 'cuda'):
     return 'cudnn' if model_config.dtype == 'bfloat16' else 'blockwise'
   if platform == 'cpu':
-    return 'xla' if model_config.max_seq_len + 1 <= CPU_BLOCKWISE_FROM else 'blockwise'
+    return 'xla' if model_config.max_seq_len + 1 < CPU_BLOCKWISE_FROM else 'blockwise'
   return 'blockwise'
 
 

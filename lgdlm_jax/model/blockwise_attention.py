@@ -106,11 +106,13 @@ def attention(q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array, v_BxKxHxD: jax.Array, 
               block_size: int) -> jax.Array:
   """softmax(q k^T / sqrt(D), keys with valid = False excluded) v, in q's dtype.
 
-  The keys are padded (as invalid) to a multiple of block_size, or of K itself if that is smaller.
+  The keys are split into ceil(K / block_size) equal blocks of at most block_size keys, padded
+  (as invalid keys) by fewer than one key per block: 4097 keys run as 9 blocks of 456.
   """
   num_keys = k_BxKxHxD.shape[1]
-  block_size = min(block_size, num_keys)
-  pad = -num_keys % block_size
+  num_blocks = -(-num_keys // block_size)
+  block_size = -(-num_keys // num_blocks)
+  pad = num_blocks * block_size - num_keys
   if pad:
     widths = ((0, 0), (0, pad), (0, 0), (0, 0))
     k_BxKxHxD, v_BxKxHxD = jnp.pad(k_BxKxHxD, widths), jnp.pad(v_BxKxHxD, widths)
