@@ -1,17 +1,14 @@
 """Cluster config: the reference's `mmdit_cycle_vae_cluster.yaml` (H=1024, 24 blocks, C=1024, S=4096,
 D=32, R=2, bfloat16 compute, AdamW lr 5e-5, cosine after 2000 warmup steps, both cycle terms on).
 Meant for a TPU slice of 8 chips (e.g. v5e-8): parameters and AdamW state fully sharded over the 8
-chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4 per GPU), and the
-MMDiT blocks rematerialised keeping only their matmul outputs (see below on memory per chip). On another slice
-set --config.mesh.fsdp to its chip count (or fewer, the rest then split the data) and the batch to a
-multiple of the chip count.
+chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4 per GPU), the
+MMDiT blocks rematerialised keeping every matmul output (remat 'dots'), attention chosen for the
+platform at start-up (model.attention='auto': the splash kernel on TPU, cuDNN on GPU), float32
+residual streams. On another slice set --config.mesh.fsdp to its chip count (or fewer, the rest
+then split the data) and the batch to a multiple of the chip count.
 
-Unverified: no TPU was available to this project. On the CPU backend, XLA's memory analysis of
-the step (`python -m lgdlm_jax.bench --config configs/cluster.py --compile_only
---config.mesh.fsdp=1 --config.training.train_batch_size=1`) reports 30.7 GB of temporaries for
-one 4096-token sequence (20.3 GB with remat_policy='full'); if a TPU's analysis is similar, one
-sequence does not fit a 16 GiB chip even with full remat, and the run needs chips with more memory
-or a shorter max_seq_len. Check with the same command on the target before a long run.
+Check that a variant fits before renting the slice (README, "Check a config before renting"):
+    python -m lgdlm_jax.bench --compile_only --topology v5e:2x4 --config configs/cluster.py
 
 Use: python -m lgdlm_jax.main --config configs/cluster.py --workdir DIR \
        --config.data.token_dir=... --config.data.latent_dir=...

@@ -4,10 +4,12 @@ Prints one JSON line: config, backend, device, compile seconds, steps/s, tokens/
 step, MFU (on accelerators whose peak is known) and peak device memory. Timing starts after
 `--warmup` steps and blocks on the result of the last step only, so dispatch overlaps as in training.
 With --compile_only the step is compiled from shapes alone (nothing allocated) and the line reports
-compile seconds and XLA's memory analysis instead, e.g. for the cluster config on one device:
+compile seconds and the compiler's memory analysis per device instead; with --topology it is
+compiled for accelerators this machine does not have (lgdlm_jax.aot), and says whether it fits:
 
-    python -m lgdlm_jax.bench --config configs/cluster.py --compile_only \
-        --config.mesh.fsdp=1 --config.training.train_batch_size=1
+    python -m lgdlm_jax.bench --compile_only --topology v5e:2x4 --config configs/cluster.py
+    JAX_PLATFORMS=cpu python -m lgdlm_jax.bench --compile_only --topology h100:8 --config configs/cluster.py \
+        --config.training.train_batch_size=32
 """
 
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lgdlm_jax import aot
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import losses
@@ -26,6 +29,7 @@ from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import sharding
 from lgdlm_jax import train
+from lgdlm_jax.model import attention as model_attention
 from lgdlm_jax.model import flops as model_flops
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
@@ -34,7 +38,7 @@ PEAK_FLOPS = {
     'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12,
 }
 MODEL_KEYS = ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'vocab_size', 'latent_dim', 'num_residual_streams',
-              'cluster_size', 'dtype', 'remat_policy', 'scan_unroll')
+              'cluster_size', 'dtype', 'residual_dtype', 'attention', 'remat_policy', 'scan_unroll')
 
 
 def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
@@ -63,36 +67,39 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
   }
 
 
-def _describe(config: ml_collections.ConfigDict) -> dict:
+def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], platform: str) -> dict:
   """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
-  device = jax.devices()[0]
   return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
-          'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0), 'backend': jax.default_backend(),
-          'device': device.device_kind, 'devices': jax.device_count(), 'jax': jax.__version__,
+          'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
+          'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0), 'backend': platform,
+          'device': devices[0].device_kind, 'devices': len(devices), 'jax': jax.__version__,
           'model_flops_per_step': train_flops_per_step(config)}
 
 
-def compile_only(config: ml_collections.ConfigDict) -> dict:
-  """Compiles the train step from shapes alone (no parameters are created) and reports the compile
-  seconds and XLA's memory analysis of the step: how a large config fits before any run."""
+def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
+  """Compiles the train step from shapes alone (no parameters are created) for this machine's devices
+  or for `topology` (lgdlm_jax.aot), and reports the compile seconds and the compiler's memory
+  analysis of the step per device: how a large config fits before any run."""
   config = config_lib.finalize(config)
+  devices, platform = aot.target_devices(topology) if topology else (jax.devices(), jax.default_backend())
+  process_count = aot.processes(devices) if topology else jax.process_count()
+  config = config_lib.for_processes(config, process_count)
+  config_lib.check_devices(config, len(devices), process_count)
+  config = model_attention.resolve(config, platform)
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config)
+  mesh = sharding.make_mesh(config, devices)
   abstract_state, shardings = train.abstract_state_and_shardings(config, model, optimizer, mesh, jax.random.key(0))
   step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(config))
+  abstract_key = jax.eval_shape(lambda: jax.random.key(1))
   started = time.perf_counter()
-  lowered = step_fn.lower(abstract_state, abstract_batch, jax.random.key(1))
+  lowered = step_fn.lower(abstract_state, abstract_batch, abstract_key)
   lower_seconds = time.perf_counter() - started
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started
-  memory = compiled.memory_analysis()
-  return {
-      **_describe(config), 'trace_and_lower_s': round(lower_seconds, 2), 'compile_s': round(compile_seconds, 2),
-      'argument_bytes': getattr(memory, 'argument_size_in_bytes', None),
-      'temp_bytes': getattr(memory, 'temp_size_in_bytes', None),
-  }
+  return {**_describe(config, devices, platform), 'trace_and_lower_s': round(lower_seconds, 2),
+          'compile_s': round(compile_seconds, 2), **aot.memory_report(compiled.memory_analysis(), devices[0])}
 
 
 def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
@@ -102,7 +109,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   sync_each_step: wait for every step and report each one's seconds ('step_seconds'), so that a
   noisy machine's outliers can be seen; steps then no longer overlap their dispatch.
   """
-  config = config_lib.finalize(config)
+  config = model_attention.resolve(config_lib.finalize(config), jax.default_backend())
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
@@ -135,7 +142,8 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   peak = peak_flops(device)
   memory = device.memory_stats() or {}
   return {
-      **_describe(config), 'compile_s': round(compile_seconds, 2), 'steps_per_s': steps_per_sec,
+      **_describe(config, jax.devices(), jax.default_backend()), 'compile_s': round(compile_seconds, 2),
+      'steps_per_s': steps_per_sec,
       'tokens_per_s': steps_per_sec * b * s,
       'mfu': None if peak is None else train_flops_per_step(config) * steps_per_sec / (peak * jax.device_count()),
       'peak_memory_bytes': memory.get('peak_bytes_in_use'), 'final_loss': float(metrics['loss']),
@@ -148,17 +156,24 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_integer('steps', 10, 'Timed steps.', flag_values=flag_values)
   flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.', flag_values=flag_values)
   flags.DEFINE_boolean('compile_only', False, 'Only compile the step from shapes (no parameters are created) and '
-                       'report compile time and XLA memory analysis.', flag_values=flag_values)
+                       'report compile time and the memory analysis per device.', flag_values=flag_values)
+  flags.DEFINE_string('topology', '', 'With --compile_only: compile for these accelerators instead of this '
+                      "machine's: a TPU slice (v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x2; needs requirements-tpu.txt) "
+                      'or NVIDIA GPUs (h100, h100:8 for an 8-GPU node; needs requirements-cuda.txt and '
+                      'JAX_PLATFORMS=cpu).', flag_values=flag_values)
 
 
 def work(flag_values: flags.FlagValues, args: list[str]) -> None:
   if args:
     raise cli.UsageError(f'unexpected arguments: {" ".join(args)}')
-  config = config_lib.for_processes(config_lib.finalize(flag_values.config), jax.process_count())
-  config_lib.check_devices(config, jax.device_count(), jax.process_count())
+  config = config_lib.finalize(flag_values.config)
+  if flag_values.topology and not flag_values.compile_only:
+    raise cli.UsageError('--topology needs --compile_only (a step can only run on the devices this machine has)')
   if flag_values.compile_only:
-    print(json.dumps(compile_only(config)))
+    print(json.dumps(compile_only(config, flag_values.topology)))
   else:
+    config = config_lib.for_processes(config, jax.process_count())
+    config_lib.check_devices(config, jax.device_count(), jax.process_count())
     print(json.dumps(benchmark(config, flag_values.steps, flag_values.warmup)))
 
 

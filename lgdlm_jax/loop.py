@@ -24,6 +24,7 @@ from lgdlm_jax import sharding
 from lgdlm_jax import train
 from lgdlm_jax.convert import init_from
 from lgdlm_jax.evaluation import examples as eval_examples
+from lgdlm_jax.model import attention as model_attention
 
 
 class NonFiniteError(RuntimeError):
@@ -66,7 +67,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   config_lib.check_devices(config, jax.device_count(), jax.process_count())
   initial = init_from.load(config, workdir)  # every check of init_from, before any work
   compile_cache.use(config, workdir)
-  model = model_lib.MultimodalMMDiT(config.model)
+  # config.json keeps 'auto'; the model gets the backend it stands for on this platform.
+  model_config = model_attention.resolve(config, jax.default_backend()).model
+  logging.info('Attention: %s (model.attention=%s)', model_config.attention, config.model.attention)
+  model = model_lib.MultimodalMMDiT(model_config)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
   seed_key = jax.random.key(config.training.seed)

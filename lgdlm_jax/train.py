@@ -105,13 +105,23 @@ def eval_step(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model
   return metrics
 
 
+def _traced_under(mesh, fn):
+  """fn, traced with `mesh` as the ambient mesh: layers that must know it (the splash attention's
+  shard_map) read it there instead of having it passed through every module."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return traced
+
+
 def compile_steps(config, model, optimizer, mesh, state_shardings):
   """Jitted train step, validation-loss step and sampler evaluation, with explicit shardings; the
-  train state is donated."""
+  train state is donated. Each is traced under `mesh` as the ambient mesh."""
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   step_fn = jax.jit(
-      functools.partial(train_step, model=model, config=config, optimizer=optimizer),
+      _traced_under(mesh, functools.partial(train_step, model=model, config=config, optimizer=optimizer)),
       in_shardings=(state_shardings, batch_sharding, replicated),
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,),
@@ -119,8 +129,9 @@ def compile_steps(config, model, optimizer, mesh, state_shardings):
   if config.debug.check_finite:
     step_fn = chex.chexify(step_fn, async_check=False)
   eval_in_shardings = (state_shardings.params, batch_sharding, replicated)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model, config=config),
+  eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_step, model=model, config=config)),
                     in_shardings=eval_in_shardings, out_shardings=replicated)
-  sample_eval_fn = jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config),
+  sample_eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_metrics.evaluate_batch, model=model,
+                                                                 config=config)),
                            in_shardings=eval_in_shardings, out_shardings=replicated)
   return step_fn, eval_fn, sample_eval_fn

@@ -61,6 +61,18 @@ def choice(key: str, value: Any) -> None:
     raise _bad(key, value, f'expected one of {", ".join(schema.CHOICES[key])}')
 
 
+def optional_choice(key: str, value: Any) -> None:
+  if value is not None and value not in schema.CHOICES[key]:
+    raise _bad(key, value, f'expected None or one of {", ".join(schema.CHOICES[key])}')
+
+
+def multiple_of(step: int) -> Rule:
+  def check(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < step or value % step:
+      raise _bad(key, value, f'expected a positive multiple of {step}')
+  return check
+
+
 POSITIVE = integer(1)
 NON_NEGATIVE = integer(0)
 RULES: dict[str, Rule] = {
@@ -76,6 +88,12 @@ RULES: dict[str, Rule] = {
     'model.cluster_size': NON_NEGATIVE,
     'model.dropout': number(0.0, 1.0, below_max=True),
     'model.dtype': choice,
+    'model.residual_dtype': choice,
+    'model.matmul_precision': optional_choice,
+    'model.attention': choice,
+    'model.blockwise_block_size': POSITIVE,
+    # The TPU's lane width.
+    'model.splash_block_size': multiple_of(128),
     'model.remat_policy': choice,
     'model.scan_unroll': POSITIVE,
     'model.latent_timesteps': POSITIVE,
@@ -197,6 +215,9 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
   if bool(data.token_dir) != bool(data.latent_dir):
     raise ConfigError(f'data.token_dir={data.token_dir!r} and data.latent_dir={data.latent_dir!r}: set both or '
                       'neither')
+  if model.attention == 'cudnn' and model.dtype != 'bfloat16':
+    raise ConfigError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
+                      f'bfloat16 or float16 only), not {model.dtype!r}')
   if config.training.eval_sample_batches > config.training.eval_batches:
     raise ConfigError(f'training.eval_sample_batches={config.training.eval_sample_batches} > '
                       f'training.eval_batches={config.training.eval_batches}')

@@ -7,9 +7,14 @@ This module imports nothing from lgdlm_jax, so every room may read it.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 CHOICES: dict[str, tuple[str, ...]] = {
     'model.dtype': ('float32', 'bfloat16'),
+    'model.residual_dtype': ('float32', 'bfloat16'),
+    'model.attention': ('auto', 'xla', 'blockwise', 'cudnn', 'splash'),
+    # jax.lax.Precision names; None (the default) leaves jax.default_matmul_precision in charge.
+    'model.matmul_precision': ('default', 'high', 'highest'),
     'model.remat_policy': ('none', 'full', 'dots'),
     'model.latent_beta_schedule': ('cosine', 'linear', 'sigmoid'),
     'model.latent_parameterization': ('epsilon', 'x0', 'v_param'),
@@ -47,6 +52,16 @@ def default_config() -> ml_collections.ConfigDict:
       dropout=0.0,
       # Compute dtype of matmuls; parameters stay float32. 'bfloat16' on accelerators.
       dtype='float32',
+      # The residual streams between blocks; float32 keeps bfloat16 rounding out of their sums.
+      residual_dtype='float32',
+      # Precision of every matmul (default/high/highest); None: jax's own default.
+      matmul_precision=config_dict.placeholder(str),
+      # Attention backend (lgdlm_jax/model/attention.py): 'auto' picks one for the platform at start-up.
+      attention='auto',
+      # Keys per block of the blockwise backend's online softmax.
+      blockwise_block_size=512,
+      # Largest block of the splash kernel (a multiple of 128; it is lowered to divide the padded sequence).
+      splash_block_size=512,
       # Rematerialisation of each MMDiT block in the backward pass: 'none', 'full' or 'dots'.
       remat_policy='none',
       # MMDiT blocks per scan iteration; >= n_blocks unrolls them all, which runs faster on CPU,

@@ -91,11 +91,12 @@ def torch_linear(
     use_bias: bool = True,
     kernel_init: Callable[..., jax.Array] | None = None,
     bias_init: Callable[..., jax.Array] | None = None,
+    dot_general: Callable[..., jax.Array] | None = None,
 ) -> nn.Dense:
   """A Dense layer initialised like torch.nn.Linear(fan_in, features).
 
   Kernel layout is [in, out] (the transpose of torch's weight); parameters are float32 and the
-  matmul runs in `dtype`.
+  matmul runs in `dtype` (dot_general: e.g. one with preferred_element_type for a wider output).
   """
   return nn.Dense(
       features,
@@ -105,6 +106,7 @@ def torch_linear(
       kernel_init=kernel_init or _torch_uniform(fan_in),
       bias_init=bias_init or _torch_uniform(fan_in),
       precision=None,
+      dot_general=dot_general,
       name=name,
   )
 

@@ -9,13 +9,13 @@ Submodule names follow the PyTorch state dict with each numeric index joined to 
 (`attn_layernorms.0.to_cond.2` -> `attn_layernorms_0/to_cond_2`); see lgdlm_jax.convert.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lgdlm_jax.model import attention as attention_lib
 from lgdlm_jax.model import hyper_connections
 from lgdlm_jax.model import layers
 
@@ -26,10 +26,14 @@ ATTN_HEADS = 8
 ATTN_HEAD_DIM = 64
 
 # The names are lgdlm_jax.config.schema.CHOICES['model.remat_policy'].
+# 'dots' saves every matmul output: the linear layers' and, with the fused attention backends, the
+# attention's output and log-sum-exp (so its forward is not run again in the backward pass).
 REMAT_POLICIES = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,
-    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'dots': jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(attention_lib.RESIDUAL_NAME)),
 }
 
 
@@ -54,53 +58,32 @@ class AdaptiveLayerNorm(nn.Module):
 class JointAttention(nn.Module):
   """Softmax attention over the tokens of all modalities together (text first), per modality.
 
-  Each modality has its own qkv and output projections (no biases). Masked keys get the most
-  negative finite value, as x_transformers does; a finite value (not -inf) keeps rows finite.
-
-  The joint softmax is computed per (query modality, key modality) block, never concatenating
-  the modalities' tokens: scores[m][j] = q_m k_j^T, one max and one normaliser over all j, then
-  out_m = sum_j weights[m][j] v_j. That is the same attention as over the concatenated sequence
-  (up to float rounding), but it skips the copies into and out of the joint [B, S+1, 3, 8, 64]
-  tensor and keeps the big text x text block at S x S instead of (S+1) x (S+1); the attention's
-  forward and backward ran 1.4x faster that way on CPU (S = 256, B = 16).
+  Each modality has its own qkv and output projections (no biases); the attention itself is
+  lgdlm_jax.model.attention.joint_attention with the backend `attention.backend`. Masked keys are
+  excluded; the latent token is never masked, so no query row is ever fully masked.
   """
 
   dims: tuple[int, ...]
-  dtype: Any
+  attention: attention_lib.AttentionOptions
 
   @nn.compact
   def __call__(self, inputs: tuple[jax.Array, ...],
                key_masks: tuple[jax.Array | None, ...]) -> tuple[jax.Array, ...]:
     inner = ATTN_HEADS * ATTN_HEAD_DIM
+    dtype = self.attention.dtype
     qs, ks, vs = [], [], []
     for m, (x_BxNxH, dim) in enumerate(zip(inputs, self.dims)):
-      qkv = layers.torch_linear(3 * inner, dim, name=f'to_qkv_{m}', dtype=self.dtype, use_bias=False)(x_BxNxH)
+      qkv = layers.torch_linear(3 * inner, dim, name=f'to_qkv_{m}', dtype=dtype, use_bias=False)(x_BxNxH)
       # Features are laid out (qkv, heads, head_dim) in that order.
       q, k, v = jnp.split(qkv.reshape(*qkv.shape[:2], 3, ATTN_HEADS, ATTN_HEAD_DIM), 3, axis=2)
       qs.append(q[:, :, 0])
       ks.append(k[:, :, 0])
       vs.append(v[:, :, 0])
 
+    attended = attention_lib.joint_attention(tuple(qs), tuple(ks), tuple(vs), key_masks, self.attention)
     outputs = []
-    for m, (q_BxQxKxD, dim) in enumerate(zip(qs, self.dims)):
-      scores = []
-      for k_BxNxKxD, mask_BxN in zip(ks, key_masks):
-        s_BxKxQxN = jnp.einsum('bqhd,bkhd->bhqk', q_BxQxKxD, k_BxNxKxD, preferred_element_type=jnp.float32)
-        s_BxKxQxN = s_BxKxQxN * (ATTN_HEAD_DIM**-0.5)
-        if mask_BxN is not None:
-          s_BxKxQxN = jnp.where(mask_BxN[:, None, None, :], s_BxKxQxN, jnp.finfo(jnp.float32).min)
-        scores.append(s_BxKxQxN)
-      # As jax.nn.softmax: the max is a constant for differentiation.
-      max_BxKxQx1 = jax.lax.stop_gradient(
-          functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores]))
-      exps = [jnp.exp(s - max_BxKxQx1) for s in scores]
-      total_BxKxQx1 = sum(jnp.sum(e, axis=-1, keepdims=True) for e in exps)
-      # Each block's weighted values are accumulated in float32 and rounded to the compute dtype
-      # once, as a single matmul over the concatenated keys would.
-      out_BxQxKxD = sum(jnp.einsum('bhqk,bkhd->bqhd', (e / total_BxKxQx1).astype(self.dtype), v,
-                                   preferred_element_type=jnp.float32)
-                        for e, v in zip(exps, vs)).astype(self.dtype)
-      to_out = layers.torch_linear(dim, inner, name=f'to_out_{m}', dtype=self.dtype, use_bias=False)
+    for m, (out_BxQxKxD, dim) in enumerate(zip(attended, self.dims)):
+      to_out = layers.torch_linear(dim, inner, name=f'to_out_{m}', dtype=dtype, use_bias=False)
       outputs.append(to_out(out_BxQxKxD.reshape(*out_BxQxKxD.shape[:2], inner)))
     return tuple(outputs)
 
@@ -124,6 +107,7 @@ class MMDiTBlock(nn.Module):
   cond_dim: int
   num_streams: int
   dtype: Any
+  attention: attention_lib.AttentionOptions
 
   @nn.compact
   def __call__(self, streams: tuple[jax.Array, jax.Array], silu_cond_BxC: jax.Array,
@@ -147,7 +131,7 @@ class MMDiTBlock(nn.Module):
     branch_inputs, states = zip(*(res.width(s) for res, s in zip(attn_residuals, streams)))
     normed = [AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'attn_layernorms_{m}')(x, silu_cond_BxC)
               for m, x in enumerate(branch_inputs)]
-    attended = JointAttention(dims, self.dtype, name='joint_attn')(tuple(normed), key_masks)
+    attended = JointAttention(dims, self.attention, name='joint_attn')(tuple(normed), key_masks)
     streams = tuple(res.depth(out * g, st)
                     for res, out, g, st in zip(attn_residuals, attended, attn_gammas, states))
 
@@ -176,6 +160,10 @@ class MMDiT(nn.Module):
   cond_dim: int
   num_streams: int
   dtype: Any
+  attention: attention_lib.AttentionOptions
+  # The residual streams' dtype: float32 keeps bfloat16 rounding out of the sums that run through
+  # every block (the branches still compute in `dtype`).
+  residual_dtype: Any = jnp.float32
   remat_policy: str = 'none'
   scan_unroll: int = 1
 
@@ -196,9 +184,9 @@ class MMDiT(nn.Module):
         in_axes=(nn.broadcast, nn.broadcast),
         length=self.depth,
         unroll=min(self.scan_unroll, self.depth),
-    )(self.dim, self.cond_dim, self.num_streams, self.dtype, name='blocks')
+    )(self.dim, self.cond_dim, self.num_streams, self.dtype, self.attention, name='blocks')
 
-    streams = tuple(hyper_connections.expand_streams(x.astype(self.dtype), self.num_streams)
+    streams = tuple(hyper_connections.expand_streams(x.astype(self.residual_dtype), self.num_streams)
                     for x in (text_BxSxH, latent_BxLxH))
     streams, _ = blocks(streams, nn.silu(cond_BxC), (text_mask_BxS, None))
     return tuple(layers.RMSNorm(name=f'norms_{m}')(hyper_connections.reduce_streams(s, self.num_streams))

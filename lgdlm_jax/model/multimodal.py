@@ -5,10 +5,16 @@
     text_logits_BxSxV, latent_pred_Bx1xD = model.apply({'params': params}, tokens_BxS, latents_BxD,
                                                        t_text_B, t_latent_B, attention_mask=mask_BxS)
 
-Parameters are float32; `model.dtype` ('float32' or 'bfloat16') sets the compute dtype. Norms,
-softmax and the hyper-connection mixing run in float32. Outputs are returned in float32.
+Parameters are float32; `model.dtype` ('float32' or 'bfloat16') sets the compute dtype of the
+matmuls. Norms, softmax, the hyper-connection mixing and (`model.residual_dtype`, float32 by
+default) the residual streams run in float32; the text heads' matmuls accumulate into float32
+logits. `model.matmul_precision` (None: the ambient jax.default_matmul_precision) sets the
+precision of every matmul, and `model.attention` the attention backend (lgdlm_jax.model.attention;
+'auto' must be resolved for the platform first).
 """
 
+import contextlib
+import functools
 import math
 from typing import Any
 
@@ -17,11 +23,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lgdlm_jax.model import attention as attention_lib
 from lgdlm_jax.model import layers
 from lgdlm_jax.model import mmdit
 
 # The names are lgdlm_jax.config.schema.CHOICES['model.dtype'].
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# Matmuls with this dot_general return float32 whatever their inputs' dtype.
+_FLOAT32_OUTPUT_DOT = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+
+
 TIMESTEP_FREQUENCY_DIM = 256
 def timestep_features(t_B: jax.Array, dim: int = TIMESTEP_FREQUENCY_DIM, max_period: float = 10000.0) -> jax.Array:
   """Sinusoidal features [cos(t f), sin(t f)] with f_i = exp(-ln(max_period) i / (dim/2)).
@@ -126,6 +137,13 @@ class MultimodalMMDiT(nn.Module):
     and cluster logits then have that many rows. The vocabulary projection is a quarter of the
     model's FLOPs at H = 512, V = 8192.
     """
+    precision = self.config.matmul_precision
+    with contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision):
+      return self._forward(text_tokens, latents, text_timesteps, latent_timesteps, attention_mask, deterministic,
+                           text_head_rows)
+
+  def _forward(self, text_tokens, latents, text_timesteps, latent_timesteps, attention_mask, deterministic,
+               text_head_rows) -> tuple[jax.Array, ...]:
     cfg = self.config
     dtype = COMPUTE_DTYPES[cfg.dtype]
     h, c = cfg.hidden_size, cfg.cond_dim
@@ -149,7 +167,8 @@ class MultimodalMMDiT(nn.Module):
     cond_BxC = MultimodalConditioning(c, dtype, name='conditioning')(text_t_B, latent_t_B)
 
     text_out, latent_out = mmdit.MMDiT(
-        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, cfg.remat_policy, cfg.scan_unroll, name='mmdit',
+        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, attention_lib.options_from_config(cfg, dtype),
+        COMPUTE_DTYPES[cfg.residual_dtype], cfg.remat_policy, cfg.scan_unroll, name='mmdit',
     )(text_BxSxH, latent_Bx1xH, cond_BxC, text_mask_BxS)
 
     if text_head_rows is not None:
@@ -165,6 +184,9 @@ class MultimodalMMDiT(nn.Module):
     return outputs
 
   def _text_head(self, name: str, text_out_BxSxH: jax.Array, dtype: Any) -> jax.Array:
+    # Logits are accumulated into float32 (never rounded to bfloat16): the cross-entropy and the
+    # samplers' argmax read them at full precision.
     head = layers.torch_linear(self.config.vocab_size, self.config.hidden_size, name=name, dtype=dtype,
-                               kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)
+                               kernel_init=layers.normal_002, bias_init=nn.initializers.zeros,
+                               dot_general=_FLOAT32_OUTPUT_DOT)
     return head(text_out_BxSxH).astype(jnp.float32)

@@ -1,0 +1,121 @@
+"""Softmax attention in O(S) memory, in pure JAX: an online softmax over key blocks, with its own VJP.
+
+    out_BxQxHxD = attention(q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, valid_BxK, block_size=512)
+
+The forward pass scans over blocks of `block_size` keys, carrying each query's running maximum,
+normaliser and weighted sum of values (float32); the backward pass scans over the same blocks
+again, recomputing each block's weights from the saved log-sum-exp. Neither pass ever holds more
+than one [B, H, Q, block_size] block of scores, so memory grows linearly with the sequence, where
+the plain computation holds [B, H, Q, K] several times over. Keys with valid = False get weight 0;
+every query row needs at least one valid key (the model's latent token always is).
+
+Rounding follows the plain computation: scores and the softmax in float32, the weights cast to the
+compute dtype (the dtype of q, k, v) for the matmul with the values, accumulated in float32.
+"""
+
+import functools
+
+import jax
+from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
+
+# The name of the residuals the backward pass needs (output and log-sum-exp), as the splash kernel
+# names its own: a remat policy that saves this name keeps the forward from being recomputed.
+RESIDUAL_NAME = 'attention_residuals'
+
+
+def _blocks(x_BxKx: jax.Array, block_size: int) -> jax.Array:
+  """[B, K, ...] -> [K / block, B, block, ...] (K already a multiple of block_size)."""
+  b, k = x_BxKx.shape[:2]
+  return jnp.moveaxis(x_BxKx.reshape(b, k // block_size, block_size, *x_BxKx.shape[2:]), 1, 0)
+
+
+def _unblocks(x_NxBxCx: jax.Array) -> jax.Array:
+  """The inverse of _blocks."""
+  n, b, c = x_NxBxCx.shape[:3]
+  return jnp.moveaxis(x_NxBxCx, 0, 1).reshape(b, n * c, *x_NxBxCx.shape[3:])
+
+
+def _scores(q_BxQxHxD, k_BxCxHxD, scale):
+  return jnp.einsum('bqhd,bkhd->bhqk', q_BxQxHxD, k_BxCxHxD, preferred_element_type=jnp.float32) * scale
+
+
+def _forward(q, k, v, valid, block_size):
+  """(out in q.dtype, log-sum-exp [B, H, Q] float32)."""
+  b, nq, h, d = q.shape
+  scale = d**-0.5
+
+  def one_block(carry, block):
+    max_BxHxQ, total_BxHxQ, acc_BxHxQxD = carry
+    k_c, v_c, valid_c = block
+    s = _scores(q, k_c, scale)
+    new_max = jnp.maximum(max_BxHxQ, jnp.max(jnp.where(valid_c[:, None, None, :], s, -jnp.inf), axis=-1))
+    # A row whose keys so far were all invalid has max -inf: keep the exponent finite there.
+    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    p = jnp.where(valid_c[:, None, None, :], jnp.exp(s - safe_max[..., None]), 0.0)
+    correction = jnp.exp(jnp.where(jnp.isfinite(max_BxHxQ), max_BxHxQ, safe_max) - safe_max)
+    total = total_BxHxQ * correction + jnp.sum(p, axis=-1)
+    acc = acc_BxHxQxD * correction[..., None] + jnp.einsum(
+        'bhqk,bkhd->bhqd', p.astype(q.dtype), v_c, preferred_element_type=jnp.float32)
+    return (new_max, total, acc), None
+
+  init = (jnp.full((b, h, nq), -jnp.inf, jnp.float32), jnp.zeros((b, h, nq), jnp.float32),
+          jnp.zeros((b, h, nq, d), jnp.float32))
+  blocks = (_blocks(k, block_size), _blocks(v, block_size), _blocks(valid, block_size))
+  (max_BxHxQ, total_BxHxQ, acc_BxHxQxD), _ = jax.lax.scan(one_block, init, blocks)
+  out_BxQxHxD = jnp.swapaxes(acc_BxHxQxD / total_BxHxQ[..., None], 1, 2).astype(q.dtype)
+  return out_BxQxHxD, max_BxHxQ + jnp.log(total_BxHxQ)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, valid, block_size):
+  return _forward(q, k, v, valid, block_size)[0]
+
+
+def _attention_fwd(q, k, v, valid, block_size):
+  out, lse = (checkpoint_name(x, RESIDUAL_NAME) for x in _forward(q, k, v, valid, block_size))
+  return out, (q, k, v, valid, out, lse)
+
+
+def _attention_bwd(block_size, residuals, d_out_BxQxHxD):
+  q, k, v, valid, out, lse_BxHxQ = residuals
+  scale = q.shape[-1]**-0.5
+  d_out = d_out_BxQxHxD.astype(q.dtype)
+  # sum_k p * dp = sum_d dout * out: the softmax's backward needs only this per row.
+  delta_BxHxQ = jnp.einsum('bqhd,bqhd->bhq', d_out.astype(jnp.float32), out.astype(jnp.float32))
+
+  def one_block(dq_BxQxHxD, block):
+    k_c, v_c, valid_c = block
+    p = jnp.where(valid_c[:, None, None, :], jnp.exp(_scores(q, k_c, scale) - lse_BxHxQ[..., None]), 0.0)
+    dv_c = jnp.einsum('bhqk,bqhd->bkhd', p.astype(q.dtype), d_out, preferred_element_type=jnp.float32)
+    dp = jnp.einsum('bqhd,bkhd->bhqk', d_out, v_c, preferred_element_type=jnp.float32)
+    ds = (p * (dp - delta_BxHxQ[..., None]) * scale).astype(q.dtype)
+    dq_BxQxHxD = dq_BxQxHxD + jnp.einsum('bhqk,bkhd->bqhd', ds, k_c, preferred_element_type=jnp.float32)
+    dk_c = jnp.einsum('bhqk,bqhd->bkhd', ds, q, preferred_element_type=jnp.float32)
+    return dq_BxQxHxD, (dk_c.astype(k.dtype), dv_c.astype(v.dtype))
+
+  blocks = (_blocks(k, block_size), _blocks(v, block_size), _blocks(valid, block_size))
+  dq, (dk_blocks, dv_blocks) = jax.lax.scan(one_block, jnp.zeros(q.shape, jnp.float32), blocks)
+  return dq.astype(q.dtype), _unblocks(dk_blocks), _unblocks(dv_blocks), None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array, v_BxKxHxD: jax.Array, valid_BxK: jax.Array, *,
+              block_size: int) -> jax.Array:
+  """softmax(q k^T / sqrt(D), keys with valid = False excluded) v, in q's dtype.
+
+  The keys are split into ceil(K / block_size) equal blocks of at most block_size keys, padded
+  (as invalid keys) by fewer than one key per block: 4097 keys run as 9 blocks of 456.
+  """
+  num_keys = k_BxKxHxD.shape[1]
+  num_blocks = -(-num_keys // block_size)
+  block_size = -(-num_keys // num_blocks)
+  pad = num_blocks * block_size - num_keys
+  if pad:
+    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+    k_BxKxHxD, v_BxKxHxD = jnp.pad(k_BxKxHxD, widths), jnp.pad(v_BxKxHxD, widths)
+    valid_BxK = jnp.pad(valid_BxK, ((0, 0), (0, pad)))
+  out = _attention(q_BxQxHxD, k_BxKxHxD, v_BxKxHxD, valid_BxK.astype(bool), block_size)
+  return out

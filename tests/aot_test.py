@@ -1,0 +1,101 @@
+"""Ahead-of-time compiles for a TPU slice and an NVIDIA H100 on a machine that has neither.
+
+These need libtpu or the CUDA plugin, which change how every JAX process starts a backend, so they
+live outside the main environment: each test is skipped where its package is absent, and .ci/run
+runs this file again in two side environments (requirements-tpu.txt, requirements-cuda.txt) with
+JAX_PLATFORMS=cpu and TPU_SKIP_MDS_QUERY=1.
+"""
+
+import importlib.util
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lgdlm_jax import aot
+from lgdlm_jax import bench
+from lgdlm_jax import config as config_lib
+from lgdlm_jax import model as model_lib
+from lgdlm_jax import optimizer as optimizer_lib
+from lgdlm_jax import sharding
+from lgdlm_jax import train
+from lgdlm_jax.errors import InputError
+from lgdlm_jax.model import attention
+
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
+                                  reason='needs libtpu (pip install -r requirements-tpu.txt in a side environment)')
+needs_cuda_plugin = pytest.mark.skipif(
+    importlib.util.find_spec('jax_plugins') is None or importlib.util.find_spec('jax_plugins.xla_cuda12') is None,
+    reason='needs the CUDA plugin (pip install -r requirements-cuda.txt in a side environment)')
+
+
+def small_config(devices: int, **model):
+  config = config_lib.default_config()
+  config.model.update(hidden_size=128, n_blocks=2, cond_dim=64, max_seq_len=1024, vocab_size=1024, dtype='bfloat16',
+                      remat_policy='dots', **model)
+  config.training.update(train_batch_size=devices, eval_batch_size=devices)
+  config.mesh.update(fsdp=devices, min_shard_size=1024)
+  return config
+
+
+def state_bytes_per_device(config, devices: int) -> int:
+  """Parameters and AdamW moments per device under the FSDP sharding, from shapes alone."""
+  config = config_lib.finalize(config)
+  model = model_lib.MultimodalMMDiT(config.model)
+  abstract = jax.eval_shape(lambda k: train.init_state(config, model, optimizer_lib.make_optimizer(config), k),
+                            jax.random.key(0))
+  return sum(sharding.per_device_bytes(t, devices, config.mesh.min_shard_size)
+             for t in (abstract.params, abstract.opt_state))
+
+
+def test_an_unknown_topology_is_named():
+  with pytest.raises(InputError, match="'v9x:banana'"):
+    aot.target_devices('v9x:banana')
+
+
+@needs_libtpu
+def test_tpu_compile_reports_per_chip_memory_and_splash_needs_less_than_xla():
+  config = small_config(4)
+  report = bench.compile_only(config, 'v5e:2x2')
+  assert (report['devices'], report['device'], report['backend']) == (4, 'TPU v5 lite', 'tpu')
+  assert report['model']['attention'] == 'splash' and report['chip_memory_gib'] == 16
+  # The donated state is the arguments' bulk: this chip's quarter of the parameters and AdamW moments.
+  state = state_bytes_per_device(config, 4)
+  assert state <= report['argument_bytes'] <= state + 2**20
+  assert report['alias_bytes'] >= state and report['temp_bytes'] > 0
+  assert report['peak_bytes'] == (report['argument_bytes'] + report['output_bytes'] - report['alias_bytes']
+                                  + report['temp_bytes'])
+  assert report['fits'] is True and report['compile_s'] > 0
+  # The plain attention holds [8, S+1, S+1] float32 scores per row: at S = 1024 that shows.
+  config.model.attention = 'xla'
+  plain = bench.compile_only(config, 'v5e:2x2')
+  assert plain['temp_bytes'] > report['temp_bytes'] + 8 * 1025 * 1025 * 4, (plain['temp_bytes'], report['temp_bytes'])
+
+
+@needs_cuda_plugin
+def test_h100_compile_of_cudnn_attention_holds_the_cudnn_fused_attention_call():
+  devices, platform = aot.target_devices('h100')
+  assert platform == 'gpu' and devices[0].device_kind.startswith('NVIDIA H100')
+  mesh = jax.sharding.Mesh(np.asarray(devices).reshape(1, 1), sharding.MESH_AXES)
+  options = attention.AttentionOptions('cudnn', jnp.bfloat16)
+
+  def loss(qs, ks, vs, mask):
+    outs = attention.joint_attention(qs, ks, vs, (mask, None), options)
+    return sum(jnp.sum(o.astype(jnp.float32)) for o in outs)
+
+  qkv = lambda n: jax.ShapeDtypeStruct((2, n, 8, 64), jnp.bfloat16)
+  args = ((qkv(1023), qkv(1)),) * 3 + (jax.ShapeDtypeStruct((2, 1023), bool),)
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), in_shardings=sharding.replicated(mesh)).lower(*args)
+  calls = set(re.findall(r'__cudnn\$fmha\w*', lowered.as_text()))
+  assert {'__cudnn$fmhaSoftmax', '__cudnn$fmhaSoftmaxBackward'} <= calls, calls
+  assert lowered.compile().memory_analysis().temp_size_in_bytes > 0
+
+
+@needs_cuda_plugin
+def test_h100_node_compile_reports_per_gpu_memory():
+  report = bench.compile_only(small_config(8), 'h100:8')
+  assert (report['devices'], report['backend'], report['model']['attention']) == (8, 'gpu', 'cudnn')
+  assert report['chip_memory_gib'] == 79.11 and report['fits'] is True
+  assert state_bytes_per_device(small_config(8), 8) <= report['argument_bytes']
