@@ -68,7 +68,7 @@ if $smoke; then
   config=(--config=configs/smoke.py --config.model.hidden_size=32 --config.model.n_blocks=1 --config.model.cond_dim=32
           --config.model.max_seq_len=12 --config.model.vocab_size=97 --config.tokenizer.vocab_size=97
           --config.tokenizer.mask_token_id=3 --config.model.latent_dim=8 --config.model.dtype=bfloat16
-          --config.model.remat_policy=dots --config.training.train_batch_size=2 --config.loss.cycle_latent_weight=1.0)
+          --config.training.train_batch_size=2 --config.loss.cycle_latent_weight=1.0)
   # Where the attention backends exist, exercise the key; on CPU only XLA's is there.
   if python3 -c "import sys; from lgdlm_jax import config; sys.exit('attention' not in config.default_config().model)"; then
     config+=(--config.model.attention=xla)

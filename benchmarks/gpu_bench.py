@@ -11,6 +11,9 @@ Each side runs in a process of its own and prints JSON lines as it goes, so that
 a time limit still leaves what it measured: first the train step ('step': compile seconds (PyTorch:
 the first step's, as it compiles nothing), tokens/s, MFU, peak memory), then one record per part
 of the breakdown. --side=compare prints both sides and their ratio as a table and one JSON line.
+Step time: JAX, the mean over the timed steps dispatched back to back as in training; PyTorch,
+the median of the steps' own times (each ends reading the loss, as the reference's trainer does).
+MFU counts the same model FLOPs on both sides (lgdlm_jax.bench.train_flops_per_step).
 
 The breakdown is measured the same way on both sides, each part at the step's own shapes:
 - attention: the attention core (softmax(q k^T / 8) v over the S + 1 tokens, 8 heads of 64),
@@ -191,7 +194,7 @@ def jax_optimizer(config, iters: int) -> dict:
 
   seconds = median_seconds(run, jax_wait, iters)
   return {'record': 'optimizer', 'per_step_s': seconds, 'timed': 'optax update + apply_updates',
-          'parameters': sum(p.size for p in jax.tree.leaves(params))}
+          'parameters': sum(a.size for a in jax.tree.leaves(abstract.params))}
 
 
 def jax_side(config, steps: int, warmup: int, iters: int, hc_ablation: bool) -> None:
