@@ -7,9 +7,9 @@ latent 32, R = 2, float32, all four loss terms on (cycle_latent_weight = 1.0); o
 the 4 blocks (model.scan_unroll = 4). Both sides train on the same host batch with the same
 AdamW settings and gradient clipping.
 
-PyTorch side: lgdlm_jax.convert.twin's model (glue around the real pinned `mmdit` backbone),
-tests/torch_cycle_loss.py's statement of the reference loss (four separate model calls), then
-loss.backward(), clip_grad_norm_ and torch.optim.AdamW.step(), with torch.set_num_threads(2).
+PyTorch side: benchmarks/torch_reference.py's train step (the twin model around the real pinned
+`mmdit` backbone, the reference loss's four separate model calls, backward, clip_grad_norm_,
+torch.optim.AdamW.step()) in float32, with torch.set_num_threads(2).
 
 Each side runs in a fresh process of its own (`--side torch|jax`), never at the same time as the
 other, and the sides alternate for --rounds rounds (torch, jax, torch, jax, ...) so that background
@@ -28,21 +28,17 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import time
 
 # Run as a script from anywhere: the repository root holds lgdlm_jax and tests.
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import torch_reference  # noqa: E402
 from lgdlm_jax import bench  # noqa: E402
 from lgdlm_jax import config as config_lib  # noqa: E402
-from lgdlm_jax import diffusion  # noqa: E402
-from lgdlm_jax.convert import twin  # noqa: E402
-from tests import torch_cycle_loss  # noqa: E402
 
 TORCH_THREADS = 2
 
@@ -56,55 +52,6 @@ def make_config() -> ml_collections.ConfigDict:
   return config
 
 
-class TorchTrainer:
-  """The reference train step: cycle loss over four model calls, backward, clip, AdamW."""
-
-  def __init__(self, config: ml_collections.ConfigDict, host_batch: dict[str, np.ndarray]):
-    torch.manual_seed(0)
-    self.config = config
-    self.model = twin.ReferenceMultimodalMMDiT(config.model).train()
-    opt = config.optimizer
-    self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2),
-                                       eps=opt.eps, weight_decay=opt.weight_decay)
-    schedule = diffusion.make_schedule(config.model.latent_beta_schedule, config.model.latent_timesteps)
-    self.tables = (torch.tensor(np.asarray(schedule.sqrt_alphas_cumprod)),
-                   torch.tensor(np.asarray(schedule.sqrt_one_minus_alphas_cumprod)))
-    self.batch = dict(input_ids=torch.from_numpy(host_batch['input_ids']).long(),
-                      attention_mask=torch.from_numpy(host_batch['attention_mask']),
-                      latent=torch.from_numpy(host_batch['latent']))
-    self.generator = torch.Generator().manual_seed(1)
-    self.step = 0
-    self.loss = float('nan')
-    self.step_seconds: list[float] = []  # of timed steps: background load on a shared machine shows up here
-
-  def _draws(self) -> dict[str, torch.Tensor]:
-    # The random latent_t_mode: U(t_min, t_max) clamped to <= 0.9999, as lgdlm_jax.losses draws it.
-    loss_cfg, (b, d) = self.config.loss, self.batch['latent'].shape
-    uniform = lambda: (loss_cfg.cycle_latent_t_min + (loss_cfg.cycle_latent_t_max - loss_cfg.cycle_latent_t_min)
-                       * torch.rand(b, generator=self.generator)).clamp(max=0.9999)
-    return dict(t_lat=uniform(), noise=torch.randn(b, d, generator=self.generator),
-                t_lat2=uniform(), noise2=torch.randn(b, d, generator=self.generator))
-
-  def train_step(self) -> None:
-    cfg = self.config
-    self.optimizer.zero_grad(set_to_none=True)
-    total, _ = torch_cycle_loss.cycle_vae_loss(self.model, self.batch, self._draws(), self.step, cfg.loss,
-                                               cfg.tokenizer.mask_token_id, cfg.model.latent_parameterization,
-                                               self.tables)
-    total.backward()
-    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.grad_clip_norm)
-    self.optimizer.step()
-    self.step += 1
-    self.loss = float(total.detach())
-
-  def timed(self, steps: int) -> None:
-    """Runs `steps` train steps, appending each one's seconds (steps are synchronous on CPU)."""
-    for _ in range(steps):
-      started = time.perf_counter()
-      self.train_step()
-      self.step_seconds.append(time.perf_counter() - started)
-
-
 def run_side(side: str, steps: int, warmup: int) -> dict:
   """Times one side in this process; returns its JSON record."""
   config = make_config()
@@ -112,7 +59,7 @@ def run_side(side: str, steps: int, warmup: int) -> dict:
   b, s = config.training.train_batch_size, config.model.max_seq_len
   if side == 'torch':
     torch.set_num_threads(TORCH_THREADS)
-    trainer = TorchTrainer(config, host_batch)
+    trainer = torch_reference.TorchTrainer(config, host_batch)
     for _ in range(warmup):
       trainer.train_step()
     trainer.timed(steps)

@@ -22,8 +22,18 @@ def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
 
 
 def use(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Points JAX's persistent cache at this run's directory (or switches it off), before any compile."""
+  """Points JAX's persistent cache at this run's directory (or switches it off), before any compile.
+
+  Off for runs of several CPU processes: JAX writes entries from process 0 only, and CPU processes
+  key the same program differently, so on a relaunch process 0 alone would skip compiling and
+  reach the first collective long before the others, and the CPU collectives (gloo) give up after
+  waiting 30 s.
+  """
   path = cache_dir(config, workdir)
+  if path is not None and jax.process_count() > 1 and jax.default_backend() == 'cpu':
+    logging.warning('Compilation cache off: this run has %d CPU processes, of which only process 0 would '
+                    'load its compiled steps from the cache', jax.process_count())
+    path = None
   # The cache is set up once per process on first use: reset it so that a second run in the same
   # process (tests, notebooks) uses its own directory.
   compilation_cache.reset_cache()

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
+from lgdlm_jax import compile_cache
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import runtime
 from tests import train_test
 
@@ -109,3 +112,18 @@ def test_process_group_from_environment():
 def test_incomplete_or_wrong_process_group_is_refused(group, match):
   with pytest.raises(ValueError, match=match):
     runtime.maybe_initialize(group)
+
+
+@pytest.mark.parametrize('processes,cached', [(1, True), (2, False)])
+def test_compilation_cache_is_off_for_several_cpu_processes(processes, cached, tmp_path, monkeypatch):
+  # Process 0 alone would load from the cache on a relaunch, and wait for the others compiling
+  # longer than gloo waits (seen: the relaunch of a 2-process run failed on a loaded machine).
+  monkeypatch.setattr(compile_cache.jax, 'process_count', lambda: processes)
+  previous = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+  try:
+    compile_cache.use(config_lib.finalize(train_test.tiny_config()), str(tmp_path))
+    assert jax.config.jax_enable_compilation_cache == cached
+    assert (tmp_path / compile_cache.CACHE_DIR).is_dir() == cached
+  finally:
+    jax.config.update('jax_enable_compilation_cache', previous[0])
+    jax.config.update('jax_compilation_cache_dir', previous[1])

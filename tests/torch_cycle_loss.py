@@ -68,7 +68,9 @@ def cycle_vae_loss(model, batch, draws, step, loss_cfg, mask_token_id: int, para
   """
   input_ids, mask, latents = batch['input_ids'], batch['attention_mask'], batch['latent']
   batch_size = input_ids.shape[0]
-  zeros, ones = torch.zeros(batch_size), torch.ones(batch_size)
+  # As the reference: clean / fully-masked timesteps on the batch's device, in the latents' dtype.
+  like = dict(device=input_ids.device, dtype=latents.dtype)
+  zeros, ones = torch.zeros(batch_size, **like), torch.ones(batch_size, **like)
   t_lat = draws['t_lat']
 
   z_t, target = _add_noise(tables, latents, t_lat, draws['noise'], parameterization)

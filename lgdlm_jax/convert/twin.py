@@ -34,7 +34,7 @@ class TimestepEmbedder(nn.Module):
 
   def forward(self, t: torch.Tensor) -> torch.Tensor:
     half = self.frequency_dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
     return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype))
 
@@ -95,8 +95,8 @@ class ReferenceMultimodalMMDiT(nn.Module):
 
   def forward(self, tokens, latents, text_t=None, latent_t=None, attention_mask=None):
     batch = tokens.shape[0]
-    text_t = torch.zeros(batch) if text_t is None else text_t
-    latent_t = torch.zeros(batch) if latent_t is None else latent_t
+    text_t = torch.zeros(batch, device=tokens.device) if text_t is None else text_t
+    latent_t = torch.zeros(batch, device=tokens.device) if latent_t is None else latent_t
     if latents.dim() == 2:
       latents = latents.unsqueeze(1)
     elif latents.shape[1] > 1:
@@ -105,7 +105,7 @@ class ReferenceMultimodalMMDiT(nn.Module):
     latent_emb = self.latent_encoder(latents)
     c = self.conditioning(text_t, latent_t)
     text_mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    latent_mask = torch.ones(latent_emb.shape[:2], dtype=torch.bool)
+    latent_mask = torch.ones(latent_emb.shape[:2], dtype=torch.bool, device=latent_emb.device)
     text_out, latent_out = self.mmdit(modality_tokens=(text_emb, latent_emb), modality_masks=(text_mask, latent_mask),
                                       time_cond=c)
     outputs = (self.text_head(text_out), self.latent_head(latent_out))

@@ -10,6 +10,13 @@ def _text_head_flops(model_config: ml_collections.ConfigDict) -> float:
   return 2 * model_config.hidden_size * model_config.vocab_size * model_config.max_seq_len
 
 
+def attention_flops_per_sequence(model_config: ml_collections.ConfigDict) -> float:
+  """The attention core's matmuls (scores and weighted values, every query over all S + 1 keys)
+  in one forward pass over one sequence, all blocks."""
+  n = model_config.max_seq_len + 1
+  return model_config.n_blocks * n * 2 * 2 * n * mmdit.ATTN_HEADS * mmdit.ATTN_HEAD_DIM
+
+
 def forward_flops_per_sequence(model_config: ml_collections.ConfigDict, *, text_logits: bool,
                                cluster_logits: bool = False) -> float:
   """Matmul FLOPs of one forward pass over one sequence of S text tokens and one latent token.
@@ -21,7 +28,6 @@ def forward_flops_per_sequence(model_config: ml_collections.ConfigDict, *, text_
   inner = mmdit.ATTN_HEADS * mmdit.ATTN_HEAD_DIM
   n = s + 1
   qkv, out, mlp = 2 * h * 3 * inner, 2 * inner * h, 2 * 2 * h * 4 * h  # per token
-  attention = 2 * 2 * n * inner  # per query: scores and weighted values over all n keys
   latent = 2 * (model_config.latent_dim * 2 * h + 2 * h * h) * 2  # encoder + head
-  flops = model_config.n_blocks * n * (qkv + out + mlp + attention) + latent
+  flops = model_config.n_blocks * n * (qkv + out + mlp) + attention_flops_per_sequence(model_config) + latent
   return flops + _text_head_flops(model_config) * (int(text_logits) + int(cluster_logits))
