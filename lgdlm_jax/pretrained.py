@@ -19,9 +19,10 @@ def load_config(workdir: str) -> ml_collections.FrozenConfigDict:
     return config_lib.from_json(f.read(), source=path)
 
 
-def load_params(workdir: str, config: ml_collections.ConfigDict, step: int | None = None) -> tuple[Any, int]:
+def load_params(workdir: str, config: ml_collections.ConfigDict, step: int | None = None,
+                tree: str = 'params') -> tuple[Any, int]:
   """(params as numpy, step) of the checkpoint at `step`, the newest by default; the optimizer
-  state is not read."""
+  state is not read. tree: 'params', or 'ema_params' for the moving average (lgdlm_jax.ema)."""
   root = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINTS_DIR)
   steps = sorted(int(name) for name in os.listdir(root) if name.isdigit()) if os.path.isdir(root) else []
   if not steps:
@@ -30,4 +31,4 @@ def load_params(workdir: str, config: ml_collections.ConfigDict, step: int | Non
   if step not in steps:
     raise FileNotFoundError(f'{workdir} has no checkpoint at step {step}; it has steps {steps}')
   state_path = os.path.join(root, str(step), checkpoint.STATE_ITEM)
-  return converted.restore_params(state_path, config.model, subtree='params'), step
+  return converted.restore_params(state_path, config.model, subtree=tree), step

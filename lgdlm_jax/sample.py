@@ -6,7 +6,8 @@
   t2l: text -> latents. --texts is a text file (one text per non-empty line; needs a tokenizer) or
        a directory of NAME[_tokens].npz token files. Writes OUT/latents/NAME.npy (float32 [D]).
 
-Params come from the newest checkpoint in WORKDIR/checkpoints (or --step), the model from
+Params come from the newest checkpoint in WORKDIR/checkpoints (or --step): the moving average when
+the run kept one (training.ema_decay > 0), else the raw parameters, or as --params says; the model from
 WORKDIR/config.json; the tokenizer from --tokenizer, else the config's tokenizer.json_file.
 Inputs are processed in batches of --batch_size (the last one padded, so one compiled sampler
 serves them all); each batch is one jitted sampler call. Names from a single .npy or a text
@@ -24,6 +25,7 @@ import numpy as np
 import tqdm
 
 from lgdlm_jax import cli
+from lgdlm_jax import ema
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import pretrained
 from lgdlm_jax import text
@@ -148,6 +150,8 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_integer, 'batch_size', 16, 'Samples per sampler call.')
   define(flags.DEFINE_integer, 'num_samples', 0, 'Use only the first N inputs; 0 = all.')
   define(flags.DEFINE_integer, 'seed', 0, 'Random seed; batch k uses fold_in(seed, k).')
+  flags.DEFINE_enum('params', None, ema.PARAMS_CHOICES, 'ema (the moving average) or raw; default ema when the run '
+                    'kept one.', flag_values=flag_values)
 
 
 def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
@@ -166,8 +170,12 @@ def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
 def work(args: flags.FlagValues, positional: list[str]) -> None:
   mode = _check_args(args, positional)
   config = pretrained.load_config(args.workdir)
-  params, step = pretrained.load_params(args.workdir, config, args.step)
-  print(f'Loaded step {step} from {args.workdir}')
+  which = args.params or ('ema' if ema.enabled(config) else 'raw')
+  if which == 'ema' and not ema.enabled(config):
+    raise cli.UsageError(f'--params=ema: {args.workdir} was trained without an EMA (training.ema_decay=0)')
+  tree = 'ema_params' if which == 'ema' else 'params'
+  params, step = pretrained.load_params(args.workdir, config, args.step, tree=tree)
+  print(f'Loaded step {step} ({which} parameters) from {args.workdir}')
   tokenizer_path = args.tokenizer or config.tokenizer.json_file
   tokenizer = text.load_tokenizer(tokenizer_path) if tokenizer_path else None
   model = model_lib.MultimodalMMDiT(config.model)
