@@ -3,6 +3,9 @@
 Prints one JSON line: config, backend, device, compile seconds, steps/s, tokens/s, model FLOPs per
 step, MFU (on accelerators whose peak is known) and peak device memory. Timing starts after
 `--warmup` steps and blocks on the result of the last step only, so dispatch overlaps as in training.
+Steps 0, 1, ... run the cycle terms the config's schedule gives them (loss.cycle_every, warmups),
+as in training: every train-step program they use is compiled first and counted ('programs',
+'compile_s' is their sum), and the FLOPs per step are the mean over the timed steps.
 With --compile_only the step is compiled from shapes alone (nothing allocated) and the line reports
 compile seconds and the compiler's memory analysis per device instead; with --topology it is
 compiled for accelerators this machine does not have (lgdlm_jax.aot), and says whether it fits:
@@ -24,6 +27,7 @@ import numpy as np
 from lgdlm_jax import aot
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import cycle_schedule
 from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
@@ -41,14 +45,15 @@ MODEL_KEYS = ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'vocab_size'
               'cluster_size', 'dtype', 'residual_dtype', 'attention', 'remat_policy', 'scan_unroll')
 
 
-def train_flops_per_step(config: ml_collections.ConfigDict) -> float:
-  """Forward + backward (3x forward) of every pass the objective runs for one global batch.
+def train_flops_per_step(config: ml_collections.ConfigDict, terms: cycle_schedule.TermSet | None = None) -> float:
+  """Forward + backward (3x forward) of every pass the objective runs for one global batch, with the
+  cycle terms `terms` (default: every term with a base weight above 0).
 
   The passes come from lgdlm_jax.losses.pass_plan, the list cycle_vae_loss itself runs. The
   objective never reads the cluster head, so XLA drops it and it is not counted.
   """
   per_sequence = sum(model_flops.forward_flops_per_sequence(config.model, text_logits=planned.text_logits)
-                     for round_ in losses.pass_plan(losses.loss_options(config)) for planned in round_)
+                     for round_ in losses.pass_plan(losses.loss_options(config), terms) for planned in round_)
   return 3 * config.training.train_batch_size * per_sequence
 
 
@@ -71,7 +76,7 @@ def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], plat
   """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
   return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
           'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
-          'cycle_latent_on': bool(config.loss.cycle_latent_weight > 0), 'backend': platform,
+          'cycle_terms': cycle_schedule.from_config(config).configured_terms().name, 'backend': platform,
           'device': devices[0].device_kind, 'devices': len(devices), 'jax': jax.__version__,
           'model_flops_per_step': train_flops_per_step(config)}
 
@@ -90,7 +95,8 @@ def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config, devices)
   abstract_state, shardings = train.abstract_state_and_shardings(config, model, optimizer, mesh, jax.random.key(0))
-  step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  programs, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  step_fn = programs.for_terms(programs.schedule.configured_terms())
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(config))
   abstract_key = jax.eval_shape(lambda: jax.random.key(1))
   started = time.perf_counter()
@@ -114,21 +120,24 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)
   state, shardings = train.create_sharded_state(config, model, optimizer, mesh, jax.random.key(0))
-  step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  programs, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
   b, s = config.training.train_batch_size, config.model.max_seq_len
   batch = sharding.global_batch(synthetic_batch(config) if host_batch is None else host_batch, mesh)
   key = jax.random.key(1)
 
-  started = time.perf_counter()
-  compiled = step_fn.lower(state, batch, key).compile()
-  compile_seconds = time.perf_counter() - started
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch, key)
-  jax.block_until_ready(metrics)
+  compiled, compile_seconds = {}, {}
+  for terms in programs.schedule.term_sets_between(0, warmup + steps):
+    started = time.perf_counter()
+    compiled[terms] = programs.for_terms(terms).lower(state, batch, key).compile()
+    compile_seconds[terms.name] = round(time.perf_counter() - started, 2)
+  step_terms = [programs.schedule.terms_at(step) for step in range(warmup + steps)]
+  for terms in step_terms[:warmup]:
+    state, metrics = compiled[terms](state, batch, key)
+  jax.block_until_ready(state)
   step_seconds = []
   started = last = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch, key)
+  for terms in step_terms[warmup:]:
+    state, metrics = compiled[terms](state, batch, key)
     if sync_each_step:
       jax.block_until_ready(metrics)
       now = time.perf_counter()
@@ -141,11 +150,14 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   steps_per_sec = steps / elapsed
   peak = peak_flops(device)
   memory = device.memory_stats() or {}
+  timed = programs.schedule.term_sets_between(warmup, warmup + steps)
+  flops = sum(train_flops_per_step(config, terms) * count for terms, count in timed.items()) / steps
   return {
-      **_describe(config, jax.devices(), jax.default_backend()), 'compile_s': round(compile_seconds, 2),
-      'steps_per_s': steps_per_sec,
-      'tokens_per_s': steps_per_sec * b * s,
-      'mfu': None if peak is None else train_flops_per_step(config) * steps_per_sec / (peak * jax.device_count()),
+      **_describe(config, jax.devices(), jax.default_backend()), 'model_flops_per_step': flops,
+      'programs': {t.name: n for t, n in timed.items()},
+      'compile_s': round(sum(compile_seconds.values()), 2), 'compile_s_by_program': compile_seconds,
+      'steps_per_s': steps_per_sec, 'tokens_per_s': steps_per_sec * b * s,
+      'mfu': None if peak is None else flops * steps_per_sec / (peak * jax.device_count()),
       'peak_memory_bytes': memory.get('peak_bytes_in_use'), 'final_loss': float(metrics['loss']),
       **({'step_seconds': step_seconds} if sync_each_step else {}),
   }

@@ -1,7 +1,10 @@
 """Orbax checkpoints in the workdir: the train state and every process's data-iterator state, saved together.
 
-Saves are asynchronous (training continues while the arrays are written), keep the newest
-`training.keep_checkpoints`, and are restored onto the same shardings the state was created with.
+Saves are asynchronous (training continues while the arrays are written) and are restored onto the
+same shardings the state was created with. Which ones are kept is one Orbax preservation policy:
+the newest `training.keep_checkpoints`, and, with `training.keep_best_checkpoints` N > 0, also the
+N best by `training.best_checkpoint_metric` among the checkpoints saved at an evaluation (which
+store every validation metric of that step).
 
 Layout of one checkpoint, WORKDIR/checkpoints/<step>/, by version:
   1  `state` (the TrainState) and `data` (the old iterator's JSON position); written before versions
@@ -15,6 +18,7 @@ batch the restored step implies (lgdlm_jax.data.order_position).
 """
 
 import json
+import math
 import os
 from typing import Any
 
@@ -23,6 +27,7 @@ import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import errors
@@ -32,25 +37,65 @@ STATE_ITEM = 'state'  # the TrainState; 'data' holds the iterator states, 'meta'
 DATA_ITEM = 'data'
 META_ITEM = 'meta'
 LAYOUT_VERSION = 2
+# Metric-name endings for which higher is better; every other ranking metric is a loss.
+HIGHER_IS_BETTER = ('_acc', '_cosine')
+
+
+def higher_is_better(metric: str) -> bool:
+  return metric.endswith(HIGHER_IS_BETTER)
+
+
+def keeps_best(config: ml_collections.ConfigDict) -> bool:
+  return config.training.keep_best_checkpoints > 0
+
+
+def _policy(config: ml_collections.ConfigDict) -> preservation_policy.PreservationPolicy:
+  latest = preservation_policy.LatestN(n=config.training.keep_checkpoints)
+  if not keeps_best(config):
+    return latest
+  metric = config.training.best_checkpoint_metric
+  best = preservation_policy.BestN(
+      get_metric_fn=lambda metrics: metrics[metric], reverse=not higher_is_better(metric),
+      n=config.training.keep_best_checkpoints,
+      keep_checkpoints_without_metrics=False)  # those are the newest ones' business
+  return preservation_policy.AnyPreservationPolicy(policies=[latest, best])
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  metric = config.training.best_checkpoint_metric
+  # best_fn alone makes Orbax write each checkpoint's metrics to disk (the policy keeps them in memory
+  # only), so that a resumed run still ranks the checkpoints saved before it.
+  best = dict(best_fn=lambda metrics: metrics[metric], best_mode='max' if higher_is_better(metric) else 'min')
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.training.keep_checkpoints,
+      preservation_policy=_policy(config),
       enable_async_checkpointing=True,
       create=True,
+      **(best if keeps_best(config) else {}),
   )
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR), options=options,
                                item_names=(STATE_ITEM, DATA_ITEM, META_ITEM))
 
 
+def ranking_metrics(val_metrics: dict[str, float] | None, config: ml_collections.ConfigDict) -> dict[str, float] | None:
+  """The metrics to store with a checkpoint for best-N ranking: the validation metrics of that step
+  when best checkpoints are kept and the ranking metric is finite; None otherwise (such a
+  checkpoint is kept only while it is among the newest)."""
+  if val_metrics is None or not keeps_best(config):
+    return None
+  value = val_metrics.get(config.training.best_checkpoint_metric)
+  if value is None or not math.isfinite(value):
+    return None
+  return dict(val_metrics)
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         data_iterator: data_lib.TrainIterator | None = None) -> None:
-  """Starts an asynchronous save of `state` at `step`; the iterator state (if any) is written before it returns."""
+         data_iterator: data_lib.TrainIterator | None = None, metrics: dict[str, float] | None = None) -> None:
+  """Starts an asynchronous save of `state` at `step` (with `metrics` from `ranking_metrics`, for the
+  best-N policy); the iterator state (if any) is written before it returns."""
   items = {STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave({'layout_version': LAYOUT_VERSION})}
   if data_iterator is not None:
     items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**items))
+  manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
 
 
 def layout_version(manager: ocp.CheckpointManager, step: int) -> int:

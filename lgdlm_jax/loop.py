@@ -1,9 +1,12 @@
 """The training loop: `run(config, workdir)`.
 
-Sharded state creation, resume from the workdir, logging one step late (dispatch never waits),
-evaluation, checkpoints, preemption.
+Sharded state creation, resume from the workdir (its config compared first), one train-step
+program per cycle term set picked on the host, logging one step late (dispatch never waits),
+evaluation (with the EMA parameters when on) and a plot of the log at each evaluation, checkpoints
+(newest and best), profiling, preemption.
 """
 
+import os
 import sys
 import time
 
@@ -16,9 +19,12 @@ from lgdlm_jax import checkpoint
 from lgdlm_jax import compile_cache
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data as data_lib
+from lgdlm_jax import ema as ema_lib
 from lgdlm_jax import metrics_log
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
+from lgdlm_jax import profiling
+from lgdlm_jax import resume
 from lgdlm_jax import runtime
 from lgdlm_jax import sharding
 from lgdlm_jax import train
@@ -53,9 +59,23 @@ def _print_decoded_examples(state, val_batches, rng, *, model, config) -> None:
   num_examples = config.training.print_examples
   if val_batches is None or not num_examples or jax.process_count() > 1:
     return
-  lines = eval_examples.decoded_examples(state.params, next(iter(val_batches(1))), rng, model=model, config=config,
-                                      num_examples=num_examples)
+  lines = eval_examples.decoded_examples(ema_lib.evaluation_params(state, config), next(iter(val_batches(1))), rng,
+                                         model=model, config=config, num_examples=num_examples)
   print('\n'.join(lines), flush=True)
+
+
+def _write_plot(workdir: str) -> None:
+  """WORKDIR/training_log.png from the log so far (process 0)."""
+  if jax.process_index() != 0:
+    return
+  from lgdlm_jax import plot  # pylint: disable=g-import-not-at-top  (matplotlib takes seconds to import)
+  plot.write_plot([workdir], os.path.join(workdir, plot.PLOT_FILE))
+
+
+def _log_programs(programs: train.TrainPrograms, start: int, stop: int) -> None:
+  uses = programs.schedule.term_sets_between(start, stop)
+  logging.info('Train-step programs for steps %d to %d: %s', start, stop,
+               ', '.join(f'{terms.name} ({count} steps)' for terms, count in uses.items()) or 'none')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
@@ -75,30 +95,39 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   mesh = sharding.make_mesh(config)
   seed_key = jax.random.key(config.training.seed)
   init_key, step_key, eval_key = jax.random.split(seed_key, 3)
+  manager = checkpoint.make_manager(workdir, config)
+  if manager.latest_step() is not None:
+    try:
+      resume.check_config(config, workdir)  # before any work: a refused change stops here
+    except Exception:
+      manager.close()
+      raise
   train_iter, val_batches = data_lib.make_datasets(config)
   state, state_shardings = train.create_sharded_state(config, model, optimizer, mesh, init_key)
   min_shard = config.mesh.min_shard_size
   logging.info('Per device: parameters %.3f GiB, optimizer state %.3f GiB (mesh %s)',
                sharding.per_device_bytes(state.params, mesh.shape['fsdp'], min_shard) / 2**30,
                sharding.per_device_bytes(state.opt_state, mesh.shape['fsdp'], min_shard) / 2**30, dict(mesh.shape))
-  manager = checkpoint.make_manager(workdir, config)
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_with_shardings(state, state_shardings), train_iter)
   if restored is not None:
-    state = restored
+    state = ema_lib.after_restore(restored, config)
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
   elif initial is not None:
     state = init_from.apply(initial, state, state_shardings)
+    state = state.replace(ema_params=ema_lib.initial(state.params, config))
     train_iter.start_at_step(int(state.step))  # a converted optimizer state continues mid-run
     logging.info('Initialised from %s', init_from.describe(initial))
-  step_fn, eval_fn, sample_eval_fn = train.compile_steps(config, model, optimizer, mesh, state_shardings)
+  programs, eval_fn, sample_eval_fn = train.compile_steps(config, model, optimizer, mesh, state_shardings)
 
   tcfg = config.training
   num_steps = int(tcfg.num_train_steps)
   save_every, eval_every, log_every = int(tcfg.save_every), int(tcfg.eval_every), tcfg.log_every
   max_bad = int(tcfg.max_consecutive_nonfinite)
   tokens_per_step = int(tcfg.train_batch_size) * int(config.model.max_seq_len)
-  log = metrics_log.MetricsLog(workdir, config)
   start = int(state.step)
+  log = metrics_log.MetricsLog(workdir, config, resume_step=None if restored is None else start)
+  _log_programs(programs, start, num_steps)
+  profiler = profiling.StepProfiler(config, workdir)
   progress = tqdm.tqdm(total=num_steps, initial=start, disable=not sys.stderr.isatty() or jax.process_index() != 0)
   pending = None  # (step, metrics on device, start time, data wait): fetched one step late, so dispatch never waits
   watch = runtime.PreemptionWatch()
@@ -121,10 +150,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
           f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
           f'The newest checkpoint in {workdir} holds the last good parameters.')
 
-  def evaluate(step: int) -> None:
-    val = _evaluate((eval_fn, sample_eval_fn), state.params, val_batches, mesh, eval_key,
-                    tcfg.eval_batches, tcfg.eval_sample_batches)
+  def evaluate(step: int) -> dict[str, float]:
+    val = _evaluate((eval_fn, sample_eval_fn), ema_lib.evaluation_params(state, config), val_batches, mesh,
+                    eval_key, tcfg.eval_batches, tcfg.eval_sample_batches)
     log.write(step, val, prefix='val_')
+    _write_plot(workdir)
+    return {f'val_{k}': v for k, v in val.items()}
 
   try:
     if eval_every and val_batches is not None and start == 0:
@@ -133,22 +164,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       started = time.perf_counter()
       local_batch = next(train_iter)
       data_wait = time.perf_counter() - started  # the loader's share of the step
-      state, metrics = step_fn(state, sharding.global_batch(local_batch, mesh), step_key)
+      batch = sharding.global_batch(local_batch, mesh)
+      terms = programs.schedule.terms_at(step)
+      if terms not in programs.made:
+        logging.info('Step %d: the first with the terms %s, a train-step program of its own', step, terms.name)
+      step_fn = programs.for_terms(terms)
+      with profiler.step(step):
+        state, metrics = step_fn(state, batch, step_key)
+      profiler.after(step, state)
       if pending is not None:
         report(*pending)
       pending = (step + 1, metrics, started, data_wait)
       progress.update(1)
       done = step + 1
+      val = None
       if eval_every and val_batches is not None and done % eval_every == 0:
         report(*pending)
         pending = None
-        evaluate(done)
+        val = evaluate(done)
       preempted = watch.reached(done)
-      if (save_every and done % save_every == 0) or done == num_steps or preempted:
+      # With best checkpoints kept, every evaluated step is saved, so that it can be among them.
+      best_candidate = val is not None and checkpoint.keeps_best(config)
+      if (save_every and done % save_every == 0) or done == num_steps or preempted or best_candidate:
         if pending is not None:
           report(*pending)  # never checkpoint past a step that should have stopped the run
           pending = None
-        checkpoint.save(manager, done, state, train_iter)
+        checkpoint.save(manager, done, state, train_iter, checkpoint.ranking_metrics(val, config))
       if preempted:
         logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.', done, workdir)
         break
@@ -157,6 +198,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     if int(state.step) == num_steps:
       _print_decoded_examples(state, val_batches, eval_key, model=model, config=config)
   finally:
+    profiler.close()
     watch.close()
     manager.wait_until_finished()
     manager.close()

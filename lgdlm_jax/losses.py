@@ -1,13 +1,17 @@
 """The cycle_vae training objective (docs/reference.md section 3) as a pure, jittable function.
 
     draws = sample_draws(rng, batch_size, latent_dim, config)
-    loss, metrics = cycle_vae_loss(params, batch, draws, step=step, model=model, config=config)
+    terms = cycle_schedule.from_config(config).terms_at(step)   # host side: the cycle terms this step runs
+    loss, metrics = cycle_vae_loss(params, batch, draws, step=step, model=model, config=config, terms=terms)
 
 All randomness enters through `draws`, so a test can feed the very same noise to the PyTorch
-reference. The four passes run as two model calls: base T2L and base L2T are independent, and so
+reference. The passes run as at most two model calls: base T2L and base L2T are independent, and so
 are cycle-text and cycle-latent once the first round is done, so each round joins its passes
 along the batch axis into one call (same params, so this is exact) instead of calling the model
-four times (see `run_passes` for the row order); the text heads run only on the L2T rows.
+once per pass (see `run_passes` for the row order); the text heads run only on the L2T rows.
+
+Which cycle terms run is a static choice (a `TermSet`, see lgdlm_jax.cycle_schedule); a term that
+does not run costs nothing and is absent from the metrics.
 
 Conventions of the reference trainer (`cycle_vae_impl/trainers/cycle_vae_trainer.py`) kept here:
 - Both latent timestep draws, the base T2L `t_lat` and the cycle-latent `t_lat2`, come from
@@ -23,10 +27,15 @@ Conventions of the reference trainer (`cycle_vae_impl/trainers/cycle_vae_trainer
 Deliberate differences (docs/reference.md section 3):
 - latent_pred is [B,1,D]; it is squeezed to [B,D] before any loss (the reference crashes there).
 - Nothing is substituted for non-finite values: a NaN stays a NaN; the train step reports it.
-- The cycle-latent term is built whenever `loss.cycle_latent_weight > 0` in the config (a static
-  choice), also during its warmup, where the reference skips it because its ramped weight is 0.
-  Its contribution is then weight 0 times the loss, and its metric reports the computed loss where
-  the reference logs 0.
+- The cycle-latent term is computed only where its ramped weight is above 0, as in the reference;
+  the cycle-text term likewise, where the reference always computes it (weighted by 0 during its
+  warmup, which changes nothing but the cost). A term not computed is absent from the metrics,
+  where the reference logs 0.
+- Under gradient accumulation every micro-batch of one optimizer update runs the same terms: a
+  term whose warmup ends inside an update is computed, with its ramped weight (0 on the
+  micro-batches before the warmup's end, as in the reference), on every micro-batch of that update.
+- `loss.cycle_every` (cycle terms on every N-th optimizer update only) has no counterpart in the
+  reference; 1 (the default) is the reference's behaviour.
 - The reference also logs `cycle_latent_sampling` (a string); metrics here are float32 scalars only.
 """
 
@@ -39,7 +48,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lgdlm_jax import cycle_schedule
 from lgdlm_jax import diffusion
+from lgdlm_jax.cycle_schedule import CYCLE_TERMS
+from lgdlm_jax.cycle_schedule import TermSet
 from lgdlm_jax.model import layers
 from lgdlm_jax.model.passes import ModelPass, run_passes
 
@@ -57,35 +69,20 @@ Params = Mapping[str, Any]
 class LossOptions:
   """The static (trace-time) choices of the objective, read from a validated config."""
   latent_loss_weight: float
-  cycle_text_weight: float
-  cycle_text_warmup_steps: int
-  cycle_text_ramp_steps: int
-  cycle_latent_weight: float
-  cycle_latent_warmup_steps: int
-  cycle_latent_ramp_steps: int
+  cycle: cycle_schedule.CycleSchedule
   cycle_latent_sampling: str
   cycle_stop_grad_latent: bool
   mask_token_id: int
   parameterization: str
 
-  @property
-  def cycle_latent_on(self) -> bool:
-    return self.cycle_latent_weight > 0.0
-
 
 def loss_options(config: ml_collections.ConfigDict) -> LossOptions:
   """The objective's settings from config.loss, model.latent_parameterization and tokenizer.mask_token_id."""
-  loss = config.loss
   return LossOptions(
-      latent_loss_weight=loss.latent_loss_weight,
-      cycle_text_weight=loss.cycle_text_weight,
-      cycle_text_warmup_steps=loss.cycle_text_warmup_steps,
-      cycle_text_ramp_steps=loss.cycle_text_ramp_steps,
-      cycle_latent_weight=loss.cycle_latent_weight,
-      cycle_latent_warmup_steps=loss.cycle_latent_warmup_steps,
-      cycle_latent_ramp_steps=loss.cycle_latent_ramp_steps,
-      cycle_latent_sampling=loss.cycle_latent_sampling,
-      cycle_stop_grad_latent=loss.cycle_stop_grad_latent,
+      latent_loss_weight=config.loss.latent_loss_weight,
+      cycle=cycle_schedule.from_config(config),
+      cycle_latent_sampling=config.loss.cycle_latent_sampling,
+      cycle_stop_grad_latent=config.loss.cycle_stop_grad_latent,
       mask_token_id=config.tokenizer.mask_token_id,
       parameterization=config.model.latent_parameterization,
   )
@@ -97,17 +94,19 @@ class PlannedPass(NamedTuple):
   text_logits: bool
 
 
-def pass_plan(opts: LossOptions) -> tuple[tuple[PlannedPass, ...], ...]:
-  """The passes cycle_vae_loss runs, round by round; each round is one joint model call.
+def pass_plan(opts: LossOptions, terms: TermSet | None = None) -> tuple[tuple[PlannedPass, ...], ...]:
+  """The passes cycle_vae_loss runs for `terms` (default: the configured ones), round by round; each
+  round is one joint model call.
 
   Round 1: base T2L (clean text -> noised latent) and base L2T (all-[MASK] text, clean latent).
-  Round 2: cycle text (L2T on round 1's x0 estimate) and, when on, cycle latent (T2L on round 1's
-  pseudo tokens). The benchmark counts model FLOPs from this same plan.
+  Round 2, when a cycle term runs: cycle text (L2T on round 1's x0 estimate) and cycle latent (T2L
+  on round 1's pseudo tokens). The benchmark counts model FLOPs from this same plan.
   """
-  round2 = (PlannedPass('cycle_text', True),)
-  if opts.cycle_latent_on:
-    round2 += (PlannedPass('cycle_latent', False),)
-  return (PlannedPass('base_t2l', False), PlannedPass('base_l2t', True)), round2
+  terms = opts.cycle.configured_terms() if terms is None else terms
+  round1 = (PlannedPass('base_t2l', False), PlannedPass('base_l2t', True))
+  round2 = ((PlannedPass('cycle_text', True),) if terms.cycle_text else ()) + (
+      (PlannedPass('cycle_latent', False),) if terms.cycle_latent else ())
+  return (round1, round2) if round2 else (round1,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,23 +144,6 @@ def sample_draws(rng: jax.Array, batch_size: int, latent_dim: int,
 
 # ---------------------------------------------------------------------------------------------
 # Pieces of the objective.
-
-
-def ramp_weight(step: int | jax.Array | None, base: float, warmup_steps: int, ramp_steps: int) -> jax.Array:
-  """The reference's cycle-weight schedule; `step` may be a traced integer. float32 scalar.
-
-  0 for step < warmup; base * min(1, (step - warmup) / ramp) after (base at once if ramp = 0);
-  always 0 if base <= 0; the base itself when step is None (as the reference).
-  """
-  if step is None:
-    return jnp.asarray(base, jnp.float32)
-  if base <= 0.0:
-    return jnp.zeros((), jnp.float32)
-  warmup_steps, ramp_steps = max(0, int(warmup_steps)), max(0, int(ramp_steps))
-  # Subtract in integers so that large step counts lose no precision before the division.
-  since_warmup = jnp.asarray(step).astype(jnp.int32) - warmup_steps
-  progress = 1.0 if ramp_steps == 0 else jnp.minimum(1.0, since_warmup.astype(jnp.float32) / ramp_steps)
-  return jnp.where(since_warmup < 0, 0.0, base * progress).astype(jnp.float32)
 
 
 def normalized_mse(pred_BxD: jax.Array, target_BxD: jax.Array) -> jax.Array:
@@ -206,27 +188,20 @@ def _mean_l2_norm(x_BxD: jax.Array) -> jax.Array:
 # The objective.
 
 
-def cycle_vae_loss(
+def cycle_vae_terms(
     params: Params,
     batch: Mapping[str, jax.Array],
     draws: Mapping[str, jax.Array],
     *,
-    step: int | jax.Array | None,
     model: nn.Module,
     config: ml_collections.ConfigDict,
-    deterministic: bool | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The cycle_vae loss of one batch, and its metrics (float32 scalars, no gradient).
-
-  batch: input_ids int [B,S], attention_mask bool [B,S] (absent = all true), latent float
-  [B,D] or [B,1,D]. draws: from `sample_draws`. step: the training step for the cycle-weight
-  ramps (a traced int is fine; None = base weights). deterministic: None derives it from the
-  config, i.e. dropout is active (with draws['dropout_key']) whenever model.dropout > 0, as in
-  training; pass True for evaluation.
-  """
+    terms: TermSet,
+    deterministic: bool,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """(values, diagnostics) of one batch: {'<term>_loss': the clamped, unweighted term} for the base
+  terms and the cycle terms `terms` selects (differentiable: the gradient-flow test takes each
+  term's own gradient), and the diagnostic scalars t_lat_mean, latent_pred_norm, x0_pred_norm."""
   opts = loss_options(config)
-  if deterministic is None:
-    deterministic = not config.model.dropout > 0.0
   schedule = diffusion.schedule_from_config(config.model)
   input_ids_BxS = jnp.asarray(batch['input_ids']).astype(jnp.int32)
   latents_BxD = _latents_2d(jnp.asarray(batch['latent']))
@@ -238,8 +213,8 @@ def cycle_vae_loss(
   all_mask_tokens_BxS = jnp.full_like(input_ids_BxS, opts.mask_token_id)
   round1_key, round2_key = (None, None) if deterministic else jax.random.split(draws['dropout_key'])
   t_lat_B = jnp.asarray(draws['t_lat'], jnp.float32)
-  round1_plan, round2_plan = pass_plan(opts)
-  wants_text = lambda plan: [p.text_logits for p in plan]
+  plan = pass_plan(opts, terms)
+  wants_text = lambda round_: [p.text_logits for p in round_]
 
   # Round 1: base T2L (clean text -> noised latent) and base L2T (all-[MASK] text, clean latent).
   z_t_BxD, target_BxD = diffusion.add_noise(schedule, latents_BxD, t_lat_B, draws['noise'], opts.parameterization)
@@ -247,46 +222,80 @@ def cycle_vae_loss(
       model, params,
       [ModelPass(input_ids_BxS, z_t_BxD, zeros_B, t_lat_B, mask_BxS),
        ModelPass(all_mask_tokens_BxS, latents_BxD, ones_B, zeros_B, mask_BxS)],
-      deterministic=deterministic, dropout_key=round1_key, text_logits_wanted=wants_text(round1_plan))
-  base_t2l = jnp.clip(normalized_mse(latent_pred_BxD, target_BxD), 0.0, LATENT_LOSS_MAX)
-  base_l2t = jnp.clip(text_cross_entropy(l2t_logits_BxSxV, input_ids_BxS), 0.0, TEXT_LOSS_MAX)
-
-  # Round 2: cycle text (L2T on the T2L pass's x0 estimate) and, if on, cycle latent (T2L on
-  # the L2T pass's pseudo tokens with fresh t2 and noise2).
+      deterministic=deterministic, dropout_key=round1_key, text_logits_wanted=wants_text(plan[0]))
+  values = dict(
+      base_t2l_latent_loss=jnp.clip(normalized_mse(latent_pred_BxD, target_BxD), 0.0, LATENT_LOSS_MAX),
+      base_l2t_text_loss=jnp.clip(text_cross_entropy(l2t_logits_BxSxV, input_ids_BxS), 0.0, TEXT_LOSS_MAX))
   x0_pred_BxD = diffusion.predict_x0(schedule, z_t_BxD, t_lat_B, latent_pred_BxD, opts.parameterization)
-  x0_cycle_BxD = jax.lax.stop_gradient(x0_pred_BxD) if opts.cycle_stop_grad_latent else x0_pred_BxD
-  passes = [ModelPass(all_mask_tokens_BxS, x0_cycle_BxD, ones_B, zeros_B, mask_BxS)]
-  if opts.cycle_latent_on:
+
+  # Round 2: cycle text (L2T on the T2L pass's x0 estimate) and cycle latent (T2L on the L2T
+  # pass's pseudo tokens with fresh t2 and noise2), each when `terms` runs it.
+  passes = []
+  if terms.cycle_text:
+    x0_cycle_BxD = jax.lax.stop_gradient(x0_pred_BxD) if opts.cycle_stop_grad_latent else x0_pred_BxD
+    passes.append(ModelPass(all_mask_tokens_BxS, x0_cycle_BxD, ones_B, zeros_B, mask_BxS))
+  if terms.cycle_latent:
     pseudo_tokens_BxS = sample_pseudo_tokens(l2t_logits_BxSxV, opts.cycle_latent_sampling, draws['sample_key'])
     t_lat2_B = jnp.asarray(draws['t_lat2'], jnp.float32)
     z_t2_BxD, target2_BxD = diffusion.add_noise(schedule, latents_BxD, t_lat2_B, draws['noise2'],
                                                 opts.parameterization)
     passes.append(ModelPass(pseudo_tokens_BxS, z_t2_BxD, zeros_B, t_lat2_B, mask_BxS))
-  round2 = run_passes(model, params, passes, deterministic=deterministic, dropout_key=round2_key,
-                      text_logits_wanted=wants_text(round2_plan))
-  cycle_text = jnp.clip(text_cross_entropy(round2[0][0], input_ids_BxS), 0.0, TEXT_LOSS_MAX)
-  cycle_latent = jnp.zeros((), jnp.float32)
-  if opts.cycle_latent_on:
-    cycle_latent = jnp.clip(normalized_mse(round2[1][1], target2_BxD), 0.0, LATENT_LOSS_MAX)
+  if passes:
+    round2 = iter(run_passes(model, params, passes, deterministic=deterministic, dropout_key=round2_key,
+                             text_logits_wanted=wants_text(plan[1])))
+    if terms.cycle_text:
+      values['cycle_text_loss'] = jnp.clip(text_cross_entropy(next(round2)[0], input_ids_BxS), 0.0, TEXT_LOSS_MAX)
+    if terms.cycle_latent:
+      values['cycle_latent_loss'] = jnp.clip(normalized_mse(next(round2)[1], target2_BxD), 0.0, LATENT_LOSS_MAX)
 
-  cycle_text_weight = ramp_weight(step, opts.cycle_text_weight, opts.cycle_text_warmup_steps,
-                                  opts.cycle_text_ramp_steps)
-  cycle_latent_weight = ramp_weight(step, opts.cycle_latent_weight, opts.cycle_latent_warmup_steps,
-                                    opts.cycle_latent_ramp_steps)
-  loss = (opts.latent_loss_weight * base_t2l + base_l2t + cycle_text_weight * cycle_text
-          + cycle_latent_weight * cycle_latent)
+  diagnostics = dict(t_lat_mean=jnp.mean(t_lat_B), latent_pred_norm=_mean_l2_norm(latent_pred_BxD),
+                     x0_pred_norm=_mean_l2_norm(x0_pred_BxD))
+  return values, diagnostics
 
-  metrics = dict(
-      loss=loss,
-      base_t2l_latent_loss=base_t2l,
-      base_l2t_text_loss=base_l2t,
-      cycle_text_loss=cycle_text,
-      cycle_text_weight=cycle_text_weight,
-      cycle_latent_loss=cycle_latent,
-      cycle_latent_weight=cycle_latent_weight,
-      t_lat_mean=jnp.mean(t_lat_B),
-      latent_pred_norm=_mean_l2_norm(latent_pred_BxD),
-      x0_pred_norm=_mean_l2_norm(x0_pred_BxD),
-  )
+
+def term_weights(opts: LossOptions, step: int | jax.Array | None, terms: TermSet) -> dict[str, jax.Array]:
+  """The weight of each term `terms` runs at `step` (the cycle ramps; None = their base weights)."""
+  weights = dict(base_t2l_latent_loss=jnp.asarray(opts.latent_loss_weight, jnp.float32),
+                 base_l2t_text_loss=jnp.ones((), jnp.float32))
+  cycle_weights = opts.cycle.weights(step)
+  weights.update({f'{term}_loss': cycle_weights[term] for term, on in zip(CYCLE_TERMS, terms) if on})
+  return weights
+
+
+def cycle_vae_loss(
+    params: Params,
+    batch: Mapping[str, jax.Array],
+    draws: Mapping[str, jax.Array],
+    *,
+    step: int | jax.Array | None,
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    terms: TermSet | None = None,
+    deterministic: bool | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The cycle_vae loss of one batch, and its metrics (float32 scalars, no gradient).
+
+  batch: input_ids int [B,S], attention_mask bool [B,S] (absent = all true), latent float
+  [B,D] or [B,1,D]. draws: from `sample_draws`. step: the training step for the cycle-weight
+  ramps (a traced int is fine; None = base weights). terms: the cycle terms to compute (static;
+  default: every term with a base weight above 0, weighted by its ramp at `step`, 0 included).
+  deterministic: None derives it from the config, i.e. dropout is active (with
+  draws['dropout_key']) whenever model.dropout > 0, as in training; pass True for evaluation.
+
+  Metrics: loss, every computed term (`*_loss`), the weight of each computed cycle term
+  (`cycle_text_weight`, `cycle_latent_weight`), and the diagnostics of `cycle_vae_terms`.
+  """
+  opts = loss_options(config)
+  terms = opts.cycle.configured_terms() if terms is None else terms
+  if deterministic is None:
+    deterministic = not config.model.dropout > 0.0
+  values, diagnostics = cycle_vae_terms(params, batch, draws, model=model, config=config, terms=terms,
+                                        deterministic=deterministic)
+  weights = term_weights(opts, step, terms)
+  loss = sum(weights[name] * value for name, value in values.items())
+  metrics = dict(loss=loss, **values, **diagnostics)
+  for term in CYCLE_TERMS:
+    if f'{term}_loss' in weights:
+      metrics[f'{term}_weight'] = weights[f'{term}_loss']
   metrics = {k: jax.lax.stop_gradient(jnp.asarray(v, jnp.float32)) for k, v in metrics.items()}
   return loss, metrics

@@ -1,31 +1,46 @@
-"""Run logs in the workdir, written by process 0: training_log.jsonl, TensorBoard events, config.json."""
+"""Run logs in the workdir, written by process 0: training_log.jsonl, TensorBoard events, config.json.
+
+A run that resumes from the checkpoint of step S first cuts the log back to the records of steps
+<= S (a killed run may have logged steps past its last checkpoint, which the resumed run logs again)
+and tells TensorBoard to drop its events past S, so that no step appears twice.
+"""
 
 import json
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import tensorboardX
 
 LOG_FILE = 'training_log.jsonl'
+CONFIG_FILE = 'config.json'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 class MetricsLog:
-  """Appends one JSON line per record and mirrors the scalars to TensorBoard."""
+  """Appends one JSON line per record and mirrors the scalars to TensorBoard.
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+  resume_step: the step of the checkpoint this run resumed from (None = a fresh run, whose log
+  starts empty).
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, resume_step: int | None = None):
     self._active = jax.process_index() == 0
     self._jsonl = None
     self._tensorboard = None
     if not self._active:
       return
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
       f.write(config.to_json(indent=2))
-    # Append: a resumed run continues the same log.
-    self._jsonl = open(os.path.join(workdir, LOG_FILE), 'a')
-    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    path = os.path.join(workdir, LOG_FILE)
+    truncate_log(path, -1 if resume_step is None else resume_step)
+    self._jsonl = open(path, 'a')
+    # TensorBoard discards the events of earlier runs at steps >= purge_step.
+    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                                   purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, record: dict[str, Any], prefix: str = '') -> None:
     if not self._active:
@@ -43,6 +58,34 @@ class MetricsLog:
       self._jsonl.close()
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def truncate_log(path: str, last_step: int) -> None:
+  """Keeps the records of steps <= last_step (none when it is -1), atomically; says what it dropped
+  (the steps this run logs again, and any line cut short by a killed process)."""
+  if not os.path.exists(path):
+    return
+  kept, dropped, torn = [], 0, 0
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        step = json.loads(line)['step']
+      except (json.JSONDecodeError, KeyError, TypeError):
+        torn += 1
+        continue
+      if step <= last_step:
+        kept.append(line if line.endswith('\n') else line + '\n')
+      else:
+        dropped += 1
+  if dropped or torn:
+    logging.warning('%s: dropped %d record(s) of steps after %d (this run logs them again) and %d unreadable '
+                    'line(s)', path, dropped, last_step, torn)
+  staged = path + '.tmp'
+  with open(staged, 'w') as f:
+    f.writelines(kept)
+  os.replace(staged, path)
 
 
 def _plain(value: Any) -> Any:

@@ -6,10 +6,11 @@
   t2l: text -> latents. --texts is a text file (one text per non-empty line; needs a tokenizer) or
        a directory of NAME[_tokens].npz token files. Writes OUT/latents/NAME.npy (float32 [D]).
 
---workdir is a training workdir (params of its newest checkpoint, or --step; the config from its
-config.json) or a directory the converter wrote (its params and model config; the tokenizer ids
-from what the converted checkpoint said, or --mask_token_id / --pad_token_id). The tokenizer comes
-from --tokenizer, else the config's tokenizer.json_file.
+--workdir is a training workdir (params of its newest checkpoint, or --step: the moving average when
+the run kept one (training.ema_decay > 0), else the raw parameters, or as --params says; the config
+from its config.json) or a directory the converter wrote (its params and model config; the tokenizer
+ids from what the converted checkpoint said, or --mask_token_id / --pad_token_id). The tokenizer
+comes from --tokenizer, else the config's tokenizer.json_file.
 Inputs are processed in batches of --batch_size (the last one padded, so one compiled sampler
 serves them all); each batch is one jitted sampler call. Names from a single .npy or a text
 file are the 6-digit row / line index.
@@ -27,9 +28,11 @@ import tqdm
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import ema
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import text
 from lgdlm_jax.convert import sources
+from lgdlm_jax.convert import workdirs
 from lgdlm_jax.evaluation import samplers
 
 _DEFAULT_STEPS = {'l2t': 20, 't2l': 50}
@@ -153,6 +156,8 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_integer, 'seed', 0, 'Random seed; batch k uses fold_in(seed, k).')
   define(flags.DEFINE_integer, 'mask_token_id', None, 'Overrides the [MASK] id of the workdir or converted directory.')
   define(flags.DEFINE_integer, 'pad_token_id', None, 'Overrides the [PAD] id of the workdir or converted directory.')
+  flags.DEFINE_enum('params', None, ema.PARAMS_CHOICES, 'ema (the moving average) or raw; default ema when the '
+                    'training workdir kept one.', flag_values=flag_values)
 
 
 def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
@@ -170,13 +175,20 @@ def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
 
 def work(args: flags.FlagValues, positional: list[str]) -> None:
   mode = _check_args(args, positional)
-  if os.path.exists(args.workdir) and sources.kind(args.workdir) == sources.TORCH:
+  source_kind = sources.kind(args.workdir) if os.path.exists(args.workdir) else None
+  if source_kind == sources.TORCH:
     raise cli.UsageError(f'--workdir {args.workdir} is neither a training workdir nor a converted directory; for a '
                          'PyTorch checkpoint, convert it first (python -m lgdlm_jax.convert --input CKPT --output DIR)')
-  weights = sources.read(args.workdir, step=args.step)
+  saved = workdirs.load_config(args.workdir) if source_kind == sources.WORKDIR else None
+  has_ema = saved is not None and ema.enabled(saved)
+  which = args.params or ('ema' if has_ema else 'raw')
+  if which == 'ema' and not has_ema:
+    raise cli.UsageError(f'--params=ema: {args.workdir} holds no moving average (not a training workdir, or trained '
+                         'with training.ema_decay=0)')
+  weights = sources.read(args.workdir, step=args.step, params_tree='ema_params' if which == 'ema' else 'params')
   config = sampling_config(weights, args.mask_token_id, args.pad_token_id)
   params = weights.params
-  print(f'Loaded the {weights.description}')
+  print(f'Loaded the {weights.description} ({which} parameters)')
   tokenizer_path = args.tokenizer or config.tokenizer.json_file
   tokenizer = text.load_tokenizer(tokenizer_path) if tokenizer_path else None
   model = model_lib.MultimodalMMDiT(config.model)

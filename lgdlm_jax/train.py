@@ -1,8 +1,10 @@
 """The cycle_vae train state and its compiled steps.
 
-`train_step(state, batch, rng)` is pure: randomness is `fold_in(rng, state.step)`, the loss takes
-its draws as arguments, and a step whose loss or gradient is not finite applies no update
-(parameters and optimizer state unchanged) and is counted. lgdlm_jax.loop.run drives it.
+`train_step(state, batch, rng, terms=...)` is pure: randomness is `fold_in(rng, state.step)`, the
+loss takes its draws as arguments, and a step whose loss or gradient is not finite applies no
+update (parameters, EMA and optimizer state unchanged) and is counted. The cycle terms it computes
+(`terms`) are static: `TrainPrograms` holds one compiled program per term set and the loop
+(lgdlm_jax.loop.run) picks one on the host from the step number.
 """
 
 import functools
@@ -15,6 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lgdlm_jax import cycle_schedule
+from lgdlm_jax import ema as ema_lib
 from lgdlm_jax import losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
@@ -29,6 +33,7 @@ class TrainState:
   opt_state: Any
   nonfinite_steps: jax.Array  # total number of skipped steps
   consecutive_nonfinite: jax.Array
+  ema_params: Any = None  # the parameters' moving average (lgdlm_jax.ema); None when training.ema_decay = 0
 
 
 def init_state(config: ml_collections.ConfigDict, model: model_lib.MultimodalMMDiT,
@@ -39,7 +44,7 @@ def init_state(config: ml_collections.ConfigDict, model: model_lib.MultimodalMMD
   params = model.init(rng, tokens, latents)['params']
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, opt_state=optimizer.init(params), nonfinite_steps=zero,
-                    consecutive_nonfinite=zero)
+                    consecutive_nonfinite=zero, ema_params=ema_lib.initial(params, config))
 
 
 def abstract_state_and_shardings(config, model, optimizer, mesh, rng) -> tuple[TrainState, Any]:
@@ -62,15 +67,17 @@ def _debug_check_finite(named: dict[str, Any]) -> None:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: model_lib.MultimodalMMDiT, config: ml_collections.ConfigDict,
-               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One micro-batch: loss, gradient, and (if all finite) one optimizer update."""
+               optimizer: optax.GradientTransformation,
+               terms: cycle_schedule.TermSet) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One micro-batch: the loss with the cycle terms `terms`, its gradient, and (if all finite) one
+  optimizer update and EMA update."""
   check = config.debug.check_finite
   if check:
     _debug_check_finite({'batch.latent': batch['latent']})
   key = jax.random.fold_in(rng, state.step)
   batch_size = batch['input_ids'].shape[0]
   draws = losses.sample_draws(key, batch_size, config.model.latent_dim, config)
-  loss_fn = functools.partial(losses.cycle_vae_loss, step=state.step, model=model, config=config)
+  loss_fn = functools.partial(losses.cycle_vae_loss, step=state.step, model=model, config=config, terms=terms)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, draws)
   grad_norm = optax.global_norm(grads)
   if check:
@@ -81,12 +88,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   new_params = optax.apply_updates(state.params, updates)
   keep_if_bad = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
   bad = (~finite).astype(jnp.int32)
+  params = keep_if_bad(new_params, state.params)
+  applied = finite & ema_lib.update_was_applied(state.opt_state, new_opt_state)
   new_state = TrainState(
       step=state.step + 1,
-      params=keep_if_bad(new_params, state.params),
+      params=params,
       opt_state=keep_if_bad(new_opt_state, state.opt_state),
       nonfinite_steps=state.nonfinite_steps + bad,
       consecutive_nonfinite=(state.consecutive_nonfinite + bad) * bad,
+      ema_params=ema_lib.update(state.ema_params, params, config.training.ema_decay, applied),
   )
   # The learning rate of this micro-batch, as the reference logs it; returned so that the loop never
   # evaluates the schedule on the device itself (which would wait for the step in flight).
@@ -98,10 +108,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model, config) -> dict[str, jax.Array]:
-  """Validation metrics with fixed draws (the same at every evaluation), no dropout, full cycle weights."""
+  """Validation metrics with fixed draws (the same at every evaluation), no dropout: every term,
+  at the base weights, so that runs with different cycle settings report the same terms."""
   draws = losses.sample_draws(rng, batch['input_ids'].shape[0], config.model.latent_dim, config)
   _, metrics = losses.cycle_vae_loss(params, batch, draws, step=None, model=model, config=config,
-                                     deterministic=True)
+                                     terms=cycle_schedule.ALL_TERMS, deterministic=True)
   return metrics
 
 
@@ -115,23 +126,51 @@ def _traced_under(mesh, fn):
   return traced
 
 
+class TrainPrograms:
+  """The jitted train step, one program per cycle term set, each made on first use.
+
+      programs = TrainPrograms(config, model, optimizer, mesh, state_shardings)
+      step_fn = programs.for_terms(programs.schedule.terms_at(step))   # host int step -> jitted step
+      state, metrics = step_fn(state, batch, rng)
+
+  Every program has the same shardings, donates the state and is traced under `mesh` as the
+  ambient mesh; programs.made lists the term sets used so far (each is one compile, or one
+  compilation-cache hit).
+  """
+
+  def __init__(self, config, model, optimizer, mesh, state_shardings):
+    self._config, self._model, self._optimizer, self._mesh = config, model, optimizer, mesh
+    self._shardings = (state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+    self._outputs = (state_shardings, sharding.replicated(mesh))
+    self.schedule = cycle_schedule.from_config(config)
+    self._programs: dict[cycle_schedule.TermSet, Any] = {}
+
+  def for_terms(self, terms: cycle_schedule.TermSet):
+    if terms not in self._programs:
+      step_fn = jax.jit(
+          _traced_under(self._mesh, functools.partial(train_step, model=self._model, config=self._config,
+                                                      optimizer=self._optimizer, terms=terms)),
+          in_shardings=self._shardings, out_shardings=self._outputs, donate_argnums=(0,))
+      if self._config.debug.check_finite:
+        step_fn = chex.chexify(step_fn, async_check=False)
+      self._programs[terms] = step_fn
+    return self._programs[terms]
+
+  @property
+  def made(self) -> tuple[cycle_schedule.TermSet, ...]:
+    return tuple(self._programs)
+
+
 def compile_steps(config, model, optimizer, mesh, state_shardings):
-  """Jitted train step, validation-loss step and sampler evaluation, with explicit shardings; the
-  train state is donated. Each is traced under `mesh` as the ambient mesh."""
+  """The train-step programs (TrainPrograms), and the jitted validation-loss step and sampler
+  evaluation, with explicit shardings, traced under `mesh` as the ambient mesh; the train state is
+  donated."""
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
-  step_fn = jax.jit(
-      _traced_under(mesh, functools.partial(train_step, model=model, config=config, optimizer=optimizer)),
-      in_shardings=(state_shardings, batch_sharding, replicated),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=(0,),
-  )
-  if config.debug.check_finite:
-    step_fn = chex.chexify(step_fn, async_check=False)
   eval_in_shardings = (state_shardings.params, batch_sharding, replicated)
   eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_step, model=model, config=config)),
                     in_shardings=eval_in_shardings, out_shardings=replicated)
   sample_eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_metrics.evaluate_batch, model=model,
                                                                  config=config)),
                            in_shardings=eval_in_shardings, out_shardings=replicated)
-  return step_fn, eval_fn, sample_eval_fn
+  return TrainPrograms(config, model, optimizer, mesh, state_shardings), eval_fn, sample_eval_fn

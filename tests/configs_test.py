@@ -16,11 +16,11 @@ from lgdlm_jax import train
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
-def load(name):
+def load(name, *args):
   spec = importlib.util.spec_from_file_location(f'config_{name}', os.path.join(CONFIG_DIR, f'{name}.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*args)
 
 
 @pytest.mark.parametrize('name', ['smoke', 'base', 'cluster'])
@@ -38,7 +38,27 @@ def test_cluster_config_has_the_reference_cluster_sizes():
           config.model.latent_dim, config.model.num_residual_streams) == (1024, 24, 1024, 4096, 32, 2)
   assert config.model.dtype == 'bfloat16'
   assert (config.optimizer.lr, config.optimizer.grad_clip_norm, config.training.warmup_steps) == (5e-5, 0.5, 2000)
-  assert config.loss.latent_t_mode == 'full' and config.loss.cycle_latent_weight == 1.0
+
+
+@pytest.mark.parametrize('name,args', [('cluster', ()), ('finetune', ('converted/ref',))])
+def test_cluster_and_finetune_follow_the_reference_advice_for_a_first_run(name, args):
+  # The reference's review, section 5: T2L at latent t = 1, cycle weights 0.1 ramped in from step 0,
+  # cycle_latent_t_max 0.90 (its runbook), the cycle-text gradient stopped at the round-1 latent.
+  config = config_lib.finalize(load(name, *args))
+  loss = config.loss
+  assert loss.latent_t_mode == 'full' and loss.cycle_stop_grad_latent and loss.cycle_latent_t_max == 0.90
+  assert (loss.cycle_text_weight, loss.cycle_latent_weight) == (0.1, 0.1)
+  assert loss.cycle_text_warmup_steps == loss.cycle_latent_warmup_steps == 0
+  assert loss.cycle_text_ramp_steps == loss.cycle_latent_ramp_steps > 0
+
+
+def test_finetune_needs_the_weights_and_keeps_an_ema_and_the_best_checkpoints():
+  config = config_lib.finalize(load('finetune', 'converted/ref'))
+  assert config.init_from == 'converted/ref'
+  assert config.training.ema_decay > 0 and config.training.keep_best_checkpoints > 0
+  assert config.model == config_lib.finalize(load('cluster')).model
+  with pytest.raises(ValueError, match='finetune.py:DIR'):
+    load('finetune')
 
 
 def test_cluster_state_fits_a_16_gib_chip_with_fsdp():

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from lgdlm_jax import convert
+from lgdlm_jax import cycle_schedule
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import diffusion
 from lgdlm_jax import losses
@@ -213,16 +214,16 @@ class WeightScheduleTest(parameterized.TestCase):
   def test_ramp_matches_reference_formula_eager_and_traced(self, base, warmup, ramp):
     steps = np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, 100_000], np.int32)
     expected = np.array([torch_cycle_loss.ramp_weight(s, base, warmup, ramp) for s in steps], np.float32)
-    eager = np.array([losses.ramp_weight(int(s), base, warmup, ramp) for s in steps])
-    traced = jax.jit(jax.vmap(lambda s: losses.ramp_weight(s, base, warmup, ramp)))(steps)
+    eager = np.array([cycle_schedule.ramp_weight(int(s), base, warmup, ramp) for s in steps])
+    traced = jax.jit(jax.vmap(lambda s: cycle_schedule.ramp_weight(s, base, warmup, ramp)))(steps)
     np.testing.assert_allclose(eager, expected, rtol=1e-7, atol=0)
     np.testing.assert_allclose(traced, expected, rtol=1e-7, atol=0)
 
   def test_ramp_formula_is_step_minus_warmup_over_ramp(self):
     # The reference's step counts from 0 and the first step after warmup still weighs 0.
-    weights = [float(losses.ramp_weight(s, 2.0, 3, 4)) for s in range(9)]
+    weights = [float(cycle_schedule.ramp_weight(s, 2.0, 3, 4)) for s in range(9)]
     self.assertEqual(weights, [0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
-    self.assertEqual(float(losses.ramp_weight(None, 2.0, 3, 4)), 2.0)
+    self.assertEqual(float(cycle_schedule.ramp_weight(None, 2.0, 3, 4)), 2.0)
 
   def test_weights_ramp_inside_the_jitted_loss_without_retracing(self):
     fn, config, key = compiled_loss('epsilon')
@@ -339,6 +340,26 @@ class ContractTest(parameterized.TestCase):
     self.assertGreater(float(jnp.abs(first[0][1] - first[1][1]).max()), 1e-3)
     chex.assert_trees_all_equal(first, again)
     self.assertGreater(float(jnp.abs(first[0][1] - other[0][1]).max()), 1e-3)
+
+  @parameterized.parameters((False, False), (False, True))
+  def test_a_term_that_does_not_run_is_absent_and_changes_nothing_else(self, cycle_text, cycle_latent):
+    fn, config, _ = compiled_loss('epsilon', grad=False, cycle_latent_sampling='categorical')
+    _, params = torch_pair()
+    batch, draws = make_batch(), draws_for(config)
+    _, every = run(fn, params, batch, draws, PARITY_STEP)
+    terms = cycle_schedule.TermSet(cycle_text, cycle_latent)
+    model = model_lib.MultimodalMMDiT(config.model)
+    some = jax.jit(lambda p, b, d, s: losses.cycle_vae_loss(p, b, d, step=s, model=model, config=config, terms=terms))
+    loss, metrics = run(some, params, batch, draws, PARITY_STEP)
+    skipped = {f'{name}_{what}' for name, on in zip(cycle_schedule.CYCLE_TERMS, terms) if not on
+               for what in ('loss', 'weight')}
+    self.assertEqual(set(metrics), set(every) - skipped)
+    for name in set(metrics) - {'loss'}:
+      np.testing.assert_allclose(metrics[name], every[name], rtol=1e-6, err_msg=name)
+    expected = 0.3 * every['base_t2l_latent_loss'] + every['base_l2t_text_loss']
+    if cycle_latent:
+      expected += every['cycle_latent_weight'] * every['cycle_latent_loss']
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
 
   def test_absent_mask_equals_all_true_mask(self):
     fn, config, _ = compiled_loss('epsilon', grad=False, cycle_latent_sampling='categorical')

@@ -47,6 +47,12 @@ def losses_of(workdir):
   return {r['step']: r['loss'] for r in metrics_log.read_log(workdir) if 'loss' in r}
 
 
+def configured_step(config, model, optimizer, mesh, shardings):
+  """The train step that computes every term with a base weight above 0."""
+  programs, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  return programs.for_terms(programs.schedule.configured_terms())
+
+
 class TrainStepTest(chex.TestCase):
 
   def _setup(self, **overrides):
@@ -64,15 +70,20 @@ class TrainStepTest(chex.TestCase):
     return config, model, optimizer, mesh, state, shardings, batch
 
   def test_finite_step_updates_and_nonfinite_step_is_skipped(self):
-    config, model, optimizer, mesh, state, shardings, batch = self._setup()
-    step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+    config, model, optimizer, mesh, state, shardings, batch = self._setup(**{'training.ema_decay': 0.75})
+    step_fn = configured_step(config, model, optimizer, mesh, shardings)
     before = jax.device_get(state)
+    chex.assert_trees_all_equal(before.ema_params, before.params)  # the EMA starts at the initial parameters
     state, metrics = step_fn(state, batch, jax.random.key(1))
     self.assertTrue(bool(metrics['step_was_finite']))
     chex.assert_trees_all_equal_shapes(before.params, state.params)
     moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), before.params,
                                                              jax.device_get(state.params)))
     self.assertGreater(max(moved), 0.0)
+    # ema = decay * ema + (1 - decay) * params after the update.
+    expected_ema = jax.tree_util.tree_map(lambda e, p: 0.75 * e + 0.25 * p, before.ema_params,
+                                          jax.device_get(state.params))
+    chex.assert_trees_all_close(jax.device_get(state.ema_params), expected_ema, rtol=1e-6, atol=1e-7)
 
     good = jax.device_get(state)
     bad_batch = dict(batch, latent=batch['latent'].at[0, 0].set(jnp.nan))
@@ -83,6 +94,7 @@ class TrainStepTest(chex.TestCase):
     self.assertEqual(int(state.step), 2)  # the data moved on, so the step counter does too
     chex.assert_trees_all_equal(jax.device_get(state.params), good.params)
     chex.assert_trees_all_equal(jax.device_get(state.opt_state), good.opt_state)
+    chex.assert_trees_all_equal(jax.device_get(state.ema_params), good.ema_params)  # no update, no EMA step
 
     state, _ = step_fn(state, batch, jax.random.key(1))
     self.assertEqual(int(state.consecutive_nonfinite), 0)
@@ -91,7 +103,7 @@ class TrainStepTest(chex.TestCase):
   def test_check_finite_names_the_bad_input(self):
     config, model, optimizer, mesh, state, shardings, batch = self._setup()
     config.debug.check_finite = True
-    step_fn, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+    step_fn = configured_step(config, model, optimizer, mesh, shardings)
     bad_batch = dict(batch, latent=batch['latent'].at[0, 0].set(jnp.inf))
     with pytest.raises(AssertionError, match='non-finite batch.latent'):
       step_fn(state, bad_batch, jax.random.key(1))

@@ -73,6 +73,13 @@ def multiple_of(step: int) -> Rule:
   return check
 
 
+def step_range(key: str, value: Any) -> None:
+  """(start, stop): integers with 0 <= start <= stop; (0, 0) or any empty range = none."""
+  if (not isinstance(value, (tuple, list)) or len(value) != 2
+      or any(isinstance(v, bool) or not isinstance(v, int) for v in value) or not 0 <= value[0] <= value[1]):
+    raise _bad(key, value, 'expected (start, stop): two integers with 0 <= start <= stop')
+
+
 POSITIVE = integer(1)
 NON_NEGATIVE = integer(0)
 RULES: dict[str, Rule] = {
@@ -129,6 +136,11 @@ RULES: dict[str, Rule] = {
     'training.print_examples': NON_NEGATIVE,
     'training.save_every': NON_NEGATIVE,
     'training.keep_checkpoints': POSITIVE,
+    'training.keep_best_checkpoints': NON_NEGATIVE,
+    'training.best_checkpoint_metric': choice,
+    'training.ema_decay': number(0.0, 1.0, below_max=True),
+    'training.profile_steps': step_range,
+    'training.allow_config_change': boolean,
     'training.compilation_cache': boolean,
     'training.compilation_cache_dir': string,
     'loss.latent_loss_weight': number(0.0),
@@ -143,6 +155,7 @@ RULES: dict[str, Rule] = {
     'loss.cycle_latent_t_min': number(0.0, 1.0),
     'loss.cycle_latent_t_max': number(0.0, 1.0),
     'loss.cycle_stop_grad_latent': boolean,
+    'loss.cycle_every': POSITIVE,
     'optimizer.name': choice,
     'optimizer.lr': number(0.0),
     'optimizer.weight_decay': number(0.0),
@@ -215,12 +228,24 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
   if bool(data.token_dir) != bool(data.latent_dir):
     raise ConfigError(f'data.token_dir={data.token_dir!r} and data.latent_dir={data.latent_dir!r}: set both or '
                       'neither')
+  training = config.training
   if model.attention == 'cudnn' and model.dtype != 'bfloat16':
     raise ConfigError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
                       f'bfloat16 or float16 only), not {model.dtype!r}')
-  if config.training.eval_sample_batches > config.training.eval_batches:
-    raise ConfigError(f'training.eval_sample_batches={config.training.eval_sample_batches} > '
-                      f'training.eval_batches={config.training.eval_batches}')
+  if training.eval_sample_batches > training.eval_batches:
+    raise ConfigError(f'training.eval_sample_batches={training.eval_sample_batches} > '
+                      f'training.eval_batches={training.eval_batches}')
+  if training.keep_best_checkpoints and not training.eval_every:
+    raise ConfigError(f'training.keep_best_checkpoints={training.keep_best_checkpoints} needs evaluations to rank '
+                      'checkpoints by; set training.eval_every > 0')
+  sampler_metric = not training.best_checkpoint_metric.endswith('_loss')
+  if training.keep_best_checkpoints and sampler_metric and not training.eval_sample_batches:
+    raise ConfigError(f'training.best_checkpoint_metric={training.best_checkpoint_metric!r} is a sampler metric; it '
+                      'needs training.eval_sample_batches > 0')
+  _, stop = training.profile_steps
+  if stop > training.num_train_steps:
+    raise ConfigError(f'training.profile_steps={tuple(training.profile_steps)!r} ends after '
+                      f'training.num_train_steps={training.num_train_steps}')
 
 
 def check_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:

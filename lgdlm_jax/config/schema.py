@@ -27,6 +27,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # 'global': train/eval_batch_size count every process's rows; 'process': each process's (the
     # reference's DDP meaning), multiplied by the process count after jax.distributed start-up.
     'training.batch_size_per': ('global', 'process'),
+    # Validation metrics a best checkpoint can be chosen by (lower is better for losses, higher for
+    # accuracies and cosines); the sampler metrics need training.eval_sample_batches > 0.
+    'training.best_checkpoint_metric': (
+        'val_loss', 'val_base_t2l_latent_loss', 'val_base_l2t_text_loss', 'val_cycle_text_loss',
+        'val_cycle_latent_loss', 'val_l2t_onepass_acc', 'val_l2t_sample_acc', 'val_t2l_cosine',
+        'val_cycle_t2l2t_acc', 'val_cycle_l2t2l_cosine'),
 }
 
 
@@ -113,7 +119,22 @@ def default_config() -> ml_collections.ConfigDict:
       eval_temperature=0.0,  # L2T sampling temperature; 0 = greedy, so the metric is deterministic
       print_examples=3,  # validation sentences decoded and printed at the end of training
       save_every=5,
-      keep_checkpoints=3,
+      keep_checkpoints=3,  # the newest N checkpoints are kept
+      # Besides the newest ones, keep the N best by best_checkpoint_metric (0 = off); the run then
+      # also saves at every evaluation, so that each evaluated step can be kept.
+      keep_best_checkpoints=0,
+      best_checkpoint_metric='val_loss',
+      # An exponential moving average of the parameters, updated after every optimizer update:
+      # ema = decay * ema + (1 - decay) * params. 0 = off. When on, it is saved in the checkpoint
+      # and used by evaluation, the decoded examples and `python -m lgdlm_jax.sample`.
+      ema_decay=0.0,
+      # A jax.profiler trace of the micro-batch steps [start, stop) into WORKDIR/tensorboard
+      # (TensorBoard's profile plugin opens it); (0, 0) = none.
+      profile_steps=(0, 0),
+      # Resuming checks this config against the workdir's config.json: a change to a key that
+      # shapes the run (model, optimizer, objective, data, batch, schedule) is an error naming
+      # the keys, unless this is True. lgdlm_jax/resume.py lists the keys that may change.
+      allow_config_change=False,
       # A persistent XLA compilation cache, so that a relaunch (resume, a preempted job) does not
       # compile again. '' = WORKDIR/compilation_cache; any other path can be shared by runs.
       compilation_cache=True,
@@ -133,6 +154,9 @@ def default_config() -> ml_collections.ConfigDict:
       cycle_latent_t_min=0.0,
       cycle_latent_t_max=0.98,
       cycle_stop_grad_latent=True,
+      # Run the cycle terms on every N-th optimizer update only (the base terms on all of them);
+      # 1 = every update, as the reference. A step that skips a term does not compute it.
+      cycle_every=1,
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(

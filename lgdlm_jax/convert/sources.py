@@ -44,22 +44,27 @@ def kind(path: str) -> str:
 
 
 def read(path: str, *, model_config: ml_collections.ConfigDict | None = None, step: int | None = None,
-         with_moments: bool = False, unsafe_pickle: bool = False) -> Weights:
+         with_moments: bool = False, unsafe_pickle: bool = False, params_tree: str = 'params') -> Weights:
   """The weights at `path`, checked against `model_config` when given (else the source's own).
 
+  `params_tree` 'ema_params' reads a training workdir's moving average (the other sources hold one
+  set of weights).
   `step` picks a training workdir's checkpoint or a cycle-trainer run directory's step_N.pt;
   `with_moments` also reads the AdamW moments, and is an error for a source that has none.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist')
   source_kind = kind(path)
+  if params_tree != 'params' and source_kind != WORKDIR:
+    raise mapping.ConversionError(f'{path} is a {source_kind}: only a {WORKDIR} holds {params_tree}')
   if source_kind == CONVERTED:
     return _read_converted(path, model_config, step, with_moments)
   if source_kind == WORKDIR:
     config = workdirs.load_config(path)
-    checkpoint = workdirs.read(path, model_config or config.model, step, with_moments)
+    checkpoint = workdirs.read(path, model_config or config.model, step, with_moments, params_tree)
     tokenizer = {k: config.tokenizer[k] for k in TOKENIZER_KEYS}
-    return Weights(path, WORKDIR, f'{WORKDIR} {path}, step {checkpoint.step}', config.model, checkpoint.params,
+    what = '' if params_tree == 'params' else f' ({params_tree})'
+    return Weights(path, WORKDIR, f'{WORKDIR} {path}, step {checkpoint.step}{what}', config.model, checkpoint.params,
                    checkpoint.steps_done, checkpoint.moments, config, tokenizer)
   return _read_torch(path, model_config, step, with_moments, unsafe_pickle)
 

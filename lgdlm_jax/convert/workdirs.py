@@ -60,17 +60,20 @@ def resolve_step(workdir: str, step: int | None) -> int:
 
 
 def read(workdir: str, model_config: ml_collections.ConfigDict, step: int | None = None,
-         with_moments: bool = False) -> WorkdirCheckpoint:
+         with_moments: bool = False, params_tree: str = 'params') -> WorkdirCheckpoint:
   """The checkpoint at `step` (the newest by default), its params checked against `model_config`
-  before anything is read."""
+  before anything is read. params_tree: 'params', or 'ema_params' for the moving average
+  (lgdlm_jax.ema)."""
   step = resolve_step(workdir, step)
   path = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINTS_DIR, str(step), checkpoint.STATE_ITEM)
   stored = converted.metadata(path)
+  if not stored.get(params_tree):
+    raise mapping.ConversionError(f'{workdir} (step {step}) holds no {params_tree}')
   try:
-    mapping.check_params(flax.traverse_util.flatten_dict(stored['params']), model_config)
+    mapping.check_params(flax.traverse_util.flatten_dict(stored[params_tree]), model_config)
   except mapping.ConversionError as e:
     raise mapping.ConversionError(f'{workdir} (step {step}): {e}') from e
-  wanted: dict[str, Any] = {'params': stored['params'], 'step': stored['step']}
+  wanted: dict[str, Any] = {params_tree: stored[params_tree], 'step': stored['step']}
   adam_path = moments_lib.adam_state_path(stored.get('opt_state')) if with_moments else None
   if with_moments and adam_path is None:
     raise mapping.ConversionError(f'{workdir} (step {step}): its optimizer state holds no AdamW moments')
@@ -81,7 +84,7 @@ def read(workdir: str, model_config: ml_collections.ConfigDict, step: int | None
   if adam_path is not None:
     adam = _at(restored['opt_state'], adam_path)
     moments = moments_lib.AdamMoments(int(adam['count']), adam['mu'], adam['nu'], {})
-  return WorkdirCheckpoint(step, int(restored['step']), restored['params'], moments)
+  return WorkdirCheckpoint(step, int(restored['step']), restored[params_tree], moments)
 
 
 def _only(tree: Any, path: tuple[Any, ...]) -> Any:
