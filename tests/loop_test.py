@@ -146,7 +146,7 @@ def test_the_best_and_the_newest_checkpoints_are_kept(tmp_path):
   accuracies = {1: 0.1, 2: 0.5, 3: 0.4, 4: 0.2, 5: float('nan'), 6: None, 7: 0.3, 8: 0.1}
   for step, acc in accuracies.items():
     val = None if acc is None else {'val_l2t_onepass_acc': acc, 'val_loss': 1.0}
-    checkpoint.save(manager, step, {'x': np.full(2, step, np.float32)}, {'position': step},
+    checkpoint.save(manager, step, {'x': np.full(2, step, np.float32)}, None,
                     checkpoint.ranking_metrics(val, config))
     manager.wait_until_finished()
   manager.close()
