@@ -1,4 +1,4 @@
-"""Test-only PyTorch statement of the reference trainer's cycle_vae loss (SPEC.md section 3).
+"""Test-only PyTorch statement of the reference trainer's cycle_vae loss (docs/reference.md, section 3).
 
 Written from the meaning of `cycle_vae_impl/trainers/cycle_vae_trainer.py`, not copied: four
 SEPARATE model calls in the reference's order, its ramp formula in Python floats, F.normalize,

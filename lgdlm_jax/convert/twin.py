@@ -1,7 +1,7 @@
 """A PyTorch twin of the reference MultimodalMMDiT, built around the real pinned `mmdit`, and the
 output comparison behind `convert_torch_weights.py --verify` and the parity tests.
 
-The glue (encoders, timestep conditioning, heads) is written here from SPEC.md section 1 with the
+The glue (encoders, timestep conditioning, heads) is written here from docs/reference.md (section 1) with the
 reference's state-dict names; the backbone is `mmdit.mmdit_generalized_pytorch.MMDiT` itself.
 Needs torch and mmdit (requirements-test.txt): import this module only where they are wanted.
 """
