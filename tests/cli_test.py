@@ -9,11 +9,18 @@ import pytest
 
 from lgdlm_jax import bench
 from lgdlm_jax import main
+from lgdlm_jax import plot
+from lgdlm_jax import prepare_data
 from lgdlm_jax import sample
+from lgdlm_jax.convert import __main__ as convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
-ENTRY_POINTS = {'main': main.main, 'bench': bench.main, 'sample': sample.main}
+ENTRY_POINTS = {'main': main.main, 'bench': bench.main, 'sample': sample.main, 'prepare_data': prepare_data.main,
+                'convert': convert.main, 'plot': plot.main}
+# A flag of each entry point's own, and a misspelling of it.
+OWN_FLAG = {'main': ('workdir', 'wrokdir'), 'bench': ('compile_only', 'compile_olny'), 'sample': ('out', 'outt'),
+            'prepare_data': ('out', 'outt'), 'convert': ('output', 'outptu'), 'plot': ('out', 'otu')}
 
 
 def _run(entry, argv, capsys):
@@ -24,10 +31,19 @@ def _run(entry, argv, capsys):
 
 @pytest.mark.parametrize('entry', sorted(ENTRY_POINTS))
 def test_help_exits_zero_and_lists_the_flags(entry, capsys):
-  argv = ['--help'] if entry == 'sample' else [f'--config={SMOKE}', '--help']
+  argv = [f'--config={SMOKE}', '--help'] if entry in ('main', 'bench') else ['--help']
   code, out, _ = _run(entry, argv, capsys)
   assert code == 0
-  assert ('--workdir' if entry != 'bench' else '--compile_only') in out
+  assert f'--{OWN_FLAG[entry][0]}' in out and '--[no]verbose' in out
+
+
+@pytest.mark.parametrize('entry', sorted(ENTRY_POINTS))
+def test_a_misspelt_flag_is_one_line_with_the_suggestion(entry, capsys):
+  right, wrong = OWN_FLAG[entry]
+  code, _, err = _run(entry, [f'--{wrong}=x'], capsys)
+  assert code == 2
+  assert err.strip().count('\n') == 0
+  assert f"Unknown command line flag '{wrong}'. Did you mean: {right} ?" in err
 
 
 @pytest.mark.parametrize('entry', ['main', 'bench'])
