@@ -89,3 +89,17 @@ def test_python_dash_m_help_exits_zero():
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith('Train the cycle_vae objective: python -m lgdlm_jax.main')
+
+
+@pytest.mark.parametrize('entry, argv, message', [
+    ('prepare_data', ['check', '/no/such'], '/no/such: not a directory'),
+    ('prepare_data', ['pack', '--from', '/no/such', '--out', 'o'], "latent_dir '/no/such/latents/train' is not a directory"),
+    ('plot', ['/no/such', '--out', 'o.png'], '/no/such/training_log.jsonl: no such file'),
+    ('convert', ['--input', '/no/such.pt', '--output', 'o'], '/no/such.pt does not exist'),
+    ('sample', ['t2l', '--workdir', __file__, '--out', 'o', '--texts', 't'], 'is neither a training workdir nor'),
+])
+def test_a_missing_or_wrong_path_is_one_line(entry, argv, message, capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  code, _, err = _run(entry, argv, capsys)
+  assert code != 0 and err.strip().count('\n') == 0 and message in err, err
+  assert os.listdir(tmp_path) == []  # nothing written
