@@ -39,10 +39,11 @@ def _record(pathname: str, level: int = python_logging.INFO) -> python_logging.L
 @pytest.fixture
 def absl_handler():
   handler = logging.get_absl_handler()
-  formatter = handler.python_handler.formatter
+  formatter, filters, verbosity = handler.python_handler.formatter, list(handler.filters), logging.get_verbosity()
   yield handler
-  console.configure_logging(verbose=True)  # absl's own behaviour for the tests that follow
-  handler.setFormatter(formatter)
+  handler.setFormatter(formatter)  # as it was, for the tests that follow
+  handler.filters[:] = filters
+  logging.set_verbosity(verbosity)
 
 
 def test_library_info_lines_are_hidden_unless_verbose(absl_handler):
