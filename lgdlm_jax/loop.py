@@ -15,8 +15,8 @@ import ml_collections
 
 from lgdlm_jax import checkpoint
 from lgdlm_jax import compile_cache
-from lgdlm_jax import console
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import console
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import ema as ema_lib
 from lgdlm_jax import metrics_log
