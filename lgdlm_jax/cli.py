@@ -15,7 +15,9 @@ What every entry point then does alike:
   as a suggestion) is one line on stderr, exit status 2;
 - an `errors.InputError` (a bad config value or file) or a missing, unreadable or misplaced path is
   one line on stderr, exit status 1;
-- any other exception is a bug and keeps its traceback.
+- any other exception is a bug and keeps its traceback;
+- `--verbose` (every entry point) also shows the libraries' INFO logs (Orbax, grain, JAX), which
+  are off by default (lgdlm_jax.console).
 """
 
 from collections.abc import Callable, Sequence
@@ -25,10 +27,10 @@ import re
 import sys
 
 from absl import flags
-from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from lgdlm_jax import console
 from lgdlm_jax import errors
 
 HELP_FLAGS = ('--help', '-h', '--helpfull', '--helpshort', '-help')
@@ -68,12 +70,14 @@ def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None
     return 0
   try:
     define_flags(flag_values, argv)
+    _define_common_flags(flag_values)
     args = flag_values(argv)[1:]
     _load_config_flags(flag_values)
   except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
     print(f'{prog}: error: {_flag_error_message(e, argv)}', file=sys.stderr)
     return USAGE_ERROR
   _mark_global_flags_parsed()
+  console.configure_logging(flag_values.verbose)
   try:
     return int(work(flag_values, args) or 0)
   except UsageError as e:
@@ -113,7 +117,15 @@ def _define_for_help(define_flags: DefineFlags, flag_values: flags.FlagValues, a
     define_flags(flag_values, argv)
   except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
     return ' '.join(str(e).split())
+  finally:
+    _define_common_flags(flag_values)
   return None
+
+
+def _define_common_flags(flag_values: flags.FlagValues) -> None:
+  if 'verbose' not in flag_values:
+    flags.DEFINE_boolean('verbose', False, "Also show the libraries' INFO logs (Orbax, grain, JAX) and absl's "
+                         'full log format.', flag_values=flag_values)
 
 
 def _usage(doc: str | None, flag_values: flags.FlagValues) -> str:
@@ -156,4 +168,3 @@ def _mark_global_flags_parsed() -> None:
   # absl's logging reads the global FLAGS; without this it warns that logging began before parsing.
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  logging.use_absl_handler()

@@ -7,17 +7,16 @@ evaluation (with the EMA parameters when on) and a plot of the log at each evalu
 """
 
 import os
-import sys
 import time
 
 from absl import logging
 import jax
 import ml_collections
-import tqdm
 
 from lgdlm_jax import checkpoint
 from lgdlm_jax import compile_cache
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import console
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import ema as ema_lib
 from lgdlm_jax import metrics_log
@@ -128,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   log = metrics_log.MetricsLog(workdir, config, resume_step=None if restored is None else start)
   _log_programs(programs, start, num_steps)
   profiler = profiling.StepProfiler(config, workdir)
-  progress = tqdm.tqdm(total=num_steps, initial=start, disable=not sys.stderr.isatty() or jax.process_index() != 0)
+  progress = console.Progress(start, num_steps, show=jax.process_index() == 0)  # a bar on a terminal, else lines
   pending = None  # (step, metrics on device, start time, data wait): fetched one step late, so dispatch never waits
   watch = runtime.PreemptionWatch()
 
@@ -144,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       record.update(step_time=elapsed, tokens_per_sec=tokens_per_step / elapsed, data_wait_time=data_wait,
                     data_skipped_samples=train_iter.num_skipped)
       log.write(step, record)
-      progress.set_postfix(loss=f'{record["loss"]:.4f}')
+      progress.logged(step, record['loss'])
     if int(metrics['consecutive_nonfinite']) >= max_bad:
       raise NonFiniteError(
           f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
@@ -175,7 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       if pending is not None:
         report(*pending)
       pending = (step + 1, metrics, started, data_wait)
-      progress.update(1)
+      progress.update(step + 1)
       done = step + 1
       val = None
       if eval_every and val_batches is not None and done % eval_every == 0:
@@ -195,6 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
         break
     if pending is not None:
       report(*pending)
+    progress.close()  # the examples below the finished bar
     if int(state.step) == num_steps:
       _print_decoded_examples(state, val_batches, eval_key, model=model, config=config)
   finally:

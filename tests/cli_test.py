@@ -9,11 +9,18 @@ import pytest
 
 from lgdlm_jax import bench
 from lgdlm_jax import main
+from lgdlm_jax import plot
+from lgdlm_jax import prepare_data
 from lgdlm_jax import sample
+from lgdlm_jax.convert import __main__ as convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
-ENTRY_POINTS = {'main': main.main, 'bench': bench.main, 'sample': sample.main}
+ENTRY_POINTS = {'main': main.main, 'bench': bench.main, 'sample': sample.main, 'prepare_data': prepare_data.main,
+                'convert': convert.main, 'plot': plot.main}
+# A flag of each entry point's own, and a misspelling of it.
+OWN_FLAG = {'main': ('workdir', 'wrokdir'), 'bench': ('compile_only', 'compile_olny'), 'sample': ('out', 'outt'),
+            'prepare_data': ('out', 'outt'), 'convert': ('output', 'outptu'), 'plot': ('out', 'otu')}
 
 
 def _run(entry, argv, capsys):
@@ -24,10 +31,19 @@ def _run(entry, argv, capsys):
 
 @pytest.mark.parametrize('entry', sorted(ENTRY_POINTS))
 def test_help_exits_zero_and_lists_the_flags(entry, capsys):
-  argv = ['--help'] if entry == 'sample' else [f'--config={SMOKE}', '--help']
+  argv = [f'--config={SMOKE}', '--help'] if entry in ('main', 'bench') else ['--help']
   code, out, _ = _run(entry, argv, capsys)
   assert code == 0
-  assert ('--workdir' if entry != 'bench' else '--compile_only') in out
+  assert f'--{OWN_FLAG[entry][0]}' in out and '--[no]verbose' in out
+
+
+@pytest.mark.parametrize('entry', sorted(ENTRY_POINTS))
+def test_a_misspelt_flag_is_one_line_with_the_suggestion(entry, capsys):
+  right, wrong = OWN_FLAG[entry]
+  code, _, err = _run(entry, [f'--{wrong}=x'], capsys)
+  assert code == 2
+  assert err.strip().count('\n') == 0
+  assert f"Unknown command line flag '{wrong}'. Did you mean: {right} ?" in err
 
 
 @pytest.mark.parametrize('entry', ['main', 'bench'])
@@ -73,3 +89,17 @@ def test_python_dash_m_help_exits_zero():
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith('Train the cycle_vae objective: python -m lgdlm_jax.main')
+
+
+@pytest.mark.parametrize('entry, argv, message', [
+    ('prepare_data', ['check', '/no/such'], '/no/such: not a directory'),
+    ('prepare_data', ['pack', '--from', '/no/such', '--out', 'o'], "latent_dir '/no/such/latents/train' is not a directory"),
+    ('plot', ['/no/such', '--out', 'o.png'], '/no/such/training_log.jsonl: no such file'),
+    ('convert', ['--input', '/no/such.pt', '--output', 'o'], '/no/such.pt does not exist'),
+    ('sample', ['t2l', '--workdir', __file__, '--out', 'o', '--texts', 't'], 'is neither a training workdir nor'),
+])
+def test_a_missing_or_wrong_path_is_one_line(entry, argv, message, capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  code, _, err = _run(entry, argv, capsys)
+  assert code != 0 and err.strip().count('\n') == 0 and message in err, err
+  assert os.listdir(tmp_path) == []  # nothing written
