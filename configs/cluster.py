@@ -4,10 +4,16 @@ with the objective the reference itself recommends for a first real run (see get
 that YAML's cycle weights of 1.0 from step 0.
 Meant for a TPU slice of 8 chips (e.g. v5e-8): parameters and AdamW state fully sharded over the 8
 chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4 per GPU), the
-MMDiT blocks rematerialised keeping every matmul output (remat 'dots'), attention chosen for the
-platform at start-up (model.attention='auto': the splash kernel on TPU, cuDNN on GPU), float32
+MMDiT blocks rematerialised keeping only each block's input (remat 'full'), attention chosen for
+the platform at start-up (model.attention='auto': the splash kernel on TPU, cuDNN on GPU), float32
 residual streams. On another slice set --config.mesh.fsdp to its chip count (or fewer, the rest
 then split the data) and the batch to a multiple of the chip count.
+
+Why 'full': compiled ahead of time for a v5e-8 (2026-12-02, libtpu of jax 0.10.2), keeping every
+matmul output (remat 'dots') needs 19.8 GiB per chip at one sequence per chip, more than a v5e's
+16 GiB (the four passes of the cycle objective each hold their activations for the backward);
+'full' recomputes the blocks' matmuls in the backward and fits 2 sequences per chip (global batch
+16) in 15.65 GiB. The README's "Ahead-of-time compiles" table has the figures.
 
 Check that a variant fits before renting the slice (README, "Check a config before renting"):
     python -m lgdlm_jax.bench --compile_only --topology v5e:2x4 --config configs/cluster.py
@@ -27,7 +33,7 @@ CYCLE_RAMP_STEPS = 5000
 def get_config() -> ml_collections.ConfigDict:
   config = config_lib.default_config()
   config.model.update(hidden_size=1024, n_blocks=24, cond_dim=1024, max_seq_len=4096, latent_dim=32,
-                      num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='dots')
+                      num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='full')
   config.data.update(max_samples=2_000_000, num_workers=8)
   config.training.update(train_batch_size=8, eval_batch_size=8, num_train_steps=100_000, lr_schedule='cosine',
                          warmup_steps=2000, log_every=100, save_every=1000, eval_every=1000)
