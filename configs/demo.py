@@ -30,8 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.latent_parameterization = 'x0'
   config.tokenizer.update(vocab_size=2048, mask_token_id=4, pad_token_id=0, json_file=f'{DATA_DIR}/tokenizer.json')
   config.data.update(data_dir=DATA_DIR, val_ratio=0.05)
+  # eval_batches=3: the whole validation split (125 sentences, 3 full batches of 32).
   config.training.update(train_batch_size=16, eval_batch_size=32, num_train_steps=STEPS, lr_schedule='cosine',
-                         warmup_steps=20, log_every=50, eval_every=STEPS // 4, eval_batches=4,
+                         warmup_steps=20, log_every=50, eval_every=STEPS // 4, eval_batches=3,
                          eval_sample_batches=2, save_every=STEPS // 2)
   config.optimizer.update(lr=2e-3, weight_decay=0.0)
   # The latent terms are l2-normalised MSEs averaged over D = 384: (2 - 2 cos) / 384, ~0.005 at
