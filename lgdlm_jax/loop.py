@@ -53,14 +53,29 @@ def _evaluate(eval_fns, params, val_batches, mesh, rng, max_batches: int, sample
   return {k: v / counts[k] for k, v in totals.items()}
 
 
-def _print_decoded_examples(state, val_batches, rng, *, model, config) -> None:
-  """Decoded validation sentences at the end of a run (single process: the rows are host-local)."""
+def _print_decoded_examples(state, val_batches, train_iter, rng, *, model, config) -> None:
+  """Decoded validation sentences, then training sentences, at the end of a run (single process:
+  the rows are host-local). The training rows are the next batch of the (already saved) iterator."""
   num_examples = config.training.print_examples
-  if val_batches is None or not num_examples or jax.process_count() > 1:
+  if not num_examples or jax.process_count() > 1:
     return
-  lines = eval_examples.decoded_examples(ema_lib.evaluation_params(state, config), next(iter(val_batches(1))), rng,
-                                         model=model, config=config, num_examples=num_examples)
-  print('\n'.join(lines), flush=True)
+  params = ema_lib.evaluation_params(state, config)
+  sources = [('training example', next(train_iter))]
+  if val_batches is not None:
+    sources.insert(0, ('validation example', next(iter(val_batches(1)))))
+  for label, batch in sources:
+    lines = eval_examples.decoded_examples(params, batch, rng, model=model, config=config,
+                                           num_examples=num_examples, label=label)
+    print('\n'.join(lines), flush=True)
+
+
+def _print_outputs(workdir: str) -> None:
+  """Where the run's log and plot are (process 0); the plot exists once an evaluation wrote it."""
+  if jax.process_index() != 0:
+    return
+  plot_path = os.path.join(workdir, 'training_log.png')  # plot.PLOT_FILE, without importing matplotlib
+  print(f'Training log: {os.path.join(workdir, metrics_log.LOG_FILE)}'
+        + (f'; plot: {plot_path}' if os.path.exists(plot_path) else ''), flush=True)
 
 
 def _write_plot(workdir: str) -> None:
@@ -153,6 +168,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     val = _evaluate((eval_fn, sample_eval_fn), ema_lib.evaluation_params(state, config), val_batches, mesh,
                     eval_key, tcfg.eval_batches, tcfg.eval_sample_batches)
     log.write(step, val, prefix='val_')
+    if jax.process_index() == 0:
+      tqdm.tqdm.write(eval_examples.eval_line(step, val), file=sys.stdout)  # above the progress bar, never across it
     _write_plot(workdir)
     return {f'val_{k}': v for k, v in val.items()}
 
@@ -196,7 +213,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       report(*pending)
     progress.close()  # the examples below the finished bar
     if int(state.step) == num_steps:
-      _print_decoded_examples(state, val_batches, eval_key, model=model, config=config)
+      _print_decoded_examples(state, val_batches, train_iter, eval_key, model=model, config=config)
+      _print_outputs(workdir)
   finally:
     profiler.close()
     watch.close()

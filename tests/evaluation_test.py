@@ -1,4 +1,5 @@
-"""Evaluation metrics: exactly 1 for an oracle model, finite for a real one; decoded example lines."""
+"""Evaluation metrics: exactly 1 for an oracle model, its controls at their known values, true equal to
+shuffled for a model blind to the latent, in range for a real one; the console line; decoded example lines."""
 
 import functools
 
@@ -6,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import tokenizers
 
 from lgdlm_jax import config as config_lib
@@ -16,6 +18,7 @@ from lgdlm_jax import model as model_lib
 
 VOCAB, MASK_ID, PAD_ID, SEQ_LEN, LATENT_DIM, BATCH = 30, 3, 0, 6, 8, 4
 METRICS = ('l2t_onepass_acc', 'l2t_sample_acc', 't2l_cosine', 'cycle_t2l2t_acc', 'cycle_l2t2l_cosine')
+CONTROLS = ('l2t_onepass_acc_shuffled', 't2l_mean_latent_cosine', 't2l_norm')
 
 
 def tiny_config():
@@ -61,9 +64,19 @@ def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
   model = Oracle(batch['input_ids'], batch['attention_mask'], batch['latent'])
   metrics = jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config))(
       {}, batch, jax.random.key(0))
-  assert set(metrics) == set(METRICS)
+  assert set(metrics) == set(METRICS + CONTROLS)
   for name in METRICS:
     np.testing.assert_allclose(metrics[name], 1.0, atol=1e-4, err_msg=name)
+  # Controls: given row i-1's latent the oracle answers row i-1's text; the mean latent is each
+  # row's mean over the other rows; T2L samples are the true latents, so their norm is the data's.
+  ids, mask, x0 = batch['input_ids'], batch['attention_mask'], batch['latent']
+  answer = np.where(np.roll(mask, 1, axis=0), np.roll(ids, 1, axis=0), PAD_ID + 1)
+  np.testing.assert_allclose(metrics['l2t_onepass_acc_shuffled'], np.sum((answer == ids) & mask) / mask.sum(), atol=1e-6)
+  others = (x0.sum(0, keepdims=True) - x0) / (BATCH - 1)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  np.testing.assert_allclose(metrics['t2l_mean_latent_cosine'], np.mean(np.sum(unit(others) * unit(x0), -1)), atol=1e-5)
+  np.testing.assert_allclose(metrics['t2l_norm'], np.mean(np.linalg.norm(x0, axis=-1)), rtol=1e-4)
+  assert metrics['l2t_onepass_acc_shuffled'] < 0.5 and metrics['t2l_mean_latent_cosine'] < 0.9
 
   # Without a tokenizer the lines show the ids of each row's true positions, padding excluded.
   lines = eval_examples.decoded_examples({}, batch, jax.random.key(0), model=model, config=config, num_examples=2)
@@ -79,12 +92,56 @@ def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
   assert lines[5] == '  reference: ' + ' '.join(f'w{i}' for i in batch['input_ids'][1][:4])
 
 
+class LatentBlind(nn.Module):
+  """L2T answers the same text (the ids of row 0) whatever the latent; T2L answers zero noise."""
+  ids_BxS: np.ndarray
+
+  @nn.compact
+  def __call__(self, tokens, latents, text_t, latent_t, attention_mask=None, deterministic=True):
+    logits = 20.0 * jax.nn.one_hot(jnp.broadcast_to(jnp.asarray(self.ids_BxS[0]), tokens.shape), VOCAB)
+    return logits, jnp.zeros_like(latents)[:, None, :]
+
+
+def test_a_model_blind_to_the_latent_scores_the_same_with_shuffled_latents():
+  config, batch = tiny_config(), make_batch()
+  metrics = jax.device_get(jax.jit(functools.partial(eval_metrics.evaluate_batch, model=LatentBlind(batch['input_ids']),
+                                                     config=config))({}, batch, jax.random.key(0)))
+  assert metrics['l2t_onepass_acc'] > 0.2  # row 0's text is right on row 0: not a trivial zero
+  assert metrics['l2t_onepass_acc'] == metrics['l2t_onepass_acc_shuffled']
+
+
+def test_the_console_line_shows_each_metric_beside_its_control():
+  val = dict(loss=2.5, l2t_onepass_acc=0.4, l2t_onepass_acc_shuffled=0.2, t2l_cosine=0.31,
+             t2l_mean_latent_cosine=0.25, t2l_norm=1.02, cycle_t2l2t_acc=0.1)
+  line = eval_examples.eval_line(200, val)
+  assert line == ('eval step 200: val loss 2.5000 | L2T acc 0.400 (shuffled latents 0.200) | '
+                  'T2L cosine 0.310 (mean latent 0.250, sample norm 1.02)')
+  assert eval_examples.eval_line(5, dict(loss=1.0)) == 'eval step 5: val loss 1.0000'
+
+
 def test_real_model_metrics_are_in_range():
   config, batch = tiny_config(), make_batch()
   model = model_lib.MultimodalMMDiT(config.model)
   params = model.init(jax.random.key(0), jnp.zeros((1, SEQ_LEN), jnp.int32), jnp.zeros((1, LATENT_DIM)))['params']
   metrics = jax.device_get(jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config))(
       params, batch, jax.random.key(0)))
-  for name in METRICS:
-    low = 0.0 if name.endswith('acc') else -1.0
+  for name in METRICS + CONTROLS[:2]:
+    low = 0.0 if 'acc' in name else -1.0
     assert low - 1e-6 <= float(metrics[name]) <= 1.0 + 1e-6, (name, metrics[name])
+
+
+@pytest.mark.slow  # a whole run: compiles the train step, both evaluations and the decoders (2 min of CPU)
+def test_the_run_prints_each_evaluation_and_decoded_sentences_of_both_splits(tmp_path, capsys):
+  from lgdlm_jax import loop  # pylint: disable=g-import-not-at-top
+  from lgdlm_jax import plot  # pylint: disable=g-import-not-at-top
+  from tests.train_test import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
+  config = tiny_run_config(**{'training.num_train_steps': 2, 'training.eval_every': 2, 'training.save_every': 0,
+                              'training.eval_batches': 1, 'training.eval_l2t_steps': 2,
+                              'training.eval_t2l_steps': 2, 'training.print_examples': 1})
+  loop.run(config, str(tmp_path))
+  lines = capsys.readouterr().out.splitlines()
+  evals = [line for line in lines if line.startswith('eval step ')]
+  assert [line.split(':')[0] for line in evals] == ['eval step 0', 'eval step 2']
+  assert all('shuffled latents' in line and 'mean latent' in line for line in evals)
+  assert lines.index('validation example 0:') < lines.index('training example 0:')
+  assert lines[-1] == f'Training log: {tmp_path}/training_log.jsonl; plot: {tmp_path}/{plot.PLOT_FILE}'

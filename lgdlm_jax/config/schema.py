@@ -112,7 +112,7 @@ def default_config() -> ml_collections.ConfigDict:
       eval_every=5,
       eval_batches=4,  # validation batches per evaluation
       # Sampler metrics (lgdlm_jax.evaluation) on the first eval_sample_batches of those batches;
-      # each costs 2 + eval_l2t_steps + 2 * eval_t2l_steps model passes.
+      # each costs 3 + eval_l2t_steps + 2 * eval_t2l_steps model passes.
       eval_sample_batches=1,
       eval_l2t_steps=8,  # L2T unmasking rounds
       eval_t2l_steps=10,  # T2L DDIM steps

@@ -1,5 +1,7 @@
-"""Decoded examples: the reference text beside the model's L2T decodings, for the console.
+"""What the console shows of evaluation: one line per evaluation, and decoded examples (the
+reference text beside the model's L2T decodings).
 
+    print(eval_line(step, val_metrics))
     lines = decoded_examples(params, local_batch, rng, model=model, config=config)  # host side
 """
 
@@ -16,8 +18,23 @@ from lgdlm_jax.evaluation import metrics
 Params = Any
 
 
+def eval_line(step: int, val: dict[str, float]) -> str:
+  """One console line of an evaluation's metrics (keys without the val_ prefix): the loss, L2T
+  one-pass accuracy with the true and with shuffled latents, T2L cosine against the mean-latent
+  baseline; a metric the evaluation did not compute is left out."""
+  parts = []
+  if 'loss' in val:
+    parts.append(f'val loss {val["loss"]:.4f}')
+  if 'l2t_onepass_acc' in val:
+    parts.append(f'L2T acc {val["l2t_onepass_acc"]:.3f} (shuffled latents {val["l2t_onepass_acc_shuffled"]:.3f})')
+  if 't2l_cosine' in val:
+    parts.append(f'T2L cosine {val["t2l_cosine"]:.3f} (mean latent {val["t2l_mean_latent_cosine"]:.3f}, '
+                 f'sample norm {val["t2l_norm"]:.2f})')
+  return f'eval step {step}: ' + ' | '.join(parts)
+
+
 def decoded_examples(params: Params, batch: dict[str, np.ndarray], rng: jax.Array, *, model,
-                     config: ml_collections.ConfigDict, num_examples: int = 3) -> list[str]:
+                     config: ml_collections.ConfigDict, num_examples: int = 3, label: str = 'example') -> list[str]:
   """Printable lines for the first rows of a host batch: the reference text and both L2T decodings.
 
   Text comes from the tokenizer at config.tokenizer.json_file; with no path, token ids are shown.
@@ -38,6 +55,6 @@ def decoded_examples(params: Params, batch: dict[str, np.ndarray], rng: jax.Arra
     shown = {name: [' '.join(str(i) for i in row[m]) for row, m in zip(ids, mask)] for name, ids in shown.items()}
   lines = []
   for i in range(len(mask)):
-    lines.append(f'example {i}:')
+    lines.append(f'{label} {i}:')
     lines.extend(f'  {name:>9}: {texts[i]}' for name, texts in shown.items())
   return lines

@@ -6,16 +6,24 @@
 where batch['attention_mask'] is true, pooled over the batch; every cosine is averaged over it):
   l2t_onepass_acc     argmax of ONE L2T pass (all-[MASK] text, clean latent): what the base L2T
                       loss trains.
+  l2t_onepass_acc_shuffled  the same pass given another row's latent (the batch's latents rolled
+                      by one row), scored against the row's own text: what L2T gets from the text
+                      distribution alone. The gap to l2t_onepass_acc is what the latent contributes.
   l2t_sample_acc      the L2T sampler's output (training.eval_l2t_steps rounds at
                       training.eval_temperature, 0 = greedy). Expect it below the one-pass
                       number: the objective trains L2T only on all-[MASK] text at t = 1, and
                       the sampler's later rounds feed partly decoded text at t < 1.
   t2l_cosine          cosine(DDIM T2L sample from the clean text, true latent), training.eval_t2l_steps.
+  t2l_mean_latent_cosine  the cosine of always predicting the mean latent, each row's mean taken
+                      over the OTHER rows of the batch (so it never sees the row it is scored on):
+                      the baseline t2l_cosine must beat to show the text was read.
+  t2l_norm            the mean L2 norm of those T2L samples (compare the data's latents' norm).
   cycle_t2l2t_acc     text -> sampled latent -> one L2T pass: token accuracy.
   cycle_l2t2l_cosine  latent -> sampled text -> sampled latent: cosine with the true latent.
-Both samplers get the batch's attention mask (the true length), the same conditioning the
+Rolling and leave-one-out need a batch of at least 2 rows (with 1 row the shuffled latent is the
+true one). Both samplers get the batch's attention mask (the true length), the same conditioning the
 one-pass prediction and the training passes get. Cost in model passes over B rows:
-2 + eval_l2t_steps + 2 * eval_t2l_steps (the two T2L samples run as one 2B-row sampler).
+3 + eval_l2t_steps + 2 * eval_t2l_steps (the two T2L samples run as one 2B-row sampler).
 """
 
 from typing import Any
@@ -47,6 +55,14 @@ def _batch_arrays(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, ja
   return ids_BxS, mask_BxS, model_lib.as_one_latent_token(jnp.asarray(batch['latent'], jnp.float32))[:, 0]
 
 
+def _leave_one_out_mean(x_BxD: jax.Array) -> jax.Array:
+  """Row i: the mean of every other row (x_i itself when B = 1)."""
+  count = x_BxD.shape[0]
+  if count == 1:
+    return x_BxD
+  return (jnp.sum(x_BxD, axis=0, keepdims=True) - x_BxD) / (count - 1)
+
+
 def one_pass_l2t(params: Params, latents_BxD: jax.Array, mask_BxS: jax.Array, *, model,
                  config: ml_collections.ConfigDict) -> jax.Array:
   """Argmax tokens [B,S] of one pass on all-[MASK] text at text t = 1, as in the base L2T loss."""
@@ -69,7 +85,7 @@ def l2t_predictions(params: Params, batch: dict[str, jax.Array], rng: jax.Array,
 
 def evaluate_batch(params: Params, batch: dict[str, jax.Array], rng: jax.Array, *, model,
                    config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-  """The module docstring's five float32 scalars for one batch; pure, so jit it once."""
+  """The module docstring's float32 scalars for one batch; pure, so jit it once."""
   ids_BxS, mask_BxS, latents_BxD = _batch_arrays(batch)
   l2t_key, t2l_key = jax.random.split(rng)
   predicted = l2t_predictions(params, batch, l2t_key, model=model, config=config)
@@ -81,11 +97,15 @@ def evaluate_batch(params: Params, batch: dict[str, jax.Array], rng: jax.Array, 
   t2l_Bx2xD = t2l_2BxD.reshape(ids_BxS.shape[0], 2, -1)
   from_text_BxD, from_sampled_text_BxD = t2l_Bx2xD[:, 0], t2l_Bx2xD[:, 1]
   cycle_BxS = one_pass_l2t(params, from_text_BxD, mask_BxS, model=model, config=config)
+  shuffled_BxS = one_pass_l2t(params, jnp.roll(latents_BxD, 1, axis=0), mask_BxS, model=model, config=config)
 
   metrics = dict(
       l2t_onepass_acc=_token_accuracy(predicted['one_pass'], ids_BxS, mask_BxS),
+      l2t_onepass_acc_shuffled=_token_accuracy(shuffled_BxS, ids_BxS, mask_BxS),
       l2t_sample_acc=_token_accuracy(predicted['sampled'], ids_BxS, mask_BxS),
       t2l_cosine=_mean_cosine(from_text_BxD, latents_BxD),
+      t2l_mean_latent_cosine=_mean_cosine(_leave_one_out_mean(latents_BxD), latents_BxD),
+      t2l_norm=jnp.mean(jnp.linalg.norm(from_text_BxD, axis=-1)),
       cycle_t2l2t_acc=_token_accuracy(cycle_BxS, ids_BxS, mask_BxS),
       cycle_l2t2l_cosine=_mean_cosine(from_sampled_text_BxD, latents_BxD),
   )
