@@ -12,8 +12,8 @@ then split the data) and the batch to a multiple of the chip count.
 Why 'full': compiled ahead of time for a v5e-8 (2026-12-02, libtpu of jax 0.10.2), keeping every
 matmul output (remat 'dots') needs 19.8 GiB per chip at one sequence per chip, more than a v5e's
 16 GiB (the four passes of the cycle objective each hold their activations for the backward);
-'full' recomputes the blocks' matmuls in the backward and fits 2 sequences per chip (global batch
-16) in 15.65 GiB. The README's "Ahead-of-time compiles" table has the figures.
+'full' recomputes the blocks' matmuls in the backward: 9.06 GiB per chip as shipped, and 2 sequences per chip (global batch
+16) fit in 15.65 GiB. The README's "Ahead-of-time compiles" table has the figures.
 
 Check that a variant fits before renting the slice (README, "Check a config before renting"):
     python -m lgdlm_jax.bench --compile_only --topology v5e:2x4 --config configs/cluster.py
