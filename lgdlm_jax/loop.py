@@ -7,11 +7,13 @@ evaluation (with the EMA parameters when on) and a plot of the log at each evalu
 """
 
 import os
+import sys
 import time
 
 from absl import logging
 import jax
 import ml_collections
+import tqdm
 
 from lgdlm_jax import checkpoint
 from lgdlm_jax import compile_cache

@@ -202,7 +202,7 @@ def sampling_config(weights: sources.Weights, mask_token_id: int | None,
   the source stated), with the ids given on the command line."""
   config = config_lib.default_config() if weights.config is None else weights.config.as_configdict()
   if weights.config is None:
-    config.model.update(weights.model_config)
+    config.model.update(dict(weights.model_config.items()))  # values, not the schema's placeholders
     config.tokenizer.update(weights.tokenizer)
   for key, value in (('mask_token_id', mask_token_id), ('pad_token_id', pad_token_id)):
     if value is not None:

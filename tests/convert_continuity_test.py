@@ -40,8 +40,8 @@ TOL = 1e-5  # relative, per parameter array: max |jax - torch| / max |torch|
 
 def make_config(**model_overrides):
   config = config_lib.default_config()
-  config.model.update(model_test.tiny_config(hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12,
-                                             num_residual_streams=1, **model_overrides))
+  config.model.update(dict(model_test.tiny_config(hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12,
+                                                  num_residual_streams=1, **model_overrides).items()))
   config.tokenizer.update(vocab_size=config.model.vocab_size, mask_token_id=3, pad_token_id=0)
   config.training.update(train_batch_size=BATCH, num_train_steps=N + M, lr_schedule='cosine', warmup_steps=2,
                          eval_every=0)

@@ -275,7 +275,7 @@ def test_load_params_names_what_does_not_fit(tmp_path, capsys):
 
 def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   config = config_lib.default_config()
-  config.model.update(model_test.tiny_config(cluster_size=2))
+  config.model.update(dict(model_test.tiny_config(cluster_size=2).items()))
   config.tokenizer.mask_token_id = 3
   _, params = model_test.build_pair(config.model, seed=4)
   optimizer = optax.adamw(1e-3)
