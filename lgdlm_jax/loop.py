@@ -115,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   if manager.latest_step() is not None:
     try:
       resume.check_config(config, workdir)  # before any work: a refused change stops here
-    except Exception:
+    except (OSError, ValueError):  # a refused change (ConfigError) or an unreadable config.json
       manager.close()
       raise
   train_iter, val_batches = data_lib.make_datasets(config)
