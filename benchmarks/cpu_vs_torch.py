@@ -3,9 +3,9 @@
     python benchmarks/cpu_vs_torch.py [--steps N] [--warmup W] [--rounds R]
 
 Config (the performance issue's): hidden 512, 4 blocks, cond 512, sequence 256, batch 8, vocab 8192,
-latent 32, R = 2, float32, all four loss terms on (cycle_latent_weight = 1.0); our side unrolls
-the 4 blocks (model.scan_unroll = 4). Both sides train on the same host batch with the same
-AdamW settings and gradient clipping.
+latent 32, R = 2, float32, all four loss terms on (cycle_latent_weight = 1.0); everything else at
+lgdlm_jax's defaults (model.scan_unroll auto: the 4 blocks unrolled on CPU). Both sides train on
+the same host batch with the same AdamW settings and gradient clipping.
 
 PyTorch side: benchmarks/torch_reference.py's train step (the twin model around the real pinned
 `mmdit` backbone, the reference loss's four separate model calls, backward, clip_grad_norm_,
@@ -46,7 +46,7 @@ TORCH_THREADS = 2
 def make_config() -> ml_collections.ConfigDict:
   config = config_lib.default_config()
   config.model.update(hidden_size=512, n_blocks=4, cond_dim=512, max_seq_len=256, vocab_size=8192, latent_dim=32,
-                      num_residual_streams=2, dtype='float32', scan_unroll=4)
+                      num_residual_streams=2, dtype='float32')
   config.training.train_batch_size = 8
   config.loss.cycle_latent_weight = 1.0  # all four terms on
   return config

@@ -160,8 +160,11 @@ def jax_attention(config, rows: int, iters: int) -> dict:
   gradients = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
   return attention_record(config, median_seconds(lambda: forward(q, k, v), jax_wait, iters),
                           median_seconds(lambda: gradients(q, k, v), jax_wait, iters),
-                          remat=config.model.remat_policy != 'none', rows=rows,
-                          timed=f'jax.nn.dot_product_attention(implementation={implementation!r})',
+                          # 'dots' keeps a fused kernel's output (saved by name), so only 'full'
+                          # runs the kernel's forward again in the backward pass.
+                          remat=config.model.remat_policy == 'full' or (
+                              config.model.remat_policy == 'dots' and implementation == 'xla'),
+                          rows=rows, timed=f'jax.nn.dot_product_attention(implementation={implementation!r})',
                           model_attention=model_attention(config))
 
 

@@ -3,17 +3,20 @@ D=32, R=2, bfloat16 compute, AdamW lr 5e-5, cosine after 2000 warmup steps, both
 with the objective the reference itself recommends for a first real run (see get_config) instead of
 that YAML's cycle weights of 1.0 from step 0.
 Meant for a TPU slice of 8 chips (e.g. v5e-8): parameters and AdamW state fully sharded over the 8
-chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4 per GPU), the
-MMDiT blocks rematerialised keeping only each block's input (remat 'full'), attention chosen for
-the platform at start-up (model.attention='auto': the splash kernel on TPU, cuDNN on GPU), float32
-residual streams. On another slice set --config.mesh.fsdp to its chip count (or fewer, the rest
-then split the data) and the batch to a multiple of the chip count.
+chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4 per GPU), every
+matmul output of the MMDiT blocks kept for the backward pass (remat 'dots': nothing but the cheap
+elementwise work is recomputed), the gradient taken round by round (training.round_gradients
+'auto' = sequential here), attention chosen for the platform at start-up (model.attention='auto':
+the splash kernel on TPU, cuDNN on GPU), float32 residual streams. On another slice set
+--config.mesh.fsdp to its chip count (or fewer, the rest then split the data) and the batch to a
+multiple of the chip count.
 
-Why 'full': compiled ahead of time for a v5e-8 (2026-12-02, libtpu of jax 0.10.2), keeping every
-matmul output (remat 'dots') needs 19.8 GiB per chip at one sequence per chip, more than a v5e's
-16 GiB (the four passes of the cycle objective each hold their activations for the backward);
-'full' recomputes the blocks' matmuls in the backward: 9.06 GiB per chip as shipped, and 2 sequences per chip (global batch
-16) fit in 15.65 GiB. The README's "Ahead-of-time compiles" table has the figures.
+Why 'dots' fits: compiled ahead of time for a v5e-8 (2026-12-07, libtpu of jax 0.10.2), the step
+needs 1.18 GiB of arguments + 9.47 GiB of temporaries = 10.66 GiB per chip of the v5e's 16 GiB,
+because the base round's backward pass ends before the cycle round starts (taking both rounds'
+gradient in one backward pass held both rounds' activations: 19.78 GiB, which does not fit).
+For 2 sequences per chip (global batch 16) use remat 'full' (11.25 GiB; 'dots' needs 18.01 GiB).
+The README's "Ahead-of-time compiles" table has the figures.
 
 Check that a variant fits before renting the slice (README, "Check a config before renting"):
     python -m lgdlm_jax.bench --compile_only --topology v5e:2x4 --config configs/cluster.py
@@ -33,7 +36,7 @@ CYCLE_RAMP_STEPS = 5000
 def get_config() -> ml_collections.ConfigDict:
   config = config_lib.default_config()
   config.model.update(hidden_size=1024, n_blocks=24, cond_dim=1024, max_seq_len=4096, latent_dim=32,
-                      num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='full')
+                      num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='dots')
   config.data.update(max_samples=2_000_000, num_workers=8)
   config.training.update(train_batch_size=8, eval_batch_size=8, num_train_steps=100_000, lr_schedule='cosine',
                          warmup_steps=2000, log_every=100, save_every=1000, eval_every=1000)

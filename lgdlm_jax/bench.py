@@ -33,8 +33,8 @@ from lgdlm_jax import model as model_lib
 from lgdlm_jax import optimizer as optimizer_lib
 from lgdlm_jax import sharding
 from lgdlm_jax import train
-from lgdlm_jax.model import attention as model_attention
 from lgdlm_jax.model import flops as model_flops
+from lgdlm_jax.model import platform as model_platform
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -76,7 +76,8 @@ def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], plat
   """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
   return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
           'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
-          'cycle_terms': cycle_schedule.from_config(config).configured_terms().name, 'backend': platform,
+          'cycle_terms': cycle_schedule.from_config(config).configured_terms().name,
+          'round_gradients': 'sequential' if losses.sequential_rounds(config) else 'joint', 'backend': platform,
           'device': devices[0].device_kind, 'devices': len(devices), 'jax': jax.__version__,
           'model_flops_per_step': train_flops_per_step(config)}
 
@@ -90,7 +91,7 @@ def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
   process_count = aot.processes(devices) if topology else jax.process_count()
   config = config_lib.for_processes(config, process_count)
   config_lib.check_devices(config, len(devices), process_count)
-  config = model_attention.resolve(config, platform)
+  config = model_platform.resolve(config, platform)
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config, devices)
@@ -115,7 +116,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   sync_each_step: wait for every step and report each one's seconds ('step_seconds'), so that a
   noisy machine's outliers can be seen; steps then no longer overlap their dispatch.
   """
-  config = model_attention.resolve(config_lib.finalize(config), jax.default_backend())
+  config = model_platform.resolve(config_lib.finalize(config), jax.default_backend())
   model = model_lib.MultimodalMMDiT(config.model)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)

@@ -31,7 +31,7 @@ from lgdlm_jax import sharding
 from lgdlm_jax import train
 from lgdlm_jax.convert import init_from
 from lgdlm_jax.evaluation import examples as eval_examples
-from lgdlm_jax.model import attention as model_attention
+from lgdlm_jax.model import platform as model_platform
 
 
 class NonFiniteError(RuntimeError):
@@ -103,9 +103,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   config_lib.check_devices(config, jax.device_count(), jax.process_count())
   initial = init_from.load(config, workdir)  # every check of init_from, before any work
   compile_cache.use(config, workdir)
-  # config.json keeps 'auto'; the model gets the backend it stands for on this platform.
-  model_config = model_attention.resolve(config, jax.default_backend()).model
-  logging.info('Attention: %s (model.attention=%s)', model_config.attention, config.model.attention)
+  # config.json keeps the 'auto' values; the model gets what they stand for on this platform.
+  model_config = model_platform.resolve(config, jax.default_backend()).model
+  logging.info('Attention: %s (model.attention=%s); %d of %d blocks per scan iteration (model.scan_unroll=%d)',
+               model_config.attention, config.model.attention, min(model_config.scan_unroll, model_config.n_blocks),
+               model_config.n_blocks, config.model.scan_unroll)
   model = model_lib.MultimodalMMDiT(model_config)
   optimizer = optimizer_lib.make_optimizer(config)
   mesh = sharding.make_mesh(config)

@@ -3,12 +3,16 @@
     draws = sample_draws(rng, batch_size, latent_dim, config)
     terms = cycle_schedule.from_config(config).terms_at(step)   # host side: the cycle terms this step runs
     loss, metrics = cycle_vae_loss(params, batch, draws, step=step, model=model, config=config, terms=terms)
+    (loss, metrics), grads = cycle_vae_value_and_grad(params, batch, draws, step=step, model=model,
+                                                      config=config, terms=terms)   # the train step's
 
 All randomness enters through `draws`, so a test can feed the very same noise to the PyTorch
 reference. The passes run as at most two model calls: base T2L and base L2T are independent, and so
 are cycle-text and cycle-latent once the first round is done, so each round joins its passes
 along the batch axis into one call (same params, so this is exact) instead of calling the model
 once per pass (see `run_passes` for the row order); the text heads run only on the L2T rows.
+The train step takes the gradient round by round where that is exact (`cycle_vae_value_and_grad`,
+training.round_gradients), so that the backward pass holds one round's activations at a time.
 
 Which cycle terms run is a static choice (a `TermSet`, see lgdlm_jax.cycle_schedule); a term that
 does not run costs nothing and is absent from the metrics.
@@ -40,6 +44,7 @@ Deliberate differences (docs/reference.md section 3):
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -188,6 +193,102 @@ def _mean_l2_norm(x_BxD: jax.Array) -> jax.Array:
 # The objective.
 
 
+class _BatchView(NamedTuple):
+  """The batch as both rounds read it."""
+  input_ids_BxS: jax.Array
+  latents_BxD: jax.Array
+  mask_BxS: jax.Array | None  # None: no padding, the model skips masking
+  all_mask_tokens_BxS: jax.Array
+  zeros_B: jax.Array
+  ones_B: jax.Array
+
+
+class CycleInputs(NamedTuple):
+  """What the cycle round reads of the base round: the x0 estimate (a constant unless
+  loss.cycle_stop_grad_latent is False) for cycle text, and pseudo tokens (never differentiable)
+  for cycle latent; None for a term that does not run."""
+  x0_cycle_BxD: jax.Array | None
+  pseudo_tokens_BxS: jax.Array | None
+
+
+def _batch_view(batch: Mapping[str, jax.Array], mask_token_id: int) -> _BatchView:
+  input_ids_BxS = jnp.asarray(batch['input_ids']).astype(jnp.int32)
+  mask = batch.get('attention_mask')
+  batch_size = input_ids_BxS.shape[0]
+  return _BatchView(
+      input_ids_BxS=input_ids_BxS,
+      latents_BxD=_latents_2d(jnp.asarray(batch['latent'])),
+      mask_BxS=None if mask is None else jnp.asarray(mask).astype(bool),
+      all_mask_tokens_BxS=jnp.full_like(input_ids_BxS, mask_token_id),
+      zeros_B=jnp.zeros((batch_size,), jnp.float32),
+      ones_B=jnp.ones((batch_size,), jnp.float32))
+
+
+def _round_keys(draws: Mapping[str, jax.Array], deterministic: bool) -> tuple[jax.Array | None, jax.Array | None]:
+  """The dropout keys of the base round and the cycle round."""
+  return (None, None) if deterministic else tuple(jax.random.split(draws['dropout_key']))
+
+
+def _base_round(params: Params, view: _BatchView, draws: Mapping[str, jax.Array], *, model: nn.Module,
+                config: ml_collections.ConfigDict, terms: TermSet, dropout_key: jax.Array | None,
+                deterministic: bool) -> tuple[dict[str, jax.Array], dict[str, jax.Array], CycleInputs]:
+  """Round 1, one model call: base T2L (clean text -> noised latent) and base L2T (all-[MASK]
+  text, clean latent). Returns its terms, the diagnostics and what the cycle round reads."""
+  opts = loss_options(config)
+  schedule = diffusion.schedule_from_config(config.model)
+  t_lat_B = jnp.asarray(draws['t_lat'], jnp.float32)
+  z_t_BxD, target_BxD = diffusion.add_noise(schedule, view.latents_BxD, t_lat_B, draws['noise'],
+                                            opts.parameterization)
+  (_, latent_pred_BxD), (l2t_logits_BxSxV, _) = run_passes(
+      model, params,
+      [ModelPass(view.input_ids_BxS, z_t_BxD, view.zeros_B, t_lat_B, view.mask_BxS),
+       ModelPass(view.all_mask_tokens_BxS, view.latents_BxD, view.ones_B, view.zeros_B, view.mask_BxS)],
+      deterministic=deterministic, dropout_key=dropout_key,
+      text_logits_wanted=[p.text_logits for p in pass_plan(opts, terms)[0]])
+  values = dict(
+      base_t2l_latent_loss=jnp.clip(normalized_mse(latent_pred_BxD, target_BxD), 0.0, LATENT_LOSS_MAX),
+      base_l2t_text_loss=jnp.clip(text_cross_entropy(l2t_logits_BxSxV, view.input_ids_BxS), 0.0, TEXT_LOSS_MAX))
+  x0_pred_BxD = diffusion.predict_x0(schedule, z_t_BxD, t_lat_B, latent_pred_BxD, opts.parameterization)
+  diagnostics = dict(t_lat_mean=jnp.mean(t_lat_B), latent_pred_norm=_mean_l2_norm(latent_pred_BxD),
+                     x0_pred_norm=_mean_l2_norm(x0_pred_BxD))
+  x0_cycle_BxD = None
+  if terms.cycle_text:
+    x0_cycle_BxD = jax.lax.stop_gradient(x0_pred_BxD) if opts.cycle_stop_grad_latent else x0_pred_BxD
+  pseudo_tokens_BxS = None
+  if terms.cycle_latent:
+    pseudo_tokens_BxS = sample_pseudo_tokens(l2t_logits_BxSxV, opts.cycle_latent_sampling, draws['sample_key'])
+  return values, diagnostics, CycleInputs(x0_cycle_BxD, pseudo_tokens_BxS)
+
+
+def _cycle_round(params: Params, view: _BatchView, draws: Mapping[str, jax.Array], cycle_inputs: CycleInputs, *,
+                 model: nn.Module, config: ml_collections.ConfigDict, terms: TermSet,
+                 dropout_key: jax.Array | None, deterministic: bool) -> dict[str, jax.Array]:
+  """Round 2, one model call: cycle text (L2T on round 1's x0 estimate) and cycle latent (T2L on
+  round 1's pseudo tokens with fresh t2 and noise2), each when `terms` runs it; {} when neither does."""
+  opts = loss_options(config)
+  passes = []
+  if terms.cycle_text:
+    passes.append(ModelPass(view.all_mask_tokens_BxS, cycle_inputs.x0_cycle_BxD, view.ones_B, view.zeros_B,
+                            view.mask_BxS))
+  if terms.cycle_latent:
+    schedule = diffusion.schedule_from_config(config.model)
+    t_lat2_B = jnp.asarray(draws['t_lat2'], jnp.float32)
+    z_t2_BxD, target2_BxD = diffusion.add_noise(schedule, view.latents_BxD, t_lat2_B, draws['noise2'],
+                                                opts.parameterization)
+    passes.append(ModelPass(cycle_inputs.pseudo_tokens_BxS, z_t2_BxD, view.zeros_B, t_lat2_B, view.mask_BxS))
+  if not passes:
+    return {}
+  outputs = iter(run_passes(model, params, passes, deterministic=deterministic, dropout_key=dropout_key,
+                            text_logits_wanted=[p.text_logits for p in pass_plan(opts, terms)[1]]))
+  values = {}
+  if terms.cycle_text:
+    values['cycle_text_loss'] = jnp.clip(text_cross_entropy(next(outputs)[0], view.input_ids_BxS), 0.0,
+                                         TEXT_LOSS_MAX)
+  if terms.cycle_latent:
+    values['cycle_latent_loss'] = jnp.clip(normalized_mse(next(outputs)[1], target2_BxD), 0.0, LATENT_LOSS_MAX)
+  return values
+
+
 def cycle_vae_terms(
     params: Params,
     batch: Mapping[str, jax.Array],
@@ -201,55 +302,11 @@ def cycle_vae_terms(
   """(values, diagnostics) of one batch: {'<term>_loss': the clamped, unweighted term} for the base
   terms and the cycle terms `terms` selects (differentiable: the gradient-flow test takes each
   term's own gradient), and the diagnostic scalars t_lat_mean, latent_pred_norm, x0_pred_norm."""
-  opts = loss_options(config)
-  schedule = diffusion.schedule_from_config(config.model)
-  input_ids_BxS = jnp.asarray(batch['input_ids']).astype(jnp.int32)
-  latents_BxD = _latents_2d(jnp.asarray(batch['latent']))
-  batch_size = input_ids_BxS.shape[0]
-  mask = batch.get('attention_mask')
-  mask_BxS = None if mask is None else jnp.asarray(mask).astype(bool)  # None: the model skips masking
-  zeros_B = jnp.zeros((batch_size,), jnp.float32)
-  ones_B = jnp.ones((batch_size,), jnp.float32)
-  all_mask_tokens_BxS = jnp.full_like(input_ids_BxS, opts.mask_token_id)
-  round1_key, round2_key = (None, None) if deterministic else jax.random.split(draws['dropout_key'])
-  t_lat_B = jnp.asarray(draws['t_lat'], jnp.float32)
-  plan = pass_plan(opts, terms)
-  wants_text = lambda round_: [p.text_logits for p in round_]
-
-  # Round 1: base T2L (clean text -> noised latent) and base L2T (all-[MASK] text, clean latent).
-  z_t_BxD, target_BxD = diffusion.add_noise(schedule, latents_BxD, t_lat_B, draws['noise'], opts.parameterization)
-  (_, latent_pred_BxD), (l2t_logits_BxSxV, _) = run_passes(
-      model, params,
-      [ModelPass(input_ids_BxS, z_t_BxD, zeros_B, t_lat_B, mask_BxS),
-       ModelPass(all_mask_tokens_BxS, latents_BxD, ones_B, zeros_B, mask_BxS)],
-      deterministic=deterministic, dropout_key=round1_key, text_logits_wanted=wants_text(plan[0]))
-  values = dict(
-      base_t2l_latent_loss=jnp.clip(normalized_mse(latent_pred_BxD, target_BxD), 0.0, LATENT_LOSS_MAX),
-      base_l2t_text_loss=jnp.clip(text_cross_entropy(l2t_logits_BxSxV, input_ids_BxS), 0.0, TEXT_LOSS_MAX))
-  x0_pred_BxD = diffusion.predict_x0(schedule, z_t_BxD, t_lat_B, latent_pred_BxD, opts.parameterization)
-
-  # Round 2: cycle text (L2T on the T2L pass's x0 estimate) and cycle latent (T2L on the L2T
-  # pass's pseudo tokens with fresh t2 and noise2), each when `terms` runs it.
-  passes = []
-  if terms.cycle_text:
-    x0_cycle_BxD = jax.lax.stop_gradient(x0_pred_BxD) if opts.cycle_stop_grad_latent else x0_pred_BxD
-    passes.append(ModelPass(all_mask_tokens_BxS, x0_cycle_BxD, ones_B, zeros_B, mask_BxS))
-  if terms.cycle_latent:
-    pseudo_tokens_BxS = sample_pseudo_tokens(l2t_logits_BxSxV, opts.cycle_latent_sampling, draws['sample_key'])
-    t_lat2_B = jnp.asarray(draws['t_lat2'], jnp.float32)
-    z_t2_BxD, target2_BxD = diffusion.add_noise(schedule, latents_BxD, t_lat2_B, draws['noise2'],
-                                                opts.parameterization)
-    passes.append(ModelPass(pseudo_tokens_BxS, z_t2_BxD, zeros_B, t_lat2_B, mask_BxS))
-  if passes:
-    round2 = iter(run_passes(model, params, passes, deterministic=deterministic, dropout_key=round2_key,
-                             text_logits_wanted=wants_text(plan[1])))
-    if terms.cycle_text:
-      values['cycle_text_loss'] = jnp.clip(text_cross_entropy(next(round2)[0], input_ids_BxS), 0.0, TEXT_LOSS_MAX)
-    if terms.cycle_latent:
-      values['cycle_latent_loss'] = jnp.clip(normalized_mse(next(round2)[1], target2_BxD), 0.0, LATENT_LOSS_MAX)
-
-  diagnostics = dict(t_lat_mean=jnp.mean(t_lat_B), latent_pred_norm=_mean_l2_norm(latent_pred_BxD),
-                     x0_pred_norm=_mean_l2_norm(x0_pred_BxD))
+  view = _batch_view(batch, config.tokenizer.mask_token_id)
+  base_key, cycle_key = _round_keys(draws, deterministic)
+  kwargs = dict(model=model, config=config, terms=terms, deterministic=deterministic)
+  values, diagnostics, cycle_inputs = _base_round(params, view, draws, dropout_key=base_key, **kwargs)
+  values.update(_cycle_round(params, view, draws, cycle_inputs, dropout_key=cycle_key, **kwargs))
   return values, diagnostics
 
 
@@ -260,6 +317,28 @@ def term_weights(opts: LossOptions, step: int | jax.Array | None, terms: TermSet
   cycle_weights = opts.cycle.weights(step)
   weights.update({f'{term}_loss': cycle_weights[term] for term, on in zip(CYCLE_TERMS, terms) if on})
   return weights
+
+
+def _weighted_sum(values: Mapping[str, jax.Array], weights: Mapping[str, jax.Array]) -> jax.Array:
+  return sum(weights[name] * value for name, value in values.items())
+
+
+def _metrics(loss: jax.Array, values: Mapping[str, jax.Array], diagnostics: Mapping[str, jax.Array],
+             weights: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  metrics = dict(loss=loss, **values, **diagnostics)
+  for term in CYCLE_TERMS:
+    if f'{term}_loss' in weights:
+      metrics[f'{term}_weight'] = weights[f'{term}_loss']
+  return {k: jax.lax.stop_gradient(jnp.asarray(v, jnp.float32)) for k, v in metrics.items()}
+
+
+def _resolve(config: ml_collections.ConfigDict, terms: TermSet | None,
+             deterministic: bool | None) -> tuple[LossOptions, TermSet, bool]:
+  opts = loss_options(config)
+  terms = opts.cycle.configured_terms() if terms is None else terms
+  if deterministic is None:
+    deterministic = not config.model.dropout > 0.0
+  return opts, terms, deterministic
 
 
 def cycle_vae_loss(
@@ -285,17 +364,66 @@ def cycle_vae_loss(
   Metrics: loss, every computed term (`*_loss`), the weight of each computed cycle term
   (`cycle_text_weight`, `cycle_latent_weight`), and the diagnostics of `cycle_vae_terms`.
   """
-  opts = loss_options(config)
-  terms = opts.cycle.configured_terms() if terms is None else terms
-  if deterministic is None:
-    deterministic = not config.model.dropout > 0.0
+  opts, terms, deterministic = _resolve(config, terms, deterministic)
   values, diagnostics = cycle_vae_terms(params, batch, draws, model=model, config=config, terms=terms,
                                         deterministic=deterministic)
   weights = term_weights(opts, step, terms)
-  loss = sum(weights[name] * value for name, value in values.items())
-  metrics = dict(loss=loss, **values, **diagnostics)
-  for term in CYCLE_TERMS:
-    if f'{term}_loss' in weights:
-      metrics[f'{term}_weight'] = weights[f'{term}_loss']
-  metrics = {k: jax.lax.stop_gradient(jnp.asarray(v, jnp.float32)) for k, v in metrics.items()}
-  return loss, metrics
+  loss = _weighted_sum(values, weights)
+  return loss, _metrics(loss, values, diagnostics, weights)
+
+
+def sequential_rounds(config: ml_collections.ConfigDict) -> bool:
+  """Whether training.round_gradients (validated by lgdlm_jax.config) asks for one round's gradient at a time."""
+  mode = config.training.round_gradients
+  return config.loss.cycle_stop_grad_latent if mode == 'auto' else mode == 'sequential'
+
+
+def cycle_vae_value_and_grad(
+    params: Params,
+    batch: Mapping[str, jax.Array],
+    draws: Mapping[str, jax.Array],
+    *,
+    step: int | jax.Array | None,
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    terms: TermSet | None = None,
+) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
+  """((loss, metrics), gradient) of `cycle_vae_loss`, as the train step needs them.
+
+  With training.round_gradients sequential (see `sequential_rounds`), the base round's backward
+  pass runs to its end before the cycle round's forward pass starts, so the activations the
+  backward keeps are those of one round at a time instead of both: the peak memory of the
+  step with the cycle terms on is about halved. This is the same gradient because the cycle
+  round reads the base round only through constants (stop-gradient x0, discrete pseudo tokens):
+  d(L1 + L2(sg(inputs)))/dparams = dL1/dparams + dL2/dparams with the inputs held fixed. With
+  loss.cycle_stop_grad_latent False the cycle-text gradient flows back into the base round, and
+  only the joint gradient is right (config validation refuses 'sequential' then).
+  """
+  opts, terms, deterministic = _resolve(config, terms, None)
+  weights = term_weights(opts, step, terms)
+  if not (sequential_rounds(config) and (terms.cycle_text or terms.cycle_latent)):
+    loss_fn = functools.partial(cycle_vae_loss, step=step, model=model, config=config, terms=terms,
+                                deterministic=deterministic)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, draws)
+
+  view = _batch_view(batch, opts.mask_token_id)
+  base_key, cycle_key = _round_keys(draws, deterministic)
+  kwargs = dict(model=model, config=config, terms=terms, deterministic=deterministic)
+
+  def base_loss(p):
+    values, diagnostics, cycle_inputs = _base_round(p, view, draws, dropout_key=base_key, **kwargs)
+    return _weighted_sum(values, weights), (values, diagnostics, jax.lax.stop_gradient(cycle_inputs))
+
+  def cycle_loss(p, cycle_inputs):
+    values = _cycle_round(p, view, draws, cycle_inputs, dropout_key=cycle_key, **kwargs)
+    return _weighted_sum(values, weights), values
+
+  (base, (values, diagnostics, cycle_inputs)), base_grads = jax.value_and_grad(base_loss, has_aux=True)(params)
+  # The barrier makes the cycle round's inputs depend on the finished base gradient, so XLA
+  # cannot start the cycle round while the base round's saved activations are still alive.
+  base_grads, cycle_inputs = jax.lax.optimization_barrier((base_grads, cycle_inputs))
+  (cycle, cycle_values), cycle_grads = jax.value_and_grad(cycle_loss, has_aux=True)(params, cycle_inputs)
+  values = {**values, **cycle_values}
+  loss = base + cycle
+  grads = jax.tree.map(jnp.add, base_grads, cycle_grads)
+  return (loss, _metrics(loss, values, diagnostics, weights)), grads

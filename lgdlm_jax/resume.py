@@ -25,6 +25,7 @@ CHANGEABLE_ON_RESUME: dict[str, str] = {
     'init_from': 'only read by a fresh run; a resumed run starts from its checkpoint',
     'init_from_optimizer': 'only read by a fresh run; a resumed run starts from its checkpoint',
     'model.attention': 'the same attention by another backend (e.g. a relaunch on another platform)',
+    'model.scan_unroll': 'how many blocks are compiled per scan iteration, not what they compute',
     'model.blockwise_block_size': 'how the blockwise attention tiles its work, not what it computes',
     'model.splash_block_size': 'how the splash kernel tiles its work, not what it computes',
     'data.num_workers': 'how many processes decode the data, not which data',
@@ -53,6 +54,7 @@ CHANGEABLE_ON_RESUME: dict[str, str] = {
     'mesh.fsdp': 'the checkpoint is restored onto whatever mesh this run has (e.g. a relaunch on another slice)',
     'mesh.min_shard_size': 'the checkpoint is restored onto whatever shardings this run has',
     'debug.check_finite': 'a debugging check; the numbers are the same',
+    'training.round_gradients': 'the order the gradient is taken in, not its value',
 }
 
 

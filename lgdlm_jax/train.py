@@ -77,8 +77,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   key = jax.random.fold_in(rng, state.step)
   batch_size = batch['input_ids'].shape[0]
   draws = losses.sample_draws(key, batch_size, config.model.latent_dim, config)
-  loss_fn = functools.partial(losses.cycle_vae_loss, step=state.step, model=model, config=config, terms=terms)
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, draws)
+  (loss, metrics), grads = losses.cycle_vae_value_and_grad(state.params, batch, draws, step=state.step, model=model,
+                                                           config=config, terms=terms)
   grad_norm = optax.global_norm(grads)
   if check:
     _debug_check_finite({**{f'metrics.{k}': v for k, v in metrics.items()}, 'gradients': grads})

@@ -33,12 +33,12 @@ def test_finalize_freezes_a_copy_and_normalises_the_reference_spellings():
 
 @pytest.mark.parametrize('key, value', [
     ('model__hidden_size', 0), ('model__n_blocks', -1), ('model__dtype', 'float16'), ('model__dropout', 1.0),
-    ('model__scan_unroll', 1.5), ('model__scan_unroll', True), ('model__remat_policy', 'sometimes'),
+    ('model__scan_unroll', -1), ('model__scan_unroll', 1.5), ('model__scan_unroll', True), ('model__remat_policy', 'sometimes'),
     ('data__val_ratio', 1.0), ('data__num_workers', -1), ('training__train_batch_size', 0),
     ('training__lr_schedule', 'step'), ('training__eval_temperature', -0.5), ('loss__cycle_text_weight', -1.0),
     ('loss__cycle_latent_sampling', 'nucleus'), ('loss__latent_t_mode', 'half'), ('optimizer__lr', float('nan')),
     ('optimizer__beta2', 1.0), ('optimizer__grad_clip_norm', -1.0), ('mesh__fsdp', 0), ('debug__check_finite', 1),
-    ('tokenizer__mask_token_id', 8192), ('init_from', 3),
+    ('tokenizer__mask_token_id', 8192), ('init_from', 3), ('training__round_gradients', 'later'),
 ])
 def test_every_bad_value_is_named_with_its_key(key, value):
   config = config_lib.default_config()
@@ -56,6 +56,7 @@ def test_every_bad_value_is_named_with_its_key(key, value):
     (dict(data__data_dir='d', data__token_dir='t', data__latent_dir='l'), 'data.data_dir'),
     (dict(data__token_dir='t'), 'data.token_dir'),
     (dict(training__eval_sample_batches=5, training__eval_batches=4), 'eval_sample_batches'),
+    (dict(training__round_gradients='sequential', loss__cycle_stop_grad_latent=False), 'round_gradients'),
 ])
 def test_keys_that_must_agree_are_named(values, match):
   with pytest.raises(config_lib.ConfigError, match=match):

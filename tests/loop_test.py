@@ -120,8 +120,8 @@ def test_every_key_that_may_change_on_resume_is_a_config_key():
   keys = set(config_lib.flat_items(config_lib.default_config()))
   assert set(resume.CHANGEABLE_ON_RESUME) <= keys
   # Of the model, optimizer, objective and data keys only those that change how, not what, is computed.
-  how_not_what = {'model.attention', 'model.blockwise_block_size', 'model.splash_block_size', 'data.num_workers',
-                  'data.max_bad_fraction'}
+  how_not_what = {'model.attention', 'model.blockwise_block_size', 'model.splash_block_size', 'model.scan_unroll',
+                  'data.num_workers', 'data.max_bad_fraction'}
   assert {k for k in resume.CHANGEABLE_ON_RESUME
           if k.startswith(('model.', 'optimizer.', 'loss.', 'data.'))} == how_not_what
 

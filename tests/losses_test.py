@@ -180,6 +180,40 @@ class TorchParityTest(parameterized.TestCase):
 
 
   @pytest.mark.slow
+  def test_sequential_round_gradients_match_reference_and_joint(self):
+    # The train step's gradient with training.round_gradients='sequential' (the base round's
+    # backward before the cycle round's forward): the same terms and gradient as the torch twin,
+    # and as the joint value_and_grad of cycle_vae_loss (compiled by the parity test already).
+    fn_joint, config, _ = compiled_loss('x0')
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.training.round_gradients = 'sequential'
+    model = model_lib.MultimodalMMDiT(config.model)
+    fn = jax.jit(lambda p, b, d, s: losses.cycle_vae_value_and_grad(p, b, d, step=s, model=model, config=config))
+    _, params = torch_pair()
+    batch, draws = make_batch(), draws_for(config)
+    with jax.default_matmul_precision('highest'):
+      self.assertIn('opt-barrier', fn.lower(params, batch, draws, PARITY_STEP).as_text(dialect='hlo'))
+    (loss, metrics), grads = run(fn, params, batch, draws, PARITY_STEP)
+    expected_terms, expected_grads = torch_loss_and_grads(config, batch, draws, PARITY_STEP)
+    assert_terms_match(metrics, expected_terms)
+    errors = grad_errors(grads, expected_grads)
+    self.assertLessEqual(max(errors.values()), GRAD_RTOL, max(errors, key=errors.get))
+    (joint_loss, joint_metrics), joint_grads = run(fn_joint, params, batch, draws, PARITY_STEP)
+    np.testing.assert_allclose(float(loss), float(joint_loss), rtol=1e-6)
+    chex.assert_trees_all_close(metrics, joint_metrics, rtol=1e-6)
+    joint_errors = grad_errors(grads, joint_grads)
+    self.assertLessEqual(max(joint_errors.values()), 1e-5, max(joint_errors, key=joint_errors.get))
+
+  def test_round_gradients_auto_is_sequential_only_where_exact(self):
+    config = make_config()
+    self.assertTrue(losses.sequential_rounds(config))
+    config.loss.cycle_stop_grad_latent = False
+    self.assertFalse(losses.sequential_rounds(config))
+    config.training.round_gradients = 'joint'
+    config.loss.cycle_stop_grad_latent = True
+    self.assertFalse(losses.sequential_rounds(config))
+
+  @pytest.mark.slow
   def test_terms_and_gradients_match_reference_with_hyper_connections(self):
     # R = 2 residual streams (the default of every shipped config). Some mHC scalars get gradients
     # of ~1e-12 where float32 rounding of the rest of the model dominates, so the criterion is:

@@ -15,6 +15,7 @@ from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import layers
+from lgdlm_jax.model import platform as model_platform
 from lgdlm_jax.convert import twin
 
 TOL = 1e-5
@@ -94,9 +95,11 @@ class ForwardParityTest(parameterized.TestCase):
     torch_model, params = build_pair(cfg, seed=streams)
     assert_parity(cfg, torch_model, params, make_inputs(cfg, latent_shape=latent_shape))
 
-  @parameterized.parameters(2, 3, 8)
+  @parameterized.parameters(1, 2, 3, 8)
   def test_unrolled_blocks_match_reference(self, scan_unroll):
-    # 3 blocks: unroll 2 leaves a remainder iteration, 3 and 8 (more than the blocks) unroll all.
+    # 3 blocks: 1 is a plain scan (the accelerators' auto choice; the other tests run auto = 0,
+    # which unrolls on CPU), unroll 2 leaves a remainder iteration, 3 and 8 (more than the blocks)
+    # unroll all.
     cfg = tiny_config(n_blocks=3, scan_unroll=scan_unroll)
     torch_model, params = build_pair(cfg, seed=11)
     assert_parity(cfg, torch_model, params, make_inputs(cfg))
@@ -192,7 +195,7 @@ class ModelContractTest(chex.TestCase):
 
   @parameterized.parameters(
       ('hidden_size', 0), ('n_blocks', -1), ('vocab_size', 0), ('dtype', 'float16'),
-      ('dropout', 1.0), ('cluster_size', -3), ('remat_policy', 'sometimes'), ('scan_unroll', 0),
+      ('dropout', 1.0), ('cluster_size', -3), ('remat_policy', 'sometimes'), ('scan_unroll', -1),
       ('scan_unroll', 1.5), ('scan_unroll', True))
   def test_bad_config_value_is_named(self, key, value):
     cfg = tiny_config(**{key: value})
@@ -235,3 +238,14 @@ class ModelContractTest(chex.TestCase):
       g_plain = grad(params, ml_collections.FrozenConfigDict(cfg))
       g_variant = grad(params, ml_collections.FrozenConfigDict(tiny_config(n_blocks=2, **variant)))
     chex.assert_trees_all_close(g_plain, g_variant, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('platform, n_blocks, scan_unroll, expected', [
+    ('cpu', 2, 0, 2), ('cpu', 24, 0, 4), ('tpu', 24, 0, 1), ('gpu', 2, 0, 1), ('cpu', 24, 3, 3), ('tpu', 8, 8, 8)])
+def test_scan_unroll_auto_resolves_by_platform(platform, n_blocks, scan_unroll, expected):
+  config = config_lib.default_config()
+  config.model.update(n_blocks=n_blocks, scan_unroll=scan_unroll, dtype='bfloat16')
+  resolved = model_platform.resolve(config_lib.finalize(config), platform)
+  assert resolved.model.scan_unroll == expected
+  assert resolved.model.attention != 'auto' and isinstance(resolved, ml_collections.FrozenConfigDict)
+

@@ -102,7 +102,7 @@ RULES: dict[str, Rule] = {
     # The TPU's lane width.
     'model.splash_block_size': multiple_of(128),
     'model.remat_policy': choice,
-    'model.scan_unroll': POSITIVE,
+    'model.scan_unroll': NON_NEGATIVE,  # 0 = auto
     'model.latent_timesteps': POSITIVE,
     'model.latent_beta_schedule': choice,
     'model.latent_parameterization': choice,
@@ -143,6 +143,7 @@ RULES: dict[str, Rule] = {
     'training.allow_config_change': boolean,
     'training.compilation_cache': boolean,
     'training.compilation_cache_dir': string,
+    'training.round_gradients': choice,
     'loss.latent_loss_weight': number(0.0),
     'loss.latent_t_mode': choice,
     'loss.cycle_text_weight': number(0.0),
@@ -229,6 +230,9 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'data.token_dir={data.token_dir!r} and data.latent_dir={data.latent_dir!r}: set both or '
                       'neither')
   training = config.training
+  if training.round_gradients == 'sequential' and not loss.cycle_stop_grad_latent:
+    raise ConfigError("training.round_gradients='sequential' needs loss.cycle_stop_grad_latent=True: without it the "
+                      "cycle-text gradient flows back into the base round (use 'joint' or 'auto')")
   if model.attention == 'cudnn' and model.dtype != 'bfloat16':
     raise ConfigError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
                       f'bfloat16 or float16 only), not {model.dtype!r}')

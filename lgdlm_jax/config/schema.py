@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # 'global': train/eval_batch_size count every process's rows; 'process': each process's (the
     # reference's DDP meaning), multiplied by the process count after jax.distributed start-up.
     'training.batch_size_per': ('global', 'process'),
+    'training.round_gradients': ('auto', 'joint', 'sequential'),
     # Validation metrics a best checkpoint can be chosen by (lower is better for losses, higher for
     # accuracies and cosines); the sampler metrics need training.eval_sample_batches > 0.
     'training.best_checkpoint_metric': (
@@ -71,8 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Rematerialisation of each MMDiT block in the backward pass: 'none', 'full' or 'dots'.
       remat_policy='none',
       # MMDiT blocks per scan iteration; >= n_blocks unrolls them all, which runs faster on CPU,
-      # while 1 keeps the compile time of deep models flat.
-      scan_unroll=1,
+      # while 1 keeps the compile time of deep models flat. 0 = auto, chosen for the platform at
+      # start-up (lgdlm_jax.model.mmdit.auto_scan_unroll): 4 on CPU, 1 on accelerators.
+      scan_unroll=0,
       # Latent diffusion (the reference keeps these in its model section too).
       latent_timesteps=1000,
       latent_beta_schedule='cosine',
@@ -139,6 +141,11 @@ def default_config() -> ml_collections.ConfigDict:
       # compile again. '' = WORKDIR/compilation_cache; any other path can be shared by runs.
       compilation_cache=True,
       compilation_cache_dir='',
+      # How the train step takes the gradient of a step with cycle terms: 'joint' (both rounds'
+      # activations held for one backward pass), 'sequential' (the base round's backward finishes
+      # before the cycle round starts: about half the activation memory, the same gradient; needs
+      # loss.cycle_stop_grad_latent), 'auto' (sequential whenever loss.cycle_stop_grad_latent).
+      round_gradients='auto',
   ))
 
   config.loss = ml_collections.ConfigDict(dict(

@@ -146,13 +146,24 @@ class MMDiTBlock(nn.Module):
     return streams, None
 
 
+# model.scan_unroll = 0 (auto): blocks per scan iteration on CPU, where unrolling 4 blocks ran the
+# train step 1.4x faster (H 512, S 256); accelerators keep 1, so compile time stays flat in depth.
+CPU_SCAN_UNROLL = 4
+
+
+def auto_scan_unroll(depth: int, platform: str) -> int:
+  """The blocks per scan iteration model.scan_unroll = 0 stands for on `platform`."""
+  return min(CPU_SCAN_UNROLL, depth) if platform == 'cpu' else 1
+
+
 class MMDiT(nn.Module):
   """Depth x MMDiTBlock over R residual streams, then stream sum and per-modality RMSNorm.
 
-  scan_unroll blocks run per scan iteration (>= depth: fully unrolled); the parameters stay stacked
-  either way. Unrolling lets XLA keep each block's activations in their own buffers instead of
-  copying them into and out of the scan's stacked residuals, which paid 1.4x on CPU for 4 blocks,
-  at the price of compile time growing with depth.
+  scan_unroll blocks run per scan iteration (>= depth: fully unrolled; 0: `auto_scan_unroll` for
+  jax.default_backend()); the parameters stay stacked either way. Unrolling lets XLA keep each
+  block's activations in their own buffers instead of copying them into and out of the scan's
+  stacked residuals, which paid 1.4x on CPU for 4 blocks, at the price of compile time growing
+  with depth.
   """
 
   depth: int
@@ -183,7 +194,7 @@ class MMDiT(nn.Module):
         split_rngs={'params': True},
         in_axes=(nn.broadcast, nn.broadcast),
         length=self.depth,
-        unroll=min(self.scan_unroll, self.depth),
+        unroll=min(self.scan_unroll or auto_scan_unroll(self.depth, jax.default_backend()), self.depth),
     )(self.dim, self.cond_dim, self.num_streams, self.dtype, self.attention, name='blocks')
 
     streams = tuple(hyper_connections.expand_streams(x.astype(self.residual_dtype), self.num_streams)
