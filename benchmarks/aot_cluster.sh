@@ -21,15 +21,14 @@ compile() {  # PYTHON TOPOLOGY [--config.KEY=VALUE ...]
 
 if [[ $tpu_python != - ]]; then
   compile "$tpu_python" v5e:2x4                                                   # as shipped: remat dots, batch 8
-  compile "$tpu_python" v5e:2x4 --config.training.round_gradients=joint           # both rounds in one backward pass
+  compile "$tpu_python" v5e:2x4 --config.training.round_gradients=joint           # all passes in one backward pass
   compile "$tpu_python" v5e:2x4 --config.training.train_batch_size=16             # 2 sequences per chip
-  compile "$tpu_python" v5e:2x4 --config.model.remat_policy=full --config.training.train_batch_size=16
-  compile "$tpu_python" v5e:2x4 --config.model.remat_policy=full --config.training.train_batch_size=24
+  compile "$tpu_python" v5e:2x4 --config.training.train_batch_size=24             # 3 per chip
   compile "$tpu_python" v5e:2x4 --config.model.remat_policy=full --config.training.train_batch_size=32
+  compile "$tpu_python" v5e:2x4 --config.model.remat_policy=full --config.training.train_batch_size=48
   compile "$tpu_python" v5e:2x4 --config.model.max_seq_len=8192                   # S = 8192, one sequence per chip
-  compile "$tpu_python" v5e:2x4 --config.model.max_seq_len=8192 --config.model.remat_policy=full
-  compile "$tpu_python" v5p:2x2x1 --config.mesh.fsdp=4 --config.training.train_batch_size=32
   compile "$tpu_python" v5p:2x2x1 --config.mesh.fsdp=4 --config.training.train_batch_size=64
+  compile "$tpu_python" v5p:2x2x1 --config.mesh.fsdp=4 --config.training.train_batch_size=96
 fi
 if [[ $cuda_python != - ]]; then
   compile "$cuda_python" h100:8 --config.training.train_batch_size=32             # the reference's 4 per GPU

@@ -5,17 +5,17 @@ that YAML's cycle weights of 1.0 from step 0.
 Meant for a TPU slice of 8 chips (e.g. v5e-8): parameters and AdamW state fully sharded over the 8
 chips (mesh.fsdp=8), one sequence per chip (global batch 8; the reference ran 4 per GPU), every
 matmul output of the MMDiT blocks kept for the backward pass (remat 'dots': nothing but the cheap
-elementwise work is recomputed), the gradient taken round by round (training.round_gradients
+elementwise work is recomputed), the gradient taken pass by pass (training.round_gradients
 'auto' = sequential here), attention chosen for the platform at start-up (model.attention='auto':
 the splash kernel on TPU, cuDNN on GPU), float32 residual streams. On another slice set
 --config.mesh.fsdp to its chip count (or fewer, the rest then split the data) and the batch to a
 multiple of the chip count.
 
 Why 'dots' fits: compiled ahead of time for a v5e-8 (2026-12-07, libtpu of jax 0.10.2), the step
-needs 1.18 GiB of arguments + 9.47 GiB of temporaries = 10.66 GiB per chip of the v5e's 16 GiB,
-because the base round's backward pass ends before the cycle round starts (taking both rounds'
-gradient in one backward pass held both rounds' activations: 19.78 GiB, which does not fit).
-For 2 sequences per chip (global batch 16) use remat 'full' (11.25 GiB; 'dots' needs 18.01 GiB).
+needs 1.18 GiB of arguments + 5.67 GiB of temporaries = 6.85 GiB per chip of the v5e's 16 GiB,
+because the gradient is taken one model pass at a time (one backward pass through all four passes
+held all their activations: 19.78 GiB, which does not fit). 2 sequences per chip (global batch 16)
+fit too, with every matmul output kept (10.63 GiB).
 The README's "Ahead-of-time compiles" table has the figures.
 
 Check that a variant fits before renting the slice (README, "Check a config before renting"):

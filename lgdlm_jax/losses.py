@@ -7,12 +7,14 @@
                                                       config=config, terms=terms)   # the train step's
 
 All randomness enters through `draws`, so a test can feed the very same noise to the PyTorch
-reference. The passes run as at most two model calls: base T2L and base L2T are independent, and so
-are cycle-text and cycle-latent once the first round is done, so each round joins its passes
-along the batch axis into one call (same params, so this is exact) instead of calling the model
-once per pass (see `run_passes` for the row order); the text heads run only on the L2T rows.
-The train step takes the gradient round by round where that is exact (`cycle_vae_value_and_grad`,
-training.round_gradients), so that the backward pass holds one round's activations at a time.
+reference. `cycle_vae_loss` runs the passes as at most two model calls: base T2L and base L2T are
+independent, and so are cycle-text and cycle-latent once the first round is done, so each round
+joins its passes along the batch axis into one call (same params, so this is exact) instead of
+calling the model once per pass (see `run_passes` for the row order); the text heads run only on
+the L2T rows.
+The train step takes the gradient pass by pass where that is exact (`cycle_vae_value_and_grad`,
+training.round_gradients): a scan over the passes whose body takes one pass's value_and_grad, so
+the backward pass holds one pass's activations at a time and the model is compiled once.
 
 Which cycle terms run is a static choice (a `TermSet`, see lgdlm_jax.cycle_schedule); a term that
 does not run costs nothing and is absent from the metrics.
@@ -373,7 +375,7 @@ def cycle_vae_loss(
 
 
 def sequential_rounds(config: ml_collections.ConfigDict) -> bool:
-  """Whether training.round_gradients (validated by lgdlm_jax.config) asks for one round's gradient at a time."""
+  """Whether training.round_gradients (validated by lgdlm_jax.config) asks for one pass's gradient at a time."""
   mode = config.training.round_gradients
   return config.loss.cycle_stop_grad_latent if mode == 'auto' else mode == 'sequential'
 
@@ -390,40 +392,137 @@ def cycle_vae_value_and_grad(
 ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
   """((loss, metrics), gradient) of `cycle_vae_loss`, as the train step needs them.
 
-  With training.round_gradients sequential (see `sequential_rounds`), the base round's backward
-  pass runs to its end before the cycle round's forward pass starts, so the activations the
-  backward keeps are those of one round at a time instead of both: the peak memory of the
-  step with the cycle terms on is about halved. This is the same gradient because the cycle
-  round reads the base round only through constants (stop-gradient x0, discrete pseudo tokens):
-  d(L1 + L2(sg(inputs)))/dparams = dL1/dparams + dL2/dparams with the inputs held fixed. With
-  loss.cycle_stop_grad_latent False the cycle-text gradient flows back into the base round, and
-  only the joint gradient is right (config validation refuses 'sequential' then).
+  With training.round_gradients sequential (see `sequential_rounds`) the gradient is taken one
+  model pass at a time (`_pass_by_pass_value_and_grad`): the backward pass holds the activations
+  of one pass of B rows instead of all passes' (2B rows per round, both rounds), and the model's
+  forward and backward are compiled once for every pass. This is the same gradient because the
+  passes read each other only through constants (the cycle passes read round 1's stop-gradient
+  x0 and its discrete pseudo tokens): the gradient of the sum is the sum of the passes'
+  gradients with those inputs held fixed. With loss.cycle_stop_grad_latent False the cycle-text
+  gradient flows back into the base T2L pass, and only the joint gradient is right (config
+  validation refuses 'sequential' then).
   """
   opts, terms, deterministic = _resolve(config, terms, None)
   weights = term_weights(opts, step, terms)
-  if not (sequential_rounds(config) and (terms.cycle_text or terms.cycle_latent)):
+  if not sequential_rounds(config):
     loss_fn = functools.partial(cycle_vae_loss, step=step, model=model, config=config, terms=terms,
                                 deterministic=deterministic)
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, draws)
+  return _pass_by_pass_value_and_grad(params, _batch_view(batch, opts.mask_token_id), draws, weights, model=model,
+                                      config=config, terms=terms, deterministic=deterministic)
 
-  view = _batch_view(batch, opts.mask_token_id)
-  base_key, cycle_key = _round_keys(draws, deterministic)
-  kwargs = dict(model=model, config=config, terms=terms, deterministic=deterministic)
 
-  def base_loss(p):
-    values, diagnostics, cycle_inputs = _base_round(p, view, draws, dropout_key=base_key, **kwargs)
-    return _weighted_sum(values, weights), (values, diagnostics, jax.lax.stop_gradient(cycle_inputs))
+class _ScannedPass(NamedTuple):
+  """One model pass of the pass-by-pass gradient, stacked with the others as the rows of a scan.
 
-  def cycle_loss(p, cycle_inputs):
-    values = _cycle_round(p, view, draws, cycle_inputs, dropout_key=cycle_key, **kwargs)
-    return _weighted_sum(values, weights), values
+  A cycle pass's input from round 1 is not known when the scan starts: its tokens_BxS (cycle
+  latent) or latents_BxD (cycle text) are placeholders, replaced in the scan by the pseudo tokens
+  or the x0 estimate that the base passes leave in the carry.
+  """
+  tokens_BxS: jax.Array
+  latents_BxD: jax.Array
+  text_t_B: jax.Array
+  latent_t_B: jax.Array
+  target_BxD: jax.Array  # the T2L passes' target (a placeholder in the L2T passes)
+  latent_weight: jax.Array  # 0 in the L2T passes
+  text_weight: jax.Array  # 0 in the T2L passes
+  is_l2t: jax.Array  # the text heads run (the T2L passes skip them)
+  is_base: jax.Array  # round 1: leaves its x0 estimate (T2L) or pseudo tokens (L2T) in the carry
+  tokens_from_base: jax.Array  # cycle latent: reads the base L2T pass's pseudo tokens
+  latents_from_base: jax.Array  # cycle text: reads the base T2L pass's x0 estimate
+  dropout_key: jax.Array
 
-  (base, (values, diagnostics, cycle_inputs)), base_grads = jax.value_and_grad(base_loss, has_aux=True)(params)
-  # The barrier makes the cycle round's inputs depend on the finished base gradient, so XLA
-  # cannot start the cycle round while the base round's saved activations are still alive.
-  base_grads, cycle_inputs = jax.lax.optimization_barrier((base_grads, cycle_inputs))
-  (cycle, cycle_values), cycle_grads = jax.value_and_grad(cycle_loss, has_aux=True)(params, cycle_inputs)
-  values = {**values, **cycle_values}
-  loss = base + cycle
-  grads = jax.tree.map(jnp.add, base_grads, cycle_grads)
+
+def _scanned_passes(view: _BatchView, draws: Mapping[str, jax.Array], weights: Mapping[str, jax.Array],
+                    config: ml_collections.ConfigDict, terms: TermSet, deterministic: bool) -> _ScannedPass:
+  """The passes of `terms` in scan order: base T2L, base L2T, then cycle latent and cycle text
+  where they run."""
+  schedule = diffusion.schedule_from_config(config.model)
+  parameterization = config.model.latent_parameterization
+  zero, yes, no = jnp.zeros((), jnp.float32), jnp.array(True), jnp.array(False)
+  zeros_BxD = jnp.zeros_like(view.latents_BxD)
+
+  def t2l(t_lat_B, noise_BxD, weight, from_base):
+    t_lat_B = jnp.asarray(t_lat_B, jnp.float32)
+    z_t_BxD, target_BxD = diffusion.add_noise(schedule, view.latents_BxD, t_lat_B, noise_BxD, parameterization)
+    return dict(tokens_BxS=view.input_ids_BxS, latents_BxD=z_t_BxD, text_t_B=view.zeros_B, latent_t_B=t_lat_B,
+                target_BxD=target_BxD, latent_weight=weight, text_weight=zero, is_l2t=no, is_base=~from_base,
+                tokens_from_base=from_base, latents_from_base=no)
+
+  def l2t(weight, from_base):
+    return dict(tokens_BxS=view.all_mask_tokens_BxS, latents_BxD=view.latents_BxD, text_t_B=view.ones_B,
+                latent_t_B=view.zeros_B, target_BxD=zeros_BxD, latent_weight=zero, text_weight=weight, is_l2t=yes,
+                is_base=~from_base, tokens_from_base=no, latents_from_base=from_base)
+
+  passes = [t2l(draws['t_lat'], draws['noise'], weights['base_t2l_latent_loss'], no),
+            l2t(weights['base_l2t_text_loss'], no)]
+  if terms.cycle_latent:
+    passes.append(t2l(draws['t_lat2'], draws['noise2'], weights['cycle_latent_loss'], yes))
+  if terms.cycle_text:
+    passes.append(l2t(weights['cycle_text_loss'], yes))
+  # Deterministic passes never read their key; the placeholder keeps the scan's inputs one structure.
+  keys = jax.random.split(jax.random.key(0) if deterministic else draws['dropout_key'], len(passes))
+  return _ScannedPass(**jax.tree.map(lambda *xs: jnp.stack(xs), *passes), dropout_key=keys)
+
+
+def _pass_by_pass_value_and_grad(
+    params: Params, view: _BatchView, draws: Mapping[str, jax.Array], weights: Mapping[str, jax.Array], *,
+    model: nn.Module, config: ml_collections.ConfigDict, terms: TermSet,
+    deterministic: bool) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
+  """The objective's value and gradient as a `lax.scan` over its passes (see `_scanned_passes`),
+  whose body takes one pass's value_and_grad and adds it to the gradient in the carry.
+
+  Every pass runs the same program: T2L and L2T passes differ only in their inputs, in which
+  term is weighted by 0 and in whether the text heads run (a run-time switch, so the T2L passes
+  never pay the vocabulary projection). A scan iteration ends before the next starts, so the
+  backward pass holds one pass's activations at a time.
+  """
+  opts = loss_options(config)
+  schedule = diffusion.schedule_from_config(config.model)
+
+  def pass_loss(p, this: _ScannedPass, tokens_BxS, latents_BxD):
+    [(logits_BxSxV, latent_pred_BxD)] = run_passes(
+        model, p, [ModelPass(tokens_BxS, latents_BxD, this.text_t_B, this.latent_t_B, view.mask_BxS)],
+        deterministic=deterministic, dropout_key=None if deterministic else this.dropout_key,
+        text_heads_on=this.is_l2t)
+    latent_term = jnp.clip(normalized_mse(latent_pred_BxD, this.target_BxD), 0.0, LATENT_LOSS_MAX)
+    # Under the same switch as the text heads: the cross-entropy of a T2L pass's zero logits would
+    # cost its reductions over [B,S,V] at run time, and XLA constant-folds them at compile time
+    # (41 of 126 s compiling the cluster config for a v5e-8).
+    text_term = jax.lax.cond(
+        this.is_l2t,
+        lambda: jnp.clip(text_cross_entropy(logits_BxSxV, view.input_ids_BxS), 0.0, TEXT_LOSS_MAX),
+        lambda: jnp.zeros((), jnp.float32))
+    loss = this.latent_weight * latent_term + this.text_weight * text_term
+    return loss, (latent_term, text_term, jax.lax.stop_gradient((logits_BxSxV, latent_pred_BxD)))
+
+  def body(carry, this: _ScannedPass):
+    grads, pseudo_tokens_BxS, x0_BxD = carry
+    tokens_BxS = jnp.where(this.tokens_from_base, pseudo_tokens_BxS, this.tokens_BxS)
+    latents_BxD = jnp.where(this.latents_from_base, x0_BxD, this.latents_BxD)
+    (loss, (latent_term, text_term, (logits_BxSxV, latent_pred_BxD))), pass_grads = jax.value_and_grad(
+        pass_loss, has_aux=True)(params, this, tokens_BxS, latents_BxD)
+    pass_x0_BxD = diffusion.predict_x0(schedule, latents_BxD, this.latent_t_B, latent_pred_BxD,
+                                       opts.parameterization)
+    if terms.cycle_latent:
+      pseudo_tokens_BxS = jax.lax.cond(
+          this.is_base & this.is_l2t,
+          lambda: sample_pseudo_tokens(logits_BxSxV, opts.cycle_latent_sampling, draws['sample_key']),
+          lambda: pseudo_tokens_BxS)
+    x0_BxD = jnp.where(this.is_base & ~this.is_l2t, pass_x0_BxD, x0_BxD)
+    carry = (jax.tree.map(jnp.add, grads, pass_grads), pseudo_tokens_BxS, x0_BxD)
+    return carry, (loss, latent_term, text_term, _mean_l2_norm(latent_pred_BxD), _mean_l2_norm(pass_x0_BxD))
+
+  passes = _scanned_passes(view, draws, weights, config, terms, deterministic)
+  init = (jax.tree.map(jnp.zeros_like, params), view.input_ids_BxS, view.latents_BxD)
+  (grads, _, _), (pass_losses, latent_terms, text_terms, pred_norms, x0_norms) = jax.lax.scan(body, init, passes)
+  # The scan order of _scanned_passes: base T2L, base L2T, [cycle latent], [cycle text].
+  values = dict(base_t2l_latent_loss=latent_terms[0], base_l2t_text_loss=text_terms[1])
+  if terms.cycle_latent:
+    values['cycle_latent_loss'] = latent_terms[2]
+  if terms.cycle_text:
+    values['cycle_text_loss'] = text_terms[-1]
+  diagnostics = dict(t_lat_mean=jnp.mean(passes.latent_t_B[0]), latent_pred_norm=pred_norms[0],
+                     x0_pred_norm=x0_norms[0])
+  loss = jnp.sum(pass_losses)
   return (loss, _metrics(loss, values, diagnostics, weights)), grads

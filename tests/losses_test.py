@@ -86,6 +86,15 @@ def run(fn, *args):
     return jax.block_until_ready(fn(*args))
 
 
+def pass_by_pass_fn(config, terms=None):
+  """jit of the train step's value_and_grad with training.round_gradients='sequential'."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.training.round_gradients = 'sequential'
+  model = model_lib.MultimodalMMDiT(config.model)
+  return jax.jit(lambda p, b, d, s: losses.cycle_vae_value_and_grad(p, b, d, step=s, model=model, config=config,
+                                                                      terms=terms))
+
+
 def draws_for(config, seed: int = 0):
   return losses.sample_draws(jax.random.key(seed), BATCH, config.model.latent_dim, config)
 
@@ -180,19 +189,15 @@ class TorchParityTest(parameterized.TestCase):
 
 
   @pytest.mark.slow
-  def test_sequential_round_gradients_match_reference_and_joint(self):
-    # The train step's gradient with training.round_gradients='sequential' (the base round's
-    # backward before the cycle round's forward): the same terms and gradient as the torch twin,
-    # and as the joint value_and_grad of cycle_vae_loss (compiled by the parity test already).
+  def test_pass_by_pass_gradient_matches_reference_and_joint(self):
+    # The train step's gradient with training.round_gradients='sequential' (a scan over the model
+    # passes, one pass's value_and_grad per iteration): the same terms and gradient as the torch
+    # twin, and as the joint value_and_grad of cycle_vae_loss (compiled by the parity test already),
+    # with the activations of one pass alive at a time (XLA's own memory analysis).
     fn_joint, config, _ = compiled_loss('x0')
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.training.round_gradients = 'sequential'
-    model = model_lib.MultimodalMMDiT(config.model)
-    fn = jax.jit(lambda p, b, d, s: losses.cycle_vae_value_and_grad(p, b, d, step=s, model=model, config=config))
+    fn = pass_by_pass_fn(config)
     _, params = torch_pair()
     batch, draws = make_batch(), draws_for(config)
-    with jax.default_matmul_precision('highest'):
-      self.assertIn('opt-barrier', fn.lower(params, batch, draws, PARITY_STEP).as_text(dialect='hlo'))
     (loss, metrics), grads = run(fn, params, batch, draws, PARITY_STEP)
     expected_terms, expected_grads = torch_loss_and_grads(config, batch, draws, PARITY_STEP)
     assert_terms_match(metrics, expected_terms)
@@ -203,6 +208,48 @@ class TorchParityTest(parameterized.TestCase):
     chex.assert_trees_all_close(metrics, joint_metrics, rtol=1e-6)
     joint_errors = grad_errors(grads, joint_grads)
     self.assertLessEqual(max(joint_errors.values()), 1e-5, max(joint_errors, key=joint_errors.get))
+    with jax.default_matmul_precision('highest'):
+      temp_bytes = {name: f.lower(params, batch, draws, PARITY_STEP).compile().memory_analysis().temp_size_in_bytes
+                    for name, f in (('pass_by_pass', fn), ('joint', fn_joint))}
+    self.assertLess(temp_bytes['pass_by_pass'], 0.7 * temp_bytes['joint'], temp_bytes)
+
+  @pytest.mark.slow
+  @parameterized.named_parameters(('base_only', cycle_schedule.BASE_ONLY, 'argmax'),
+                                  ('cycle_text', cycle_schedule.TermSet(True, False), 'argmax'),
+                                  ('cycle_latent_sampled', cycle_schedule.TermSet(False, True), 'sample'))
+  def test_pass_by_pass_gradient_matches_joint_for_each_term_set(self, terms, sampling):
+    config = make_config('epsilon', cycle_latent_sampling=sampling)
+    model = model_lib.MultimodalMMDiT(config.model)
+    joint = jax.jit(jax.value_and_grad(
+        lambda p, b, d: losses.cycle_vae_loss(p, b, d, step=PARITY_STEP, model=model, config=config, terms=terms),
+        has_aux=True))
+    pass_by_pass = pass_by_pass_fn(config, terms)
+    _, params = torch_pair()
+    batch, draws = make_batch(), draws_for(config)
+    (loss, metrics), grads = run(pass_by_pass, params, batch, draws, PARITY_STEP)
+    (joint_loss, joint_metrics), joint_grads = run(joint, params, batch, draws)
+    self.assertEqual(set(metrics), set(joint_metrics))
+    chex.assert_trees_all_close(metrics, joint_metrics, rtol=1e-6)
+    np.testing.assert_allclose(float(loss), float(joint_loss), rtol=1e-6)
+    errors = grad_errors(grads, joint_grads)
+    self.assertLessEqual(max(errors.values()), 1e-5, max(errors, key=errors.get))
+
+  @pytest.mark.slow
+  def test_pass_by_pass_gradient_applies_dropout(self):
+    # Each pass draws its own dropout masks (not those of the joint call, which joins the passes
+    # along the batch): the loss moves with the dropout key and away from the deterministic one.
+    config = make_config('epsilon', dropout=0.3)
+    fn = pass_by_pass_fn(config)
+    _, params = torch_pair()
+    batch = make_batch()
+    results = [run(fn, params, batch, draws_for(config, seed), PARITY_STEP) for seed in (0, 1)]
+    deterministic = losses.cycle_vae_loss(params, batch, draws_for(config, 0), step=PARITY_STEP,
+                                          model=model_lib.MultimodalMMDiT(config.model), config=config,
+                                          deterministic=True)[0]
+    losses_by_key = [float(loss) for (loss, _), _ in results]
+    self.assertNotAlmostEqual(losses_by_key[0], losses_by_key[1], places=4)
+    self.assertNotAlmostEqual(losses_by_key[0], float(deterministic), places=4)
+    chex.assert_tree_all_finite(results)
 
   def test_round_gradients_auto_is_sequential_only_where_exact(self):
     config = make_config()

@@ -1,5 +1,6 @@
 """Forward parity of lgdlm_jax.model.MultimodalMMDiT with the real pinned PyTorch mmdit, and its contract."""
 
+import functools
 import random
 
 from absl.testing import parameterized
@@ -213,6 +214,22 @@ class ModelContractTest(chex.TestCase):
     np.testing.assert_allclose(odd[0], full[0][1::2], atol=1e-6, rtol=0)
     np.testing.assert_allclose(odd[2], full[2][1::2], atol=1e-6, rtol=0)
     np.testing.assert_allclose(odd[1], full[1], atol=1e-6, rtol=0)  # the latent head sees every row
+
+  def test_text_heads_switched_off_at_run_time_give_zeros_and_the_same_latent(self):
+    cfg = tiny_config(cluster_size=5)
+    _, params = build_pair(cfg, seed=3)
+    inputs = make_inputs(cfg, batch=2)
+    model = model_lib.MultimodalMMDiT(cfg)
+    full = run_flax(cfg, params, inputs)
+    switched = jax.jit(lambda on, *a: model.apply(*a, text_heads_on=on))
+    on = run_flax(cfg, params, inputs, functools.partial(switched, jnp.array(True)))
+    off = run_flax(cfg, params, inputs, functools.partial(switched, jnp.array(False)))
+    chex.assert_trees_all_close(on, full, atol=1e-6, rtol=0)
+    for got, expected in zip(off, full):
+      chex.assert_equal_shape((got, expected))
+    np.testing.assert_array_equal(off[0], 0.0)
+    np.testing.assert_array_equal(off[2], 0.0)
+    np.testing.assert_allclose(off[1], full[1], atol=1e-6, rtol=0)
 
   def test_bad_shapes_are_named(self):
     cfg = tiny_config()

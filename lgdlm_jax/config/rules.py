@@ -232,7 +232,7 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
   training = config.training
   if training.round_gradients == 'sequential' and not loss.cycle_stop_grad_latent:
     raise ConfigError("training.round_gradients='sequential' needs loss.cycle_stop_grad_latent=True: without it the "
-                      "cycle-text gradient flows back into the base round (use 'joint' or 'auto')")
+                      "cycle-text gradient flows back into the base T2L pass (use 'joint' or 'auto')")
   if model.attention == 'cudnn' and model.dtype != 'bfloat16':
     raise ConfigError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
                       f'bfloat16 or float16 only), not {model.dtype!r}')

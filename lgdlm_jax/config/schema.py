@@ -141,10 +141,12 @@ def default_config() -> ml_collections.ConfigDict:
       # compile again. '' = WORKDIR/compilation_cache; any other path can be shared by runs.
       compilation_cache=True,
       compilation_cache_dir='',
-      # How the train step takes the gradient of a step with cycle terms: 'joint' (both rounds'
-      # activations held for one backward pass), 'sequential' (the base round's backward finishes
-      # before the cycle round starts: about half the activation memory, the same gradient; needs
-      # loss.cycle_stop_grad_latent), 'auto' (sequential whenever loss.cycle_stop_grad_latent).
+      # How the train step takes the gradient of the objective's model passes (base T2L and L2T,
+      # then the cycle passes on their outputs): 'joint' (one backward pass through every pass: all
+      # their activations held at once), 'sequential' (a scan over the passes, one pass's forward
+      # and backward at a time: about a quarter of the activations with both cycle terms on, the
+      # same gradient, the model compiled once; needs loss.cycle_stop_grad_latent), 'auto'
+      # (sequential whenever loss.cycle_stop_grad_latent).
       round_gradients='auto',
   ))
 

@@ -129,6 +129,7 @@ class MultimodalMMDiT(nn.Module):
       attention_mask: jax.Array | None = None,
       deterministic: bool = True,
       text_head_rows: slice | None = None,
+      text_heads_on: jax.Array | None = None,
   ) -> tuple[jax.Array, ...]:
     """(text_logits, latent_pred[, cluster_logits]); text_head_rows limits the text heads to those rows.
 
@@ -136,14 +137,19 @@ class MultimodalMMDiT(nn.Module):
     (e.g. slice(p, None, P) for one of P interleaved passes, see lgdlm_jax.model.passes); the text
     and cluster logits then have that many rows. The vocabulary projection is a quarter of the
     model's FLOPs at H = 512, V = 8192.
+
+    text_heads_on, a traced bool, decides at run time whether the text heads run (lax.cond): their
+    logits are zeros where it is False. A program that runs T2L and L2T passes through one traced
+    call (the pass-by-pass gradient, lgdlm_jax.losses) pays the vocabulary projection only for the
+    passes that read it.
     """
     precision = self.config.matmul_precision
     with contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision):
       return self._forward(text_tokens, latents, text_timesteps, latent_timesteps, attention_mask, deterministic,
-                           text_head_rows)
+                           text_head_rows, text_heads_on)
 
   def _forward(self, text_tokens, latents, text_timesteps, latent_timesteps, attention_mask, deterministic,
-               text_head_rows) -> tuple[jax.Array, ...]:
+               text_head_rows, text_heads_on) -> tuple[jax.Array, ...]:
     cfg = self.config
     dtype = COMPUTE_DTYPES[cfg.dtype]
     h, c = cfg.hidden_size, cfg.cond_dim
@@ -173,20 +179,25 @@ class MultimodalMMDiT(nn.Module):
 
     if text_head_rows is not None:
       text_out = text_out[text_head_rows]
-    text_logits = self._text_head('text_head', text_out, dtype)
+    text_heads = [self._text_head('text_head', dtype)]
+    if cfg.cluster_size > 0:
+      text_heads.append(self._text_head('text_head_clusters', dtype))
+    run_heads = lambda _, x_BxSxH: tuple(head(x_BxSxH).astype(jnp.float32) for head in text_heads)
+    if text_heads_on is None:
+      text_logits = run_heads(self, text_out)
+    else:
+      no_heads = lambda _, x_BxSxH: tuple(jnp.zeros(x_BxSxH.shape[:-1] + (head.features,), jnp.float32)
+                                          for head in text_heads)
+      text_logits = nn.cond(text_heads_on, run_heads, no_heads, self, text_out)
     latent_pred = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)(latent_out)
     latent_pred = nn.Dropout(cfg.dropout)(layers.gelu(latent_pred), deterministic=deterministic)
     latent_pred = layers.torch_linear(cfg.latent_dim, 2 * h, name='latent_head_3', dtype=dtype,
                                       kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)(latent_pred)
-    outputs = (text_logits, latent_pred.astype(jnp.float32))
-    if cfg.cluster_size > 0:
-      outputs += (self._text_head('text_head_clusters', text_out, dtype),)
-    return outputs
+    return (text_logits[0], latent_pred.astype(jnp.float32)) + text_logits[1:]
 
-  def _text_head(self, name: str, text_out_BxSxH: jax.Array, dtype: Any) -> jax.Array:
+  def _text_head(self, name: str, dtype: Any) -> nn.Dense:
     # Logits are accumulated into float32 (never rounded to bfloat16): the cross-entropy and the
     # samplers' argmax read them at full precision.
-    head = layers.torch_linear(self.config.vocab_size, self.config.hidden_size, name=name, dtype=dtype,
+    return layers.torch_linear(self.config.vocab_size, self.config.hidden_size, name=name, dtype=dtype,
                                kernel_init=layers.normal_002, bias_init=nn.initializers.zeros,
                                dot_general=_FLOAT32_OUTPUT_DOT)
-    return head(text_out_BxSxH).astype(jnp.float32)

@@ -32,7 +32,8 @@ def interleave(*xs_B: jax.Array) -> jax.Array:
 
 def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *, deterministic: bool,
                dropout_key: jax.Array | None,
-               text_logits_wanted: Sequence[bool] | None = None) -> list[tuple[jax.Array | None, jax.Array]]:
+               text_logits_wanted: Sequence[bool] | None = None,
+               text_heads_on: jax.Array | None = None) -> list[tuple[jax.Array | None, jax.Array]]:
   """Independent passes of equal batch size B as ONE model call on a batch of P*B.
 
   Returns (text_logits [B,S,V], latent_pred [B,D]) per pass, in order; the model's single latent
@@ -43,7 +44,8 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
 
   text_logits_wanted[p] = False: pass p's text logits are None. When exactly one pass wants them,
   the model's text heads run on that pass's rows only (a strided slice of the joint batch);
-  otherwise they run on every row and the unwanted logits are dropped.
+  otherwise they run on every row and the unwanted logits are dropped. text_heads_on (a traced
+  bool) instead decides at run time whether the text heads run at all (zeros where they do not).
 
   Why joined: one call per pass lets XLA also drop the last block's text branch of a pass whose
   text logits are unused (with the blocks unrolled), which ran a CPU train step 7% faster (7.3
@@ -62,6 +64,8 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
   options = dict(rngs={} if deterministic else {'dropout': dropout_key})
   if only_pass is not None:
     options['text_head_rows'] = slice(only_pass, None, num_passes)
+  if text_heads_on is not None:
+    options['text_heads_on'] = text_heads_on
   outputs = model.apply({'params': params}, joined.tokens_BxS, joined.latents_BxD, joined.text_t_B,
                         joined.latent_t_B, attention_mask=joined.mask_BxS, deterministic=deterministic, **options)
   latent_pred_BxPxD = outputs[1][:, 0, :].reshape(batch_size, num_passes, -1)
