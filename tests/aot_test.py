@@ -68,10 +68,14 @@ def test_tpu_compile_reports_per_chip_memory_and_splash_needs_less_than_xla():
   assert report['peak_bytes'] == (report['argument_bytes'] + report['output_bytes'] - report['alias_bytes']
                                   + report['temp_bytes'])
   assert report['fits'] is True and report['compile_s'] > 0
-  # The plain attention holds [8, S+1, S+1] float32 scores per row: at S = 1024 that shows.
+  # The plain attention holds [8, S+1, S+1] float32 scores per row: at S = 1024 that shows where
+  # attention sets the peak, as when one backward pass runs through all passes ('joint'). Taken
+  # pass by pass (the default), this tiny model's peak lies elsewhere (41.3 MB splash, 42.7 MB xla).
+  config.training.round_gradients = 'joint'
+  fused = bench.compile_only(config, 'v5e:2x2')
   config.model.attention = 'xla'
   plain = bench.compile_only(config, 'v5e:2x2')
-  assert plain['temp_bytes'] > report['temp_bytes'] + 8 * 1025 * 1025 * 4, (plain['temp_bytes'], report['temp_bytes'])
+  assert plain['temp_bytes'] > fused['temp_bytes'] + 8 * 1025 * 1025 * 4, (plain['temp_bytes'], fused['temp_bytes'])
 
 
 @needs_cuda_plugin
