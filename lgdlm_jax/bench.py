@@ -77,7 +77,7 @@ def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], plat
   return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
           'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
           'cycle_terms': cycle_schedule.from_config(config).configured_terms().name,
-          'round_gradients': 'sequential' if losses.sequential_rounds(config) else 'joint', 'backend': platform,
+          'round_gradients': 'sequential' if losses.pass_by_pass_gradient(config) else 'joint', 'backend': platform,
           'device': devices[0].device_kind, 'devices': len(devices), 'jax': jax.__version__,
           'model_flops_per_step': train_flops_per_step(config)}
 

@@ -191,12 +191,22 @@ def _mean_l2_norm(x_BxD: jax.Array) -> jax.Array:
   return jnp.mean(jnp.linalg.norm(x_BxD, axis=-1))
 
 
+def _latent_term(pred_BxD: jax.Array, target_BxD: jax.Array) -> jax.Array:
+  """A T2L pass's loss term as the reference clamps it."""
+  return jnp.clip(normalized_mse(pred_BxD, target_BxD), 0.0, LATENT_LOSS_MAX)
+
+
+def _text_term(logits_BxSxV: jax.Array, targets_BxS: jax.Array) -> jax.Array:
+  """An L2T pass's loss term as the reference clamps it."""
+  return jnp.clip(text_cross_entropy(logits_BxSxV, targets_BxS), 0.0, TEXT_LOSS_MAX)
+
+
 # ---------------------------------------------------------------------------------------------
 # The objective.
 
 
 class _BatchView(NamedTuple):
-  """The batch as both rounds read it."""
+  """The batch as every pass reads it."""
   input_ids_BxS: jax.Array
   latents_BxD: jax.Array
   mask_BxS: jax.Array | None  # None: no padding, the model skips masking
@@ -226,9 +236,14 @@ def _batch_view(batch: Mapping[str, jax.Array], mask_token_id: int) -> _BatchVie
       ones_B=jnp.ones((batch_size,), jnp.float32))
 
 
-def _round_keys(draws: Mapping[str, jax.Array], deterministic: bool) -> tuple[jax.Array | None, jax.Array | None]:
-  """The dropout keys of the base round and the cycle round."""
-  return (None, None) if deterministic else tuple(jax.random.split(draws['dropout_key']))
+def _noised_latents(view: _BatchView, t_lat_B: jax.Array, noise_BxD: jax.Array,
+                    config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(t_lat [B] float32, z_t [B,D], the prediction's target [B,D]): a T2L pass's noised input."""
+  t_lat_B = jnp.asarray(t_lat_B, jnp.float32)
+  schedule = diffusion.schedule_from_config(config.model)
+  z_t_BxD, target_BxD = diffusion.add_noise(schedule, view.latents_BxD, t_lat_B, noise_BxD,
+                                            config.model.latent_parameterization)
+  return t_lat_B, z_t_BxD, target_BxD
 
 
 def _base_round(params: Params, view: _BatchView, draws: Mapping[str, jax.Array], *, model: nn.Module,
@@ -238,18 +253,15 @@ def _base_round(params: Params, view: _BatchView, draws: Mapping[str, jax.Array]
   text, clean latent). Returns its terms, the diagnostics and what the cycle round reads."""
   opts = loss_options(config)
   schedule = diffusion.schedule_from_config(config.model)
-  t_lat_B = jnp.asarray(draws['t_lat'], jnp.float32)
-  z_t_BxD, target_BxD = diffusion.add_noise(schedule, view.latents_BxD, t_lat_B, draws['noise'],
-                                            opts.parameterization)
+  t_lat_B, z_t_BxD, target_BxD = _noised_latents(view, draws['t_lat'], draws['noise'], config)
   (_, latent_pred_BxD), (l2t_logits_BxSxV, _) = run_passes(
       model, params,
       [ModelPass(view.input_ids_BxS, z_t_BxD, view.zeros_B, t_lat_B, view.mask_BxS),
        ModelPass(view.all_mask_tokens_BxS, view.latents_BxD, view.ones_B, view.zeros_B, view.mask_BxS)],
       deterministic=deterministic, dropout_key=dropout_key,
       text_logits_wanted=[p.text_logits for p in pass_plan(opts, terms)[0]])
-  values = dict(
-      base_t2l_latent_loss=jnp.clip(normalized_mse(latent_pred_BxD, target_BxD), 0.0, LATENT_LOSS_MAX),
-      base_l2t_text_loss=jnp.clip(text_cross_entropy(l2t_logits_BxSxV, view.input_ids_BxS), 0.0, TEXT_LOSS_MAX))
+  values = dict(base_t2l_latent_loss=_latent_term(latent_pred_BxD, target_BxD),
+                base_l2t_text_loss=_text_term(l2t_logits_BxSxV, view.input_ids_BxS))
   x0_pred_BxD = diffusion.predict_x0(schedule, z_t_BxD, t_lat_B, latent_pred_BxD, opts.parameterization)
   diagnostics = dict(t_lat_mean=jnp.mean(t_lat_B), latent_pred_norm=_mean_l2_norm(latent_pred_BxD),
                      x0_pred_norm=_mean_l2_norm(x0_pred_BxD))
@@ -273,10 +285,7 @@ def _cycle_round(params: Params, view: _BatchView, draws: Mapping[str, jax.Array
     passes.append(ModelPass(view.all_mask_tokens_BxS, cycle_inputs.x0_cycle_BxD, view.ones_B, view.zeros_B,
                             view.mask_BxS))
   if terms.cycle_latent:
-    schedule = diffusion.schedule_from_config(config.model)
-    t_lat2_B = jnp.asarray(draws['t_lat2'], jnp.float32)
-    z_t2_BxD, target2_BxD = diffusion.add_noise(schedule, view.latents_BxD, t_lat2_B, draws['noise2'],
-                                                opts.parameterization)
+    t_lat2_B, z_t2_BxD, target2_BxD = _noised_latents(view, draws['t_lat2'], draws['noise2'], config)
     passes.append(ModelPass(cycle_inputs.pseudo_tokens_BxS, z_t2_BxD, view.zeros_B, t_lat2_B, view.mask_BxS))
   if not passes:
     return {}
@@ -284,10 +293,9 @@ def _cycle_round(params: Params, view: _BatchView, draws: Mapping[str, jax.Array
                             text_logits_wanted=[p.text_logits for p in pass_plan(opts, terms)[1]]))
   values = {}
   if terms.cycle_text:
-    values['cycle_text_loss'] = jnp.clip(text_cross_entropy(next(outputs)[0], view.input_ids_BxS), 0.0,
-                                         TEXT_LOSS_MAX)
+    values['cycle_text_loss'] = _text_term(next(outputs)[0], view.input_ids_BxS)
   if terms.cycle_latent:
-    values['cycle_latent_loss'] = jnp.clip(normalized_mse(next(outputs)[1], target2_BxD), 0.0, LATENT_LOSS_MAX)
+    values['cycle_latent_loss'] = _latent_term(next(outputs)[1], target2_BxD)
   return values
 
 
@@ -305,7 +313,7 @@ def cycle_vae_terms(
   terms and the cycle terms `terms` selects (differentiable: the gradient-flow test takes each
   term's own gradient), and the diagnostic scalars t_lat_mean, latent_pred_norm, x0_pred_norm."""
   view = _batch_view(batch, config.tokenizer.mask_token_id)
-  base_key, cycle_key = _round_keys(draws, deterministic)
+  base_key, cycle_key = (None, None) if deterministic else jax.random.split(draws['dropout_key'])
   kwargs = dict(model=model, config=config, terms=terms, deterministic=deterministic)
   values, diagnostics, cycle_inputs = _base_round(params, view, draws, dropout_key=base_key, **kwargs)
   values.update(_cycle_round(params, view, draws, cycle_inputs, dropout_key=cycle_key, **kwargs))
@@ -374,7 +382,7 @@ def cycle_vae_loss(
   return loss, _metrics(loss, values, diagnostics, weights)
 
 
-def sequential_rounds(config: ml_collections.ConfigDict) -> bool:
+def pass_by_pass_gradient(config: ml_collections.ConfigDict) -> bool:
   """Whether training.round_gradients (validated by lgdlm_jax.config) asks for one pass's gradient at a time."""
   mode = config.training.round_gradients
   return config.loss.cycle_stop_grad_latent if mode == 'auto' else mode == 'sequential'
@@ -392,7 +400,7 @@ def cycle_vae_value_and_grad(
 ) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Params]:
   """((loss, metrics), gradient) of `cycle_vae_loss`, as the train step needs them.
 
-  With training.round_gradients sequential (see `sequential_rounds`) the gradient is taken one
+  With training.round_gradients sequential (see `pass_by_pass_gradient`) the gradient is taken one
   model pass at a time (`_pass_by_pass_value_and_grad`): the backward pass holds the activations
   of one pass of B rows instead of all passes' (2B rows per round, both rounds), and the model's
   forward and backward are compiled once for every pass. This is the same gradient because the
@@ -404,7 +412,7 @@ def cycle_vae_value_and_grad(
   """
   opts, terms, deterministic = _resolve(config, terms, None)
   weights = term_weights(opts, step, terms)
-  if not sequential_rounds(config):
+  if not pass_by_pass_gradient(config):
     loss_fn = functools.partial(cycle_vae_loss, step=step, model=model, config=config, terms=terms,
                                 deterministic=deterministic)
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, draws)
@@ -437,14 +445,11 @@ def _scanned_passes(view: _BatchView, draws: Mapping[str, jax.Array], weights: M
                     config: ml_collections.ConfigDict, terms: TermSet, deterministic: bool) -> _ScannedPass:
   """The passes of `terms` in scan order: base T2L, base L2T, then cycle latent and cycle text
   where they run."""
-  schedule = diffusion.schedule_from_config(config.model)
-  parameterization = config.model.latent_parameterization
   zero, yes, no = jnp.zeros((), jnp.float32), jnp.array(True), jnp.array(False)
   zeros_BxD = jnp.zeros_like(view.latents_BxD)
 
   def t2l(t_lat_B, noise_BxD, weight, from_base):
-    t_lat_B = jnp.asarray(t_lat_B, jnp.float32)
-    z_t_BxD, target_BxD = diffusion.add_noise(schedule, view.latents_BxD, t_lat_B, noise_BxD, parameterization)
+    t_lat_B, z_t_BxD, target_BxD = _noised_latents(view, t_lat_B, noise_BxD, config)
     return dict(tokens_BxS=view.input_ids_BxS, latents_BxD=z_t_BxD, text_t_B=view.zeros_B, latent_t_B=t_lat_B,
                 target_BxD=target_BxD, latent_weight=weight, text_weight=zero, is_l2t=no, is_base=~from_base,
                 tokens_from_base=from_base, latents_from_base=no)
@@ -485,13 +490,13 @@ def _pass_by_pass_value_and_grad(
         model, p, [ModelPass(tokens_BxS, latents_BxD, this.text_t_B, this.latent_t_B, view.mask_BxS)],
         deterministic=deterministic, dropout_key=None if deterministic else this.dropout_key,
         text_heads_on=this.is_l2t)
-    latent_term = jnp.clip(normalized_mse(latent_pred_BxD, this.target_BxD), 0.0, LATENT_LOSS_MAX)
+    latent_term = _latent_term(latent_pred_BxD, this.target_BxD)
     # Under the same switch as the text heads: the cross-entropy of a T2L pass's zero logits would
     # cost its reductions over [B,S,V] at run time, and XLA constant-folds them at compile time
     # (41 of 126 s compiling the cluster config for a v5e-8).
     text_term = jax.lax.cond(
         this.is_l2t,
-        lambda: jnp.clip(text_cross_entropy(logits_BxSxV, view.input_ids_BxS), 0.0, TEXT_LOSS_MAX),
+        lambda: _text_term(logits_BxSxV, view.input_ids_BxS),
         lambda: jnp.zeros((), jnp.float32))
     loss = this.latent_weight * latent_term + this.text_weight * text_term
     return loss, (latent_term, text_term, jax.lax.stop_gradient((logits_BxSxV, latent_pred_BxD)))

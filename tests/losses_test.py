@@ -253,12 +253,12 @@ class TorchParityTest(parameterized.TestCase):
 
   def test_round_gradients_auto_is_sequential_only_where_exact(self):
     config = make_config()
-    self.assertTrue(losses.sequential_rounds(config))
+    self.assertTrue(losses.pass_by_pass_gradient(config))
     config.loss.cycle_stop_grad_latent = False
-    self.assertFalse(losses.sequential_rounds(config))
+    self.assertFalse(losses.pass_by_pass_gradient(config))
     config.training.round_gradients = 'joint'
     config.loss.cycle_stop_grad_latent = True
-    self.assertFalse(losses.sequential_rounds(config))
+    self.assertFalse(losses.pass_by_pass_gradient(config))
 
   @pytest.mark.slow
   def test_terms_and_gradients_match_reference_with_hyper_connections(self):
