@@ -94,7 +94,7 @@ def measure(data_dir: str, seq_len: int, latent_dim: int, vocab: int, batch: int
 
 
 def loader_share(workdir: str) -> dict:
-  from lgdlm_jax import metrics_log  # pylint: disable=g-import-not-at-top
+  from lgdlm_jax.training import metrics_log  # pylint: disable=g-import-not-at-top
   records = [r for r in metrics_log.read_log(workdir) if 'data_wait_time' in r and r['step'] > 2]
   wait = float(np.mean([r['data_wait_time'] for r in records]))
   step = float(np.mean([r['step_time'] for r in records]))

@@ -55,10 +55,10 @@ from benchmarks import torch_reference  # noqa: E402
 from lgdlm_jax import bench  # noqa: E402
 from lgdlm_jax import cli  # noqa: E402
 from lgdlm_jax import config as config_lib  # noqa: E402
-from lgdlm_jax import losses  # noqa: E402
+from lgdlm_jax.objective import cycle_vae as losses  # noqa: E402
 from lgdlm_jax import model as model_lib  # noqa: E402
-from lgdlm_jax import optimizer as optimizer_lib  # noqa: E402
-from lgdlm_jax import train  # noqa: E402
+from lgdlm_jax.training import optimizer as optimizer_lib  # noqa: E402
+from lgdlm_jax.training import step as train  # noqa: E402
 from lgdlm_jax.model import flops as model_flops  # noqa: E402
 from lgdlm_jax.model import mmdit  # noqa: E402
 

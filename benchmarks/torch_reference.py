@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import torch
 
-from lgdlm_jax import diffusion
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.convert import twin
 from tests import torch_cycle_loss
 
@@ -63,7 +63,7 @@ class TorchTrainer:
     self.step_seconds: list[float] = []  # of timed steps: background load on a shared machine shows up here
 
   def _draws(self) -> dict[str, torch.Tensor]:
-    # As lgdlm_jax.losses draws them: t = 1 in latent_t_mode 'full', else U(t_min, t_max) clamped to <= 0.9999.
+    # As lgdlm_jax.objective.cycle_vae draws them: t = 1 in latent_t_mode 'full', else U(t_min, t_max) clamped to <= 0.9999.
     loss_cfg, (b, d) = self.config.loss, self.batch['latent'].shape
     options = dict(generator=self.generator, device=self.device)
 

@@ -8,7 +8,7 @@ as in training: every train-step program they use is compiled first and counted 
 'compile_s' is their sum), and the FLOPs per step are the mean over the timed steps.
 With --compile_only the step is compiled from shapes alone (nothing allocated) and the line reports
 compile seconds and the compiler's memory analysis per device instead; with --topology it is
-compiled for accelerators this machine does not have (lgdlm_jax.aot), and says whether it fits:
+compiled for accelerators this machine does not have (lgdlm_jax.training.aot), and says whether it fits:
 
     python -m lgdlm_jax.bench --compile_only --topology v5e:2x4 --config configs/cluster.py
     JAX_PLATFORMS=cpu python -m lgdlm_jax.bench --compile_only --topology h100:8 --config configs/cluster.py \
@@ -24,15 +24,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from lgdlm_jax import aot
+from lgdlm_jax.training import aot
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import cycle_schedule
-from lgdlm_jax import losses
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import optimizer as optimizer_lib
-from lgdlm_jax import sharding
-from lgdlm_jax import train
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
+from lgdlm_jax.training import step as train
 from lgdlm_jax.model import flops as model_flops
 from lgdlm_jax.model import platform as model_platform
 
@@ -49,7 +49,7 @@ def train_flops_per_step(config: ml_collections.ConfigDict, terms: cycle_schedul
   """Forward + backward (3x forward) of every pass the objective runs for one global batch, with the
   cycle terms `terms` (default: every term with a base weight above 0).
 
-  The passes come from lgdlm_jax.losses.pass_plan, the list cycle_vae_loss itself runs. The
+  The passes come from lgdlm_jax.objective.cycle_vae.pass_plan, the list cycle_vae_loss itself runs. The
   objective never reads the cluster head, so XLA drops it and it is not counted.
   """
   per_sequence = sum(model_flops.forward_flops_per_sequence(config.model, text_logits=planned.text_logits)
@@ -84,7 +84,7 @@ def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], plat
 
 def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
   """Compiles the train step from shapes alone (no parameters are created) for this machine's devices
-  or for `topology` (lgdlm_jax.aot), and reports the compile seconds and the compiler's memory
+  or for `topology` (lgdlm_jax.training.aot), and reports the compile seconds and the compiler's memory
   analysis of the step per device: how a large config fits before any run."""
   config = config_lib.finalize(config)
   devices, platform = aot.target_devices(topology) if topology else (jax.devices(), jax.default_backend())

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from lgdlm_jax import cli
 from lgdlm_jax import errors
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import metrics_log
 
 PLOT_FILE = 'training_log.png'  # in the workdir, rewritten at each evaluation
 COLUMNS = 4

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from lgdlm_jax import loop
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lgdlm_jax import checkpoint
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data
 from lgdlm_jax import errors

@@ -80,7 +80,7 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
          'model.use_stub_if_no_mmdit', 'logging.run_name', 'logging.log_dir', 'tokenizer.local_files_only'})
 
   def test_loaded_configs_build_an_optimizer(self):
-    from lgdlm_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+    from lgdlm_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
     for path in (SMOKE_YAML, CLUSTER_YAML):
       config = reference_yaml.load_reference_yaml(path)
       optimizer_lib.make_optimizer(config)

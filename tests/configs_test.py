@@ -7,11 +7,11 @@ import jax
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import losses
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import optimizer as optimizer_lib
-from lgdlm_jax import sharding
-from lgdlm_jax import train
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
+from lgdlm_jax.training import step as train
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 

@@ -11,9 +11,9 @@ import orbax.checkpoint
 import pytest
 
 from lgdlm_jax import console
-from lgdlm_jax import loop
+from lgdlm_jax.training import loop
 from lgdlm_jax import main
-from lgdlm_jax import runtime
+from lgdlm_jax.training import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'smoke.py')

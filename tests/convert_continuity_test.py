@@ -19,13 +19,13 @@ import torch
 
 import convert_torch_weights
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import diffusion
-from lgdlm_jax import losses
+from lgdlm_jax.objective import diffusion
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import optimizer as optimizer_lib
-from lgdlm_jax import sharding
-from lgdlm_jax import train
-from lgdlm_jax.convert import init_from
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
+from lgdlm_jax.training import step as train
+from lgdlm_jax.checkpoints import init_from
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments
 from tests import model_test

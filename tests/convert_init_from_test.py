@@ -8,17 +8,17 @@ import numpy as np
 import optax
 import pytest
 
-from lgdlm_jax import checkpoint
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import errors
-from lgdlm_jax import loop
+from lgdlm_jax.training import loop
 from lgdlm_jax import main
-from lgdlm_jax import optimizer as optimizer_lib
-from lgdlm_jax import sharding
-from lgdlm_jax import train
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
+from lgdlm_jax.training import step as train
 from lgdlm_jax.convert import converted
-from lgdlm_jax.convert import init_from
+from lgdlm_jax.checkpoints import init_from
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
 from tests import train_test

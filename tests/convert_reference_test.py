@@ -13,11 +13,11 @@ import safetensors.torch
 import torch
 
 import convert_torch_weights
-from lgdlm_jax import loop
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import exporters
-from lgdlm_jax.convert import sources
+from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.convert import twin
 from tests import model_test
 from tests import optimizer_test

@@ -14,7 +14,7 @@ import torch
 
 import convert_torch_weights
 from lgdlm_jax import errors
-from lgdlm_jax import loop
+from lgdlm_jax.training import loop
 from lgdlm_jax.convert import twin
 from tests import model_test
 from tests import train_test

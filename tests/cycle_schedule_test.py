@@ -1,4 +1,4 @@
-"""Which cycle terms run at which step (lgdlm_jax.cycle_schedule): warmups, ramps, cycle_every and
+"""Which cycle terms run at which step (lgdlm_jax.objective.cycle_schedule): warmups, ramps, cycle_every and
 gradient accumulation, all decided on the host."""
 
 import itertools
@@ -6,9 +6,9 @@ import itertools
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import cycle_schedule
-from lgdlm_jax import losses
-from lgdlm_jax.cycle_schedule import ALL_TERMS, BASE_ONLY, TermSet
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective.cycle_schedule import ALL_TERMS, BASE_ONLY, TermSet
 
 TEXT_ONLY, LATENT_ONLY = TermSet(True, False), TermSet(False, True)
 

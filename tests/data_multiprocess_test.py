@@ -15,9 +15,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 import pytest
 
-from lgdlm_jax import checkpoint
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import data
-from lgdlm_jax import runtime
+from lgdlm_jax.training import runtime
 from tests import data_test
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

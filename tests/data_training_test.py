@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from lgdlm_jax import loop
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax.data import pack as pack_lib
 from tests import train_test
 

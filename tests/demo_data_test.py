@@ -10,7 +10,7 @@ import numpy as np
 
 from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import losses
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import prepare_data
 from lgdlm_jax import text
 

@@ -1,4 +1,4 @@
-"""Parity tests of lgdlm_jax.diffusion against the reference's formulas written in torch.
+"""Parity tests of lgdlm_jax.objective.diffusion against the reference's formulas written in torch.
 
 The torch helpers below restate the SPEC section 2 formulas (they are not the reference's code);
 torch is the arithmetic the reference runs on, so index rounding and float32 table values can be
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from lgdlm_jax import diffusion
+from lgdlm_jax.objective import diffusion
 
 T = 1000
 # Float32 t values close to 1, where sqrt(abar) is smallest (1.56e-5 at t = 1 for cosine).

@@ -11,7 +11,7 @@ import pytest
 import tokenizers
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import diffusion
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.evaluation import examples as eval_examples
 from lgdlm_jax.evaluation import metrics as eval_metrics
 from lgdlm_jax import model as model_lib
@@ -132,7 +132,7 @@ def test_real_model_metrics_are_in_range():
 
 @pytest.mark.slow  # a whole run: compiles the train step, both evaluations and the decoders (2 min of CPU)
 def test_the_run_prints_each_evaluation_and_decoded_sentences_of_both_splits(tmp_path, capsys):
-  from lgdlm_jax import loop  # pylint: disable=g-import-not-at-top
+  from lgdlm_jax.training import loop  # pylint: disable=g-import-not-at-top
   from lgdlm_jax import plot  # pylint: disable=g-import-not-at-top
   from tests.train_test import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
   config = tiny_run_config(**{'training.num_train_steps': 2, 'training.eval_every': 2, 'training.save_every': 0,

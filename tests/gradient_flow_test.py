@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import cycle_schedule
-from lgdlm_jax import losses
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import passes
 

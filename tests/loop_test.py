@@ -9,14 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from lgdlm_jax import checkpoint
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import loop
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax import plot
-from lgdlm_jax import profiling
-from lgdlm_jax import resume
-from lgdlm_jax.convert import workdirs
+from lgdlm_jax.training import profiling
+from lgdlm_jax.checkpoints import resume_check as resume
+from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.errors import ConfigError
 from tests.train_test import tiny_config
 

@@ -1,4 +1,4 @@
-"""lgdlm_jax.losses against a PyTorch statement of the reference trainer's loss, and its contract.
+"""lgdlm_jax.objective.cycle_vae against a PyTorch statement of the reference trainer's loss, and its contract.
 
 The tiny model here has ONE residual stream: with R = 2 the hyper-connections' unrolled Sinkhorn
 makes each value-and-grad compile take ~25 s on a 2-core CPU, and nothing in the objective depends
@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from lgdlm_jax import convert
-from lgdlm_jax import cycle_schedule
+from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import diffusion
-from lgdlm_jax import losses
+from lgdlm_jax.objective import diffusion
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
 from tests import model_test
 from tests import torch_cycle_loss

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from lgdlm_jax import compile_cache
+from lgdlm_jax.training import compile_cache
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import runtime
+from lgdlm_jax.training import runtime
 from tests import train_test
 
 LOCAL_DEVICES = 2

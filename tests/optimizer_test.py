@@ -15,7 +15,7 @@ import optax
 import torch
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import optimizer as optimizer_lib
+from lgdlm_jax.training import optimizer as optimizer_lib
 
 
 def _config(**overrides: Any) -> ml_collections.ConfigDict:

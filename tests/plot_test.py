@@ -3,7 +3,7 @@
 import json
 import math
 
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax import plot
 
 

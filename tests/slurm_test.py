@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import metrics_log
 from tests import train_test
 
 SLURM_TOOLS = ('slurmctld', 'slurmd', 'sbatch', 'scancel', 'munged', 'unshare')

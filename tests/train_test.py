@@ -12,12 +12,12 @@ import pytest
 
 from lgdlm_jax import errors
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import optimizer as optimizer_lib
-from lgdlm_jax import sharding
-from lgdlm_jax import loop
-from lgdlm_jax import train
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import step as train
 from lgdlm_jax.convert import converted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

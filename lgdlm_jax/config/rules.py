@@ -83,7 +83,7 @@ def step_range(key: str, value: Any) -> None:
 POSITIVE = integer(1)
 NON_NEGATIVE = integer(0)
 RULES: dict[str, Rule] = {
-    'init_from': string,  # the path itself is checked before any work, by lgdlm_jax.convert.init_from
+    'init_from': string,  # the path itself is checked before any work, by lgdlm_jax.checkpoints.init_from
     'init_from_optimizer': boolean,
     'model.vocab_size': POSITIVE,
     'model.hidden_size': POSITIVE,

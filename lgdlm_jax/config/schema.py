@@ -135,7 +135,7 @@ def default_config() -> ml_collections.ConfigDict:
       profile_steps=(0, 0),
       # Resuming checks this config against the workdir's config.json: a change to a key that
       # shapes the run (model, optimizer, objective, data, batch, schedule) is an error naming
-      # the keys, unless this is True. lgdlm_jax/resume.py lists the keys that may change.
+      # the keys, unless this is True. lgdlm_jax/checkpoints/resume_check.py lists the keys that may change.
       allow_config_change=False,
       # A persistent XLA compilation cache, so that a relaunch (resume, a preempted job) does not
       # compile again. '' = WORKDIR/compilation_cache; any other path can be shared by runs.

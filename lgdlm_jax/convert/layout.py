@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax import diffusion
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.convert import mapping
 
 MHC = 'mhc'

@@ -2,7 +2,7 @@
 
 torch.optim.AdamW keeps, per parameter, `exp_avg`, `exp_avg_sq` and `step` (its update count);
 optax's adamw keeps `mu`, `nu` and `count` for the whole tree, nested inside whatever chain the
-optimizer is (lgdlm_jax.optimizer: torch-style clipping, adamw, and optax.MultiSteps under gradient
+optimizer is (lgdlm_jax.training.optimizer: torch-style clipping, adamw, and optax.MultiSteps under gradient
 accumulation). The update rules are the same (decoupled decay of the old parameter, bias correction
 by the update count), so AdamMoments (updates, mu, nu) carries the state between them exactly.
 
@@ -96,7 +96,7 @@ def to_torch(moments: AdamMoments, model_config: ml_collections.ConfigDict, *, l
 
 
 def into_opt_state(opt_state: Any, moments: AdamMoments) -> Any:
-  """`opt_state` (an optax state of lgdlm_jax.optimizer's chain, any nesting) holding `moments`: the
+  """`opt_state` (an optax state of lgdlm_jax.training.optimizer's chain, any nesting) holding `moments`: the
   AdamW moments and every update count set, and gradient accumulation at the start of a group."""
   values = {'mu': moments.mu, 'nu': moments.nu, _MICRO_STEP_FIELD: np.int32(0),
             **{field: np.int32(moments.updates) for field in _COUNT_FIELDS}}

@@ -20,7 +20,7 @@ process stops at the first one; several processes replace it and all stop at the
 Reading and decoding run in grain: `data.num_workers` worker processes (0 = in the training
 process, on grain's reader threads), `data.prefetch_batches` batches ahead. The iterator state of
 every process (grain's state plus the bad-sample tally) is saved with the Orbax checkpoint by
-grain's own handler (lgdlm_jax.checkpoint).
+grain's own handler (lgdlm_jax.checkpoints.manager).
 """
 
 from __future__ import annotations

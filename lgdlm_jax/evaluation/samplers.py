@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgdlm_jax import diffusion
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.model.passes import apply_model
 
 Params = Any

@@ -140,7 +140,7 @@ class MultimodalMMDiT(nn.Module):
 
     text_heads_on, a traced bool, decides at run time whether the text heads run (lax.cond): their
     logits are zeros where it is False. A program that runs T2L and L2T passes through one traced
-    call (the pass-by-pass gradient, lgdlm_jax.losses) pays the vocabulary projection only for the
+    call (the pass-by-pass gradient, lgdlm_jax.objective.cycle_vae) pays the vocabulary projection only for the
     passes that read it.
     """
     precision = self.config.matmul_precision

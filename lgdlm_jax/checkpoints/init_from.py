@@ -22,8 +22,8 @@ import numpy as np
 
 from lgdlm_jax import errors
 from lgdlm_jax.convert import moments as moments_lib
-from lgdlm_jax.convert import sources
-from lgdlm_jax.convert import workdirs
+from lgdlm_jax.checkpoints import weight_sources as sources
+from lgdlm_jax.checkpoints import workdirs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from lgdlm_jax.convert import files
 from lgdlm_jax.convert import layout
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
-from lgdlm_jax.convert import workdirs
+from lgdlm_jax.checkpoints import workdirs
 
 CONVERTED = 'converted directory'
 WORKDIR = 'training workdir'

@@ -2,7 +2,7 @@
 
 Only the arrays asked for are read, found by name in the checkpoint's own metadata (`params`, the
 optimizer's {count, mu, nu} wherever its chain nests them, `step`), so this reads checkpoints of
-every layout version (lgdlm_jax.checkpoint) and of any optimizer configuration.
+every layout version (lgdlm_jax.checkpoints.manager) and of any optimizer configuration.
 """
 
 import dataclasses
@@ -12,7 +12,7 @@ from typing import Any
 import flax
 import ml_collections
 
-from lgdlm_jax import checkpoint
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import mapping
@@ -63,7 +63,7 @@ def read(workdir: str, model_config: ml_collections.ConfigDict, step: int | None
          with_moments: bool = False, params_tree: str = 'params') -> WorkdirCheckpoint:
   """The checkpoint at `step` (the newest by default), its params checked against `model_config`
   before anything is read. params_tree: 'params', or 'ema_params' for the moving average
-  (lgdlm_jax.ema)."""
+  (lgdlm_jax.training.ema)."""
   step = resolve_step(workdir, step)
   path = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINTS_DIR, str(step), checkpoint.STATE_ITEM)
   stored = converted.metadata(path)

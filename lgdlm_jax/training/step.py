@@ -4,7 +4,7 @@
 loss takes its draws as arguments, and a step whose loss or gradient is not finite applies no
 update (parameters, EMA and optimizer state unchanged) and is counted. The cycle terms it computes
 (`terms`) are static: `TrainPrograms` holds one compiled program per term set and the loop
-(lgdlm_jax.loop.run) picks one on the host from the step number.
+(lgdlm_jax.training.loop.run) picks one on the host from the step number.
 """
 
 import functools
@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lgdlm_jax import cycle_schedule
-from lgdlm_jax import ema as ema_lib
-from lgdlm_jax import losses
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.training import ema as ema_lib
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax import optimizer as optimizer_lib
-from lgdlm_jax import sharding
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
 from lgdlm_jax.evaluation import metrics as eval_metrics
 
 
@@ -33,7 +33,7 @@ class TrainState:
   opt_state: Any
   nonfinite_steps: jax.Array  # total number of skipped steps
   consecutive_nonfinite: jax.Array
-  ema_params: Any = None  # the parameters' moving average (lgdlm_jax.ema); None when training.ema_decay = 0
+  ema_params: Any = None  # the parameters' moving average (lgdlm_jax.training.ema); None when training.ema_decay = 0
 
 
 def init_state(config: ml_collections.ConfigDict, model: model_lib.MultimodalMMDiT,

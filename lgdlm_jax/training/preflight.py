@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from lgdlm_jax.convert import workdirs
+from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.data import packed
 
 

@@ -14,7 +14,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from lgdlm_jax import metrics_log
+from lgdlm_jax.training import metrics_log
 
 
 class StepProfiler:

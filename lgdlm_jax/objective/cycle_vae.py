@@ -16,7 +16,7 @@ The train step takes the gradient pass by pass where that is exact (`cycle_vae_v
 training.round_gradients): a scan over the passes whose body takes one pass's value_and_grad, so
 the backward pass holds one pass's activations at a time and the model is compiled once.
 
-Which cycle terms run is a static choice (a `TermSet`, see lgdlm_jax.cycle_schedule); a term that
+Which cycle terms run is a static choice (a `TermSet`, see lgdlm_jax.objective.cycle_schedule); a term that
 does not run costs nothing and is absent from the metrics.
 
 Conventions of the reference trainer (`cycle_vae_impl/trainers/cycle_vae_trainer.py`) kept here:
@@ -55,10 +55,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lgdlm_jax import cycle_schedule
-from lgdlm_jax import diffusion
-from lgdlm_jax.cycle_schedule import CYCLE_TERMS
-from lgdlm_jax.cycle_schedule import TermSet
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import diffusion
+from lgdlm_jax.objective.cycle_schedule import CYCLE_TERMS
+from lgdlm_jax.objective.cycle_schedule import TermSet
 from lgdlm_jax.model import layers
 from lgdlm_jax.model.passes import ModelPass, run_passes
 
