@@ -41,8 +41,6 @@ PEAK_FLOPS = {
     'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12,
     'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12,
 }
-MODEL_KEYS = ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'vocab_size', 'latent_dim', 'num_residual_streams',
-              'cluster_size', 'dtype', 'residual_dtype', 'attention', 'remat_policy', 'scan_unroll')
 
 
 def train_flops_per_step(config: ml_collections.ConfigDict, terms: cycle_schedule.TermSet | None = None) -> float:
@@ -74,7 +72,8 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
 
 def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], platform: str) -> dict:
   """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
-  return {'model': {k: config.model[k] for k in MODEL_KEYS}, 'batch': config.training.train_batch_size,
+  return {'model': {k: config.model[k] for k in config_lib.SUMMARY_MODEL_KEYS},
+          'batch': config.training.train_batch_size,
           'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
           'cycle_terms': cycle_schedule.from_config(config).configured_terms().name,
           'round_gradients': 'sequential' if losses.pass_by_pass_gradient(config) else 'joint', 'backend': platform,

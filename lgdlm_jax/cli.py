@@ -11,6 +11,8 @@ hands its work to `run`:
 
 What every entry point then does alike:
 - `--help` (or `-h`, `--helpfull`) prints the module's usage and its flags, and exits 0;
+- `--help_config` (where the entry point takes a config) lists every config key with its default,
+  choices and help, and exits 0;
 - a flag error (an unknown flag, a bad value, an unknown `--config.a.b` key, with the closest key
   as a suggestion) is one line on stderr, exit status 2;
 - an `errors.InputError` (a bad config value or file) or a missing, unreadable or misplaced path is
@@ -34,6 +36,7 @@ from lgdlm_jax import console
 from lgdlm_jax import errors
 
 HELP_FLAGS = ('--help', '-h', '--helpfull', '--helpshort', '-help')
+HELP_CONFIG = 'help_config'
 # Besides errors.InputError: a path the user gave that is missing, of the wrong kind or not ours to write.
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
 USAGE_ERROR = 2
@@ -55,6 +58,9 @@ def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str], defau
   """
   config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values, lock_config=True,
                                   sys_argv=list(argv))
+  if HELP_CONFIG not in flag_values:  # `run` answers it before any config file is read
+    flags.DEFINE_boolean(HELP_CONFIG, False, 'List every config key with its default, choices and help, and exit.',
+                         flag_values=flag_values)
 
 
 def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None, *, doc: str | None) -> int:
@@ -62,6 +68,10 @@ def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None
   argv = list(sys.argv if argv is None else [_program(), *argv])
   prog = _program()
   flag_values = flags.FlagValues()
+  if f'--{HELP_CONFIG}' in argv[1:] and _takes_config(define_flags, argv[:1]):
+    from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top  (only for this listing)
+    print(config_lib.help_text())
+    return 0
   if any(arg in HELP_FLAGS for arg in argv[1:]):
     problem = _define_for_help(define_flags, flag_values, argv[:1])
     print(_usage(doc, flag_values))
@@ -120,6 +130,13 @@ def _define_for_help(define_flags: DefineFlags, flag_values: flags.FlagValues, a
   finally:
     _define_common_flags(flag_values)
   return None
+
+
+def _takes_config(define_flags: DefineFlags, argv: Sequence[str]) -> bool:
+  """Whether the entry point defines a config flag (and with it --help_config)."""
+  probe = flags.FlagValues()
+  _define_for_help(define_flags, probe, argv)
+  return HELP_CONFIG in probe
 
 
 def _define_common_flags(flag_values: flags.FlagValues) -> None:

@@ -18,7 +18,6 @@ from lgdlm_jax import cli
 from lgdlm_jax import errors
 from lgdlm_jax.training import metrics_log
 
-PLOT_FILE = 'training_log.png'  # in the workdir, rewritten at each evaluation
 COLUMNS = 4
 # (title, keys, log scale). A training key k is drawn with its validation counterpart val_k, if any;
 # validation values (val_*) as dots joined by dashes.

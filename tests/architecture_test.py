@@ -1,5 +1,5 @@
 """The layout's rules, checked on the source: which room may import which, and that every config key
-the package reads exists in the schema and is read without a second default."""
+is declared once and every key the package reads is declared and read without a second default."""
 
 import ast
 import pathlib
@@ -8,7 +8,9 @@ import ml_collections
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.config import rules
+from lgdlm_jax.config.declare import declare
+from lgdlm_jax.config.declare import Key
+from lgdlm_jax.config.declare import POSITIVE
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'lgdlm_jax'
 
@@ -252,8 +254,25 @@ def test_no_config_key_is_read_with_a_second_default():
   assert gets == []
 
 
-def test_every_schema_key_has_exactly_one_validation_rule():
-  assert set(rules.flat_items(config_lib.default_config())) == set(rules.RULES)
+def test_every_config_key_is_declared_once_with_its_rule_and_one_line_help():
+  assert set(config_lib.flat_items(config_lib.default_config())) == set(config_lib.KEYS)
+  for name, key in config_lib.KEYS.items():
+    assert key.name == name and callable(key.rule), name
+    assert key.help and '\n' not in key.help and len(key.help) <= 120, name
+    key.rule(name, key.default)  # every default passes its own rule
+
+
+@pytest.mark.parametrize('keys, message', [
+    ((Key('model.n_blocks', 2, POSITIVE, 'Blocks.'), Key('model.n_blocks', 4, POSITIVE, 'Blocks again.')),
+     'model.n_blocks is declared twice'),
+    ((Key('model.n_blocks', 2, POSITIVE, 'Blocks.', reference='model.depth'),
+      Key('model.n_layers', 2, POSITIVE, 'Layers.', reference='model.depth')),
+     'model.n_blocks and model.n_layers are both read from the reference key model.depth'),
+    ((Key('model.precision', None, POSITIVE, 'No type.'),), 'a None default needs a one_of rule'),
+])
+def test_a_key_declared_twice_fails(keys, message):
+  with pytest.raises(ValueError, match=message):
+    declare(keys)
 
 
 @pytest.mark.parametrize('source', [

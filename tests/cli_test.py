@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from lgdlm_jax import bench
+from lgdlm_jax import config as config_lib
 from lgdlm_jax import main
 from lgdlm_jax import plot
 from lgdlm_jax import prepare_data
@@ -82,6 +83,24 @@ def test_a_missing_config_file_is_one_line(capsys):
 def test_sample_checks_its_arguments_first(argv, code, message, capsys):
   got, _, err = _run('sample', argv, capsys)
   assert got == code and err.strip().count('\n') == 0 and message in err, err
+
+
+@pytest.mark.parametrize('entry', ['main', 'bench'])
+def test_help_config_lists_every_config_key_with_its_default_and_help(entry, capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # no config file is read: the listing needs none
+  code, out, _ = _run(entry, ['--help_config'], capsys)
+  assert code == 0
+  listed = [line.split('=')[0].strip() for line in out.splitlines() if line.startswith('  ') and line[2] != ' ']
+  assert listed == list(config_lib.KEYS)
+  assert "  model.hidden_size=256\n      Width of the text and latent streams.\n" in out
+  assert "  model.dtype='float32' [float32 | bfloat16]\n" in out
+
+
+def test_help_lists_help_config_only_where_there_is_a_config(capsys):
+  assert '--[no]help_config' in _run('main', [f'--config={SMOKE}', '--help'], capsys)[1]
+  assert 'help_config' not in _run('plot', ['--help'], capsys)[1]
+  code, _, err = _run('plot', ['--help_config'], capsys)
+  assert code == 2 and "Unknown command line flag 'help_config'" in err
 
 
 def test_python_dash_m_help_exits_zero():

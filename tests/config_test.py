@@ -1,6 +1,8 @@
 """lgdlm_jax.config: finalize (normalise, validate, freeze), from_json, for_processes, check_devices."""
 
 import json
+import pathlib
+import re
 
 import ml_collections
 import pytest
@@ -120,3 +122,20 @@ def test_no_evaluation_means_no_eval_batch_check():
 def test_the_schemas_choices_are_the_names_the_model_knows():
   assert set(schema.CHOICES['model.dtype']) == set(model_lib.COMPUTE_DTYPES)
   assert set(schema.CHOICES['model.remat_policy']) == set(mmdit.REMAT_POLICIES)
+
+
+def _table_keys(markdown: str, header: str) -> set[str]:
+  """The config keys named in a markdown table's first column; `a.b`, `c` in one cell means a.b and a.c."""
+  rows = markdown.split(header, 1)[1].split('\n\n', 1)[0].splitlines()[2:]
+  keys = set()
+  for row in rows:
+    section = ''
+    for name in re.findall(r'`([\w.]+)`', row.split('|')[1]):
+      section = name.rpartition('.')[0] or section
+      keys.add(name if '.' in name or not section else f'{section}.{name}')
+  return keys
+
+
+def test_the_research_loop_doc_lists_the_keys_that_may_change_on_resume():
+  doc = (pathlib.Path(__file__).resolve().parent.parent / 'docs' / 'research_loop.md').read_text()
+  assert _table_keys(doc, '| key | why it may change |') == set(config_lib.CHANGEABLE_ON_RESUME)

@@ -18,8 +18,6 @@ from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
 
-CONFIG_FILE = 'config.json'
-
 
 @dataclasses.dataclass(frozen=True)
 class WorkdirCheckpoint:
@@ -30,14 +28,15 @@ class WorkdirCheckpoint:
 
 
 def is_workdir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS_DIR))
+  return (os.path.isfile(os.path.join(path, config_lib.CONFIG_FILE))
+          and os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS_DIR)))
 
 
 def load_config(workdir: str) -> ml_collections.FrozenConfigDict:
   """The full config the run wrote to WORKDIR/config.json (keys it predates take the schema's default)."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, config_lib.CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{workdir} has no {CONFIG_FILE}: not a training workdir')
+    raise FileNotFoundError(f'{workdir} has no {config_lib.CONFIG_FILE}: not a training workdir')
   with open(path) as f:
     return config_lib.from_json(f.read(), source=path)
 

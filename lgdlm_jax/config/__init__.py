@@ -1,4 +1,5 @@
-"""Configuration: the schema with every key and its one default, validation once at load, the reference's YAML.
+"""Configuration: every key declared once (default, rule, help, resume, the reference's YAML key), validation
+once at load, the reference's YAML.
 
     config = default_config()            # or a configs/*.py get_config(), mutable
     frozen = finalize(config)            # spellings normalised, every key validated, then frozen
@@ -13,17 +14,18 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from lgdlm_jax.config.schema import CHANGEABLE_ON_RESUME
 from lgdlm_jax.config.schema import CHOICES
+from lgdlm_jax.config.schema import CONFIG_FILE
 from lgdlm_jax.config.schema import default_config
+from lgdlm_jax.config.schema import help_text
+from lgdlm_jax.config.schema import KEYS
+from lgdlm_jax.config.schema import SUMMARY_MODEL_KEYS
 from lgdlm_jax.config.rules import check_devices
 from lgdlm_jax.config.rules import flat_items
 from lgdlm_jax.config.rules import validate
 from lgdlm_jax.config.rules import validate_section
 from lgdlm_jax.errors import ConfigError
-
-# Spellings the reference accepts for one of our choices (it lower-cases names before comparing).
-_ALIASES = {'loss.latent_t_mode': {'ones': 'full', 't1': 'full'}}
-_LOWER_CASED = ('loss.latent_t_mode', 'loss.cycle_latent_sampling', 'training.lr_schedule', 'optimizer.name')
 
 Config = ml_collections.FrozenConfigDict
 
@@ -36,12 +38,13 @@ def finalize(config: ml_collections.ConfigDict | ml_collections.FrozenConfigDict
   if isinstance(config, ml_collections.FrozenConfigDict):
     return config
   config = ml_collections.ConfigDict(config.to_dict())  # never change the caller's object
-  for key in _LOWER_CASED:
-    section, name = key.split('.')
+  # Spellings the reference accepts for one of our choices (it lower-cases names before comparing).
+  for key in (k for k in KEYS.values() if k.lower_case):
+    section, name = key.name.split('.')
     value = config[section][name]
     if isinstance(value, str):
       value = value.lower()
-      config[section][name] = _ALIASES.get(key, {}).get(value, value)
+      config[section][name] = key.aliases.get(value, value)
   validate(config)
   return ml_collections.FrozenConfigDict(config)
 
@@ -61,7 +64,7 @@ def for_processes(config: Config, process_count: int) -> Config:
   return ml_collections.FrozenConfigDict(resolved)
 
 
-def from_json(text: str, source: str = 'config.json') -> Config:
+def from_json(text: str, source: str = CONFIG_FILE) -> Config:
   """A config written as JSON by an earlier run: the schema's defaults, then every stored value.
 
   Keys the file predates keep the schema's default; a key the schema no longer has is an error

@@ -3,8 +3,9 @@
     config, ignored = read_reference_yaml(path)     # ignored: reference keys that have no effect here
 
 The result starts from lgdlm_jax.config.default_config(). Every reference key lands on one of our
-keys, is refused with the reason (a setting lgdlm_jax cannot honour), or is reported as having no
-effect; none is dropped silently. Where the reference's code differs from ours the reference's
+keys (each of ours declares the reference key it is read from, and the reference's default where it
+differs from ours), is refused with the reason (a setting lgdlm_jax cannot honour), or is reported
+as having no effect; none is dropped silently. Where the reference's code differs from ours the reference's
 meaning wins (docs/reference.md has the table):
 - `training.train_batch_size` / `eval_batch_size` are per process (DDP): the config says so
   (training.batch_size_per = 'process') and lgdlm_jax.config.for_processes multiplies them by
@@ -32,29 +33,6 @@ from lgdlm_jax import text
 from lgdlm_jax.config import schema
 from lgdlm_jax.errors import ConfigError
 
-# Reference keys read unchanged into the same key of ours.
-_SAME_KEYS = (
-    'data.token_dir', 'data.latent_dir', 'data.data_dir', 'data.val_ratio', 'data.num_workers', 'data.split',
-    'model.hidden_size', 'model.n_blocks', 'model.cond_dim', 'model.max_seq_len',
-    'model.dropout', 'model.num_residual_streams', 'model.latent_dim', 'model.cluster_size',
-    'model.latent_timesteps', 'model.latent_beta_schedule', 'model.latent_parameterization',
-    'training.seed', 'training.train_batch_size', 'training.eval_batch_size',
-    'training.num_train_steps', 'training.gradient_accumulation_steps',
-    'training.lr_schedule', 'training.warmup_steps',
-    'loss.latent_loss_weight', 'loss.latent_t_mode', 'loss.cycle_text_weight',
-    'loss.cycle_text_warmup_steps', 'loss.cycle_text_ramp_steps', 'loss.cycle_latent_weight',
-    'loss.cycle_latent_warmup_steps', 'loss.cycle_latent_ramp_steps',
-    'loss.cycle_latent_sampling', 'loss.cycle_latent_t_min', 'loss.cycle_latent_t_max',
-    'loss.cycle_stop_grad_latent',
-    'optimizer.name', 'optimizer.lr', 'optimizer.weight_decay', 'optimizer.beta1',
-    'optimizer.beta2', 'optimizer.eps', 'optimizer.grad_clip_norm',
-    'tokenizer.mask_token_id', 'tokenizer.pad_token_id',
-)
-# Reference keys that move to a differently named key of ours.
-_RENAMED_KEYS = {
-    'logging.log_every': 'training.log_every',
-    'logging.save_every': 'training.save_every',
-}
 # Keys the reference ships that have no effect on what it trains (n_heads and qk_rmsnorm have
 # none in the reference either: its MMDiT never receives them), or that name its output folders.
 _UNUSED_KEYS = frozenset((
@@ -64,15 +42,6 @@ _UNUSED_KEYS = frozenset((
     'model.latent_beta_min', 'model.latent_beta_max',
     'logging.run_name', 'logging.log_dir', 'tokenizer.local_files_only',
 ))
-# The reference's defaults for keys a YAML leaves out, where they differ from default_config's.
-_REFERENCE_DEFAULTS = {
-    'optimizer.beta2': 0.999,  # torch.optim.AdamW's default (build_optimizer)
-    'optimizer.weight_decay': 0.0,  # build_optimizer's default
-    'training.save_every': 0,  # the reference saves only every logging.save_every steps, 0 = never
-    'training.eval_every': 0,  # the reference's trainer never evaluates
-    'training.print_examples': 0,  # nor prints decoded examples
-    'training.batch_size_per': 'process',  # DDP: each process loads train_batch_size rows
-}
 # The reference's loader reads at most this many file pairs when data.initial_scan_limit is absent.
 _REFERENCE_SCAN_LIMIT = 10000
 # parse_dtype spellings we support; fp16 / fp64 are not a compute dtype we offer.
@@ -217,8 +186,8 @@ def _apply_reference(flat: dict[str, Any], config: ml_collections.ConfigDict) ->
   ours = _our_keys(config)
   ignored = []
   for key, value in flat.items():
-    if key in _SAME_KEYS or key in _RENAMED_KEYS:
-      _assign(config, _RENAMED_KEYS.get(key, key), value)
+    if key in schema.FROM_REFERENCE:
+      _assign(config, schema.FROM_REFERENCE[key], value)
     elif key in _REFUSED_OTHERWISE:
       _REFUSED_OTHERWISE[key](config, flat, key)
     elif key in _SPECIAL_KEYS:
@@ -236,7 +205,7 @@ def read_reference_yaml(path: str | os.PathLike) -> tuple[ml_collections.ConfigD
   """Our config from a reference YAML file, and the reference keys that have no effect here."""
   flat = _flatten(_read_yaml(path))
   config = schema.default_config()
-  for key, value in _REFERENCE_DEFAULTS.items():
+  for key, value in schema.REFERENCE_DEFAULTS.items():
     if key not in flat:
       _assign(config, key, value)
   try:

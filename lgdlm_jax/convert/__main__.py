@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax import cli
+from lgdlm_jax import config as config_lib
 from lgdlm_jax.objective import diffusion
 from lgdlm_jax import errors
 from lgdlm_jax.convert import converted
@@ -131,7 +132,7 @@ def _to_flax(args: flags.FlagValues) -> None:
     converted.save(staged, params, model_config, info, moments)
     if args.verify:
       _verify(model_config, state_dict, converted.load_params(staged, model_config), args)
-  written = [f'{converted.PARAMS_DIR}/ (Orbax)', converted.CONFIG_FILE, converted.INFO_FILE]
+  written = [f'{converted.PARAMS_DIR}/ (Orbax)', config_lib.CONFIG_FILE, converted.INFO_FILE]
   if moments is not None:
     written.append(f'{converted.OPTIMIZER_DIR}/ (AdamW moments)')
   print(f'wrote {args.output}: {", ".join(written)}')
@@ -160,7 +161,7 @@ def _to_torch(args: flags.FlagValues) -> None:
   torch_layout = exporters.layout_for(args.output, args['torch-layout'].value)
   if sources.kind(args.input) == sources.TORCH:
     raise FileNotFoundError(f'{args.input} is neither a converted directory (no {converted.PARAMS_DIR}/) nor a '
-                            f'training workdir ({workdirs.CONFIG_FILE} and checkpoints/): --to-torch exports those')
+                            f'training workdir ({config_lib.CONFIG_FILE} and checkpoints/): --to-torch exports those')
   has_optimizer_state = (sources.kind(args.input) == sources.WORKDIR
                          or os.path.isdir(os.path.join(args.input, converted.OPTIMIZER_DIR)))
   weights = sources.read(args.input, step=args.step, with_moments=torch_layout == exporters.CYCLE and has_optimizer_state)

@@ -22,11 +22,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lgdlm_jax import config as config_lib
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
 
 PARAMS_DIR = 'params'
-CONFIG_FILE = 'config.json'
 INFO_FILE = 'converted.json'
 OPTIMIZER_DIR = 'optimizer'
 LAYOUT_VERSION = 2
@@ -42,7 +42,7 @@ def save(directory: str, params: Any, model_config: ml_collections.ConfigDict, i
     checkpointer.save(os.path.join(directory, PARAMS_DIR), as_numpy(params))
     if moments is not None:
       checkpointer.save(os.path.join(directory, OPTIMIZER_DIR), as_numpy({'mu': moments.mu, 'nu': moments.nu}))
-  with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
+  with open(os.path.join(directory, config_lib.CONFIG_FILE), 'w') as f:
     f.write(model_config.to_json(indent=2))
   info = dict(info or {}, layout_version=LAYOUT_VERSION)
   if moments is not None:
@@ -56,7 +56,7 @@ def is_converted(directory: str) -> bool:
 
 
 def load_model_config(directory: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(directory, CONFIG_FILE)) as f:
+  with open(os.path.join(directory, config_lib.CONFIG_FILE)) as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
@@ -124,4 +124,6 @@ def _config_differences(directory: str, model_config: ml_collections.ConfigDict)
     return ''
   differing = [f'{k} ({saved[k]} there, {model_config[k]} here)' for k in saved
                if k in model_config and saved[k] != model_config[k]]
-  return f'; {directory}/{CONFIG_FILE} differs from the model config in: {", ".join(differing)}' if differing else ''
+  if not differing:
+    return ''
+  return f'; {directory}/{config_lib.CONFIG_FILE} differs from the model config in: {", ".join(differing)}'

@@ -75,7 +75,7 @@ def _print_outputs(workdir: str) -> None:
   """Where the run's log and plot are (process 0); the plot exists once an evaluation wrote it."""
   if jax.process_index() != 0:
     return
-  plot_path = os.path.join(workdir, 'training_log.png')  # plot.PLOT_FILE, without importing matplotlib
+  plot_path = os.path.join(workdir, metrics_log.PLOT_FILE)
   print(f'Training log: {os.path.join(workdir, metrics_log.LOG_FILE)}'
         + (f'; plot: {plot_path}' if os.path.exists(plot_path) else ''), flush=True)
 
@@ -85,7 +85,7 @@ def _write_plot(workdir: str) -> None:
   if jax.process_index() != 0:
     return
   from lgdlm_jax import plot  # pylint: disable=g-import-not-at-top  (matplotlib takes seconds to import)
-  plot.write_plot([workdir], os.path.join(workdir, plot.PLOT_FILE))
+  plot.write_plot([workdir], os.path.join(workdir, metrics_log.PLOT_FILE))
 
 
 def _log_programs(programs: train.TrainPrograms, start: int, stop: int) -> None:

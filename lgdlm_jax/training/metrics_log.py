@@ -14,8 +14,10 @@ import jax
 import ml_collections
 import tensorboardX
 
+from lgdlm_jax import config as config_lib
+
 LOG_FILE = 'training_log.jsonl'
-CONFIG_FILE = 'config.json'
+PLOT_FILE = 'training_log.png'  # the log's plot (lgdlm_jax.plot), rewritten at each evaluation
 TENSORBOARD_DIR = 'tensorboard'
 
 
@@ -33,7 +35,7 @@ class MetricsLog:
     if not self._active:
       return
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    with open(os.path.join(workdir, config_lib.CONFIG_FILE), 'w') as f:
       f.write(config.to_json(indent=2))
     path = os.path.join(workdir, LOG_FILE)
     truncate_log(path, -1 if resume_step is None else resume_step)
