@@ -133,7 +133,7 @@ def test_real_model_metrics_are_in_range():
 @pytest.mark.slow  # a whole run: compiles the train step, both evaluations and the decoders (2 min of CPU)
 def test_the_run_prints_each_evaluation_and_decoded_sentences_of_both_splits(tmp_path, capsys):
   from lgdlm_jax.training import loop  # pylint: disable=g-import-not-at-top
-  from lgdlm_jax import plot  # pylint: disable=g-import-not-at-top
+  from lgdlm_jax.training import metrics_log  # pylint: disable=g-import-not-at-top
   from tests.train_test import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
   config = tiny_run_config(**{'training.num_train_steps': 2, 'training.eval_every': 2, 'training.save_every': 0,
                               'training.eval_batches': 1, 'training.eval_l2t_steps': 2,
@@ -144,4 +144,4 @@ def test_the_run_prints_each_evaluation_and_decoded_sentences_of_both_splits(tmp
   assert [line.split(':')[0] for line in evals] == ['eval step 0', 'eval step 2']
   assert all('shuffled latents' in line and 'mean latent' in line for line in evals)
   assert lines.index('validation example 0:') < lines.index('training example 0:')
-  assert lines[-1] == f'Training log: {tmp_path}/training_log.jsonl; plot: {tmp_path}/{plot.PLOT_FILE}'
+  assert lines[-1] == f'Training log: {tmp_path}/training_log.jsonl; plot: {tmp_path}/{metrics_log.PLOT_FILE}'

@@ -13,7 +13,6 @@ from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.training import loop
 from lgdlm_jax.training import metrics_log
-from lgdlm_jax import plot
 from lgdlm_jax.training import profiling
 from lgdlm_jax.checkpoints import resume_check as resume
 from lgdlm_jax.checkpoints import workdirs
@@ -59,7 +58,7 @@ def test_killed_run_resumes_without_duplicate_steps_and_keeps_ema_best_plot_prof
       loop.run(config, workdir)  # logs steps 5 and 6, then dies before saving 6
   assert max(r['step'] for r in metrics_log.read_log(workdir)) == 6
   assert saved_steps(workdir)[-1] == 4
-  assert os.path.getsize(os.path.join(workdir, plot.PLOT_FILE)) > 10_000
+  assert os.path.getsize(os.path.join(workdir, metrics_log.PLOT_FILE)) > 10_000
   traces = [f for _, _, files in os.walk(os.path.join(workdir, 'tensorboard', 'plugins', 'profile')) for f in files]
   assert any(f.endswith('.xplane.pb') for f in traces), traces
 

@@ -15,6 +15,7 @@ import ml_collections
 import tensorboardX
 
 LOG_FILE = 'training_log.jsonl'
+PLOT_FILE = 'training_log.png'  # lgdlm_jax.training.log_plot of LOG_FILE, rewritten at each evaluation
 CONFIG_FILE = 'config.json'
 TENSORBOARD_DIR = 'tensorboard'
 
