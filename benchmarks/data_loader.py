@@ -125,7 +125,7 @@ def main() -> None:
                              args.seconds)))
     return
 
-  from lgdlm_jax.data import pack as pack_lib  # pylint: disable=g-import-not-at-top
+  from lgdlm_jax.data import packed_writer  # pylint: disable=g-import-not-at-top
   root = os.path.join(args.root, f'lgdlm_loader_bench_{args.samples}_{args.seq_len}')
   files_dir, packed_dir = os.path.join(root, 'files'), os.path.join(root, 'packed')
   try:
@@ -135,7 +135,7 @@ def main() -> None:
       print(f'wrote {args.samples} file pairs in {time.perf_counter() - started:.0f} s', file=sys.stderr)
     if not os.path.isdir(packed_dir):
       started = time.perf_counter()
-      pack_lib.pack(*(os.path.join(files_dir, kind, 'train') for kind in ('tokens', 'latents')), packed_dir,
+      packed_writer.pack(*(os.path.join(files_dir, kind, 'train') for kind in ('tokens', 'latents')), packed_dir,
                     info_dir=files_dir)
       print(f'packed in {time.perf_counter() - started:.0f} s', file=sys.stderr)
     for cache in ('warm', 'cold'):

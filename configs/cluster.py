@@ -11,12 +11,11 @@ the splash kernel on TPU, cuDNN on GPU), float32 residual streams. On another sl
 --config.mesh.fsdp to its chip count (or fewer, the rest then split the data) and the batch to a
 multiple of the chip count.
 
-Why 'dots' fits: compiled ahead of time for a v5e-8 (2026-12-07, libtpu of jax 0.10.2), the step
-needs 1.18 GiB of arguments + 5.67 GiB of temporaries = 6.85 GiB per chip of the v5e's 16 GiB,
-because the gradient is taken one model pass at a time (one backward pass through all four passes
-held all their activations: 19.78 GiB, which does not fit). 2 sequences per chip (global batch 16)
-fit too, with every matmul output kept (10.63 GiB).
-The README's "Ahead-of-time compiles" table has the figures.
+Why 'dots' fits a v5e chip (16 GiB): the gradient is taken one model pass at a time, so the step
+holds one pass's activations (one backward pass through all four passes holds all of theirs, and
+does not fit). 2 sequences per chip (global batch 16) fit too, with every matmul output kept. The
+README's "Attention backends and ahead-of-time compiles" section has the figures, by the TPU
+compiler's own memory analysis.
 
 Check that a variant fits before renting the slice (README, "Check a config before renting"):
     python -m lgdlm_jax.bench --compile_only --topology v5e:2x4 --config configs/cluster.py

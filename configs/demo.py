@@ -1,5 +1,5 @@
 """Demo config: the cycle objective, all four terms, on the shipped KJV sentences with all-MiniLM-L6-v2
-latents (data/kjv_demo), small enough to train in under 5 minutes on a 2-core CPU:
+latents (data/kjv_demo), small enough to train in minutes on a 2-core CPU:
 
     python -m lgdlm_jax.main --config configs/demo.py --workdir runs/demo
 
@@ -20,13 +20,14 @@ STEPS = 1600
 
 def get_config() -> ml_collections.ConfigDict:
   config = config_lib.default_config()
-  # H = 64 keeps a step near 0.1 s on 2 cores; many small steps beat fewer large ones in a
-  # few-minute budget (the attention is 8 x 64 wide whatever H is).
+  # H = 64 keeps the steps small: many small steps beat fewer large ones in a few-minute budget
+  # on 2 cores (the attention is 8 x 64 wide whatever H is).
   config.model.update(vocab_size=2048, hidden_size=64, n_blocks=2, cond_dim=64, max_seq_len=32, latent_dim=384,
-                      num_residual_streams=1)  # scan_unroll auto: both blocks unrolled on CPU, 1.25x the steps/s
+                      num_residual_streams=1)  # scan_unroll auto: both blocks unrolled on CPU
   # x0: T2L predicts the latent itself. With epsilon the latent (norm 1 over 384 dimensions) is
-  # recovered from a noise estimate of norm ~20, and in the measured runs its samples had norm ~600
-  # and cosine ~0.01 to the truth, below always answering the mean latent (~0.40).
+  # recovered from a noise estimate of norm ~20, so a small error in the estimate swamps it: its
+  # samples were far off the data's scale and below always answering the mean latent (README,
+  # "What the demo learns").
   config.model.latent_parameterization = 'x0'
   config.tokenizer.update(vocab_size=2048, mask_token_id=4, pad_token_id=0, json_file=f'{DATA_DIR}/tokenizer.json')
   config.data.update(data_dir=DATA_DIR, val_ratio=0.05)
@@ -37,17 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.update(lr=2e-3, weight_decay=0.0)
   # The latent terms are l2-normalised MSEs averaged over D = 384: (2 - 2 cos) / 384, ~0.005 at
   # cosine 0. At the default weight 0.1 T2L gets almost no gradient beside L2T's cross-entropy (~3-7).
-  # 5 was measured against 50 and 2 (1,000 steps, then 2,000): L2T used its latent more at 5 than
-  # at 50 (gap to shuffled latents 0.048 against 0.040 at step 1000), with T2L still well above the
-  # mean-latent baseline (cosine 0.55-0.59 against 0.42); 2 was no better for L2T and worse for T2L.
+  # 5 rather than 50 or 2 (README, "What the demo learns"): at 50 T2L takes capacity from L2T,
+  # which then uses its latent less; 2 was no better for L2T and worse for T2L.
   config.loss.latent_loss_weight = 5.0
   # The cycle terms at a tenth of their base term's weight (the reference's advice: start at 0.1,
   # ramp in), once the base terms have learned something to cycle through: before that the
   # cycle-text pass decodes text from a poor T2L latent and teaches L2T to ignore its latent.
   # cycle_every=4: the cycle terms run on every 4th update once warmed up, so a cycle step's second
-  # round of passes is paid a quarter of the time: 1,600 steps in under 5 minutes on 2 cores, where
-  # cycle terms on every update fit 1,000, and the L2T gap grows with steps (README, "What the demo
-  # learns").
+  # round of passes is paid a quarter of the time: more steps in the same budget, and the L2T gap
+  # grows with steps (README, "What the demo learns").
   config.loss.update(cycle_text_weight=0.1, cycle_latent_weight=0.5, cycle_every=4,
                      cycle_text_warmup_steps=STEPS // 4, cycle_text_ramp_steps=STEPS // 4,
                      cycle_latent_warmup_steps=STEPS // 4, cycle_latent_ramp_steps=STEPS // 4)

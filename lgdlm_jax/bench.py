@@ -24,17 +24,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from lgdlm_jax.training import aot
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.model import flops as model_flops
 from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax.objective import cycle_vae as losses
-from lgdlm_jax import model as model_lib
-from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import aot
+from lgdlm_jax.training import setup as training_setup
 from lgdlm_jax.training import sharding
-from lgdlm_jax.training import step as train
-from lgdlm_jax.model import flops as model_flops
-from lgdlm_jax.model import platform as model_platform
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -85,17 +82,10 @@ def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
   """Compiles the train step from shapes alone (no parameters are created) for this machine's devices
   or for `topology` (lgdlm_jax.training.aot), and reports the compile seconds and the compiler's memory
   analysis of the step per device: how a large config fits before any run."""
-  config = config_lib.finalize(config)
-  devices, platform = aot.target_devices(topology) if topology else (jax.devices(), jax.default_backend())
-  process_count = aot.processes(devices) if topology else jax.process_count()
-  config = config_lib.for_processes(config, process_count)
-  config_lib.check_devices(config, len(devices), process_count)
-  config = model_platform.resolve(config, platform)
-  model = model_lib.MultimodalMMDiT(config.model)
-  optimizer = optimizer_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config, devices)
-  abstract_state, shardings = train.abstract_state_and_shardings(config, model, optimizer, mesh, jax.random.key(0))
-  programs, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  setup = training_setup.build(config, topology)
+  config, devices = setup.resolved, setup.devices
+  abstract_state, shardings = setup.abstract_state(jax.random.key(0))
+  programs, *_ = setup.compile(shardings)
   step_fn = programs.for_terms(programs.schedule.configured_terms())
   abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), synthetic_batch(config))
   abstract_key = jax.eval_shape(lambda: jax.random.key(1))
@@ -104,7 +94,7 @@ def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
   lower_seconds = time.perf_counter() - started
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started
-  return {**_describe(config, devices, platform), 'trace_and_lower_s': round(lower_seconds, 2),
+  return {**_describe(config, devices, setup.platform), 'trace_and_lower_s': round(lower_seconds, 2),
           'compile_s': round(compile_seconds, 2), **aot.memory_report(compiled.memory_analysis(), devices[0])}
 
 
@@ -115,12 +105,10 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   sync_each_step: wait for every step and report each one's seconds ('step_seconds'), so that a
   noisy machine's outliers can be seen; steps then no longer overlap their dispatch.
   """
-  config = model_platform.resolve(config_lib.finalize(config), jax.default_backend())
-  model = model_lib.MultimodalMMDiT(config.model)
-  optimizer = optimizer_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config)
-  state, shardings = train.create_sharded_state(config, model, optimizer, mesh, jax.random.key(0))
-  programs, *_ = train.compile_steps(config, model, optimizer, mesh, shardings)
+  setup = training_setup.build(config)
+  config, mesh = setup.resolved, setup.mesh
+  state, shardings = setup.create_state(jax.random.key(0))
+  programs, *_ = setup.compile(shardings)
   b, s = config.training.train_batch_size, config.model.max_seq_len
   batch = sharding.global_batch(synthetic_batch(config) if host_batch is None else host_batch, mesh)
   key = jax.random.key(1)
@@ -184,8 +172,6 @@ def work(flag_values: flags.FlagValues, args: list[str]) -> None:
   if flag_values.compile_only:
     print(json.dumps(compile_only(config, flag_values.topology)))
   else:
-    config = config_lib.for_processes(config, jax.process_count())
-    config_lib.check_devices(config, jax.device_count(), jax.process_count())
     print(json.dumps(benchmark(config, flag_values.steps, flag_values.warmup)))
 
 

@@ -30,8 +30,8 @@ from absl import logging
 from lgdlm_jax import cli
 from lgdlm_jax import text
 from lgdlm_jax.data import check as check_lib
-from lgdlm_jax.data import pack as pack_lib
-from lgdlm_jax.data import prepare
+from lgdlm_jax.data import packed_writer
+from lgdlm_jax.data import text_dataset
 
 SUBCOMMANDS = ('pack', 'check')
 
@@ -56,7 +56,7 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_string, 'token_dir', None, 'pack, check: the directory of NAME[_tokens].npz files.')
   define(flags.DEFINE_string, 'latent_dir', None, 'pack, check: the directory of NAME.npy files.')
   define(flags.DEFINE_bool, 'skip_bad_files', False, 'pack: leave bad samples out (listed in the manifest).')
-  define(flags.DEFINE_integer, 'records_per_shard', pack_lib.RECORDS_PER_SHARD, 'pack: samples per shard.',
+  define(flags.DEFINE_integer, 'records_per_shard', packed_writer.RECORDS_PER_SHARD, 'pack: samples per shard.',
          lower_bound=1)
   define(flags.DEFINE_integer, 'vocab_size', None, 'pack, check: token ids must be below this.')
   define(flags.DEFINE_integer, 'latent_dim', None, 'pack, check: the latent size D.')
@@ -82,10 +82,10 @@ def _make_from_text(args: flags.FlagValues) -> None:
   with open(args.texts, encoding='utf-8') as f:
     texts = [line.strip() for line in f if line.strip()]
   tokenizer = (text.load_tokenizer(args.tokenizer) if args.tokenizer
-               else prepare.train_wordpiece(texts, args.train_tokenizer_vocab))
+               else text_dataset.train_wordpiece(texts, args.train_tokenizer_vocab))
   os.makedirs(args.out, exist_ok=True)
   seq_len = args.seq_len or 128
-  info = prepare.write_dataset(texts, tokenizer, prepare.minilm_encoder(args.batch_size), args.out,
+  info = text_dataset.write_dataset(texts, tokenizer, text_dataset.minilm_encoder(args.batch_size), args.out,
                                seq_len=seq_len, split=args.split, latent_dtype=args.latent_dtype,
                                batch_size=args.batch_size, packed=args.packed)
   if info['num_truncated']:
@@ -103,7 +103,7 @@ def _pack(args: flags.FlagValues, positional: list[str]) -> None:
   info_dir = args['from'].value
   if info_dir:
     token_dir, latent_dir = (os.path.join(info_dir, kind, args.split) for kind in ('tokens', 'latents'))
-  manifest = pack_lib.pack(token_dir, latent_dir, args.out, info_dir=info_dir, vocab_size=args.vocab_size,
+  manifest = packed_writer.pack(token_dir, latent_dir, args.out, info_dir=info_dir, vocab_size=args.vocab_size,
                            latent_dim=args.latent_dim, skip_bad_files=args.skip_bad_files,
                            records_per_shard=args.records_per_shard)
   print(f'{manifest.num_samples} samples packed into {len(manifest.shards)} shards in {args.out} '

@@ -7,7 +7,7 @@ import pytest
 
 from lgdlm_jax.training import loop
 from lgdlm_jax.training import metrics_log
-from lgdlm_jax.data import pack as pack_lib
+from lgdlm_jax.data import packed_writer
 from tests import train_test
 
 NUM_SAMPLES, STEPS = 70, 20
@@ -34,7 +34,7 @@ def test_packed_shards_train_to_the_same_losses_as_their_files(tmp_path):
   overrides = dict(train_test.TINY_OVERRIDES)
   token_dir, latent_dir = _write_files(str(tmp_path / 'files'), overrides['model.vocab_size'],
                                        overrides['model.max_seq_len'], overrides['model.latent_dim'])
-  pack_lib.pack(token_dir, latent_dir, str(tmp_path / 'packed'), records_per_shard=32)
+  packed_writer.pack(token_dir, latent_dir, str(tmp_path / 'packed'), records_per_shard=32)
   losses = {}
   for layout, data_dir in (('files', tmp_path / 'files'), ('packed', tmp_path / 'packed')):
     config = train_test.tiny_config(**{

@@ -10,9 +10,9 @@ import pytest
 
 from lgdlm_jax import data
 from lgdlm_jax import prepare_data
-from lgdlm_jax.data import pack as pack_lib
-from lgdlm_jax.data import prepare
-from lgdlm_jax.data import packed
+from lgdlm_jax.data import packed_writer
+from lgdlm_jax.data import text_dataset
+from lgdlm_jax.data import packed_reader
 from tests import data_test
 from tests import prepare_data_test
 
@@ -20,7 +20,7 @@ from tests import prepare_data_test
 def _pack(tmp_path, num=23, **kw):
   token_dir, latent_dir = data_test.make_dirs(str(tmp_path / 'files'), num)
   out = str(tmp_path / 'packed')
-  manifest = pack_lib.pack(token_dir, latent_dir, out, **{'records_per_shard': 10, **kw})
+  manifest = packed_writer.pack(token_dir, latent_dir, out, **{'records_per_shard': 10, **kw})
   return token_dir, latent_dir, out, manifest
 
 
@@ -36,7 +36,7 @@ def test_packed_shards_give_the_batches_of_the_files_they_were_packed_from(tmp_p
   assert (manifest.num_samples, len(manifest.shards), manifest.token_dtype) == (23, 3, 'uint16')
   assert [s['num_samples'] for s in manifest.shards] == [10, 10, 3]
   assert (manifest.latent_dim, manifest.max_length, manifest.max_token_id) == (data_test.LATENT_DIM, 8, 49)
-  assert packed.read_manifest(out) == manifest
+  assert packed_reader.read_manifest(out) == manifest
   for max_samples in (0, 17):
     common = dict(val_ratio=0.2, batch=4, eval_batch=2, max_samples=max_samples)
     files, files_val = _all_batches(data_test.make_config(token_dir, latent_dir, **common), 12)
@@ -52,14 +52,14 @@ def test_a_bad_sample_fails_the_pack_unless_skipped(tmp_path):
   os.remove(os.path.join(latent_dir, 's004.npy'))
   out = str(tmp_path / 'packed')
   with pytest.raises(data.DataError, match=r'2 bad samples .*s00[24].*nothing was packed'):
-    pack_lib.pack(token_dir, latent_dir, out)
+    packed_writer.pack(token_dir, latent_dir, out)
   assert not os.listdir(out)  # no half dataset left behind
-  manifest = pack_lib.pack(token_dir, latent_dir, out, skip_bad_files=True)
+  manifest = packed_writer.pack(token_dir, latent_dir, out, skip_bad_files=True)
   assert manifest.num_samples == 4 and manifest.num_excluded == 2
   reasons = ' '.join(e['reason'] for e in manifest.excluded)
   assert 's002.npy: latent shape (3,)' in reasons and 's004.npz: no latent partner' in reasons
   with pytest.raises(data.DataError, match='already holds a packed dataset'):
-    pack_lib.pack(token_dir, latent_dir, out)
+    packed_writer.pack(token_dir, latent_dir, out)
 
 
 def test_a_packed_dataset_that_does_not_fit_the_config_is_refused_before_training(tmp_path):
@@ -100,7 +100,7 @@ def test_pack_and_check_command_lines(tmp_path, capsys):
   out = str(tmp_path / 'packed')
   assert prepare_data.main(['pack', '--from', root, '--out', out]) == 0
   assert '6 samples packed into 1 shards' in capsys.readouterr().out
-  manifest = packed.read_manifest(out)
+  manifest = packed_reader.read_manifest(out)
   assert (manifest.vocab_size, manifest.pad_token_id, manifest.token_dtype) == (data_test.VOCAB, 0, 'uint16')
   assert os.path.isfile(os.path.join(out, 'dataset.json'))
   assert prepare_data.main(['check', root]) == 0
@@ -114,12 +114,12 @@ def test_pack_and_check_command_lines(tmp_path, capsys):
 def test_the_text_form_still_works_and_writes_shards_directly(tmp_path, capsys):
   texts = tmp_path / 'texts.txt'
   texts.write_text('\n'.join(prepare_data_test.TEXTS))
-  with mock.patch.object(prepare, 'minilm_encoder', lambda batch_size: prepare_data_test.fake_encoder):
+  with mock.patch.object(text_dataset, 'minilm_encoder', lambda batch_size: prepare_data_test.fake_encoder):
     for flag in ('--nopacked', '--packed'):
       argv = ['--texts', str(texts), '--train_tokenizer_vocab', '120', '--seq_len', '16', '--out',
               str(tmp_path / flag), flag]
       assert prepare_data.main(argv) == 0
   assert json.loads(capsys.readouterr().out.split('\n}')[0] + '}')['num_samples'] == 8
-  assert packed.is_packed(str(tmp_path / '--packed'))
+  assert packed_reader.is_packed(str(tmp_path / '--packed'))
   assert len(os.listdir(tmp_path / '--nopacked' / 'latents' / 'train')) == 8
   assert prepare_data.main(['--texts', str(texts), '--out', str(tmp_path / 'x')]) == 2  # no tokenizer given

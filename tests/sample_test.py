@@ -11,7 +11,7 @@ from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.training import optimizer as optimizer_lib
-from lgdlm_jax.data import prepare as prepare_data
+from lgdlm_jax.data import text_dataset
 from lgdlm_jax import sample
 from lgdlm_jax import text
 from lgdlm_jax.training import step as train
@@ -23,7 +23,7 @@ SEQ_LEN, LATENT_DIM = 8, 8
 
 def make_workdir(workdir: str):
   """A tokenizer, a tiny config using it, config.json and a step-3 checkpoint of a TrainState."""
-  tokenizer = prepare_data.train_wordpiece(TEXTS, 80)
+  tokenizer = text_dataset.train_wordpiece(TEXTS, 80)
   tokenizer_path = os.path.join(workdir, 'tokenizer.json')
   os.makedirs(workdir)
   tokenizer.save(tokenizer_path)

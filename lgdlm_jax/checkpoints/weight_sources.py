@@ -3,7 +3,6 @@ PyTorch checkpoint (any of the reference's layouts, read safely). `init_from`, `
 lgdlm_jax.sample` and `--to-torch` all start from `read`.
 """
 
-import dataclasses
 import os
 from typing import Any
 
@@ -14,6 +13,7 @@ from lgdlm_jax.convert import files
 from lgdlm_jax.convert import layout
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
+from lgdlm_jax.convert.weights import Weights
 from lgdlm_jax.checkpoints import workdirs
 
 CONVERTED = 'converted directory'
@@ -21,19 +21,6 @@ WORKDIR = 'training workdir'
 TORCH = 'PyTorch checkpoint'
 # Tokenizer ids a source may state (the reference's cfg has them; a converted directory keeps them).
 TOKENIZER_KEYS = ('vocab_size', 'mask_token_id', 'pad_token_id')
-
-
-@dataclasses.dataclass(frozen=True)
-class Weights:
-  path: str  # as given
-  kind: str  # CONVERTED, WORKDIR or TORCH
-  description: str  # what exactly was read, for messages
-  model_config: ml_collections.ConfigDict  # the model the params fit
-  params: Any  # Flax tree of numpy arrays in their stored dtype
-  steps_done: int | None  # micro-batches applied, if the source says
-  moments: moments_lib.AdamMoments | None  # only when asked for
-  config: ml_collections.FrozenConfigDict | None  # a training workdir's full config
-  tokenizer: dict[str, int]  # tokenizer ids the source states (may be empty)
 
 
 def kind(path: str) -> str:

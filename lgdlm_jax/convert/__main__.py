@@ -44,6 +44,7 @@ from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
 from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.training import optimizer as optimizer_lib
 
 # float32 on both sides, highest matmul precision: what the mapping alone is accountable for.
 DEFAULT_TOLERANCE = 1e-4
@@ -168,7 +169,8 @@ def _to_torch(args: flags.FlagValues) -> None:
   print(f'read {weights.description}')
   state_dict = exporters.ordered_state_dict(weights.params, weights.model_config, args.dtype)
   with _staged(args.output, args.overwrite) as staged:
-    held = exporters.write(staged, torch_layout, weights, state_dict)
+    schedule = None if weights.config is None else optimizer_lib.learning_rate_schedule(weights.config)
+    held = exporters.write(staged, torch_layout, weights, state_dict, schedule)
     if args.verify:
       _verify(weights.model_config, files.read_checkpoint(staged).state_dict, weights.params, args)
   print(f'wrote {args.output}: {held}; {len(state_dict)} tensors, {_count(state_dict):,} parameters, '

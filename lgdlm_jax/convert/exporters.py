@@ -14,7 +14,7 @@
 Tensors are written in the reference model's parameter order.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -22,11 +22,10 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.convert import files
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
-from lgdlm_jax.checkpoints import weight_sources as sources
+from lgdlm_jax.convert.weights import Weights
 
 CYCLE = 'cycle'
 LATENTDLM = 'latentdlm'
@@ -50,9 +49,14 @@ def layout_for(output: str, requested: str | None) -> str:
   return requested or CYCLE
 
 
-def write(path: str, torch_layout: str, weights: sources.Weights, state_dict: dict[str, np.ndarray]) -> str:
+def write(path: str, torch_layout: str, weights: Weights, state_dict: dict[str, np.ndarray],
+          learning_rate: Callable[[int], Any] | None) -> str:
   """Writes `state_dict` (ordered_state_dict of `weights`) and, as `torch_layout` says, the rest of
-  `weights` to `path`; returns a sentence on what the file holds."""
+  `weights` to `path`; returns a sentence on what the file holds.
+
+  learning_rate: a training workdir's learning rate by step (lgdlm_jax.training.optimizer's schedule
+  of weights.config), for the AdamW state the cycle layout holds; None for the other sources.
+  """
   if path.endswith(files.SAFETENSORS_SUFFIX):
     safetensors.numpy.save_file(state_dict, path)
     return 'weights only (a bare state dict): a .safetensors file holds tensors, not the optimizer state or step'
@@ -66,7 +70,7 @@ def write(path: str, torch_layout: str, weights: sources.Weights, state_dict: di
     torch.save({'model_state_dict': tensors, 'config': cfg, 'training_state': None}, path)
     return 'latentDLM\'s model file: model_state_dict (keys without prefix) and config'
   steps = weights.steps_done or 0
-  optimizer_state = _optimizer_state(weights, steps)
+  optimizer_state = _optimizer_state(weights, steps, learning_rate)
   torch.save({'model_state_dict': {CYCLE_PREFIX + k: v for k, v in tensors.items()},
               'optimizer_state_dict': optimizer_state, 'step': max(steps - 1, 0), 'cfg': cfg}, path)
   held = 'AdamW state' if optimizer_state is not None else 'no optimizer state (the source has none)'
@@ -85,7 +89,7 @@ def cast(arrays: dict[str, np.ndarray], dtype: str | None) -> dict[str, np.ndarr
   return arrays if dtype is None else {k: v.astype(jnp.dtype(dtype)) for k, v in arrays.items()}
 
 
-def reference_config(weights: sources.Weights) -> dict[str, Any]:
+def reference_config(weights: Weights) -> dict[str, Any]:
   """The reference's config sections (plain values) that describe these weights and, for a
   training workdir, its run."""
   model_config = weights.model_config
@@ -100,7 +104,8 @@ def reference_config(weights: sources.Weights) -> dict[str, Any]:
   return cfg
 
 
-def _optimizer_state(weights: sources.Weights, steps: int) -> dict[str, Any] | None:
+def _optimizer_state(weights: Weights, steps: int,
+                     learning_rate: Callable[[int], Any] | None) -> dict[str, Any] | None:
   moments = weights.moments
   if moments is None:
     return None
@@ -119,7 +124,7 @@ def _optimizer_state(weights: sources.Weights, steps: int) -> dict[str, Any] | N
         'the reference\'s checkpoint has no place for its partial gradient; export a step that is a multiple of '
         f'{accumulation}, or --torch-layout latentdlm or bare (weights only)')
   # The learning rate the reference sets before its next micro-batch (it sets one before every micro-batch).
-  lr = float(optimizer_lib.learning_rate_schedule(config)(steps))
+  lr = float(learning_rate(steps))
   return moments_lib.to_torch(moments, weights.model_config, lr=lr,
                               betas=(config.optimizer.beta1, config.optimizer.beta2), eps=config.optimizer.eps,
                               weight_decay=config.optimizer.weight_decay)

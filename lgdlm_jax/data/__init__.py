@@ -1,14 +1,15 @@
 """The data room: samples in the reference's per-sample files or packed shards -> batches for training.
 
-    formats     one sample of each layout, read and validated (DataError naming the file)
-    sources     random access to a dataset: per-sample files, packed ArrayRecord shards, synthetic
-    pipeline    grain: per-epoch shuffle, whole global batches, this process's rows, checkpointable
-    bad_samples bad samples counted once, the stop decision shared by all processes
-    prepare     raw text -> per-sample files or packed shards
-    pack        per-sample files -> packed shards + manifest
-    check       a whole dataset validated up front
+    formats        one sample of each layout, read and validated (DataError naming the file)
+    sources        random access to a dataset: per-sample files, packed ArrayRecord shards, synthetic
+    pipeline       grain: per-epoch shuffle, whole global batches, this process's rows, checkpointable
+    bad_samples    bad samples counted once, the stop decision shared by all processes
+    text_dataset   raw text -> per-sample files or packed shards
+    packed_writer  per-sample files -> packed shards + manifest
+    packed_reader  a packed directory's manifest and samples
+    check          a whole dataset validated up front
 
-`python -m lgdlm_jax.prepare_data` is the command line of prepare, pack and check.
+`python -m lgdlm_jax.prepare_data` is the command line of text_dataset, packed_writer and check.
 """
 
 from lgdlm_jax.data.formats import CorruptSampleError

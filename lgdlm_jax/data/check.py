@@ -20,8 +20,8 @@ import numpy as np
 import tqdm
 
 from lgdlm_jax.data import formats
-from lgdlm_jax.data import pack as pack_lib
-from lgdlm_jax.data import packed
+from lgdlm_jax.data import packed_writer
+from lgdlm_jax.data import packed_reader
 from lgdlm_jax.data import sources
 from lgdlm_jax.data.formats import CorruptSampleError
 
@@ -91,14 +91,14 @@ def _records(path: str, chunk: int = 4096):
 
 
 def check_packed(directory: str, limits: Limits, report: Report) -> Report:
-  manifest = packed.read_manifest(directory)
+  manifest = packed_reader.read_manifest(directory)
   limits = report.limits = _fill(limits, {'vocab_size': manifest.vocab_size, 'latent_dim': manifest.latent_dim})
   for shard in manifest.shards:
     path = os.path.join(directory, shard['file'])
     if not os.path.isfile(path):
       report.bad(f'{path}: missing shard')
       continue
-    size, crc = os.path.getsize(path), formats.with_retries(lambda: pack_lib.file_crc32(path), path)
+    size, crc = os.path.getsize(path), formats.with_retries(lambda: packed_writer.file_crc32(path), path)
     if (size, crc) != (shard['bytes'], shard['crc32']):
       report.bad(f'{path}: {size} bytes with CRC-32 {crc}, the manifest says {shard["bytes"]} bytes, '
                  f'{shard["crc32"]}: the shard is damaged')
@@ -127,10 +127,10 @@ def check(directory: str | None = None, *, token_dir: str | None = None, latent_
   """Checks a data_dir, a packed directory, or token_dir + latent_dir; see the module docstring."""
   limits = limits or Limits()
   report = Report(max_listed=max_listed)
-  if directory is not None and packed.is_packed(directory):
+  if directory is not None and packed_reader.is_packed(directory):
     return check_packed(directory, limits, report)
   if directory is not None:
-    info = pack_lib.read_dataset_info(directory)
+    info = packed_writer.read_dataset_info(directory)
     token_dir, latent_dir = (os.path.join(directory, kind, info.get('split', 'train')) for kind in ('tokens', 'latents'))
     limits = _fill(limits, info)
   report.limits = limits

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax.data import formats
-from lgdlm_jax.data import packed
+from lgdlm_jax.data import packed_reader
 from lgdlm_jax.data.formats import CorruptSampleError, DataError, SampleFiles, SampleSpec
 
 _TOKEN_SUFFIXES = ('_tokens.npz', '.npz')  # longest first: `a_tokens.npz` names sample `a`
@@ -170,14 +170,14 @@ def open_sources(config: ml_collections.ConfigDict) -> Sources:
     num = data.synthetic_num_samples
     return Sources(SyntheticSource(num, spec, seed, stream=0), val, num + num_val,
                    (np.arange(num), num + np.arange(num_val)))
-  if data.data_dir and packed.is_packed(data.data_dir):
-    manifest = packed.read_manifest(data.data_dir)
-    packed.check_manifest_fits(manifest, spec, data.data_dir, config.tokenizer.mask_token_id)
+  if data.data_dir and packed_reader.is_packed(data.data_dir):
+    manifest = packed_reader.read_manifest(data.data_dir)
+    packed_reader.check_manifest_fits(manifest, spec, data.data_dir, config.tokenizer.mask_token_id)
     num = min(manifest.num_samples, data.max_samples or manifest.num_samples)
     train_idx, val_idx = split_train_val(num, data.val_ratio, seed)
     logging.info('Data: %d train, %d val samples packed in %s', len(train_idx), len(val_idx), data.data_dir)
-    val = packed.PackedSource(data.data_dir, manifest, spec, val_idx) if len(val_idx) else None
-    return Sources(packed.PackedSource(data.data_dir, manifest, spec, train_idx), val, num, (train_idx, val_idx))
+    val = packed_reader.PackedSource(data.data_dir, manifest, spec, val_idx) if len(val_idx) else None
+    return Sources(packed_reader.PackedSource(data.data_dir, manifest, spec, train_idx), val, num, (train_idx, val_idx))
   if data.data_dir:
     token_dir, latent_dir = (os.path.join(data.data_dir, kind, 'train') for kind in ('tokens', 'latents'))
   else:

@@ -19,8 +19,8 @@ with padded text keys (key_masks[m] False) excluded and the latent token always 
 - `auto` (the default) is replaced by `resolve` once the platform is known (after jax.distributed
   start-up, before the model is built): TPU -> splash; GPU -> cudnn in bfloat16, else blockwise;
   CPU -> xla below CPU_BLOCKWISE_FROM joint tokens (max_seq_len + 1), blockwise from there. xla
-  was the faster of the two on CPU at every length measured (128 to 2048 tokens: 1.1-1.7x, README
-  "Attention backends on CPU"); from 4096 tokens its scores take GBs per layer, so blockwise.
+  was the faster of the two on CPU up to 2048 tokens (README, "Attention backends and ahead-of-time
+  compiles"); from 4096 tokens its scores take GBs per layer, so blockwise.
 """
 
 import functools
@@ -120,8 +120,8 @@ def _xla(qs, ks, vs, key_masks, options):
 
   scores[m][j] = q_m k_j^T, one max and one normaliser over all j, then out_m = sum_j weights[m][j] v_j:
   the same attention as over the concatenated sequence (up to float rounding), without the copies
-  into and out of a joint tensor; forward and backward ran 1.4x faster that way on CPU (S = 256,
-  B = 16). Masked keys get the most negative finite value, as x_transformers does.
+  into and out of a joint tensor, which are a large share of the layer's time on CPU (README, "What
+  moved the CPU figure"). Masked keys get the most negative finite value, as x_transformers does.
   """
   head_dim = qs[0].shape[-1]
   einsum = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)

@@ -146,8 +146,8 @@ class MMDiTBlock(nn.Module):
     return streams, None
 
 
-# model.scan_unroll = 0 (auto): blocks per scan iteration on CPU, where unrolling 4 blocks ran the
-# train step 1.4x faster (H 512, S 256); accelerators keep 1, so compile time stays flat in depth.
+# model.scan_unroll = 0 (auto): blocks per scan iteration on CPU, where unrolling pays (see MMDiT;
+# README, "What moved the CPU figure"); accelerators keep 1, so compile time stays flat in depth.
 CPU_SCAN_UNROLL = 4
 
 
@@ -162,8 +162,8 @@ class MMDiT(nn.Module):
   scan_unroll blocks run per scan iteration (>= depth: fully unrolled; 0: `auto_scan_unroll` for
   jax.default_backend()); the parameters stay stacked either way. Unrolling lets XLA keep each
   block's activations in their own buffers instead of copying them into and out of the scan's
-  stacked residuals, which paid 1.4x on CPU for 4 blocks, at the price of compile time growing
-  with depth.
+  stacked residuals: faster steps on CPU (README, "What moved the CPU figure"), at the price of
+  compile time growing with depth.
   """
 
   depth: int

@@ -6,32 +6,32 @@ evaluation (with the EMA parameters when on) and a plot of the log at each evalu
 (newest and best), profiling, preemption.
 """
 
+from collections.abc import Callable
+import contextlib
 import os
 import sys
 import time
+from typing import Any
 
 from absl import logging
 import jax
 import ml_collections
 import tqdm
 
-from lgdlm_jax.checkpoints import manager as checkpoint
-from lgdlm_jax.training import compile_cache
-from lgdlm_jax import config as config_lib
 from lgdlm_jax import console
 from lgdlm_jax import data as data_lib
+from lgdlm_jax.checkpoints import init_from
+from lgdlm_jax.checkpoints import manager as checkpoint
+from lgdlm_jax.checkpoints import resume_check as resume
+from lgdlm_jax.evaluation import examples as eval_examples
+from lgdlm_jax.training import compile_cache
 from lgdlm_jax.training import ema as ema_lib
 from lgdlm_jax.training import metrics_log
-from lgdlm_jax import model as model_lib
-from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import profiling
-from lgdlm_jax.checkpoints import resume_check as resume
 from lgdlm_jax.training import runtime
+from lgdlm_jax.training import setup as training_setup
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.checkpoints import init_from
-from lgdlm_jax.evaluation import examples as eval_examples
-from lgdlm_jax.model import platform as model_platform
 
 
 class NonFiniteError(RuntimeError):
@@ -84,8 +84,8 @@ def _write_plot(workdir: str) -> None:
   """WORKDIR/training_log.png from the log so far (process 0)."""
   if jax.process_index() != 0:
     return
-  from lgdlm_jax import plot  # pylint: disable=g-import-not-at-top  (matplotlib takes seconds to import)
-  plot.write_plot([workdir], os.path.join(workdir, metrics_log.PLOT_FILE))
+  from lgdlm_jax.training import log_plot  # pylint: disable=g-import-not-at-top  (matplotlib takes seconds to import)
+  log_plot.write_plot([workdir], os.path.join(workdir, metrics_log.PLOT_FILE))
 
 
 def _log_programs(programs: train.TrainPrograms, start: int, stop: int) -> None:
@@ -94,34 +94,12 @@ def _log_programs(programs: train.TrainPrograms, start: int, stop: int) -> None:
                ', '.join(f'{terms.name} ({count} steps)' for terms, count in uses.items()) or 'none')
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
-  """Trains config.training.num_train_steps micro-batch steps, resuming from workdir if it has a checkpoint.
-
-  `config` is validated and frozen here unless it already is (lgdlm_jax.config.finalize).
-  """
-  config = config_lib.for_processes(config_lib.finalize(config), jax.process_count())
-  config_lib.check_devices(config, jax.device_count(), jax.process_count())
-  initial = init_from.load(config, workdir)  # every check of init_from, before any work
-  compile_cache.use(config, workdir)
-  # config.json keeps the 'auto' values; the model gets what they stand for on this platform.
-  model_config = model_platform.resolve(config, jax.default_backend()).model
-  logging.info('Attention: %s (model.attention=%s); %d of %d blocks per scan iteration (model.scan_unroll=%d)',
-               model_config.attention, config.model.attention, min(model_config.scan_unroll, model_config.n_blocks),
-               model_config.n_blocks, config.model.scan_unroll)
-  model = model_lib.MultimodalMMDiT(model_config)
-  optimizer = optimizer_lib.make_optimizer(config)
-  mesh = sharding.make_mesh(config)
-  seed_key = jax.random.key(config.training.seed)
-  init_key, step_key, eval_key = jax.random.split(seed_key, 3)
-  manager = checkpoint.make_manager(workdir, config)
-  if manager.latest_step() is not None:
-    try:
-      resume.check_config(config, workdir)  # before any work: a refused change stops here
-    except (OSError, ValueError):  # a refused change (ConfigError) or an unreadable config.json
-      manager.close()
-      raise
-  train_iter, val_batches = data_lib.make_datasets(config)
-  state, state_shardings = train.create_sharded_state(config, model, optimizer, mesh, init_key)
+def _starting_state(setup: training_setup.Setup, manager, train_iter, initial, key: jax.Array,
+                    workdir: str) -> tuple[train.TrainState, Any, bool]:
+  """(state, its shardings, whether it was resumed): the workdir's newest checkpoint, else the
+  weights of init_from, else a fresh state."""
+  config, mesh = setup.config, setup.mesh
+  state, state_shardings = setup.create_state(key)
   min_shard = config.mesh.min_shard_size
   logging.info('Per device: parameters %.3f GiB, optimizer state %.3f GiB (mesh %s)',
                sharding.per_device_bytes(state.params, mesh.shape['fsdp'], min_shard) / 2**30,
@@ -135,49 +113,95 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     state = state.replace(ema_params=ema_lib.initial(state.params, config))
     train_iter.start_at_step(int(state.step))  # a converted optimizer state continues mid-run
     logging.info('Initialised from %s', init_from.describe(initial))
-  programs, eval_fn, sample_eval_fn = train.compile_steps(config, model, optimizer, mesh, state_shardings)
+  return state, state_shardings, restored is not None
 
-  tcfg = config.training
-  num_steps = int(tcfg.num_train_steps)
-  save_every, eval_every, log_every = int(tcfg.save_every), int(tcfg.eval_every), tcfg.log_every
-  max_bad = int(tcfg.max_consecutive_nonfinite)
-  tokens_per_step = int(tcfg.train_batch_size) * int(config.model.max_seq_len)
-  start = int(state.step)
-  log = metrics_log.MetricsLog(workdir, config, resume_step=None if restored is None else start)
-  _log_programs(programs, start, num_steps)
-  profiler = profiling.StepProfiler(config, workdir)
-  progress = console.Progress(start, num_steps, show=jax.process_index() == 0)  # a bar on a terminal, else lines
-  pending = None  # (step, metrics on device, start time, data wait): fetched one step late, so dispatch never waits
-  watch = runtime.PreemptionWatch()
 
-  def report(step: int, device_metrics, started: float, data_wait: float) -> None:
-    metrics = jax.device_get(device_metrics)
-    elapsed = time.perf_counter() - started
-    train_iter.agree_on_bad_samples()  # every process, every step: a stop for bad data is taken by all
-    if int(metrics['consecutive_nonfinite']) > 0:
-      logging.warning('step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update skipped',
-                      step, metrics['loss'], metrics['grad_norm'])
-    if step % log_every == 0 or step == num_steps:
-      record = {k: float(v) for k, v in metrics.items()}
-      record.update(step_time=elapsed, tokens_per_sec=tokens_per_step / elapsed, data_wait_time=data_wait,
-                    data_skipped_samples=train_iter.num_skipped)
-      log.write(step, record)
-      progress.logged(step, record['loss'])
-    if int(metrics['consecutive_nonfinite']) >= max_bad:
-      raise NonFiniteError(
-          f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
-          f'The newest checkpoint in {workdir} holds the last good parameters.')
+class _LateReport:
+  """The step metrics, reported one step late so that dispatch never waits for the step in flight.
 
-  def evaluate(step: int) -> dict[str, float]:
-    val = _evaluate((eval_fn, sample_eval_fn), ema_lib.evaluation_params(state, config), val_batches, mesh,
-                    eval_key, tcfg.eval_batches, tcfg.eval_sample_batches)
-    log.write(step, val, prefix='val_')
-    if jax.process_index() == 0:
-      tqdm.tqdm.write(eval_examples.eval_line(step, val), file=sys.stdout)  # above the progress bar, never across it
-    _write_plot(workdir)
-    return {f'val_{k}': v for k, v in val.items()}
+  `hold` reports the step held before and keeps the new one; `flush` reports the held step now:
+  before an evaluation, a checkpoint (never past a step that should have stopped the run) and the end.
+  """
 
-  try:
+  def __init__(self, report: Callable[..., None]):
+    self._report = report
+    self._pending: tuple | None = None
+
+  def hold(self, *pending) -> None:
+    self.flush()
+    self._pending = pending
+
+  def flush(self) -> None:
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      self._report(*pending)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
+  """Trains config.training.num_train_steps micro-batch steps, resuming from workdir if it has a checkpoint.
+
+  `config` is validated and frozen here unless it already is (lgdlm_jax.config.finalize).
+  """
+  setup = training_setup.build(config)
+  config, mesh = setup.config, setup.mesh
+  initial = init_from.load(config, workdir)  # every check of init_from, before any work
+  compile_cache.use(config, workdir)
+  init_key, step_key, eval_key = jax.random.split(jax.random.key(config.training.seed), 3)
+  with contextlib.ExitStack() as stack:
+    manager = checkpoint.make_manager(workdir, config)
+    stack.callback(manager.close)
+    if manager.latest_step() is not None:
+      resume.check_config(config, workdir)  # before any work: a refused change stops here
+    train_iter, val_batches = data_lib.make_datasets(config)
+    stack.callback(train_iter.close)
+    state, state_shardings, resumed = _starting_state(setup, manager, train_iter, initial, init_key, workdir)
+    programs, eval_fn, sample_eval_fn = setup.compile(state_shardings)
+
+    tcfg = config.training
+    num_steps = int(tcfg.num_train_steps)
+    save_every, eval_every, log_every = int(tcfg.save_every), int(tcfg.eval_every), tcfg.log_every
+    max_bad = int(tcfg.max_consecutive_nonfinite)
+    tokens_per_step = int(tcfg.train_batch_size) * int(config.model.max_seq_len)
+    start = int(state.step)
+    log = metrics_log.MetricsLog(workdir, config, resume_step=start if resumed else None)
+    stack.callback(log.close)
+    _log_programs(programs, start, num_steps)
+    profiler = profiling.StepProfiler(config, workdir)
+    stack.callback(profiler.close)
+    progress = console.Progress(start, num_steps, show=jax.process_index() == 0)  # a bar on a terminal, else lines
+    stack.callback(progress.close)
+    watch = runtime.PreemptionWatch()
+    stack.callback(watch.close)
+    stack.callback(manager.wait_until_finished)  # first on the way out: every save is whole before anything closes
+
+    def report(step: int, device_metrics, started: float, data_wait: float) -> None:
+      metrics = jax.device_get(device_metrics)
+      elapsed = time.perf_counter() - started
+      train_iter.agree_on_bad_samples()  # every process, every step: a stop for bad data is taken by all
+      if int(metrics['consecutive_nonfinite']) > 0:
+        logging.warning('step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update skipped',
+                        step, metrics['loss'], metrics['grad_norm'])
+      if step % log_every == 0 or step == num_steps:
+        record = {k: float(v) for k, v in metrics.items()}
+        record.update(step_time=elapsed, tokens_per_sec=tokens_per_step / elapsed, data_wait_time=data_wait,
+                      data_skipped_samples=train_iter.num_skipped)
+        log.write(step, record)
+        progress.logged(step, record['loss'])
+      if int(metrics['consecutive_nonfinite']) >= max_bad:
+        raise NonFiniteError(
+            f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
+            f'The newest checkpoint in {workdir} holds the last good parameters.')
+
+    def evaluate(step: int) -> dict[str, float]:
+      val = _evaluate((eval_fn, sample_eval_fn), ema_lib.evaluation_params(state, config), val_batches, mesh,
+                      eval_key, tcfg.eval_batches, tcfg.eval_sample_batches)
+      log.write(step, val, prefix='val_')
+      if jax.process_index() == 0:
+        tqdm.tqdm.write(eval_examples.eval_line(step, val), file=sys.stdout)  # above the progress bar, never across it
+      _write_plot(workdir)
+      return {f'val_{k}': v for k, v in val.items()}
+
+    late = _LateReport(report)
     if eval_every and val_batches is not None and start == 0:
       evaluate(0)  # the starting point of every validation curve
     for step in range(start, num_steps):
@@ -188,43 +212,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       terms = programs.schedule.terms_at(step)
       if terms not in programs.made:
         logging.info('Step %d: the first with the terms %s, a train-step program of its own', step, terms.name)
-      step_fn = programs.for_terms(terms)
       with profiler.step(step):
-        state, metrics = step_fn(state, batch, step_key)
+        state, metrics = programs.for_terms(terms)(state, batch, step_key)
       profiler.after(step, state)
-      if pending is not None:
-        report(*pending)
-      pending = (step + 1, metrics, started, data_wait)
+      late.hold(step + 1, metrics, started, data_wait)
       progress.update(step + 1)
       done = step + 1
       val = None
       if eval_every and val_batches is not None and done % eval_every == 0:
-        report(*pending)
-        pending = None
+        late.flush()  # the step's report before the evaluation's
         val = evaluate(done)
       preempted = watch.reached(done)
       # With best checkpoints kept, every evaluated step is saved, so that it can be among them.
       best_candidate = val is not None and checkpoint.keeps_best(config)
       if (save_every and done % save_every == 0) or done == num_steps or preempted or best_candidate:
-        if pending is not None:
-          report(*pending)  # never checkpoint past a step that should have stopped the run
-          pending = None
+        late.flush()  # never checkpoint past a step that should have stopped the run
         checkpoint.save(manager, done, state, train_iter, checkpoint.ranking_metrics(val, config))
       if preempted:
         logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.', done, workdir)
         break
-    if pending is not None:
-      report(*pending)
+    late.flush()
     progress.close()  # the examples below the finished bar
     if int(state.step) == num_steps:
-      _print_decoded_examples(state, val_batches, train_iter, eval_key, model=model, config=config)
+      _print_decoded_examples(state, val_batches, train_iter, eval_key, model=setup.model, config=config)
       _print_outputs(workdir)
-  finally:
-    profiler.close()
-    watch.close()
-    manager.wait_until_finished()
-    manager.close()
-    log.close()
-    progress.close()
-    train_iter.close()
   return state

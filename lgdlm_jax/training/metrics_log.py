@@ -17,7 +17,7 @@ import tensorboardX
 from lgdlm_jax import config as config_lib
 
 LOG_FILE = 'training_log.jsonl'
-PLOT_FILE = 'training_log.png'  # the log's plot (lgdlm_jax.plot), rewritten at each evaluation
+PLOT_FILE = 'training_log.png'  # lgdlm_jax.training.log_plot of LOG_FILE, rewritten at each evaluation
 TENSORBOARD_DIR = 'tensorboard'
 
 

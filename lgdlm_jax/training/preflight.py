@@ -11,7 +11,7 @@ import os
 import ml_collections
 
 from lgdlm_jax.checkpoints import workdirs
-from lgdlm_jax.data import packed
+from lgdlm_jax.data import packed_reader
 
 
 def check_paths(config: ml_collections.FrozenConfigDict, workdir: str) -> None:
@@ -22,11 +22,11 @@ def check_paths(config: ml_collections.FrozenConfigDict, workdir: str) -> None:
                     ('data.latent_dir', data.latent_dir)):
     if path and not os.path.isdir(path):
       raise FileNotFoundError(f'{key}={path!r}: no such directory')
-  if data.data_dir and not packed.is_packed(data.data_dir):
+  if data.data_dir and not packed_reader.is_packed(data.data_dir):
     for kind in ('tokens', 'latents'):
       folder = os.path.join(data.data_dir, kind, 'train')
       if not os.path.isdir(folder):
-        raise FileNotFoundError(f'data.data_dir={data.data_dir!r}: no {packed.MANIFEST} (packed data) and no '
+        raise FileNotFoundError(f'data.data_dir={data.data_dir!r}: no {packed_reader.MANIFEST} (packed data) and no '
                                 f'{os.path.join(kind, "train")}/ (per-sample files)')
   # init_from is read only by a fresh run; a workdir with checkpoints resumes from them instead.
   if config.init_from and not os.path.exists(config.init_from) and not workdirs.saved_steps(workdir):

@@ -1,4 +1,4 @@
-"""Reading a packed directory (written by lgdlm_jax.data.pack): its manifest, and its samples.
+"""Reading a packed directory (written by lgdlm_jax.data.packed_writer): its manifest, and its samples.
 
 A packed directory holds `shard-NNNNN.array_record` files, one record per sample (see
 lgdlm_jax.data.formats.encode_record), and `manifest.json`, which lists them in sample order.
@@ -24,7 +24,7 @@ FORMAT = 'lgdlm_jax.packed/1'
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
-  """What `manifest.json` of a packed directory records (see lgdlm_jax.data.pack)."""
+  """What `manifest.json` of a packed directory records (see lgdlm_jax.data.packed_writer)."""
   num_samples: int
   shards: tuple[dict[str, Any], ...]  # {'file', 'num_samples', 'crc32', 'bytes'} in sample order
   token_dtype: str
@@ -83,7 +83,8 @@ class PackedSource:
   """Samples of a packed directory (ArrayRecord shards); `indices` selects a split of them.
 
   The shards are read with ArrayRecord's own reader, one `read(positions)` call per shard and
-  batch: per-record calls, and grain's ArrayRecordDataSource, cost 5-20x as much per record.
+  batch: per-record calls, and grain's ArrayRecordDataSource, cost several times as much per record
+  (README, "Data at scale").
   """
 
   def __init__(self, directory: str, manifest: Manifest, spec: SampleSpec, indices: np.ndarray):

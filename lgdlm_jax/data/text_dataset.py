@@ -4,7 +4,7 @@ Each non-empty line of the text is one sample, named by its 6-digit index among 
   OUT/tokens/<split>/NAME_tokens.npz  input_ids int32 [S], attention_mask uint8 [S] (padded to
                                       seq_len, truncated like the reference's preprocessing)
   OUT/latents/<split>/NAME.npy        the sentence encoder's embedding [D] (latent_dtype)
-or, with packed=True, OUT/shard-*.array_record + OUT/manifest.json (lgdlm_jax.data.pack) instead;
+or, with packed=True, OUT/shard-*.array_record + OUT/manifest.json (lgdlm_jax.data.packed_writer) instead;
 and in both cases
   OUT/tokenizer.json                  the tokenizer used
   OUT/dataset.json                    what was made: counts, sizes and the special-token ids
@@ -23,7 +23,7 @@ import tokenizers
 import tqdm
 
 from lgdlm_jax import text
-from lgdlm_jax.data import pack as pack_lib
+from lgdlm_jax.data import packed_writer
 
 # texts -> float [N, D]
 Encoder = Callable[[list[str]], np.ndarray]
@@ -76,7 +76,7 @@ def write_dataset(texts: list[str], tokenizer: tokenizers.Tokenizer, encoder: En
       pad_token_id=text.token_id(tokenizer, '[PAD]'), mask_token_id=text.token_id(tokenizer, '[MASK]'))
   names = [f'{i:06d}' for i in range(len(texts))]
   if packed:
-    writer = pack_lib.ShardWriter(out_dir, pack_lib.token_dtype_for(info['vocab_size']), info['latent_dim'],
+    writer = packed_writer.ShardWriter(out_dir, packed_writer.token_dtype_for(info['vocab_size']), info['latent_dim'],
                                   vocab_size=info['vocab_size'], pad_token_id=info['pad_token_id'],
                                   mask_token_id=info['mask_token_id'])
     for name, ids_i, mask_i, latent_i in zip(names, ids, mask, latents):

@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from lgdlm_jax.data import formats
-from lgdlm_jax.data import packed
+from lgdlm_jax.data import packed_reader
 from lgdlm_jax.data import sources
 from lgdlm_jax.data.formats import CorruptSampleError, DataError
 
@@ -97,18 +97,18 @@ class ShardWriter:
     path = os.path.join(self.out_dir, shard['file'])
     shard.update(crc32=file_crc32(path), bytes=os.path.getsize(path))
 
-  def close(self) -> packed.Manifest:
+  def close(self) -> packed_reader.Manifest:
     if self._writer is not None:
       self._close_shard()
     num_samples = sum(s['num_samples'] for s in self._shards)
     if not num_samples:
       raise DataError(f'{self.out_dir}: no good sample to pack')
-    manifest = packed.Manifest(
+    manifest = packed_reader.Manifest(
         num_samples=num_samples, shards=tuple(self._shards), token_dtype=self.token_dtype,
         latent_dim=self.latent_dim, max_length=self._max_length, max_token_id=self._max_token_id,
         vocab_size=self.vocab_size, pad_token_id=self.pad_token_id, mask_token_id=self.mask_token_id,
         num_excluded=self.num_excluded, excluded=tuple(self.excluded))
-    with open(os.path.join(self.out_dir, packed.MANIFEST), 'w') as f:
+    with open(os.path.join(self.out_dir, packed_reader.MANIFEST), 'w') as f:
       f.write(manifest.to_json())
     return manifest
 
@@ -146,10 +146,10 @@ def _first_latent_dim(files: Iterable[formats.SampleFiles]) -> int:
 
 def pack(token_dir: str, latent_dir: str, out_dir: str, *, info_dir: str | None = None,
          vocab_size: int | None = None, latent_dim: int | None = None, skip_bad_files: bool = False,
-         records_per_shard: int = RECORDS_PER_SHARD) -> packed.Manifest:
+         records_per_shard: int = RECORDS_PER_SHARD) -> packed_reader.Manifest:
   """Packs every pair of token_dir/latent_dir into out_dir; see the module docstring."""
-  if packed.is_packed(out_dir):
-    raise DataError(f'{out_dir} already holds a packed dataset ({packed.MANIFEST}); choose another --out')
+  if packed_reader.is_packed(out_dir):
+    raise DataError(f'{out_dir} already holds a packed dataset ({packed_reader.MANIFEST}); choose another --out')
   info = read_dataset_info(info_dir) if info_dir else {}
   vocab_size = vocab_size or info.get('vocab_size')
   files, unpaired = sources.discover_samples(token_dir, latent_dir, skip_bad_files=True)
