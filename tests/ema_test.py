@@ -19,7 +19,7 @@ from lgdlm_jax import sample
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
 from lgdlm_jax.checkpoints import workdirs
-from tests.train_test import tiny_config
+from tests.helpers.runs import tiny_config
 
 
 def test_update_moves_towards_the_params_only_when_applied():

@@ -18,7 +18,7 @@ from lgdlm_jax.training import profiling
 from lgdlm_jax.checkpoints import resume_check as resume
 from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.errors import ConfigError
-from tests.train_test import tiny_config
+from tests.helpers.runs import tiny_config
 
 RESEARCH = {
     'training.num_train_steps': 6, 'training.eval_every': 2, 'training.save_every': 4,
@@ -133,7 +133,8 @@ def test_the_log_is_cut_back_to_the_restored_step(tmp_path):
   log = metrics_log.MetricsLog(workdir, config_lib.finalize(tiny_config()), resume_step=4)
   log.write(5, {'loss': 5.5})
   log.close()
-  assert [(r['step'], r['loss']) for r in metrics_log.read_log(workdir)] == [(s, float(s)) for s in range(5)] + [(5, 5.5)]
+  logged = [(r['step'], r['loss']) for r in metrics_log.read_log(workdir)]
+  assert logged == [(s, float(s)) for s in range(5)] + [(5, 5.5)]
   metrics_log.MetricsLog(workdir, config_lib.finalize(tiny_config())).close()  # a fresh run starts an empty log
   assert metrics_log.read_log(workdir) == []
 

@@ -30,7 +30,8 @@ class WorkdirCheckpoint:
 
 
 def is_workdir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS_DIR))
+  return (os.path.isfile(os.path.join(path, CONFIG_FILE))
+          and os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS_DIR)))
 
 
 def load_config(workdir: str) -> ml_collections.FrozenConfigDict:

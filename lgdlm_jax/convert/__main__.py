@@ -1,7 +1,8 @@
 """PyTorch LGDLM checkpoints into lgdlm_jax, and lgdlm_jax weights back.
 
   python -m lgdlm_jax.convert --input CKPT --output DIR [--step N] [--verify] [--dtype bfloat16] [--vocab-size V ...]
-  python -m lgdlm_jax.convert --to-torch --input DIR --output FILE.pt|FILE.safetensors [--torch-layout cycle|latentdlm|bare]
+  python -m lgdlm_jax.convert --to-torch --input DIR --output FILE.pt|FILE.safetensors
+      [--torch-layout cycle|latentdlm|bare]
 (`python convert_torch_weights.py` is the same command.)
 
 CKPT is a reference checkpoint file (`.pt`, `.pth`, `.safetensors`; a trainer's dict or a bare state
@@ -106,7 +107,8 @@ def _to_flax(args: flags.FlagValues) -> None:
   checkpoint = files.read_checkpoint(args.input, args['unsafe-pickle'].value, args.step)
   notes = [f"unwrapped '{k}'" for k in checkpoint.unwrapped] + [f"stripped prefix '{p}'" for p in checkpoint.stripped]
   print(f'read {checkpoint.path} ({checkpoint.chosen}): {len(checkpoint.state_dict)} tensors, '
-        f'{_count(checkpoint.state_dict):,} parameters, {_dtypes(checkpoint.state_dict)}' + ''.join(f'; {n}' for n in notes))
+        f'{_count(checkpoint.state_dict):,} parameters, {_dtypes(checkpoint.state_dict)}'
+        + ''.join(f'; {n}' for n in notes))
   stated = {key: args[flag_name(key)].value for key in MODEL_FLAGS}
   inferred = layout.infer_model_config(checkpoint.state_dict, stated, checkpoint.saved_config)
   model_config = inferred.config
@@ -114,7 +116,8 @@ def _to_flax(args: flags.FlagValues) -> None:
   print('model config:')
   for key, source in inferred.sources.items():
     print(f'  {key}={model_config[key]} ({source})')
-  allow = fitting.Allowances(args['allow-missing'].value, args['allow-unexpected'].value, args['allow-mismatched'].value)
+  allow = fitting.Allowances(args['allow-missing'].value, args['allow-unexpected'].value,
+                             args['allow-mismatched'].value)
   fitted = fitting.fit(checkpoint.state_dict, model_config, allow, args.seed)
   print('\n'.join(fitted.report))
   state_dict = exporters.cast(fitted.state_dict, args.dtype)
@@ -163,7 +166,8 @@ def _to_torch(args: flags.FlagValues) -> None:
                             f'training workdir ({workdirs.CONFIG_FILE} and checkpoints/): --to-torch exports those')
   has_optimizer_state = (sources.kind(args.input) == sources.WORKDIR
                          or os.path.isdir(os.path.join(args.input, converted.OPTIMIZER_DIR)))
-  weights = sources.read(args.input, step=args.step, with_moments=torch_layout == exporters.CYCLE and has_optimizer_state)
+  weights = sources.read(args.input, step=args.step,
+                         with_moments=torch_layout == exporters.CYCLE and has_optimizer_state)
   print(f'read {weights.description}')
   state_dict = exporters.ordered_state_dict(weights.params, weights.model_config, args.dtype)
   with _staged(args.output, args.overwrite) as staged:
@@ -174,12 +178,13 @@ def _to_torch(args: flags.FlagValues) -> None:
         f'{_dtypes(state_dict)}')
 
 
-def _verify(model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], params: Any, args: flags.FlagValues) -> None:
+def _verify(model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], params: Any,
+            args: flags.FlagValues) -> None:
   try:
-    from lgdlm_jax.convert import twin  # pylint: disable=g-import-not-at-top  (needs torch and mmdit)
+    from lgdlm_jax.convert import verify  # pylint: disable=g-import-not-at-top  (needs torch and mmdit)
   except ImportError as e:
-    raise VerificationError(f'--verify needs torch and mmdit ({e}); pip install -r requirements-test.txt') from e
-  differences = twin.max_abs_differences(model_config, state_dict, params, args.seed)
+    raise VerificationError(f'--verify needs torch and mmdit ({e}); pip install -e ".[reference]"') from e
+  differences = verify.max_abs_differences(model_config, state_dict, params, args.seed)
   print(f'verify (seeded batch, seed {args.seed}; float32, highest matmul precision; tolerance {args.tolerance:g}):')
   for name, difference in differences.items():
     print(f'  {name}: max |PyTorch - Flax| = {difference:.3g}')

@@ -108,7 +108,8 @@ class PackedSource:
     for shard in np.unique(shards):
       rows = np.flatnonzero(shards == shard)
       positions = (record_indices[rows] - self._shard_starts[shard]).tolist()
-      read = formats.with_retries(lambda: self._reader(int(shard)).read(positions), self._paths[shard])
+      read = formats.with_retries(lambda: self._reader(int(shard)).read(positions),  # noqa: B023 (called at once)
+                                  self._paths[shard])
       for row, record in zip(rows, read):
         records[row] = record
     return list(zip(record_indices.tolist(), records))
@@ -128,7 +129,8 @@ class PackedSource:
     except CorruptSampleError as e:
       raise CorruptSampleError(f'{self._where(record_index)}: {e}') from None
     if len(ids) > self.spec.seq_len:  # the manifest's max_length was checked; a record may still lie
-      raise CorruptSampleError(f'{self._where(record_index)}: {len(ids)} tokens > model.max_seq_len {self.spec.seq_len}')
+      raise CorruptSampleError(
+          f'{self._where(record_index)}: {len(ids)} tokens > model.max_seq_len {self.spec.seq_len}')
     return ids, mask, latent
 
   def _where(self, record_index: int) -> str:
