@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def write_reference_run(run_dir: str, args: argparse.Namespace) -> int:
   import torch  # pylint: disable=g-import-not-at-top
+
   from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from lgdlm_jax.reference import model as reference_model  # pylint: disable=g-import-not-at-top
   model_config = config_lib.default_config().model

@@ -49,13 +49,13 @@ import torch
 from lgdlm_jax import bench
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.training import optimizer as optimizer_lib
-from lgdlm_jax.training import step as train
 from lgdlm_jax.model import flops as model_flops
 from lgdlm_jax.model import mmdit
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax.reference import trainer as reference_trainer
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import step as train
 
 SIDES = ('jax', 'torch', 'compare')
 PARTS = ('attention', 'matmuls', 'hyper_connections', 'optimizer')

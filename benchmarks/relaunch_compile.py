@@ -34,6 +34,7 @@ EVENTS = {
 def child(main_args: list[str]) -> None:
   """One start, in this process: run lgdlm_jax.main with the listener on, print the sums as JSON."""
   import jax  # pylint: disable=g-import-not-at-top  (the parent process never imports jax)
+
   from lgdlm_jax import main  # pylint: disable=g-import-not-at-top
 
   totals = dict.fromkeys(EVENTS.values(), 0.0)

@@ -24,17 +24,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from lgdlm_jax.training import aot
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import model as model_lib
+from lgdlm_jax.model import flops as model_flops
+from lgdlm_jax.model import platform as model_platform
 from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax.objective import cycle_vae as losses
-from lgdlm_jax import model as model_lib
+from lgdlm_jax.training import aot
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.model import flops as model_flops
-from lgdlm_jax.model import platform as model_platform
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {

@@ -15,9 +15,9 @@ from absl import flags
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.training import loop
 from lgdlm_jax.training import preflight
 from lgdlm_jax.training import runtime
-from lgdlm_jax.training import loop
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:

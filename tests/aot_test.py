@@ -14,15 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgdlm_jax.training import aot
 from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.errors import InputError
+from lgdlm_jax.model import attention
+from lgdlm_jax.training import aot
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.errors import InputError
-from lgdlm_jax.model import attention
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                   reason="needs libtpu (pip install -e '.[tpu]' in a side environment)")

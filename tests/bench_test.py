@@ -7,9 +7,9 @@ import pytest
 
 from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import flops as model_flops
+from lgdlm_jax.objective import cycle_vae as losses
 
 
 def small_config():

@@ -11,8 +11,8 @@ import orbax.checkpoint
 import pytest
 
 from lgdlm_jax import console
-from lgdlm_jax.training import loop
 from lgdlm_jax import main
+from lgdlm_jax.training import loop
 from lgdlm_jax.training import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

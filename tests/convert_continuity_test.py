@@ -19,19 +19,19 @@ import torch
 
 import convert_torch_weights
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.training import optimizer as optimizer_lib
-from lgdlm_jax.training import sharding
-from lgdlm_jax.training import step as train
 from lgdlm_jax.checkpoints import init_from
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments
-from tests.helpers import models
-from lgdlm_jax.reference import lr as reference_lr
+from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.reference import checkpoints as reference_checkpoints
 from lgdlm_jax.reference import cycle_loss
+from lgdlm_jax.reference import lr as reference_lr
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
+from lgdlm_jax.training import step as train
+from tests.helpers import models
 
 N, M = 3, 3  # micro-batches before the hand-over, and after it
 BATCH = 4

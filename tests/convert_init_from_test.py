@@ -7,18 +7,18 @@ import numpy as np
 import optax
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import errors
-from lgdlm_jax.training import loop
 from lgdlm_jax import main
+from lgdlm_jax.checkpoints import init_from
+from lgdlm_jax.checkpoints import manager as checkpoint
+from lgdlm_jax.convert import converted
+from lgdlm_jax.convert import moments as moments_lib
+from lgdlm_jax.training import loop
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.convert import converted
-from lgdlm_jax.checkpoints import init_from
-from lgdlm_jax.convert import moments as moments_lib
 from tests.helpers import runs
 from tests.helpers.params import random_params
 

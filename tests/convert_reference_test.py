@@ -13,15 +13,15 @@ import safetensors.torch
 import torch
 
 import convert_torch_weights
-from lgdlm_jax.training import loop
-from lgdlm_jax.training import metrics_log
+from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import exporters
-from lgdlm_jax.checkpoints import weight_sources as sources
-from lgdlm_jax.reference import model as reference_model
-from tests.helpers import models
-from lgdlm_jax.reference import lr as reference_lr
 from lgdlm_jax.reference import checkpoints as reference_checkpoints
+from lgdlm_jax.reference import lr as reference_lr
+from lgdlm_jax.reference import model as reference_model
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
+from tests.helpers import models
 from tests.helpers import runs
 
 

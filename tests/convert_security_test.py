@@ -14,8 +14,8 @@ import torch
 
 import convert_torch_weights
 from lgdlm_jax import errors
-from lgdlm_jax.training import loop
 from lgdlm_jax.reference import model as reference_model
+from lgdlm_jax.training import loop
 from tests.helpers import models
 from tests.helpers import runs
 

@@ -6,8 +6,8 @@ import numpy as np
 
 from lgdlm_jax import sample
 from lgdlm_jax.convert import converted
-from tests.helpers.params import random_params
 from tests.helpers import runs
+from tests.helpers.params import random_params
 
 
 def _converted(tmp_path, tokenizer):

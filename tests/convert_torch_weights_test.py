@@ -17,15 +17,15 @@ import safetensors.numpy
 import torch
 
 import convert_torch_weights
-from lgdlm_jax.checkpoints import manager as checkpoint
-from lgdlm_jax import convert
-from lgdlm_jax.convert import converted
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.training import step as train
+from lgdlm_jax import convert
+from lgdlm_jax.checkpoints import manager as checkpoint
+from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import files
 from lgdlm_jax.convert import layout
 from lgdlm_jax.convert import verify
 from lgdlm_jax.reference import model as reference_model
+from lgdlm_jax.training import step as train
 from tests.helpers import models
 
 PARITY_TOL = 1e-5

@@ -11,12 +11,14 @@ import subprocess
 import sys
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import data
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.training import runtime
 from tests.helpers import datasets
 

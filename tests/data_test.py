@@ -28,6 +28,7 @@ from tests.helpers.datasets import sample_arrays
 from tests.helpers.datasets import take
 from tests.helpers.datasets import write_pair
 
+
 def _tmpdir(test):
   # absl's create_tempdir needs parsed flags, which pytest does not provide.
   tmp = tempfile.TemporaryDirectory()

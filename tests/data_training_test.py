@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from lgdlm_jax.data import pack as pack_lib
 from lgdlm_jax.training import loop
 from lgdlm_jax.training import metrics_log
-from lgdlm_jax.data import pack as pack_lib
 from tests.helpers import runs
 
 NUM_SAMPLES, STEPS = 70, 20

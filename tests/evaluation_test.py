@@ -11,10 +11,10 @@ import pytest
 import tokenizers
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
+from lgdlm_jax import model as model_lib
 from lgdlm_jax.evaluation import examples as eval_examples
 from lgdlm_jax.evaluation import metrics as eval_metrics
-from lgdlm_jax import model as model_lib
+from lgdlm_jax.objective import diffusion
 
 VOCAB, MASK_ID, PAD_ID, SEQ_LEN, LATENT_DIM, BATCH = 30, 3, 0, 6, 8, 4
 METRICS = ('l2t_onepass_acc', 'l2t_sample_acc', 't2l_cosine', 'cycle_t2l2t_acc', 'cycle_l2t2l_cosine')
@@ -134,8 +134,8 @@ def test_real_model_metrics_are_in_range():
 
 @pytest.mark.slow  # a whole run: compiles the train step, both evaluations and the decoders (2 min of CPU)
 def test_the_run_prints_each_evaluation_and_decoded_sentences_of_both_splits(tmp_path, capsys):
-  from lgdlm_jax.training import loop  # pylint: disable=g-import-not-at-top
   from lgdlm_jax import plot  # pylint: disable=g-import-not-at-top
+  from lgdlm_jax.training import loop  # pylint: disable=g-import-not-at-top
   from tests.helpers.runs import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
   config = tiny_run_config(**{'training.num_train_steps': 2, 'training.eval_every': 2, 'training.save_every': 0,
                               'training.eval_batches': 1, 'training.eval_l2t_steps': 2,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from benchmarks import gpu_bench
-from lgdlm_jax.reference import trainer as reference_trainer
 from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.model import flops as model_flops
+from lgdlm_jax.reference import trainer as reference_trainer
 from tests.helpers import runs
 
 PARTS = ('attention', 'matmuls', 'hyper_connections', 'optimizer')

@@ -9,15 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.training import loop
-from lgdlm_jax.training import metrics_log
 from lgdlm_jax import plot
-from lgdlm_jax.training import profiling
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.checkpoints import resume_check as resume
 from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.errors import ConfigError
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
+from lgdlm_jax.training import profiling
 from tests.helpers.runs import tiny_config
 
 RESEARCH = {

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from lgdlm_jax import convert
-from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
-from tests.helpers import models
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.reference import cycle_loss
+from tests.helpers import models
 
 BATCH, SEQ_LEN = 3, 12
 MASK_TOKEN_ID = 96  # inside the tiny vocabulary (97); the smoke config's 103 is not

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from lgdlm_jax.training import compile_cache
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.training import compile_cache
 from lgdlm_jax.training import runtime
 from tests.helpers import runs
 

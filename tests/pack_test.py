@@ -11,8 +11,8 @@ import pytest
 from lgdlm_jax import data
 from lgdlm_jax import prepare_data
 from lgdlm_jax.data import pack as pack_lib
-from lgdlm_jax.data import prepare
 from lgdlm_jax.data import packed
+from lgdlm_jax.data import prepare
 from tests.helpers import datasets
 
 

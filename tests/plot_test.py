@@ -3,8 +3,8 @@
 import json
 import math
 
-from lgdlm_jax.training import metrics_log
 from lgdlm_jax import plot
+from lgdlm_jax.training import metrics_log
 
 
 def write_log(workdir, records):

@@ -7,13 +7,14 @@ import os
 import numpy as np
 import pytest
 
-from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import data
 from lgdlm_jax import text
 from lgdlm_jax.data import prepare as prepare_data
 from tests.helpers.datasets import ENCODER_DIM
 from tests.helpers.datasets import TEXTS
 from tests.helpers.datasets import fake_encoder
+
 
 def loader_config(out_dir, info):
   config = config_lib.default_config()

@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import errors
-from lgdlm_jax.training import metrics_log
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.convert import converted
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
-from lgdlm_jax.training import loop
 from lgdlm_jax.training import step as train
-from lgdlm_jax.convert import converted
 from tests.helpers.runs import REPO
 from tests.helpers.runs import SMOKE
 from tests.helpers.runs import TINY_OVERRIDES
 from tests.helpers.runs import losses_of
 from tests.helpers.runs import tiny_config
+
 
 def configured_step(config, model, optimizer, mesh, shardings):
   """The train step that computes every term with a base weight above 0."""

@@ -13,12 +13,12 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from lgdlm_jax.config.schema import CHOICES
-from lgdlm_jax.config.schema import default_config
 from lgdlm_jax.config.rules import check_devices
 from lgdlm_jax.config.rules import flat_items
 from lgdlm_jax.config.rules import validate
 from lgdlm_jax.config.rules import validate_section
+from lgdlm_jax.config.schema import CHOICES
+from lgdlm_jax.config.schema import default_config
 from lgdlm_jax.errors import ConfigError
 
 # Spellings the reference accepts for one of our choices (it lower-cases names before comparing).

@@ -33,8 +33,9 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax import cli
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax import errors
+from lgdlm_jax.checkpoints import weight_sources as sources
+from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import exporters
 from lgdlm_jax.convert import files
@@ -42,8 +43,7 @@ from lgdlm_jax.convert import fitting
 from lgdlm_jax.convert import layout
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
-from lgdlm_jax.checkpoints import weight_sources as sources
-from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.objective import diffusion
 
 # float32 on both sides, highest matmul precision: what the mapping alone is accountable for.
 DEFAULT_TOLERANCE = 1e-4

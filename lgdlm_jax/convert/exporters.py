@@ -22,11 +22,11 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.convert import files
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
-from lgdlm_jax.checkpoints import weight_sources as sources
+from lgdlm_jax.training import optimizer as optimizer_lib
 
 CYCLE = 'cycle'
 LATENTDLM = 'latentdlm'

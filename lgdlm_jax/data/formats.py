@@ -13,15 +13,15 @@ This module imports neither jax nor grain: grain's worker processes import it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import math
 import re
 import struct
 import time
+from typing import BinaryIO, TypeVar
 import zipfile
 import zlib
-from collections.abc import Callable
-from typing import BinaryIO, TypeVar
 
 import numpy as np
 

@@ -6,17 +6,19 @@ lgdlm_jax.data.formats.encode_record), and `manifest.json`, which lists them in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from array_record.python import array_record_module
 import numpy as np
 
 from lgdlm_jax.data import formats
-from lgdlm_jax.data.formats import CorruptSampleError, DataError, SampleSpec
+from lgdlm_jax.data.formats import CorruptSampleError
+from lgdlm_jax.data.formats import DataError
+from lgdlm_jax.data.formats import SampleSpec
 
 MANIFEST = 'manifest.json'
 FORMAT = 'lgdlm_jax.packed/1'

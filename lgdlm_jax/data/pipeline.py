@@ -35,10 +35,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from lgdlm_jax.data import formats
 from lgdlm_jax.data import sources as sources_lib
 from lgdlm_jax.data.bad_samples import BadSamples
-from lgdlm_jax.data import formats
-from lgdlm_jax.data.formats import CorruptSampleError, DataError
+from lgdlm_jax.data.formats import CorruptSampleError
+from lgdlm_jax.data.formats import DataError
 
 Batch = dict[str, np.ndarray]
 BadFound = tuple[tuple[int, str], ...]  # (sample key, message) of each bad sample met

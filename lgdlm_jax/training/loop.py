@@ -15,23 +15,23 @@ import jax
 import ml_collections
 import tqdm
 
-from lgdlm_jax.checkpoints import manager as checkpoint
-from lgdlm_jax.training import compile_cache
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import console
 from lgdlm_jax import data as data_lib
+from lgdlm_jax import model as model_lib
+from lgdlm_jax.checkpoints import init_from
+from lgdlm_jax.checkpoints import manager as checkpoint
+from lgdlm_jax.checkpoints import resume_check as resume
+from lgdlm_jax.evaluation import examples as eval_examples
+from lgdlm_jax.model import platform as model_platform
+from lgdlm_jax.training import compile_cache
 from lgdlm_jax.training import ema as ema_lib
 from lgdlm_jax.training import metrics_log
-from lgdlm_jax import model as model_lib
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import profiling
-from lgdlm_jax.checkpoints import resume_check as resume
 from lgdlm_jax.training import runtime
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.checkpoints import init_from
-from lgdlm_jax.evaluation import examples as eval_examples
-from lgdlm_jax.model import platform as model_platform
 
 
 class NonFiniteError(RuntimeError):
