@@ -1,5 +1,5 @@
 """Migration both ways with the reference's own layouts, as its code writes and loads them
-(restated in tests/reference_checkpoints.py): run directories, latentDLM's pickled TrainingState,
+(restated in lgdlm_jax/reference/checkpoints.py): run directories, latentDLM's pickled TrainingState,
 AdamW state and step, and exports that its --resume and its samplers load strictly."""
 
 import json
