@@ -1,6 +1,5 @@
-"""Train the cycle_vae objective.
-
-  python -m lgdlm_jax.main --config configs/smoke.py --workdir DIR [--config.a.b=value ...]
+"""Train the cycle_vae objective: python -m lgdlm_jax.main --config configs/smoke.py --workdir DIR
+[--config.a.b=value ...]
 
 Re-running the same command resumes from the newest checkpoint in DIR (a run already at
 training.num_train_steps says so and exits without writing anything). Several processes (TPU pod
