@@ -1,1 +1,2 @@
-"""Benchmark scripts (python benchmarks/NAME.py); torch_reference.py is the PyTorch side they share."""
+"""Benchmark scripts, run from the repository root as `python3 -m benchmarks.NAME`; the PyTorch side they time
+is lgdlm_jax.reference."""

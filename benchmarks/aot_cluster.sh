@@ -4,9 +4,9 @@
 #
 #   benchmarks/aot_cluster.sh TPU_PYTHON CUDA_PYTHON > aot.jsonl
 #
-# TPU_PYTHON / CUDA_PYTHON: the python of an environment with requirements-tpu.txt /
-# requirements-cuda.txt installed (e.g. python3 -m venv --system-site-packages ENV, then
-# ENV/bin/pip install -r requirements-tpu.txt); pass - to skip that half.
+# TPU_PYTHON / CUDA_PYTHON: the python of an environment with the tpu / cuda extra installed
+# (e.g. python3 -m venv --system-site-packages ENV, then ENV/bin/pip install -e '.[tpu]');
+# pass - to skip that half.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tpu_python=${1:?usage: benchmarks/aot_cluster.sh TPU_PYTHON CUDA_PYTHON}

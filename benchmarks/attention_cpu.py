@@ -1,6 +1,6 @@
 """Forward + backward seconds of one joint attention layer, xla against blockwise, on this machine.
 
-    python3 benchmarks/attention_cpu.py --lengths 128,256,512,1024,2048 --batch 8
+    python3 -m benchmarks.attention_cpu --lengths 128,256,512,1024,2048 --batch 8
 
 Prints one JSON line per (backend, length): the median of --repeats timed calls after one warm-up,
 and the compiled step's temporary bytes. The text has `length` tokens, then the latent token; no
@@ -10,17 +10,14 @@ padding. This is the measurement behind the CPU rule of model.attention='auto'
 
 import argparse
 import json
-import pathlib
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from lgdlm_jax.model import attention  # noqa: E402
+from lgdlm_jax.model import attention
 
 
 def measure(backend: str, length: int, batch: int, repeats: int, block_size: int) -> dict:

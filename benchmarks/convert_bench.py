@@ -1,11 +1,11 @@
 """Time and peak memory of the migration chain on a reference checkpoint with AdamW state.
 
-  python3 benchmarks/convert_bench.py --hidden 1024 --blocks 12 --seq 4096 [--verify] [--workdir DIR]
+  python3 -m benchmarks.convert_bench --hidden 1024 --blocks 12 --seq 4096 [--verify] [--workdir DIR]
 
 Writes a cycle-trainer run directory the reference's way (random weights, AdamW state after one
 update), then times, each in a fresh process under /usr/bin/time: the conversion into lgdlm_jax
 (weights + moments), and the export back to the cycle trainer's layout. Prints one JSON line per
-phase: wall seconds, peak resident memory (GiB) and the sizes involved. Needs requirements-test.txt
+phase: wall seconds, peak resident memory (GiB) and the sizes involved. Needs the reference extra
 (torch, mmdit) for the reference model.
 """
 
@@ -17,16 +17,16 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def write_reference_run(run_dir: str, args: argparse.Namespace) -> int:
   import torch  # pylint: disable=g-import-not-at-top
+
   from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from lgdlm_jax.convert import twin  # pylint: disable=g-import-not-at-top
+  from lgdlm_jax.reference import model as reference_model  # pylint: disable=g-import-not-at-top
   model_config = config_lib.default_config().model
   model_config.update(hidden_size=args.hidden, n_blocks=args.blocks, cond_dim=args.hidden, max_seq_len=args.seq)
-  model = twin.ReferenceMultimodalMMDiT(model_config)
+  model = reference_model.ReferenceMultimodalMMDiT(model_config)
   trainer = torch.nn.Module()
   trainer.model = model  # the cycle trainer wraps the model: keys carry `model.`
   adamw = torch.optim.AdamW(trainer.parameters(), lr=1e-4)
@@ -65,12 +65,13 @@ def main() -> None:
     return
   sizes = dict(hidden=args.hidden, blocks=args.blocks, seq=args.seq)
   argv = [f'--hidden={args.hidden}', f'--blocks={args.blocks}', f'--seq={args.seq}', f'--workdir={workdir}']
-  written = subprocess.run([sys.executable, __file__, '--write_only', *argv], capture_output=True, text=True,
-                           check=True)
+  written = subprocess.run([sys.executable, '-m', 'benchmarks.convert_bench', '--write_only', *argv],
+                           capture_output=True, text=True, check=True, cwd=REPO)
   parameters = int(written.stdout.strip().splitlines()[-1])
   checkpoint_bytes = os.path.getsize(os.path.join(run_dir, 'checkpoints', 'latest.pt'))
   sizes.update(parameters=parameters, checkpoint_gib=round(checkpoint_bytes / 2**30, 2))
-  convert = [sys.executable, '-m', 'lgdlm_jax.convert', '--input', run_dir, '--output', os.path.join(workdir, 'converted')]
+  convert = [sys.executable, '-m', 'lgdlm_jax.convert', '--input', run_dir,
+             '--output', os.path.join(workdir, 'converted')]
   timed('to lgdlm_jax (weights + AdamW moments)' + (' with --verify' if args.verify else ''),
         convert + (['--verify'] if args.verify else []), **sizes)
   timed('to the cycle trainer\'s layout', [sys.executable, '-m', 'lgdlm_jax.convert', '--to-torch', '--input',

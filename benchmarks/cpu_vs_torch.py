@@ -1,13 +1,13 @@
 """CPU benchmark: our compiled cycle_vae train step against the PyTorch reference.
 
-    python benchmarks/cpu_vs_torch.py [--steps N] [--warmup W] [--rounds R]
+    python3 -m benchmarks.cpu_vs_torch [--steps N] [--warmup W] [--rounds R]
 
 Config (the performance issue's): hidden 512, 4 blocks, cond 512, sequence 256, batch 8, vocab 8192,
 latent 32, R = 2, float32, all four loss terms on (cycle_latent_weight = 1.0); everything else at
 lgdlm_jax's defaults (model.scan_unroll auto: the 4 blocks unrolled on CPU). Both sides train on
 the same host batch with the same AdamW settings and gradient clipping.
 
-PyTorch side: benchmarks/torch_reference.py's train step (the twin model around the real pinned
+PyTorch side: lgdlm_jax.reference.trainer's train step (the twin model around the real pinned
 `mmdit` backbone, the reference loss's four separate model calls, backward, clip_grad_norm_,
 torch.optim.AdamW.step()) in float32, with torch.set_num_threads(2).
 
@@ -29,16 +29,14 @@ import statistics
 import subprocess
 import sys
 
-# Run as a script from anywhere: the repository root holds lgdlm_jax and tests.
+import ml_collections
+import torch
+
+from lgdlm_jax import bench
+from lgdlm_jax import config as config_lib
+from lgdlm_jax.reference import trainer as reference_trainer
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-import ml_collections  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks import torch_reference  # noqa: E402
-from lgdlm_jax import bench  # noqa: E402
-from lgdlm_jax import config as config_lib  # noqa: E402
 
 TORCH_THREADS = 2
 
@@ -59,7 +57,7 @@ def run_side(side: str, steps: int, warmup: int) -> dict:
   b, s = config.training.train_batch_size, config.model.max_seq_len
   if side == 'torch':
     torch.set_num_threads(TORCH_THREADS)
-    trainer = torch_reference.TorchTrainer(config, host_batch)
+    trainer = reference_trainer.TorchTrainer(config, host_batch)
     for _ in range(warmup):
       trainer.train_step()
     trainer.timed(steps)
@@ -88,8 +86,9 @@ def main() -> None:
   step_seconds: dict[str, list[float]] = {'torch': [], 'jax': []}
   for _ in range(args.rounds):
     for side in ('torch', 'jax'):
-      command = [sys.executable, __file__, '--side', side, '--steps', str(args.steps), '--warmup', str(args.warmup)]
-      child = subprocess.run(command, capture_output=True, text=True)
+      command = [sys.executable, '-m', 'benchmarks.cpu_vs_torch', '--side', side, '--steps', str(args.steps),
+                 '--warmup', str(args.warmup)]
+      child = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
       if child.returncode != 0:
         raise RuntimeError(f'the {side} side failed (exit {child.returncode}):\n{child.stderr}')
       record = json.loads(child.stdout.strip().splitlines()[-1])

@@ -1,8 +1,8 @@
 """Loader speed: per-sample files vs packed shards, one process, warm and cold page cache.
 
-    python3 benchmarks/data_loader.py --samples 100000 --seq_len 256
-    python3 benchmarks/data_loader.py --samples 20000 --seq_len 4096 --batch 64
-    python3 benchmarks/data_loader.py --training_log runs/demo    # the loader's share of a training run
+    python3 -m benchmarks.data_loader --samples 100000 --seq_len 256
+    python3 -m benchmarks.data_loader --samples 20000 --seq_len 4096 --batch 64
+    python3 -m benchmarks.data_loader --training_log runs/demo    # the loader's share of a training run
 
 Writes a synthetic dataset of --samples reference-layout file pairs (uncompressed .npz tokens with
 padded tails, float32 .npy latents) under --root (default /tmp), packs it, then for each layout
@@ -29,7 +29,6 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def write_files(root: str, num: int, seq_len: int, latent_dim: int, vocab: int) -> tuple[str, str]:
@@ -142,7 +141,7 @@ def main() -> None:
       for layout, data_dir in (('files', files_dir), ('packed', packed_dir)):
         for workers in args.workers:
           set_cache(data_dir, warm=cache == 'warm')
-          child = [sys.executable, os.path.abspath(__file__), '--measure', data_dir, str(workers), layout]
+          child = [sys.executable, '-m', 'benchmarks.data_loader', '--measure', data_dir, str(workers), layout]
           child += [f'--{k}={getattr(args, k)}' for k in ('seq_len', 'latent_dim', 'vocab', 'batch', 'seconds')]
           out = subprocess.run(child, check=True, capture_output=True, text=True, cwd=REPO).stdout
           result = json.loads(out.strip().splitlines()[-1])

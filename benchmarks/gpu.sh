@@ -91,7 +91,7 @@ run_side() {
   local name=$1 limit=$2 status=0
   shift 2
   echo "== $name (at most $limit s)"
-  timeout --kill-after=10 "$limit" python3 benchmarks/gpu_bench.py "$@" "${config[@]}" "${timing[@]}" \
+  timeout --kill-after=10 "$limit" python3 -m benchmarks.gpu_bench "$@" "${config[@]}" "${timing[@]}" \
     > "$out/$name.jsonl" 2> "$out/$name.log" || status=$?
   if (( status != 0 )); then
     failed+=("$name")
@@ -110,7 +110,7 @@ for name in jax torch_bfloat16 torch_autocast; do
 done
 echo "== results ($((SECONDS - started)) s in all)"
 if (( ${#results[@]} )); then
-  (IFS=,; python3 benchmarks/gpu_bench.py --side=compare "--results=${results[*]}")
+  (IFS=,; python3 -m benchmarks.gpu_bench --side=compare "--results=${results[*]}")
 fi
 if (( ${#failed[@]} )); then
   echo "failed or cut short: ${failed[*]} (logs in $out)"

@@ -2,10 +2,10 @@
 
 benchmarks/gpu.sh runs it (the cluster config, bfloat16, cuDNN attention, on one GPU); by hand:
 
-    python benchmarks/gpu_bench.py --side=jax --config=configs/cluster.py --config.mesh.fsdp=1 \
+    python3 -m benchmarks.gpu_bench --side=jax --config=configs/cluster.py --config.mesh.fsdp=1 \
         --config.training.train_batch_size=4 --config.model.attention=cudnn > jax.jsonl
-    python benchmarks/gpu_bench.py --side=torch --torch_precision=bfloat16 --config=... > torch.jsonl
-    python benchmarks/gpu_bench.py --side=compare --results=jax.jsonl,torch.jsonl
+    python3 -m benchmarks.gpu_bench --side=torch --torch_precision=bfloat16 --config=... > torch.jsonl
+    python3 -m benchmarks.gpu_bench --side=compare --results=jax.jsonl,torch.jsonl
 
 Each side runs in a process of its own and prints JSON lines as it goes, so that a side stopped by
 a time limit still leaves what it measured: first the train step ('step': compile seconds (PyTorch:
@@ -34,33 +34,28 @@ from collections.abc import Callable, Sequence
 import functools
 import gc
 import json
-import pathlib
 import statistics
-import sys
 import time
 import types
 from typing import Any
 
-# Run as a script from anywhere: the repository root holds lgdlm_jax, benchmarks and tests.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import torch
 
-from absl import flags  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks import torch_reference  # noqa: E402
-from lgdlm_jax import bench  # noqa: E402
-from lgdlm_jax import cli  # noqa: E402
-from lgdlm_jax import config as config_lib  # noqa: E402
-from lgdlm_jax.objective import cycle_vae as losses  # noqa: E402
-from lgdlm_jax import model as model_lib  # noqa: E402
-from lgdlm_jax.training import optimizer as optimizer_lib  # noqa: E402
-from lgdlm_jax.training import step as train  # noqa: E402
-from lgdlm_jax.model import flops as model_flops  # noqa: E402
-from lgdlm_jax.model import mmdit  # noqa: E402
+from lgdlm_jax import bench
+from lgdlm_jax import cli
+from lgdlm_jax import config as config_lib
+from lgdlm_jax import model as model_lib
+from lgdlm_jax.model import flops as model_flops
+from lgdlm_jax.model import mmdit
+from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.reference import trainer as reference_trainer
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import step as train
 
 SIDES = ('jax', 'torch', 'compare')
 PARTS = ('attention', 'matmuls', 'hyper_connections', 'optimizer')
@@ -224,12 +219,12 @@ def jax_side(config, steps: int, warmup: int, iters: int, hc_ablation: bool) -> 
 # The PyTorch reference.
 
 
-def torch_dtype(trainer: torch_reference.TorchTrainer) -> torch.dtype:
+def torch_dtype(trainer: reference_trainer.TorchTrainer) -> torch.dtype:
   """The dtype the model's matmuls and attention run in."""
   return torch.bfloat16 if trainer.precision == 'autocast' else trainer.dtype
 
 
-def torch_fitted_trainer(config, precision: str) -> tuple[torch_reference.TorchTrainer, float, Any, list[int]]:
+def torch_fitted_trainer(config, precision: str) -> tuple[reference_trainer.TorchTrainer, float, Any, list[int]]:
   """(trainer whose first step ran, that step's seconds, its config, the batches that did not fit):
   on a GPU the batch is halved while the step runs out of memory."""
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -237,7 +232,7 @@ def torch_fitted_trainer(config, precision: str) -> tuple[torch_reference.TorchT
   while True:
     trainer = None
     try:
-      trainer = torch_reference.TorchTrainer(config, bench.synthetic_batch(config), device, precision)
+      trainer = reference_trainer.TorchTrainer(config, bench.synthetic_batch(config), device, precision)
       started = time.perf_counter()
       trainer.train_step()
       return trainer, time.perf_counter() - started, config, halved_from
@@ -254,7 +249,7 @@ def torch_fitted_trainer(config, precision: str) -> tuple[torch_reference.TorchT
     config = config_lib.finalize(changed)
 
 
-def torch_step(config, precision: str, steps: int, warmup: int) -> tuple[dict, torch_reference.TorchTrainer, Any]:
+def torch_step(config, precision: str, steps: int, warmup: int) -> tuple[dict, reference_trainer.TorchTrainer, Any]:
   """The train step's record, the trainer and the config it ran (its batch may have been halved)."""
   on_gpu = torch.cuda.is_available()
   if on_gpu:
@@ -277,7 +272,7 @@ def torch_step(config, precision: str, steps: int, warmup: int) -> tuple[dict, t
   return record, trainer, config
 
 
-def torch_attention(trainer: torch_reference.TorchTrainer, config, rows: int, iters: int) -> dict:
+def torch_attention(trainer: reference_trainer.TorchTrainer, config, rows: int, iters: int) -> dict:
   attend = trainer.model.mmdit.blocks[0].joint_attn.attend
   n = config.model.max_seq_len + 1
   shape = (rows, mmdit.ATTN_HEADS, n, mmdit.ATTN_HEAD_DIM)
@@ -292,21 +287,21 @@ def torch_attention(trainer: torch_reference.TorchTrainer, config, rows: int, it
     if backward:
       out.backward(d_out)
 
-  wait = lambda _: torch_reference.synchronize(trainer.device)
+  wait = lambda _: reference_trainer.synchronize(trainer.device)
   return attention_record(config, median_seconds(lambda: attention(backward=False), wait, iters),
                           median_seconds(lambda: attention(backward=True), wait, iters), remat=False, rows=rows,
                           timed="x_transformers Attend (the model's own)")
 
 
-def torch_matmuls(trainer: torch_reference.TorchTrainer, config, rows: int, iters: int) -> dict:
+def torch_matmuls(trainer: reference_trainer.TorchTrainer, config, rows: int, iters: int) -> dict:
   m, h = rows * (config.model.max_seq_len + 1), config.model.hidden_size
   options = dict(device=trainer.device, dtype=torch_dtype(trainer))
   x, w, dy = torch.randn(m, h, **options), torch.randn(h, 4 * h, **options), torch.randn(m, 4 * h, **options)
-  wait = lambda _: torch_reference.synchronize(trainer.device)
+  wait = lambda _: reference_trainer.synchronize(trainer.device)
   return matmul_record(config, median_seconds(lambda: (x @ w, dy @ w.T, x.T @ dy), wait, iters), m, remat_full=False)
 
 
-def torch_optimizer(trainer: torch_reference.TorchTrainer, iters: int) -> dict:
+def torch_optimizer(trainer: reference_trainer.TorchTrainer, iters: int) -> dict:
   phases = [trainer.phase_seconds() for _ in range(iters)]
   return {'record': 'optimizer', 'timed': 'clip_grad_norm_ + AdamW.step()',
           'per_step_s': statistics.median(p['clip_and_adamw'] for p in phases),
@@ -408,7 +403,8 @@ def compare(paths: Sequence[str]) -> None:
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
-  cli.define_config_flag(flag_values, argv, 'configs/cluster.py', 'A get_config() Python file (FILE.py or FILE.py:arg).')
+  cli.define_config_flag(flag_values, argv, 'configs/cluster.py',
+                         'A get_config() Python file (FILE.py or FILE.py:arg).')
   flags.DEFINE_enum('side', None, SIDES, 'What to run: one side, or compare their results.', flag_values=flag_values)
   flags.DEFINE_integer('steps', 10, 'Timed train steps.', flag_values=flag_values)
   flags.DEFINE_integer('warmup', 2, 'Untimed train steps first (PyTorch: counting its first step).',

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downloads, into .whl/ (git ignores it), the wheels benchmarks/gpu.sh needs on a GPU machine that
 # has jax (CUDA), torch, flax, optax, orbax-checkpoint, chex, numpy and absl-py but no network:
-# the PyTorch reference's packages (pinned as in requirements-test.txt), what they need, and
+# the PyTorch reference's packages (pinned as in pyproject.toml's reference extra), what they need, and
 # ml_collections. Run it where pip reaches PyPI; then carry .whl/ to the GPU machine with the
 # checkout. gpu.sh installs them from there offline.
 set -euo pipefail
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 # mmdit, hyper-connections and x-transformers at the versions the parity tests pin; the rest at
 # the versions those were tested with. --no-deps: exactly these, nothing the machine already has.
-pinned() { sed -n "s/^$1==\([^ ]*\).*/\1/p" requirements-test.txt; }
+pinned() { sed -n "s/^ *'$1==\([^']*\)'.*/\1/p" pyproject.toml; }
 wheels=(
   "mmdit==$(pinned mmdit)"
   "hyper-connections==$(pinned hyper-connections)"
@@ -42,7 +42,7 @@ wheels=(
   ml_collections==1.1.0      # lgdlm_jax's configs
 )
 for wheel in "${wheels[@]}"; do
-  [[ $wheel != *== ]] || { echo "no pin for ${wheel%==} in requirements-test.txt" >&2; exit 1; }
+  [[ $wheel != *== ]] || { echo "no pin for ${wheel%==} in pyproject.toml" >&2; exit 1; }
 done
 
 rm -rf "$dest"

@@ -1,6 +1,6 @@
 """Step time and compile time of the train step per cycle schedule: all four terms, base only, cycle_every=4.
 
-    python benchmarks/term_sets.py [--configs smoke demo] [--steps 20] [--warmup 4]
+    python3 -m benchmarks.term_sets [--configs smoke demo] [--steps 20] [--warmup 4]
 
 Runs `python -m lgdlm_jax.bench` once per (config, schedule), each in a fresh process, one after
 the other, and prints one JSON line per run and then a Markdown table. With --steps 20 --warmup 4

@@ -100,13 +100,13 @@ ssh_all() {
   run gcloud compute tpus tpu-vm ssh "$tpu" "${common[@]}" --worker=all --command "$1"
 }
 
-# Copy the checkout (code, configs, requirements) to every worker.
-run gcloud compute tpus tpu-vm scp --recurse "$(pwd)/lgdlm_jax" "$(pwd)/configs" "$(pwd)/requirements.txt" \
+# Copy the checkout (code, configs, the package description) to every worker.
+run gcloud compute tpus tpu-vm scp --recurse "$(pwd)/lgdlm_jax" "$(pwd)/configs" "$(pwd)/pyproject.toml" "$(pwd)/README.md" \
   "$tpu:~/$remote_dir/" "${common[@]}" --worker=all
 
 # Set up the environment once per worker; the marker makes re-runs skip it.
 ssh_all "cd ~/$remote_dir && if [ ! -f .env_ready ]; then python3 -m venv ~/lgdlm_venv && \
-~/lgdlm_venv/bin/pip install -q -r requirements.txt 'jax[tpu]' && touch .env_ready; fi"
+~/lgdlm_venv/bin/pip install -q -e '.[tpu]' && touch .env_ready; fi"
 
 printf -v main_args '%q ' "$@"
 ssh_all "cd ~/$remote_dir && ~/lgdlm_venv/bin/python3 -m lgdlm_jax.main --workdir $(printf '%q' "$workdir") \

@@ -158,8 +158,8 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   flags.DEFINE_boolean('compile_only', False, 'Only compile the step from shapes (no parameters are created) and '
                        'report compile time and the memory analysis per device.', flag_values=flag_values)
   flags.DEFINE_string('topology', '', 'With --compile_only: compile for these accelerators instead of this '
-                      "machine's: a TPU slice (v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x2; needs requirements-tpu.txt) "
-                      'or NVIDIA GPUs (h100, h100:8 for an 8-GPU node; needs requirements-cuda.txt and '
+                      "machine's: a TPU slice (v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x2; needs the tpu extra) "
+                      'or NVIDIA GPUs (h100, h100:8 for an 8-GPU node; needs the cuda extra and '
                       'JAX_PLATFORMS=cpu).', flag_values=flag_values)
 
 

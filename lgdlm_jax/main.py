@@ -1,4 +1,5 @@
-"""Train the cycle_vae objective: python -m lgdlm_jax.main --config configs/smoke.py --workdir DIR [--config.a.b=value ...]
+"""Train the cycle_vae objective: python -m lgdlm_jax.main --config configs/smoke.py --workdir DIR
+[--config.a.b=value ...]
 
 Re-running the same command resumes from the newest checkpoint in DIR (a run already at
 training.num_train_steps says so and exits without writing anything). Several processes (TPU pod
@@ -13,14 +14,15 @@ from absl import flags
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.training import loop
 from lgdlm_jax.training import preflight
 from lgdlm_jax.training import runtime
-from lgdlm_jax.training import loop
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   cli.define_config_flag(flag_values, argv, 'configs/smoke.py', 'A get_config() Python file (FILE.py or FILE.py:arg).')
-  flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, logs and TensorBoard events go here.', flag_values=flag_values)
+  flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, logs and TensorBoard events go here.',
+                      flag_values=flag_values)
   flags.DEFINE_string('coordinator_address', None,
                       'host:port of process 0, for multi-process runs outside Cloud TPU and SLURM '
                       '(or LGDLM_COORDINATOR_ADDRESS).', flag_values=flag_values)

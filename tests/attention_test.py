@@ -17,7 +17,7 @@ from lgdlm_jax import model as model_lib
 from lgdlm_jax.errors import ConfigError
 from lgdlm_jax.model import attention
 from lgdlm_jax.model import passes
-from tests import model_test
+from tests.helpers import models
 
 TOL = 1e-5
 HEADS, HEAD_DIM = 8, 64
@@ -114,9 +114,9 @@ def model_value_and_grads(cfg, params, inputs):
 @pytest.mark.slow  # two compiles of a model's gradient (~20 s)
 @pytest.mark.parametrize('streams', [1, 2])
 def test_blockwise_model_equals_xla_model_in_outputs_and_parameter_gradients(streams):
-  cfg = model_test.tiny_config(num_residual_streams=streams, n_blocks=1, attention='xla')
-  _, params = model_test.build_pair(cfg, seed=streams)
-  inputs = model_test.make_inputs(cfg, batch=2, seq_len=13)
+  cfg = models.tiny_config(num_residual_streams=streams, n_blocks=1, attention='xla')
+  _, params = models.build_pair(cfg, seed=streams)
+  inputs = models.make_inputs(cfg, batch=2, seq_len=13)
   (_, expected), expected_grads = model_value_and_grads(ml_collections.FrozenConfigDict(cfg), params, inputs)
   cfg.update(attention='blockwise', blockwise_block_size=4)  # 14 joint tokens: a partial last block
   (_, got), grads = model_value_and_grads(ml_collections.FrozenConfigDict(cfg), params, inputs)
@@ -128,9 +128,9 @@ def test_blockwise_model_equals_xla_model_in_outputs_and_parameter_gradients(str
 @pytest.mark.slow  # ~1 minute: the TPU interpret mode emulates the kernels' every grid step in Python
 @pytest.mark.parametrize('streams', [1, 2])
 def test_splash_model_equals_xla_model_in_outputs_and_parameter_gradients(streams):
-  cfg = model_test.tiny_config(num_residual_streams=streams, n_blocks=1, attention='xla')
-  _, params = model_test.build_pair(cfg, seed=streams)
-  inputs = model_test.make_inputs(cfg, batch=2, seq_len=13)
+  cfg = models.tiny_config(num_residual_streams=streams, n_blocks=1, attention='xla')
+  _, params = models.build_pair(cfg, seed=streams)
+  inputs = models.make_inputs(cfg, batch=2, seq_len=13)
   (_, expected), expected_grads = model_value_and_grads(ml_collections.FrozenConfigDict(cfg), params, inputs)
   cfg.update(attention='splash', splash_block_size=128)
   with pltpu.force_tpu_interpret_mode():

@@ -7,9 +7,9 @@ import pytest
 
 from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import flops as model_flops
+from lgdlm_jax.objective import cycle_vae as losses
 
 
 def small_config():
@@ -27,7 +27,7 @@ def test_forward_flops_match_xlas_count():
   batch, seq_len = 2, config.model.max_seq_len
   tokens, latents = jnp.zeros((batch, seq_len), jnp.int32), jnp.zeros((batch, config.model.latent_dim))
   params = model.init(jax.random.key(0), tokens, latents)['params']
-  apply = jax.jit(lambda p, t, l: model.apply({'params': p}, t, l))
+  apply = jax.jit(lambda p, t, lat: model.apply({'params': p}, t, lat))
   xla_flops = apply.lower(params, tokens, latents).compile().cost_analysis()['flops']
   ours = batch * model_flops.forward_flops_per_sequence(config.model, text_logits=True)
   # Ours counts matmuls only; XLA also counts the norms, softmax and activations (a few %).

@@ -6,10 +6,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data
 from lgdlm_jax import errors
+from lgdlm_jax.checkpoints import manager as checkpoint
 
 STATE = {'w': np.arange(3, dtype=np.float32), 'step': np.int32(4)}
 STEP = 4

@@ -112,7 +112,8 @@ def test_python_dash_m_help_exits_zero():
 
 @pytest.mark.parametrize('entry, argv, message', [
     ('prepare_data', ['check', '/no/such'], '/no/such: not a directory'),
-    ('prepare_data', ['pack', '--from', '/no/such', '--out', 'o'], "latent_dir '/no/such/latents/train' is not a directory"),
+    ('prepare_data', ['pack', '--from', '/no/such', '--out', 'o'],
+     "latent_dir '/no/such/latents/train' is not a directory"),
     ('plot', ['/no/such', '--out', 'o.png'], '/no/such/training_log.jsonl: no such file'),
     ('convert', ['--input', '/no/such.pt', '--output', 'o'], '/no/such.pt does not exist'),
     ('sample', ['t2l', '--workdir', __file__, '--out', 'o', '--texts', 't'], 'is neither a training workdir nor'),

@@ -35,7 +35,8 @@ def test_finalize_freezes_a_copy_and_normalises_the_reference_spellings():
 
 @pytest.mark.parametrize('key, value', [
     ('model__hidden_size', 0), ('model__n_blocks', -1), ('model__dtype', 'float16'), ('model__dropout', 1.0),
-    ('model__scan_unroll', -1), ('model__scan_unroll', 1.5), ('model__scan_unroll', True), ('model__remat_policy', 'sometimes'),
+    ('model__scan_unroll', -1), ('model__scan_unroll', 1.5), ('model__scan_unroll', True),
+    ('model__remat_policy', 'sometimes'),
     ('data__val_ratio', 1.0), ('data__num_workers', -1), ('training__train_batch_size', 0),
     ('training__lr_schedule', 'step'), ('training__eval_temperature', -0.5), ('loss__cycle_text_weight', -1.0),
     ('loss__cycle_latent_sampling', 'nucleus'), ('loss__latent_t_mode', 'half'), ('optimizer__lr', float('nan')),

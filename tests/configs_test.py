@@ -7,8 +7,8 @@ import jax
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train

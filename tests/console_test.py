@@ -11,8 +11,8 @@ import orbax.checkpoint
 import pytest
 
 from lgdlm_jax import console
-from lgdlm_jax.training import loop
 from lgdlm_jax import main
+from lgdlm_jax.training import loop
 from lgdlm_jax.training import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +88,8 @@ def _main(argv, capsys):
 @pytest.mark.parametrize('make_argv, message', [
     (lambda d: [f'--workdir={d}/file'], 'file: is a file, not a directory'),
     (lambda d: [f'--workdir={d}/w', f'--config.data.data_dir={d}/none'], "data.data_dir='DIR/none': no such directory"),
-    (lambda d: [f'--workdir={d}/w', f'--config.data.data_dir={d}'], 'no manifest.json (packed data) and no tokens/train/'),
+    (lambda d: [f'--workdir={d}/w', f'--config.data.data_dir={d}'],
+     'no manifest.json (packed data) and no tokens/train/'),
     (lambda d: [f'--workdir={d}/w', f'--config.data.token_dir={d}/t', f'--config.data.latent_dir={d}'],
      "data.token_dir='DIR/t': no such directory"),
     (lambda d: [f'--workdir={d}/w', f'--config.init_from={d}/ref.pt'], "init_from='DIR/ref.pt': no such file"),

@@ -19,19 +19,19 @@ import torch
 
 import convert_torch_weights
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.training import optimizer as optimizer_lib
-from lgdlm_jax.training import sharding
-from lgdlm_jax.training import step as train
 from lgdlm_jax.checkpoints import init_from
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments
-from tests import model_test
-from tests import optimizer_test
-from tests import reference_checkpoints
-from tests import torch_cycle_loss
+from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import diffusion
+from lgdlm_jax.reference import checkpoints as reference_checkpoints
+from lgdlm_jax.reference import cycle_loss
+from lgdlm_jax.reference import lr as reference_lr
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import sharding
+from lgdlm_jax.training import step as train
+from tests.helpers import models
 
 N, M = 3, 3  # micro-batches before the hand-over, and after it
 BATCH = 4
@@ -40,7 +40,7 @@ TOL = 1e-5  # relative, per parameter array: max |jax - torch| / max |torch|
 
 def make_config(**model_overrides):
   config = config_lib.default_config()
-  config.model.update(dict(model_test.tiny_config(hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12,
+  config.model.update(dict(models.tiny_config(hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12,
                                                   num_residual_streams=1, **model_overrides).items()))
   config.tokenizer.update(vocab_size=config.model.vocab_size, mask_token_id=3, pad_token_id=0)
   config.training.update(train_batch_size=BATCH, num_train_steps=N + M, lr_schedule='cosine', warmup_steps=2,
@@ -70,12 +70,13 @@ def jax_draws(config, step_key, step: int) -> dict[str, np.ndarray]:
 
 def torch_micro_batch(trainer, adamw, config, batch, draws, step: int, tables) -> float:
   """One iteration of the reference's loop (gradient accumulation 1); returns the lr it used."""
-  lr = optimizer_test._reference_get_lr(config, step)  # pylint: disable=protected-access
+  lr = reference_lr.get_lr(config, step)  # pylint: disable=protected-access
   for group in adamw.param_groups:
     group['lr'] = lr
   torch_batch = {'input_ids': torch.from_numpy(batch['input_ids']).long(),
-                 'attention_mask': torch.from_numpy(batch['attention_mask']), 'latent': torch.from_numpy(batch['latent'])}
-  loss, _ = torch_cycle_loss.cycle_vae_loss(trainer.model, torch_batch, {k: torch.tensor(v) for k, v in draws.items()},
+                 'attention_mask': torch.from_numpy(batch['attention_mask']),
+                 'latent': torch.from_numpy(batch['latent'])}
+  loss, _ = cycle_loss.cycle_vae_loss(trainer.model, torch_batch, {k: torch.tensor(v) for k, v in draws.items()},
                                             step, config.loss, config.tokenizer.mask_token_id,
                                             config.model.latent_parameterization, tables)
   loss.backward()
@@ -95,7 +96,8 @@ def relative_errors(params, torch_model, model_config) -> dict[str, float]:
 @functools.cache
 def tables_for(schedule: str, timesteps: int):
   table = diffusion.make_schedule(schedule, timesteps)
-  return (torch.tensor(np.asarray(table.sqrt_alphas_cumprod)), torch.tensor(np.asarray(table.sqrt_one_minus_alphas_cumprod)))
+  return (torch.tensor(np.asarray(table.sqrt_alphas_cumprod)),
+          torch.tensor(np.asarray(table.sqrt_one_minus_alphas_cumprod)))
 
 
 @pytest.mark.slow  # one compiled train step (about 10 s on 2 cores) and 2 x (N + M) PyTorch micro-batches
@@ -111,7 +113,7 @@ def test_pytorch_run_continued_in_lgdlm_jax_matches_pytorch_continuing(tmp_path)
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # torch's and XLA's threads fight for the 2 cores otherwise
   try:
-    torch_model, _ = model_test.build_pair(model_config, seed=5)
+    torch_model, _ = models.build_pair(model_config, seed=5)
     trainer = reference_checkpoints.CycleTrainer(torch_model)
     adamw = torch.optim.AdamW(trainer.parameters(), lr=config.optimizer.lr, eps=config.optimizer.eps,
                               betas=(config.optimizer.beta1, config.optimizer.beta2),
@@ -125,7 +127,8 @@ def test_pytorch_run_continued_in_lgdlm_jax_matches_pytorch_continuing(tmp_path)
   finally:
     torch.set_num_threads(threads)
 
-  assert convert_torch_weights.main(['--input', str(tmp_path / 'ref_run'), '--output', str(tmp_path / 'converted')]) == 0
+  argv = ['--input', str(tmp_path / 'ref_run'), '--output', str(tmp_path / 'converted')]
+  assert convert_torch_weights.main(argv) == 0
   initial = init_from.load(config, str(tmp_path / 'jax_run'))
   model = model_lib.MultimodalMMDiT(model_config)
   optimizer = optimizer_lib.make_optimizer(config)

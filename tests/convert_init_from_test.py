@@ -2,43 +2,35 @@
 
 import os
 
-import flax
 import jax
 import numpy as np
 import optax
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data as data_lib
 from lgdlm_jax import errors
-from lgdlm_jax.training import loop
 from lgdlm_jax import main
+from lgdlm_jax.checkpoints import init_from
+from lgdlm_jax.checkpoints import manager as checkpoint
+from lgdlm_jax.convert import converted
+from lgdlm_jax.convert import moments as moments_lib
+from lgdlm_jax.training import loop
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.convert import converted
-from lgdlm_jax.checkpoints import init_from
-from lgdlm_jax.convert import mapping
-from lgdlm_jax.convert import moments as moments_lib
-from tests import train_test
-
-
-def _params(model_config, seed: int):
-  """Random numpy params of the model's shapes (no model run)."""
-  rng = np.random.default_rng(seed)
-  flat = {path: rng.standard_normal(shape).astype(np.float32) for path, shape in mapping.param_shapes(model_config).items()}
-  return flax.traverse_util.unflatten_dict(flat)
+from tests.helpers import runs
+from tests.helpers.params import random_params
 
 
 def _moments(model_config, updates: int) -> moments_lib.AdamMoments:
-  mu, nu = _params(model_config, 1), jax.tree_util.tree_map(np.abs, _params(model_config, 2))
+  mu, nu = random_params(model_config, 1), jax.tree_util.tree_map(np.abs, random_params(model_config, 2))
   return moments_lib.AdamMoments(updates, mu, nu, {})
 
 
 def _converted(tmp_path, model_config, steps_done=None, moments=None, name='converted') -> str:
   directory = str(tmp_path / name)
-  converted.save(directory, _params(model_config, 0), model_config, {'steps_done': steps_done}, moments)
+  converted.save(directory, random_params(model_config, 0), model_config, {'steps_done': steps_done}, moments)
   return directory
 
 
@@ -50,7 +42,7 @@ def _fields(tree, name: str) -> list:
 def _fresh_state(config):
   """A TrainState of numpy zeros with the run's optimizer state layout, and its shardings."""
   config = config_lib.finalize(config)
-  params = jax.tree_util.tree_map(np.zeros_like, _params(config.model, 0))
+  params = jax.tree_util.tree_map(np.zeros_like, random_params(config.model, 0))
   optimizer = optimizer_lib.make_optimizer(config)
   zero = np.zeros((), np.int32)
   state = train.TrainState(step=zero, params=params, opt_state=optimizer.init(params), nonfinite_steps=zero,
@@ -60,10 +52,11 @@ def _fresh_state(config):
 
 @pytest.mark.parametrize('accumulation', [1, 2])
 def test_moments_and_step_go_into_the_optimizer_state(tmp_path, accumulation):
-  config = train_test.tiny_config(**{'training.gradient_accumulation_steps': accumulation,
+  config = runs.tiny_config(**{'training.gradient_accumulation_steps': accumulation,
                                      'training.num_train_steps': 20})
   source_moments = _moments(config.model, updates=3)
-  config.update(init_from=_converted(tmp_path, config.model, 3 * accumulation, source_moments), init_from_optimizer=True)
+  config.update(init_from=_converted(tmp_path, config.model, 3 * accumulation, source_moments),
+                init_from_optimizer=True)
   initial = init_from.load(config_lib.finalize(config), str(tmp_path / 'run'))
   state, shardings = _fresh_state(config)
   state = jax.device_get(init_from.apply(initial, state, shardings))
@@ -73,14 +66,14 @@ def test_moments_and_step_go_into_the_optimizer_state(tmp_path, accumulation):
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, expected)
   counts = {k: int(v) for k in ('count', 'gradient_step', 'mini_step') for v in _fields(state.opt_state, k)}
   assert counts == ({'count': 3, 'gradient_step': 3, 'mini_step': 0} if accumulation > 1 else {'count': 3})
-  jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, _params(config.model, 0))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, random_params(config.model, 0))
 
 
 def test_a_training_workdir_is_a_source_with_its_optimizer_state(tmp_path):
-  config = train_test.tiny_config(**{'training.num_train_steps': 20})
+  config = runs.tiny_config(**{'training.num_train_steps': 20})
   state, _ = _fresh_state(config)
   saved_moments = _moments(config.model, updates=5)
-  saved = state.replace(step=np.int32(5), params=_params(config.model, 4),
+  saved = state.replace(step=np.int32(5), params=random_params(config.model, 4),
                         opt_state=moments_lib.into_opt_state(state.opt_state, saved_moments))
   source = tmp_path / 'source_run'
   manager = checkpoint.make_manager(str(source), config)
@@ -97,7 +90,7 @@ def test_a_training_workdir_is_a_source_with_its_optimizer_state(tmp_path):
 
 
 def test_a_workdir_with_checkpoints_resumes_and_ignores_init_from(tmp_path):
-  config = train_test.tiny_config()
+  config = runs.tiny_config()
   config.init_from = str(tmp_path / 'does_not_matter')
   (tmp_path / 'run' / checkpoint.CHECKPOINTS_DIR / '4').mkdir(parents=True)
   assert init_from.load(config_lib.finalize(config), str(tmp_path / 'run')) is None
@@ -105,7 +98,7 @@ def test_a_workdir_with_checkpoints_resumes_and_ignores_init_from(tmp_path):
 
 def _bad_sources(tmp_path, config):
   """(init_from, init_from_optimizer, config changes, the error's words) for each way to be wrong."""
-  other = train_test.tiny_config(**{'model.hidden_size': 48}).model
+  other = runs.tiny_config(**{'model.hidden_size': 48}).model
   truncated = tmp_path / 'truncated.pt'
   truncated.write_bytes(b'PK\x03\x04 not a whole file')
   with_moments = _converted(tmp_path, config.model, 6, _moments(config.model, 3), name='with_moments')
@@ -122,8 +115,8 @@ def _bad_sources(tmp_path, config):
 
 
 def test_bad_init_from_is_one_line_naming_it_before_any_work(tmp_path):
-  for source, with_optimizer, changes, words in _bad_sources(tmp_path, train_test.tiny_config()):
-    config = train_test.tiny_config(**changes)
+  for source, with_optimizer, changes, words in _bad_sources(tmp_path, runs.tiny_config()):
+    config = runs.tiny_config(**changes)
     config.update(init_from=source, init_from_optimizer=with_optimizer)
     workdir = tmp_path / 'run'
     with pytest.raises(errors.InputError) as raised:
@@ -135,14 +128,14 @@ def test_bad_init_from_is_one_line_naming_it_before_any_work(tmp_path):
 
 
 def test_init_from_optimizer_needs_init_from():
-  config = train_test.tiny_config()
+  config = runs.tiny_config()
   config.init_from_optimizer = True
   with pytest.raises(config_lib.ConfigError, match='init_from_optimizer=True'):
     config_lib.finalize(config)
 
 
 def test_main_reports_a_missing_init_from_in_one_line(tmp_path, capsys):
-  code = main.main(['--config', train_test.SMOKE, '--workdir', str(tmp_path / 'run'),
+  code = main.main(['--config', runs.SMOKE, '--workdir', str(tmp_path / 'run'),
                     f'--config.init_from={tmp_path / "missing"}'])
   err = capsys.readouterr().err.strip()
   assert code == 1 and len(err.splitlines()) == 1
@@ -150,7 +143,7 @@ def test_main_reports_a_missing_init_from_in_one_line(tmp_path, capsys):
 
 
 def test_without_a_data_position_the_data_start_where_the_step_leaves_them():
-  config = config_lib.finalize(train_test.tiny_config(**{'data.synthetic_num_samples': 64,
+  config = config_lib.finalize(runs.tiny_config(**{'data.synthetic_num_samples': 64,
                                                          'training.train_batch_size': 8}))
   reference, _ = data_lib.make_datasets(config)
   started, _ = data_lib.make_datasets(config)

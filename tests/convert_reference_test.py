@@ -1,5 +1,5 @@
 """Migration both ways with the reference's own layouts, as its code writes and loads them
-(restated in tests/reference_checkpoints.py): run directories, latentDLM's pickled TrainingState,
+(restated in lgdlm_jax/reference/checkpoints.py): run directories, latentDLM's pickled TrainingState,
 AdamW state and step, and exports that its --resume and its samplers load strictly."""
 
 import json
@@ -13,22 +13,22 @@ import safetensors.torch
 import torch
 
 import convert_torch_weights
-from lgdlm_jax.training import loop
-from lgdlm_jax.training import metrics_log
+from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import exporters
-from lgdlm_jax.checkpoints import weight_sources as sources
-from lgdlm_jax.convert import twin
-from tests import model_test
-from tests import optimizer_test
-from tests import reference_checkpoints
-from tests import train_test
+from lgdlm_jax.reference import checkpoints as reference_checkpoints
+from lgdlm_jax.reference import lr as reference_lr
+from lgdlm_jax.reference import model as reference_model
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
+from tests.helpers import models
+from tests.helpers import runs
 
 
 def _trained(model_config, seed: int = 0, updates: int = 2):
   """A reference trainer and its AdamW after `updates` steps on made-up gradients (so that every
   parameter has moments and a step count, as after real training)."""
-  torch_model, _ = model_test.build_pair(model_config, seed=seed)
+  torch_model, _ = models.build_pair(model_config, seed=seed)
   trainer = reference_checkpoints.CycleTrainer(torch_model)
   adamw = torch.optim.AdamW(trainer.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
   generator = torch.Generator().manual_seed(seed)
@@ -54,12 +54,12 @@ def _assert_same_weights(state_dict, torch_model) -> None:
 
 
 def test_cycle_run_directory_newest_or_step(tmp_path, capsys):
-  model_config = model_test.tiny_config()
+  model_config = models.tiny_config()
   run = tmp_path / 'run'
   trainer, adamw = _trained(model_config, seed=1)
   reference_checkpoints.save_cycle_run(run, trainer, adamw, 2, reference_checkpoints.cycle_cfg(model_config))
   step_2 = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-  model_test.perturb_(trainer.model, seed=9)
+  models.perturb_(trainer.model, seed=9)
   reference_checkpoints.save_cycle_run(run, trainer, adamw, 4, reference_checkpoints.cycle_cfg(model_config))
 
   out = _convert(capsys, '--input', run, '--output', tmp_path / 'newest')
@@ -78,7 +78,7 @@ def test_cycle_run_directory_newest_or_step(tmp_path, capsys):
 
 
 def test_latentdlm_checkpoint_converts_without_its_code_or_unsafe_pickle(tmp_path, capsys):
-  model_config = model_test.tiny_config(num_residual_streams=1)
+  model_config = models.tiny_config(num_residual_streams=1)
   trainer, adamw = _trained(model_config, seed=2, updates=3)
   reference_checkpoints.save_latentdlm_checkpoint(tmp_path / 'run' / 'latest', trainer, adamw, step=3, config=None)
   assert 'latentDLM_mmdit' not in sys.modules
@@ -100,7 +100,7 @@ def test_latentdlm_checkpoint_converts_without_its_code_or_unsafe_pickle(tmp_pat
 def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, capsys):
   """Reference checkpoint -> converted directory -> each --to-torch layout, loaded as the reference
   loads it (strict); AdamW's state comes back exactly, in the reference's parameter order."""
-  model_config = model_test.tiny_config(cluster_size=3)
+  model_config = models.tiny_config(cluster_size=3)
   trainer, adamw = _trained(model_config, seed=3)
   reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 6,
                                        reference_checkpoints.cycle_cfg(model_config, tokenizer={'mask_token_id': 5}))
@@ -127,7 +127,7 @@ def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, c
   _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'bare.pt',
            '--torch-layout', 'bare')
   bare = torch.load(tmp_path / 'bare.pt', weights_only=True)
-  twin.ReferenceMultimodalMMDiT(model_config).load_state_dict(bare, strict=True)
+  reference_model.ReferenceMultimodalMMDiT(model_config).load_state_dict(bare, strict=True)
   _assert_same_weights(bare, trainer.model)
 
   out = _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'w.safetensors')
@@ -138,9 +138,10 @@ def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, c
 
 
 def test_latentdlm_samplers_load_the_export_strictly(tmp_path, capsys):
-  model_config = model_test.tiny_config()
+  model_config = models.tiny_config()
   trainer, adamw = _trained(model_config, seed=5)
-  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 2, reference_checkpoints.cycle_cfg(model_config))
+  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 2,
+                                       reference_checkpoints.cycle_cfg(model_config))
   _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
   _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'model.pth',
            '--torch-layout', 'latentdlm')
@@ -149,8 +150,8 @@ def test_latentdlm_samplers_load_the_export_strictly(tmp_path, capsys):
 
 
 def test_weights_without_optimizer_state_export_without_it(tmp_path, capsys):
-  model_config = model_test.tiny_config(num_residual_streams=1, n_blocks=1)
-  torch.save(twin.ReferenceMultimodalMMDiT(model_config).state_dict(), tmp_path / 'model.pth')
+  model_config = models.tiny_config(num_residual_streams=1, n_blocks=1)
+  torch.save(reference_model.ReferenceMultimodalMMDiT(model_config).state_dict(), tmp_path / 'model.pth')
   out = _convert(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'converted')
   assert 'optimizer state: none' in out and 'step: unknown' in out
   out = _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'cycle.pt')
@@ -164,7 +165,7 @@ def test_weights_without_optimizer_state_export_without_it(tmp_path, capsys):
 def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
   """The reference's run directory -> converted -> training continues mid-schedule in lgdlm_jax ->
   exported -> loaded by the reference's --resume (and its samplers) strictly."""
-  config = train_test.tiny_config(**{'training.num_train_steps': 6, 'training.save_every': 0,
+  config = runs.tiny_config(**{'training.num_train_steps': 6, 'training.save_every': 0,
                                      'training.lr_schedule': 'cosine', 'training.warmup_steps': 2})
   trainer, adamw = _trained(config.model, seed=6, updates=4)
   reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 3,  # after micro-batches 0..3
@@ -176,7 +177,7 @@ def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
 
   rows = [r for r in metrics_log.read_log(str(workdir)) if 'loss' in r]
   assert [r['step'] for r in rows] == [5, 6]  # micro-batches 4 and 5, the reference's steps 4 and 5
-  np.testing.assert_allclose([r['lr'] for r in rows], [optimizer_test._reference_get_lr(config, s) for s in (4, 5)],
+  np.testing.assert_allclose([r['lr'] for r in rows], [reference_lr.get_lr(config, s) for s in (4, 5)],
                              rtol=1e-6)  # pylint: disable=protected-access
   assert int(state.step) == 6
   trained = exporters.ordered_state_dict(jax.device_get(state.params), config.model, None)
@@ -193,6 +194,6 @@ def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
   _convert(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'model.pth', '--torch-layout', 'latentdlm')
   _assert_same_weights(trained, reference_checkpoints.load_like_latentdlm_sampler(tmp_path / 'model.pth', config.model))
   _convert(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'bare.safetensors')
-  bare_model = twin.ReferenceMultimodalMMDiT(config.model)
+  bare_model = reference_model.ReferenceMultimodalMMDiT(config.model)
   bare_model.load_state_dict(safetensors.torch.load_file(str(tmp_path / 'bare.safetensors')), strict=True)
   _assert_same_weights(trained, bare_model)

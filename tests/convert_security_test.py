@@ -14,10 +14,10 @@ import torch
 
 import convert_torch_weights
 from lgdlm_jax import errors
+from lgdlm_jax.reference import model as reference_model
 from lgdlm_jax.training import loop
-from lgdlm_jax.convert import twin
-from tests import model_test
-from tests import train_test
+from tests.helpers import models
+from tests.helpers import runs
 
 
 class SystemCall:
@@ -40,7 +40,7 @@ PAYLOADS = {'os.system': (SystemCall, 'posix.system'), 'builtins.eval': (Eval, '
 
 
 def _state_dict(config):
-  return twin.ReferenceMultimodalMMDiT(config).state_dict()
+  return reference_model.ReferenceMultimodalMMDiT(config).state_dict()
 
 
 def _checkpoint(config, where: str, payload) -> dict:
@@ -77,7 +77,7 @@ def _assert_refused(message: str, global_name: str, marker: str) -> None:
 def test_converter_refuses_code_and_does_not_run_it(tmp_path, capsys, payload, where, layout):
   make, global_name = PAYLOADS[payload]
   marker = str(tmp_path / 'MARKER')
-  source = _write(tmp_path, layout, _checkpoint(model_test.tiny_config(), where, make(marker)))
+  source = _write(tmp_path, layout, _checkpoint(models.tiny_config(), where, make(marker)))
   code = convert_torch_weights.main(['--input', source, '--output', str(tmp_path / 'out')])
   _, err = capsys.readouterr()
   assert code == 1
@@ -90,7 +90,7 @@ def test_converter_refuses_code_and_does_not_run_it(tmp_path, capsys, payload, w
 def test_init_from_refuses_code_before_any_work(tmp_path, payload, layout):
   make, global_name = PAYLOADS[payload]
   marker = str(tmp_path / 'MARKER')
-  config = train_test.tiny_config()
+  config = runs.tiny_config()
   source = _write(tmp_path, layout, _checkpoint(config.model, 'inside cfg', make(marker)))
   config.init_from = source
   with pytest.raises(errors.InputError) as raised:
@@ -103,7 +103,7 @@ def test_init_from_refuses_code_before_any_work(tmp_path, payload, layout):
 def test_unsafe_pickle_does_run_the_payload(tmp_path, capsys):
   """The payloads above are real: with --unsafe-pickle the converter unpickles, and the code runs."""
   marker = str(tmp_path / 'MARKER')
-  source = _write(tmp_path, 'file', _checkpoint(model_test.tiny_config(), 'top level', SystemCall(marker)))
+  source = _write(tmp_path, 'file', _checkpoint(models.tiny_config(), 'top level', SystemCall(marker)))
   code = convert_torch_weights.main(['--input', source, '--output', str(tmp_path / 'out'), '--unsafe-pickle'])
   capsys.readouterr()
   assert code == 0 and os.path.exists(marker)

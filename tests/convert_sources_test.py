@@ -6,14 +6,14 @@ import numpy as np
 
 from lgdlm_jax import sample
 from lgdlm_jax.convert import converted
-from tests import convert_init_from_test
-from tests import train_test
+from tests.helpers import runs
+from tests.helpers.params import random_params
 
 
 def _converted(tmp_path, tokenizer):
-  model_config = train_test.tiny_config().model
+  model_config = runs.tiny_config().model
   directory = str(tmp_path / 'converted')
-  converted.save(directory, convert_init_from_test._params(model_config, 0), model_config,  # pylint: disable=protected-access
+  converted.save(directory, random_params(model_config, 0), model_config,  # pylint: disable=protected-access
                  {'tokenizer': tokenizer})
   latents = str(tmp_path / 'latents.npy')
   np.save(latents, np.random.default_rng(0).standard_normal((3, model_config.latent_dim)).astype(np.float32))

@@ -5,14 +5,14 @@ import pytest
 
 from lgdlm_jax import convert
 from lgdlm_jax.convert import mapping
-from lgdlm_jax.convert import twin
-from tests import model_test
+from lgdlm_jax.reference import model as reference_model
+from tests.helpers import models
 
 
 @pytest.mark.parametrize('streams,cluster', [(1, 0), (2, 3), (4, 0)])
 def test_round_trip_torch_flax_torch_is_exact(streams, cluster):
-  cfg = model_test.tiny_config(num_residual_streams=streams, cluster_size=cluster)
-  torch_model, params = model_test.build_pair(cfg, seed=streams)
+  cfg = models.tiny_config(num_residual_streams=streams, cluster_size=cluster)
+  torch_model, params = models.build_pair(cfg, seed=streams)
   state = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
   back = convert.flax_to_torch(params, cfg)
   assert sorted(back) == sorted(state)
@@ -22,8 +22,8 @@ def test_round_trip_torch_flax_torch_is_exact(streams, cluster):
 
 
 def test_stacked_blocks_and_transposed_kernels():
-  cfg = model_test.tiny_config(n_blocks=3)
-  torch_model, params = model_test.build_pair(cfg)
+  cfg = models.tiny_config(n_blocks=3)
+  torch_model, params = models.build_pair(cfg)
   weight = torch_model.mmdit.blocks[2].feedforwards[1].ff[0][0].weight.detach().numpy()
   np.testing.assert_array_equal(params['mmdit']['blocks']['feedforwards_1']['ff_0_0']['kernel'][2], weight.T)
   embed = torch_model.text_encoder.token_embed.weight.detach().numpy()
@@ -31,12 +31,12 @@ def test_stacked_blocks_and_transposed_kernels():
 
 
 def _state(cfg):
-  torch_model, _ = model_test.build_pair(cfg, perturb=False)
+  torch_model, _ = models.build_pair(cfg, perturb=False)
   return {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
 
 
 def test_missing_key_is_named():
-  cfg = model_test.tiny_config()
+  cfg = models.tiny_config()
   state = _state(cfg)
   del state['mmdit.blocks.1.joint_attn.to_qkv.0.weight']
   with pytest.raises(convert.ConversionError, match=r'missing key mmdit\.blocks\.1\.joint_attn\.to_qkv\.0\.weight'):
@@ -44,7 +44,7 @@ def test_missing_key_is_named():
 
 
 def test_unexpected_key_is_named():
-  cfg = model_test.tiny_config()
+  cfg = models.tiny_config()
   state = _state(cfg)
   state['text_head_clusters.weight'] = np.zeros((cfg.vocab_size, cfg.hidden_size), np.float32)
   with pytest.raises(convert.ConversionError, match=r'unexpected key text_head_clusters\.weight'):
@@ -52,15 +52,15 @@ def test_unexpected_key_is_named():
 
 
 def test_extra_block_is_named():
-  cfg = model_test.tiny_config(n_blocks=2)
-  state = _state(model_test.tiny_config(n_blocks=3))
+  cfg = models.tiny_config(n_blocks=2)
+  state = _state(models.tiny_config(n_blocks=3))
   with pytest.raises(convert.ConversionError, match=r'block 2 but model.n_blocks=2'):
     convert.torch_to_flax(state, cfg)
 
 
 def test_shape_mismatch_names_both_shapes_in_torch_terms():
-  cfg = model_test.tiny_config()
-  state = _state(model_test.tiny_config(latent_dim=12))
+  cfg = models.tiny_config()
+  state = _state(models.tiny_config(latent_dim=12))
   with pytest.raises(convert.ConversionError,
                      match=r'latent_encoder\.projection\.0\.weight \(128, 12\).*expects '
                            r'latent_encoder\.projection\.0\.weight \(128, 8\)'):
@@ -68,8 +68,8 @@ def test_shape_mismatch_names_both_shapes_in_torch_terms():
 
 
 def test_flax_to_torch_rejects_params_of_another_config():
-  cfg = model_test.tiny_config()
-  _, params = model_test.build_pair(model_test.tiny_config(hidden_size=32))
+  cfg = models.tiny_config()
+  _, params = models.build_pair(models.tiny_config(hidden_size=32))
   with pytest.raises(convert.ConversionError, match='shape mismatch'):
     convert.flax_to_torch(params, cfg)
 
@@ -77,13 +77,13 @@ def test_flax_to_torch_rejects_params_of_another_config():
 @pytest.mark.parametrize('streams,cluster', [(1, 0), (2, 3)])
 def test_reference_parameter_order_is_the_reference_models(streams, cluster):
   """The optimizer state's parameter indices follow this order (the real mmdit's, for the backbone)."""
-  cfg = model_test.tiny_config(num_residual_streams=streams, cluster_size=cluster, n_blocks=2)
-  torch_model = twin.ReferenceMultimodalMMDiT(cfg)
+  cfg = models.tiny_config(num_residual_streams=streams, cluster_size=cluster, n_blocks=2)
+  torch_model = reference_model.ReferenceMultimodalMMDiT(cfg)
   assert convert.reference_parameter_order(cfg) == [name for name, _ in torch_model.named_parameters()]
 
 
 def test_an_unknown_module_has_no_place_in_the_order(monkeypatch):
-  cfg = model_test.tiny_config()
+  cfg = models.tiny_config()
   shapes = dict(convert.torch_param_shapes(cfg), **{'mystery_head.weight': (1,)})
   monkeypatch.setattr(mapping, 'torch_param_shapes', lambda _: shapes)
   with pytest.raises(convert.ConversionError, match="mystery_head.weight: no known position"):

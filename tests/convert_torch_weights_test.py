@@ -17,15 +17,16 @@ import safetensors.numpy
 import torch
 
 import convert_torch_weights
-from lgdlm_jax.checkpoints import manager as checkpoint
-from lgdlm_jax import convert
-from lgdlm_jax.convert import converted
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.training import step as train
+from lgdlm_jax import convert
+from lgdlm_jax.checkpoints import manager as checkpoint
+from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import files
 from lgdlm_jax.convert import layout
-from lgdlm_jax.convert import twin
-from tests import model_test
+from lgdlm_jax.convert import verify
+from lgdlm_jax.reference import model as reference_model
+from lgdlm_jax.training import step as train
+from tests.helpers import models
 
 PARITY_TOL = 1e-5
 
@@ -37,7 +38,7 @@ class UnknownState:
 
 
 def _torch_model(cfg, seed=0):
-  torch_model, _ = model_test.build_pair(cfg, seed=seed)
+  torch_model, _ = models.build_pair(cfg, seed=seed)
   return torch_model
 
 
@@ -75,7 +76,7 @@ def _save_like_the_reference(torch_model, path, prefix: str) -> None:
 
 @pytest.mark.parametrize('streams,cluster,prefix', [(1, 0, 'module.'), (2, 3, 'model.')])
 def test_reference_checkpoint_converts_with_parity_and_back_exactly(tmp_path, capsys, streams, cluster, prefix):
-  cfg = model_test.tiny_config(num_residual_streams=streams, cluster_size=cluster)
+  cfg = models.tiny_config(num_residual_streams=streams, cluster_size=cluster)
   torch_model = _torch_model(cfg, seed=streams)
   _save_like_the_reference(torch_model, tmp_path / 'checkpoint.pt', prefix)
 
@@ -100,12 +101,12 @@ def test_reference_checkpoint_converts_with_parity_and_back_exactly(tmp_path, ca
   for key, value in original.items():
     np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
     assert back[key].shape == tuple(value.shape), key
-  fresh = twin.ReferenceMultimodalMMDiT(cfg)
+  fresh = reference_model.ReferenceMultimodalMMDiT(cfg)
   fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
 
 
 def test_config_inference_gets_every_value_right():
-  cfg = model_test.tiny_config(vocab_size=101, hidden_size=40, latent_dim=12, max_seq_len=24, n_blocks=3,
+  cfg = models.tiny_config(vocab_size=101, hidden_size=40, latent_dim=12, max_seq_len=24, n_blocks=3,
                                cond_dim=36, num_residual_streams=4, cluster_size=5)
   state = {k: v.numpy() for k, v in _torch_model(cfg).state_dict().items()}
   inferred = layout.infer_model_config(state, stated={})
@@ -123,14 +124,14 @@ def test_config_inference_gets_every_value_right():
   assert from_saved.sources['latent_parameterization'] == 'checkpoint config'
   assert from_saved.config.latent_beta_schedule == config_lib.default_config().model.latent_beta_schedule
 
-  plain = model_test.tiny_config(num_residual_streams=1, n_blocks=1)
+  plain = models.tiny_config(num_residual_streams=1, n_blocks=1)
   inferred = layout.infer_model_config({k: v.numpy() for k, v in _torch_model(plain).state_dict().items()}, {})
   assert inferred.layout == layout.PLAIN
   assert (inferred.config.num_residual_streams, inferred.config.n_blocks, inferred.config.cluster_size) == (1, 1, 0)
 
 
 def test_bfloat16_survives_both_ways(tmp_path, capsys):
-  cfg = model_test.tiny_config()
+  cfg = models.tiny_config()
   state = {k: v.to(torch.bfloat16) for k, v in _state(_torch_model(cfg)).items()}
   safetensors.numpy.save_file({k: v.float().numpy().astype(ml_dtypes.bfloat16) for k, v in state.items()},
                               str(tmp_path / 'model.safetensors'))
@@ -192,7 +193,7 @@ def _break_old_layout(state, cfg):
 
 @pytest.mark.parametrize('breaker', [_break_missing, _break_extra, _break_shape, _break_old_layout])
 def test_checkpoints_that_do_not_fit_are_refused_naming_the_problem(tmp_path, capsys, breaker):
-  cfg = model_test.tiny_config()
+  cfg = models.tiny_config()
   state = _state(_torch_model(cfg))
   expected = breaker(state, cfg)
   torch.save(state, tmp_path / 'model.pth')
@@ -210,7 +211,7 @@ def test_checkpoints_that_do_not_fit_are_refused_naming_the_problem(tmp_path, ca
     (['--cluster-size', '8'], r'cluster_size: stated 8, but text_head_clusters\.weight is absent'),
 ])
 def test_contradicting_flag_names_both_values(tmp_path, capsys, flags, pattern):
-  torch.save(_state(_torch_model(model_test.tiny_config())), tmp_path / 'model.pth')
+  torch.save(_state(_torch_model(models.tiny_config())), tmp_path / 'model.pth')
   code, _, err = _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out', *flags)
   assert code == 1 and re.search(pattern, err), err
   _assert_nothing_written(tmp_path / 'out')
@@ -218,7 +219,7 @@ def test_contradicting_flag_names_both_values(tmp_path, capsys, flags, pattern):
 
 @pytest.mark.parametrize('name', ['checkpoint.pt', 'model.safetensors'])
 def test_truncated_file_is_refused(tmp_path, capsys, name):
-  state = _state(_torch_model(model_test.tiny_config()))
+  state = _state(_torch_model(models.tiny_config()))
   path = tmp_path / name
   if name.endswith('.safetensors'):
     safetensors.numpy.save_file({k: v.numpy() for k, v in state.items()}, str(path))
@@ -232,7 +233,7 @@ def test_truncated_file_is_refused(tmp_path, capsys, name):
 
 
 def test_unknown_pickled_class_needs_unsafe_pickle(tmp_path, capsys):
-  cfg = model_test.tiny_config()
+  cfg = models.tiny_config()
   torch.save({'model_state_dict': _state(_torch_model(cfg)), 'state': UnknownState(3)}, tmp_path / 'checkpoint.pt')
   code, _, err = _run(capsys, '--input', tmp_path / 'checkpoint.pt', '--output', tmp_path / 'out')
   assert code == 1
@@ -243,7 +244,7 @@ def test_unknown_pickled_class_needs_unsafe_pickle(tmp_path, capsys):
 
 
 def test_allow_flags_drop_and_initialise_and_report(tmp_path, capsys):
-  cfg = model_test.tiny_config(num_residual_streams=1, n_blocks=1)  # initialising parameters runs the model
+  cfg = models.tiny_config(num_residual_streams=1, n_blocks=1)  # initialising parameters runs the model
   state = _state(_torch_model(cfg))
   del state['text_head.bias']
   state['extra.weight'] = torch.ones(2)
@@ -257,7 +258,7 @@ def test_allow_flags_drop_and_initialise_and_report(tmp_path, capsys):
 
 
 def test_existing_output_is_kept_without_overwrite(tmp_path, capsys):
-  torch.save(_state(_torch_model(model_test.tiny_config())), tmp_path / 'model.pth')
+  torch.save(_state(_torch_model(models.tiny_config())), tmp_path / 'model.pth')
   (tmp_path / 'out').mkdir()
   code, _, err = _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out')
   assert code == 1 and '--overwrite' in err
@@ -265,19 +266,19 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, capsys):
 
 
 def test_load_params_names_what_does_not_fit(tmp_path, capsys):
-  cfg = model_test.tiny_config()
+  cfg = models.tiny_config()
   torch.save(_state(_torch_model(cfg)), tmp_path / 'model.pth')
   assert _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out')[0] == 0
   with pytest.raises(convert.ConversionError, match=r'shape mismatch: got latent_encoder/position_embed \(1, 1, 64\).*'
                                                     r'hidden_size \(64 there, 32 here\)'):
-    converted.load_params(str(tmp_path / 'out'), model_test.tiny_config(hidden_size=32))
+    converted.load_params(str(tmp_path / 'out'), models.tiny_config(hidden_size=32))
 
 
 def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   config = config_lib.default_config()
-  config.model.update(dict(model_test.tiny_config(cluster_size=2).items()))
+  config.model.update(dict(models.tiny_config(cluster_size=2).items()))
   config.tokenizer.mask_token_id = 3
-  _, params = model_test.build_pair(config.model, seed=4)
+  _, params = models.build_pair(config.model, seed=4)
   optimizer = optax.adamw(1e-3)
   state = train.TrainState(step=np.int32(3), params=params, opt_state=optimizer.init(params),
                            nonfinite_steps=np.int32(0), consecutive_nonfinite=np.int32(0))
@@ -293,15 +294,15 @@ def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   assert code == 0, err
   assert 'step 3' in out
   back = torch.load(tmp_path / 'model.pt', weights_only=True)
-  twin.ReferenceMultimodalMMDiT(config.model).load_state_dict(back, strict=True)
+  reference_model.ReferenceMultimodalMMDiT(config.model).load_state_dict(back, strict=True)
   expected = convert.flax_to_torch(params, config.model)
   for key, value in expected.items():
     np.testing.assert_array_equal(back[key].numpy(), value, err_msg=key)
 
 
 def test_verify_above_tolerance_fails_and_writes_nothing(tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(twin, 'max_abs_differences', lambda *_: {'text_logits': 1e-6, 'latent_pred': 3e-4})
-  torch.save(_state(_torch_model(model_test.tiny_config())), tmp_path / 'model.pth')
+  monkeypatch.setattr(verify, 'max_abs_differences', lambda *_: {'text_logits': 1e-6, 'latent_pred': 3e-4})
+  torch.save(_state(_torch_model(models.tiny_config())), tmp_path / 'model.pth')
   code, out, err = _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out', '--verify')
   assert code == 1
   assert 'tolerance 0.0001' in out and 'latent_pred differs by 0.0003 > tolerance 0.0001' in err

@@ -8,7 +8,9 @@ import pytest
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax.objective import cycle_vae as losses
-from lgdlm_jax.objective.cycle_schedule import ALL_TERMS, BASE_ONLY, TermSet
+from lgdlm_jax.objective.cycle_schedule import ALL_TERMS
+from lgdlm_jax.objective.cycle_schedule import BASE_ONLY
+from lgdlm_jax.objective.cycle_schedule import TermSet
 
 TEXT_ONLY, LATENT_ONLY = TermSet(True, False), TermSet(False, True)
 

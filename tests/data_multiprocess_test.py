@@ -11,14 +11,16 @@ import subprocess
 import sys
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import data
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.training import runtime
-from tests import data_test
+from tests.helpers import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = (3, 12)  # samples whose latent has the wrong size
@@ -26,7 +28,7 @@ TOTAL_STEPS, SAVE_AT = 9, 4
 
 
 def _config(data_dir, max_bad_fraction):
-  return data_test.make_config(data_dir=data_dir, batch=4, skip=True, max_bad_fraction=max_bad_fraction)
+  return datasets.make_config(data_dir=data_dir, batch=4, skip=True, max_bad_fraction=max_bad_fraction)
 
 
 def _state():
@@ -38,7 +40,7 @@ def process_main(port, pid, workdir, data_dir, steps, save_at, max_bad_fraction)
   """One of the two processes: reads `steps` batches (resuming from workdir), saves at save_at."""
   runtime.maybe_initialize(runtime.ProcessGroup(f'127.0.0.1:{port}', 2, int(pid)))
   iterator, _ = data.make_datasets(_config(data_dir, float(max_bad_fraction)))
-  manager = checkpoint.make_manager(workdir, data_test.make_config())
+  manager = checkpoint.make_manager(workdir, datasets.make_config())
   state = _state()
   restored = checkpoint.restore_latest(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                                             sharding=x.sharding),
@@ -47,7 +49,7 @@ def process_main(port, pid, workdir, data_dir, steps, save_at, max_bad_fraction)
   rows, stopped_at = {}, None
   try:
     for step in range(start, int(steps)):
-      rows[step] = data_test.ids_of(next(iterator))
+      rows[step] = datasets.ids_of(next(iterator))
       iterator.agree_on_bad_samples()  # what the training loop does after every step
       if step + 1 == int(save_at):
         checkpoint.save(manager, step + 1, state, iterator)
@@ -86,7 +88,7 @@ def data_test_free_port():
 
 def _make_data(tmp_path):
   root = str(tmp_path / 'data')
-  _, latent_dir = data_test.make_dirs(root, 22, layout='data_dir')
+  _, latent_dir = datasets.make_dirs(root, 22, layout='data_dir')
   for i in BAD:
     np.save(os.path.join(latent_dir, f's{i:03d}.npy'), np.zeros(1, np.float32))
   return root
@@ -96,7 +98,7 @@ def _make_data(tmp_path):
 def test_two_processes_share_the_global_order_and_resume_exactly(tmp_path):
   data_dir = _make_data(tmp_path)
   with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as single:
-    reference = [data_test.ids_of(next(single)) for _ in range(TOTAL_STEPS)]  # the one global order
+    reference = [datasets.ids_of(next(single)) for _ in range(TOTAL_STEPS)]  # the one global order
     steps_per_epoch, num_bad_met = single.steps_per_epoch, single.num_skipped
   assert num_bad_met >= 1
 
@@ -116,12 +118,12 @@ def test_two_processes_share_the_global_order_and_resume_exactly(tmp_path):
   assert [r['skipped'] for r in second] == [num_bad_met] * 2  # each counted once, agreed by both processes
 
   # One process resumes the two-process checkpoint: from the global batch of the saved step on.
-  manager = checkpoint.make_manager(str(workdir), data_test.make_config())
+  manager = checkpoint.make_manager(str(workdir), datasets.make_config())
   with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as alone:
     state = _state()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     checkpoint.restore_latest(manager, abstract, alone)
-    assert [data_test.ids_of(next(alone)) for _ in range(TOTAL_STEPS - SAVE_AT)] == reference[SAVE_AT:]
+    assert [datasets.ids_of(next(alone)) for _ in range(TOTAL_STEPS - SAVE_AT)] == reference[SAVE_AT:]
   manager.close()
 
 

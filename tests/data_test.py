@@ -15,59 +15,18 @@ import pytest
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data
 from lgdlm_jax.data import formats
-
-SEQ_LEN, LATENT_DIM, VOCAB = 8, 4, 50
-SPEC = data.SampleSpec(seq_len=SEQ_LEN, latent_dim=LATENT_DIM, vocab_size=VOCAB, pad_id=0)
-
-
-def _sample_arrays(i: int, length: int = SEQ_LEN):
-  """Sample i carries its id in input_ids[0] (i + 1) and latent[0] (i), so batches reveal it."""
-  rng = np.random.default_rng(i)
-  ids = rng.integers(1, VOCAB, size=length).astype(np.int64)
-  ids[0] = i + 1
-  mask = np.ones(length, np.int64)
-  mask[length - 2:] = 0  # some padding inside the file, as tokenizers write it
-  latent = rng.standard_normal(LATENT_DIM).astype(np.float32)
-  latent[0] = i
-  return ids, mask, latent
-
-
-def _write_pair(token_dir, latent_dir, name, i, *, suffix='_tokens.npz', length=SEQ_LEN, latent=None):
-  ids, mask, default_latent = _sample_arrays(i, length)
-  np.savez(os.path.join(token_dir, name + suffix), input_ids=ids, attention_mask=mask)
-  np.save(os.path.join(latent_dir, name + '.npy'), default_latent if latent is None else latent)
-
-
-def make_dirs(root, num, *, layout='split'):
-  """Writes `num` good samples; returns (token_dir, latent_dir)."""
-  if layout == 'split':
-    token_dir, latent_dir = os.path.join(root, 'tok'), os.path.join(root, 'lat')
-  else:
-    token_dir = os.path.join(root, 'tokens', 'train')
-    latent_dir = os.path.join(root, 'latents', 'train')
-    os.makedirs(os.path.join(root, 'texts', 'train'))
-  os.makedirs(token_dir)
-  os.makedirs(latent_dir)
-  for i in range(num):
-    # Alternate the two token-file namings the reference accepts.
-    _write_pair(token_dir, latent_dir, f's{i:03d}', i, suffix='_tokens.npz' if i % 2 else '.npz')
-  return token_dir, latent_dir
-
-
-def make_config(token_dir='', latent_dir='', data_dir='', *, val_ratio=0.0, batch=4, eval_batch=2, skip=False,
-                seed=7, prefetch=2, workers=0, max_samples=0, max_bad_fraction=0.5, synthetic=64):
-  config = config_lib.default_config()
-  config.model.update(vocab_size=VOCAB, max_seq_len=SEQ_LEN, latent_dim=LATENT_DIM)
-  config.tokenizer.update(vocab_size=VOCAB, pad_token_id=0, mask_token_id=3)
-  config.data.update(token_dir=token_dir, latent_dir=latent_dir, data_dir=data_dir, val_ratio=val_ratio,
-                     max_samples=max_samples, skip_bad_files=skip, max_bad_fraction=max_bad_fraction,
-                     prefetch_batches=prefetch, num_workers=workers, synthetic_num_samples=synthetic)
-  config.training.update(seed=seed, train_batch_size=batch, eval_batch_size=eval_batch)
-  return config_lib.finalize(config)
-
-
-def datasets(config, process_index=0, process_count=1):
-  return data.make_datasets(config, process_index=process_index, process_count=process_count)
+from tests.helpers.datasets import LATENT_DIM
+from tests.helpers.datasets import SEQ_LEN
+from tests.helpers.datasets import SPEC
+from tests.helpers.datasets import VOCAB
+from tests.helpers.datasets import assert_batches_equal
+from tests.helpers.datasets import datasets
+from tests.helpers.datasets import ids_of
+from tests.helpers.datasets import make_config
+from tests.helpers.datasets import make_dirs
+from tests.helpers.datasets import sample_arrays
+from tests.helpers.datasets import take
+from tests.helpers.datasets import write_pair
 
 
 def _tmpdir(test):
@@ -75,22 +34,6 @@ def _tmpdir(test):
   tmp = tempfile.TemporaryDirectory()
   test.addCleanup(tmp.cleanup)
   return tmp.name
-
-
-def ids_of(batch):
-  return [int(v) for v in batch['latent'][:, 0]]
-
-
-def take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for key in x:
-      np.testing.assert_array_equal(x[key], y[key])
 
 
 class LoadingTest(chex.TestCase, parameterized.TestCase):
@@ -112,7 +55,7 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
       chex.assert_shape([batch['input_ids'], batch['attention_mask']], (4, SEQ_LEN))
       chex.assert_shape(batch['latent'], (4, LATENT_DIM))
       for row, i in enumerate(ids_of(batch)):
-        ids, mask, latent = _sample_arrays(i)
+        ids, mask, latent = sample_arrays(i)
         np.testing.assert_array_equal(batch['input_ids'][row], ids)
         np.testing.assert_array_equal(batch['attention_mask'][row], mask.astype(bool))
         np.testing.assert_array_equal(batch['latent'][row], latent)
@@ -122,12 +65,12 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
   def test_short_sequence_is_right_padded_and_1xD_latent_accepted(self):
     root = _tmpdir(self)
     token_dir, latent_dir = make_dirs(root, 0)
-    _, _, latent = _sample_arrays(3)
-    _write_pair(token_dir, latent_dir, 'a', 3, length=5, latent=latent[None])
+    _, _, latent = sample_arrays(3)
+    write_pair(token_dir, latent_dir, 'a', 3, length=5, latent=latent[None])
     (files,), _ = data.discover_samples(token_dir, latent_dir)
     self.assertEqual(files.name, 'a')
     sample = data.read_sample(files, dataclasses.replace(SPEC, pad_id=9))
-    ids, mask, _ = _sample_arrays(3, 5)
+    ids, mask, _ = sample_arrays(3, 5)
     np.testing.assert_array_equal(sample['input_ids'], np.r_[ids, [9, 9, 9]])
     np.testing.assert_array_equal(sample['attention_mask'], np.r_[mask, [0, 0, 0]].astype(bool))
     np.testing.assert_array_equal(sample['latent'], latent)
@@ -141,7 +84,7 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
     with mock.patch.object(ast, 'parse', side_effect=AssertionError('ast used')):
       sample = data.read_sample(files, SPEC)
     np.testing.assert_array_equal(sample['latent'], np.ones(LATENT_DIM, np.float32))
-    np.testing.assert_array_equal(sample['input_ids'], _sample_arrays(0)[0])
+    np.testing.assert_array_equal(sample['input_ids'], sample_arrays(0)[0])
 
   def test_max_samples_keeps_the_first_sorted_names(self):
     root = _tmpdir(self)
@@ -156,7 +99,7 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
       make_config('a', 'b', data_dir='c')
     root = _tmpdir(self)
     token_dir, latent_dir = make_dirs(root, 2)
-    _write_pair(token_dir, latent_dir, 's000', 0, suffix='_tokens.npz')  # s000.npz exists
+    write_pair(token_dir, latent_dir, 's000', 0, suffix='_tokens.npz')  # s000.npz exists
     with self.assertRaisesRegex(data.DataError, 's000'):
       data.discover_samples(token_dir, latent_dir)
 
@@ -218,7 +161,7 @@ def _corrupt_truncated_npy(token_dir, latent_dir):
 def _rewrite_tokens(transform):
   def corrupt(token_dir, latent_dir):
     path = os.path.join(token_dir, 's001_tokens.npz')
-    ids, mask, _ = _sample_arrays(1)
+    ids, mask, _ = sample_arrays(1)
     np.savez(path, **transform(ids, mask))
     return path
   return corrupt
@@ -349,7 +292,7 @@ class CorruptionTest(chex.TestCase, parameterized.TestCase):
     with mock.patch.object(formats, 'IO_BACKOFF_S', 0.0), mock.patch('builtins.open', flaky_open):
       sample = data.read_sample(files, SPEC)  # two failures, then the third attempt reads it
     self.assertLen(failures, 2)
-    np.testing.assert_array_equal(sample['latent'], _sample_arrays(0)[2])
+    np.testing.assert_array_equal(sample['latent'], sample_arrays(0)[2])
     broken = mock.patch('builtins.open', side_effect=OSError(5, 'Input/output error'))
     with mock.patch.object(formats, 'IO_BACKOFF_S', 0.0), broken, self.assertRaisesRegex(
         data.DataIOError, r's000.npy: read failed 4 times'):

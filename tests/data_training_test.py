@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
+from lgdlm_jax.data import packed_writer
 from lgdlm_jax.training import loop
 from lgdlm_jax.training import metrics_log
-from lgdlm_jax.data import packed_writer
-from tests import train_test
+from tests.helpers import runs
 
 NUM_SAMPLES, STEPS = 70, 20
 
@@ -31,17 +31,17 @@ def _write_files(root, vocab, seq_len, latent_dim):
 
 @pytest.mark.slow  # two 20-step training runs of the tiny model (the second reuses the first's compilation)
 def test_packed_shards_train_to_the_same_losses_as_their_files(tmp_path):
-  overrides = dict(train_test.TINY_OVERRIDES)
+  overrides = dict(runs.TINY_OVERRIDES)
   token_dir, latent_dir = _write_files(str(tmp_path / 'files'), overrides['model.vocab_size'],
                                        overrides['model.max_seq_len'], overrides['model.latent_dim'])
   packed_writer.pack(token_dir, latent_dir, str(tmp_path / 'packed'), records_per_shard=32)
   losses = {}
   for layout, data_dir in (('files', tmp_path / 'files'), ('packed', tmp_path / 'packed')):
-    config = train_test.tiny_config(**{
+    config = runs.tiny_config(**{
         'data.data_dir': str(data_dir), 'training.num_train_steps': STEPS, 'training.save_every': 0,
         'training.compilation_cache_dir': str(tmp_path / 'compilation_cache')})
     loop.run(config, str(tmp_path / layout))
-    losses[layout] = train_test.losses_of(str(tmp_path / layout))
+    losses[layout] = runs.losses_of(str(tmp_path / layout))
     waits = [r['data_wait_time'] for r in metrics_log.read_log(str(tmp_path / layout)) if 'data_wait_time' in r]
     assert len(waits) == STEPS and all(w >= 0 for w in waits)
   assert sorted(losses['files']) == list(range(1, STEPS + 1))

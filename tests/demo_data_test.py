@@ -8,11 +8,11 @@ import shutil
 
 import numpy as np
 
-from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax import data
 from lgdlm_jax import prepare_data
 from lgdlm_jax import text
+from lgdlm_jax.objective import cycle_vae as losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BYTES = 5 * 2**20

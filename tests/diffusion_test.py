@@ -276,7 +276,7 @@ class ParameterizationTest(chex.TestCase):
       with self.assertRaisesRegex(ValueError, r"'score'.*epsilon"):
         fn(schedule, x, t, x, 'score')
       with self.assertRaisesRegex(ValueError, 'score'):
-        jax.jit(lambda s, x, t: fn(s, x, t, x, 'score'))(schedule, x, t)
+        jax.jit(lambda s, x, t: fn(s, x, t, x, 'score'))(schedule, x, t)  # noqa: B023 (called at once)
 
 
 class DdimTest(chex.TestCase):

@@ -10,16 +10,16 @@ import numpy as np
 import optax
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.training import ema
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax import sample
+from lgdlm_jax.checkpoints import manager as checkpoint
+from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.training import ema
+from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
-from lgdlm_jax.checkpoints import workdirs
-from tests.train_test import tiny_config
+from tests.helpers.runs import tiny_config
 
 
 def test_update_moves_towards_the_params_only_when_applied():

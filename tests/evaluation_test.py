@@ -11,10 +11,10 @@ import pytest
 import tokenizers
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
+from lgdlm_jax import model as model_lib
 from lgdlm_jax.evaluation import examples as eval_examples
 from lgdlm_jax.evaluation import metrics as eval_metrics
-from lgdlm_jax import model as model_lib
+from lgdlm_jax.objective import diffusion
 
 VOCAB, MASK_ID, PAD_ID, SEQ_LEN, LATENT_DIM, BATCH = 30, 3, 0, 6, 8, 4
 METRICS = ('l2t_onepass_acc', 'l2t_sample_acc', 't2l_cosine', 'cycle_t2l2t_acc', 'cycle_l2t2l_cosine')
@@ -35,7 +35,8 @@ def make_batch():
   lengths = np.array([6, 4, 2, 5])
   mask = np.arange(SEQ_LEN)[None] < lengths[:, None]
   ids = np.where(mask, rng.integers(5, VOCAB, (BATCH, SEQ_LEN)), PAD_ID).astype(np.int32)
-  return {'input_ids': ids, 'attention_mask': mask, 'latent': rng.standard_normal((BATCH, LATENT_DIM)).astype(np.float32)}
+  latent = rng.standard_normal((BATCH, LATENT_DIM)).astype(np.float32)
+  return {'input_ids': ids, 'attention_mask': mask, 'latent': latent}
 
 
 class Oracle(nn.Module):
@@ -71,7 +72,8 @@ def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
   # row's mean over the other rows; T2L samples are the true latents, so their norm is the data's.
   ids, mask, x0 = batch['input_ids'], batch['attention_mask'], batch['latent']
   answer = np.where(np.roll(mask, 1, axis=0), np.roll(ids, 1, axis=0), PAD_ID + 1)
-  np.testing.assert_allclose(metrics['l2t_onepass_acc_shuffled'], np.sum((answer == ids) & mask) / mask.sum(), atol=1e-6)
+  np.testing.assert_allclose(metrics['l2t_onepass_acc_shuffled'], np.sum((answer == ids) & mask) / mask.sum(),
+                             atol=1e-6)
   others = (x0.sum(0, keepdims=True) - x0) / (BATCH - 1)
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
   np.testing.assert_allclose(metrics['t2l_mean_latent_cosine'], np.mean(np.sum(unit(others) * unit(x0), -1)), atol=1e-5)
@@ -134,7 +136,7 @@ def test_real_model_metrics_are_in_range():
 def test_the_run_prints_each_evaluation_and_decoded_sentences_of_both_splits(tmp_path, capsys):
   from lgdlm_jax.training import loop  # pylint: disable=g-import-not-at-top
   from lgdlm_jax.training import metrics_log  # pylint: disable=g-import-not-at-top
-  from tests.train_test import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
+  from tests.helpers.runs import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
   config = tiny_run_config(**{'training.num_train_steps': 2, 'training.eval_every': 2, 'training.save_every': 0,
                               'training.eval_batches': 1, 'training.eval_l2t_steps': 2,
                               'training.eval_t2l_steps': 2, 'training.print_examples': 1})

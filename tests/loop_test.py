@@ -9,15 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.training import loop
-from lgdlm_jax.training import metrics_log
-from lgdlm_jax.training import profiling
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.checkpoints import resume_check as resume
 from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.errors import ConfigError
-from tests.train_test import tiny_config
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
+from lgdlm_jax.training import profiling
+from tests.helpers.runs import tiny_config
 
 RESEARCH = {
     'training.num_train_steps': 6, 'training.eval_every': 2, 'training.save_every': 4,
@@ -132,7 +132,8 @@ def test_the_log_is_cut_back_to_the_restored_step(tmp_path):
   log = metrics_log.MetricsLog(workdir, config_lib.finalize(tiny_config()), resume_step=4)
   log.write(5, {'loss': 5.5})
   log.close()
-  assert [(r['step'], r['loss']) for r in metrics_log.read_log(workdir)] == [(s, float(s)) for s in range(5)] + [(5, 5.5)]
+  logged = [(r['step'], r['loss']) for r in metrics_log.read_log(workdir)]
+  assert logged == [(s, float(s)) for s in range(5)] + [(5, 5.5)]
   metrics_log.MetricsLog(workdir, config_lib.finalize(tiny_config())).close()  # a fresh run starts an empty log
   assert metrics_log.read_log(workdir) == []
 

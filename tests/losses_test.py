@@ -2,7 +2,7 @@
 
 The tiny model here has ONE residual stream: with R = 2 the hyper-connections' unrolled Sinkhorn
 makes each value-and-grad compile take ~25 s on a 2-core CPU, and nothing in the objective depends
-on R (model_test.py holds the model to the real mmdit for R = 1, 2, 4). Compiled functions are
+on R (models.py holds the model to the real mmdit for R = 1, 2, 4). Compiled functions are
 cached per static setting and shared between tests; the latent t mode only changes the draws, so
 both t modes of a parameterization share one compile.
 """
@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from lgdlm_jax import convert
-from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
-from tests import model_test
-from tests import torch_cycle_loss
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import diffusion
+from lgdlm_jax.reference import cycle_loss
+from tests.helpers import models
 
 BATCH, SEQ_LEN = 3, 12
 MASK_TOKEN_ID = 96  # inside the tiny vocabulary (97); the smoke config's 103 is not
@@ -42,7 +42,7 @@ PARITY_LOSS = dict(latent_loss_weight=0.3, cycle_text_weight=1.3, cycle_text_war
 
 def make_config(parameterization: str = 'epsilon', dropout: float = 0.0, **loss_overrides) -> ml_collections.ConfigDict:
   config = config_lib.default_config()
-  config.model = model_test.tiny_config(num_residual_streams=1, dropout=dropout)
+  config.model = models.tiny_config(num_residual_streams=1, dropout=dropout)
   config.model.update(latent_timesteps=1000, latent_beta_schedule='cosine', latent_parameterization=parameterization)
   config.tokenizer.mask_token_id = MASK_TOKEN_ID
   config.loss.update(PARITY_LOSS)
@@ -53,11 +53,11 @@ def make_config(parameterization: str = 'epsilon', dropout: float = 0.0, **loss_
 @functools.cache
 def torch_pair():
   """The perturbed torch model and its Flax params, shared by all tests (read-only on both sides)."""
-  return model_test.build_pair(make_config().model, seed=0)
+  return models.build_pair(make_config().model, seed=0)
 
 
 def make_batch(seed: int = 1, latent_shape: str = 'BxD') -> dict[str, np.ndarray]:
-  tokens, latents, _, _, mask = model_test.make_inputs(make_config().model, batch=BATCH, seq_len=SEQ_LEN,
+  tokens, latents, _, _, mask = models.make_inputs(make_config().model, batch=BATCH, seq_len=SEQ_LEN,
                                                        seed=seed, latent_shape=latent_shape)
   return dict(input_ids=tokens, attention_mask=mask, latent=latents)
 
@@ -114,7 +114,7 @@ def torch_loss_and_grads(config, batch, draws, step, torch_model=None):
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   try:
-    total, terms = torch_cycle_loss.cycle_vae_loss(torch_model, torch_batch, torch_draws, step, config.loss,
+    total, terms = cycle_loss.cycle_vae_loss(torch_model, torch_batch, torch_draws, step, config.loss,
                                                    config.tokenizer.mask_token_id,
                                                    config.model.latent_parameterization, tables)
     total.backward()
@@ -268,7 +268,7 @@ class TorchParityTest(parameterized.TestCase):
     # 1e-3 of the largest one to GRAD_RTOL per tensor.
     config = make_config('epsilon')
     config.model.num_residual_streams = 2
-    torch_model, params = model_test.build_pair(config.model, seed=5)
+    torch_model, params = models.build_pair(config.model, seed=5)
     fn = jax.jit(jax.value_and_grad(
         lambda p, b, d, s: losses.cycle_vae_loss(p, b, d, step=s, model=model_lib.MultimodalMMDiT(config.model),
                                                  config=config), has_aux=True))
@@ -294,7 +294,7 @@ class WeightScheduleTest(parameterized.TestCase):
   @parameterized.parameters((1.3, 2, 4), (0.7, 3, 0), (2.0, 0, 0), (0.0, 0, 5), (1.0, 0, 3), (0.5, -2, -1))
   def test_ramp_matches_reference_formula_eager_and_traced(self, base, warmup, ramp):
     steps = np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, 100_000], np.int32)
-    expected = np.array([torch_cycle_loss.ramp_weight(s, base, warmup, ramp) for s in steps], np.float32)
+    expected = np.array([cycle_loss.ramp_weight(s, base, warmup, ramp) for s in steps], np.float32)
     eager = np.array([cycle_schedule.ramp_weight(int(s), base, warmup, ramp) for s in steps])
     traced = jax.jit(jax.vmap(lambda s: cycle_schedule.ramp_weight(s, base, warmup, ramp)))(steps)
     np.testing.assert_allclose(eager, expected, rtol=1e-7, atol=0)
@@ -316,8 +316,8 @@ class WeightScheduleTest(parameterized.TestCase):
     # their compile; a strongly typed int32 array would trace once more.
     for step in (0, 1, 2, 3, 4, 5, 6, 50):
       (loss, metrics), _ = run(fn, params, batch, draws, step)
-      w_text = torch_cycle_loss.ramp_weight(step, 1.3, 2, 4)
-      w_latent = torch_cycle_loss.ramp_weight(step, 0.7, 1, 0)
+      w_text = cycle_loss.ramp_weight(step, 1.3, 2, 4)
+      w_latent = cycle_loss.ramp_weight(step, 0.7, 1, 0)
       self.assertAlmostEqual(float(metrics['cycle_text_weight']), w_text, places=6)
       self.assertAlmostEqual(float(metrics['cycle_latent_weight']), w_latent, places=6)
       total = (0.3 * metrics['base_t2l_latent_loss'] + metrics['base_l2t_text_loss']
@@ -377,7 +377,7 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [losses.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+    passes = [losses.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
               for seed in (1, 2)]
     with jax.default_matmul_precision('highest'):
       got = jax.jit(lambda p, ps: losses.run_passes(model, p, ps, deterministic=True, dropout_key=None))(
@@ -395,7 +395,7 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [losses.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+    passes = [losses.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
               for seed in (1, 2)]
     call = lambda w: jax.jit(lambda p, ps: losses.run_passes(model, p, ps, deterministic=True, dropout_key=None,
                                                              text_logits_wanted=w))(params, passes)
@@ -414,7 +414,7 @@ class ContractTest(parameterized.TestCase):
     config = make_config(dropout=0.3)
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    one = losses.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=1))
+    one = losses.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=1))
     call = jax.jit(lambda key: losses.run_passes(model, params, [one, one], deterministic=False, dropout_key=key))
     first, again, other = call(jax.random.key(0)), call(jax.random.key(0)), call(jax.random.key(1))
     # Same input twice: only the dropout masks (drawn per row of the joint call) tell them apart.

@@ -1,7 +1,6 @@
 """Forward parity of lgdlm_jax.model.MultimodalMMDiT with the real pinned PyTorch mmdit, and its contract."""
 
 import functools
-import random
 
 from absl.testing import parameterized
 import chex
@@ -17,50 +16,11 @@ from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import layers
 from lgdlm_jax.model import platform as model_platform
-from lgdlm_jax.convert import twin
+from tests.helpers.models import build_pair
+from tests.helpers.models import make_inputs
+from tests.helpers.models import tiny_config
 
 TOL = 1e-5
-
-
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  cfg = config_lib.default_config().model
-  cfg.update(vocab_size=97, hidden_size=64, n_blocks=2, cond_dim=48, max_seq_len=16, latent_dim=8,
-             num_residual_streams=2, cluster_size=0, dropout=0.0, dtype='float32', remat_policy='none')
-  with cfg.ignore_type():
-    cfg.update(overrides)
-  return cfg
-
-
-def perturb_(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
-  """Moves every parameter away from its init: several start at exactly 0 or 1, hiding mapping bugs."""
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in module.parameters():
-      p.add_(torch.randn(p.shape, generator=generator) * scale)
-
-
-def build_pair(cfg, seed: int = 0, perturb: bool = True):
-  """A perturbed reference torch model and the same weights converted to Flax params."""
-  torch.manual_seed(seed)
-  random.seed(seed)  # mHC picks its initial branch stream with random.randrange
-  torch_model = twin.ReferenceMultimodalMMDiT(cfg).eval()
-  if perturb:
-    perturb_(torch_model, seed=seed)
-  state = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
-  return torch_model, convert.torch_to_flax(state, cfg)
-
-
-def make_inputs(cfg, batch: int = 3, seq_len: int = 12, seed: int = 1, latent_shape: str = 'BxD'):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(0, cfg.vocab_size, (batch, seq_len)).astype(np.int32)
-  lengths = rng.integers(seq_len // 2, seq_len + 1, batch)
-  lengths[0] = seq_len  # one row without padding
-  mask = np.arange(seq_len)[None] < lengths[:, None]
-  shape = {'BxD': (batch, cfg.latent_dim), 'Bx1xD': (batch, 1, cfg.latent_dim), 'BxKxD': (batch, 3, cfg.latent_dim)}
-  latents = rng.standard_normal(shape[latent_shape]).astype(np.float32)
-  text_t = rng.uniform(size=batch).astype(np.float32)
-  latent_t = rng.uniform(size=batch).astype(np.float32)
-  return tokens, latents, text_t, latent_t, mask
 
 
 def run_torch(torch_model, inputs):

@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from lgdlm_jax.training import compile_cache
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.training import compile_cache
 from lgdlm_jax.training import runtime
-from tests import train_test
+from tests.helpers import runs
 
 LOCAL_DEVICES = 2
 
@@ -27,9 +27,9 @@ def _free_port() -> int:
 
 
 def _command(workdir, steps: int, extra=()):
-  overrides = {**train_test.TINY_OVERRIDES, 'training.num_train_steps': steps, 'training.save_every': 100,
+  overrides = {**runs.TINY_OVERRIDES, 'training.num_train_steps': steps, 'training.save_every': 100,
                'mesh.fsdp': 2, 'mesh.min_shard_size': 1}
-  cmd = [sys.executable, '-m', 'lgdlm_jax.main', f'--config={train_test.SMOKE}', f'--workdir={workdir}']
+  cmd = [sys.executable, '-m', 'lgdlm_jax.main', f'--config={runs.SMOKE}', f'--workdir={workdir}']
   return cmd + [f'--config.{k}={v}' for k, v in overrides.items()] + list(extra)
 
 
@@ -43,7 +43,7 @@ def _start_processes(workdir, steps: int, log_dir):
   for pid in range(2):
     log = open(os.path.join(log_dir, f'process{pid}.log'), 'w')
     extra = (f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={pid}')
-    procs.append((subprocess.Popen(_command(workdir, steps, extra), cwd=train_test.REPO, env=_env(LOCAL_DEVICES),
+    procs.append((subprocess.Popen(_command(workdir, steps, extra), cwd=runs.REPO, env=_env(LOCAL_DEVICES),
                                    stdout=log, stderr=subprocess.STDOUT), log))
   return procs
 
@@ -57,7 +57,7 @@ def _wait(procs, timeout: float = 600) -> list[int]:
 
 def _logged_steps(workdir) -> int:
   try:
-    return len(train_test.losses_of(workdir))
+    return len(runs.losses_of(workdir))
   except FileNotFoundError:
     return 0
 
@@ -83,14 +83,14 @@ def test_sigterm_saves_one_step_everywhere_and_resume_matches_one_process(tmp_pa
   # The relaunch resumes from the preemption checkpoint and runs two more steps.
   total = preempted_at + 2
   assert _wait(_start_processes(workdir, total, tmp_path)) == [0, 0]
-  two = train_test.losses_of(workdir)
+  two = runs.losses_of(workdir)
   assert sorted(two)[-2:] == [preempted_at + 1, total]
 
   # One process with four devices, uninterrupted, gives the same losses.
   single = tmp_path / 'one_process'
-  subprocess.run(_command(single, total), cwd=train_test.REPO, env=_env(2 * LOCAL_DEVICES), check=True,
+  subprocess.run(_command(single, total), cwd=runs.REPO, env=_env(2 * LOCAL_DEVICES), check=True,
                  capture_output=True, timeout=600)
-  one = train_test.losses_of(single)
+  one = runs.losses_of(single)
   assert sorted(one) == list(range(1, total + 1))
   np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)], rtol=0, atol=1e-5)
 
@@ -121,7 +121,7 @@ def test_compilation_cache_is_off_for_several_cpu_processes(processes, cached, t
   monkeypatch.setattr(compile_cache.jax, 'process_count', lambda: processes)
   previous = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
   try:
-    compile_cache.use(config_lib.finalize(train_test.tiny_config()), str(tmp_path))
+    compile_cache.use(config_lib.finalize(runs.tiny_config()), str(tmp_path))
     assert jax.config.jax_enable_compilation_cache == cached
     assert (tmp_path / compile_cache.CACHE_DIR).is_dir() == cached
   finally:

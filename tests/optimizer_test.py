@@ -1,7 +1,6 @@
 """Learning-rate schedule and optimizer against the reference's get_lr and torch.optim.AdamW."""
 
 from collections.abc import Callable
-import math
 from typing import Any
 
 from absl.testing import absltest
@@ -15,6 +14,7 @@ import optax
 import torch
 
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.reference import lr as reference_lr
 from lgdlm_jax.training import optimizer as optimizer_lib
 
 
@@ -31,22 +31,6 @@ def _config(**overrides: Any) -> ml_collections.ConfigDict:
   return config_lib.finalize(config)
 
 
-def _reference_get_lr(config: ml_collections.ConfigDict, step: int) -> float:
-  """Transcription of cycle_vae_impl/utils/lr.py::get_lr, in float64 Python."""
-  base = float(config.optimizer.lr)
-  name = str(config.training.lr_schedule).lower()
-  warmup = int(config.training.warmup_steps)
-  total = int(config.training.num_train_steps)
-  if warmup > 0 and step < warmup:
-    return base * (step + 1) / warmup
-  if name == 'constant' or total <= warmup:
-    return base
-  progress = (step - warmup) / max(1, total - warmup)
-  if name == 'linear':
-    return base * max(0.0, 1.0 - progress)
-  return base * (0.1 + 0.9 * (1 + math.cos(math.pi * progress)) / 2)
-
-
 class LearningRateScheduleTest(parameterized.TestCase):
 
   @parameterized.product(
@@ -59,7 +43,7 @@ class LearningRateScheduleTest(parameterized.TestCase):
                      training__num_train_steps=total, optimizer__lr=5e-5)
     steps = np.arange(total + 3) if total < 1000 else np.r_[0:2100, total - 100:total + 3]
     ours = np.asarray(jax.jit(optimizer_lib.learning_rate_schedule(config))(jnp.asarray(steps)))
-    expected = np.array([_reference_get_lr(config, int(s)) for s in steps])
+    expected = np.array([reference_lr.get_lr(config, int(s)) for s in steps])
     np.testing.assert_allclose(ours, expected, rtol=2e-6, atol=0)
 
   def test_first_step_uses_warmup_value_not_zero(self):
@@ -87,7 +71,7 @@ def _torch_reference_run(config: ml_collections.ConfigDict,
   adamw.zero_grad(set_to_none=True)
   for step, coefficient in enumerate(coefficients):
     for group in adamw.param_groups:
-      group['lr'] = _reference_get_lr(config, step)
+      group['lr'] = reference_lr.get_lr(config, step)
     loss = sum(torch.sum(torch.tensor(coefficient[k]) * (p**2 + p))
                for k, p in torch_params.items())
     (loss / accumulation if divide_loss else loss).backward()

@@ -10,44 +10,43 @@ import pytest
 
 from lgdlm_jax import data
 from lgdlm_jax import prepare_data
+from lgdlm_jax.data import packed_reader
 from lgdlm_jax.data import packed_writer
 from lgdlm_jax.data import text_dataset
-from lgdlm_jax.data import packed_reader
-from tests import data_test
-from tests import prepare_data_test
+from tests.helpers import datasets
 
 
 def _pack(tmp_path, num=23, **kw):
-  token_dir, latent_dir = data_test.make_dirs(str(tmp_path / 'files'), num)
+  token_dir, latent_dir = datasets.make_dirs(str(tmp_path / 'files'), num)
   out = str(tmp_path / 'packed')
   manifest = packed_writer.pack(token_dir, latent_dir, out, **{'records_per_shard': 10, **kw})
   return token_dir, latent_dir, out, manifest
 
 
 def _all_batches(config, steps):
-  train, val = data_test.datasets(config)
+  train, val = datasets.datasets(config)
   with train:
-    batches = data_test.take(train, steps)
+    batches = datasets.take(train, steps)
   return batches, list(val()) if val else []
 
 
 def test_packed_shards_give_the_batches_of_the_files_they_were_packed_from(tmp_path):
-  token_dir, latent_dir, out, manifest = _pack(tmp_path, vocab_size=data_test.VOCAB)
+  token_dir, latent_dir, out, manifest = _pack(tmp_path, vocab_size=datasets.VOCAB)
   assert (manifest.num_samples, len(manifest.shards), manifest.token_dtype) == (23, 3, 'uint16')
   assert [s['num_samples'] for s in manifest.shards] == [10, 10, 3]
-  assert (manifest.latent_dim, manifest.max_length, manifest.max_token_id) == (data_test.LATENT_DIM, 8, 49)
+  assert (manifest.latent_dim, manifest.max_length, manifest.max_token_id) == (datasets.LATENT_DIM, 8, 49)
   assert packed_reader.read_manifest(out) == manifest
   for max_samples in (0, 17):
     common = dict(val_ratio=0.2, batch=4, eval_batch=2, max_samples=max_samples)
-    files, files_val = _all_batches(data_test.make_config(token_dir, latent_dir, **common), 12)
-    from_shards, packed_val = _all_batches(data_test.make_config(data_dir=out, **common), 12)
-    data_test.assert_batches_equal(from_shards, files)  # 12 steps: 3 epochs and more
-    data_test.assert_batches_equal(packed_val, files_val)
+    files, files_val = _all_batches(datasets.make_config(token_dir, latent_dir, **common), 12)
+    from_shards, packed_val = _all_batches(datasets.make_config(data_dir=out, **common), 12)
+    datasets.assert_batches_equal(from_shards, files)  # 12 steps: 3 epochs and more
+    datasets.assert_batches_equal(packed_val, files_val)
     assert len(packed_val) == (1 if max_samples else 2)  # 4 or 3 validation samples
 
 
 def test_a_bad_sample_fails_the_pack_unless_skipped(tmp_path):
-  token_dir, latent_dir = data_test.make_dirs(str(tmp_path / 'files'), 6)
+  token_dir, latent_dir = datasets.make_dirs(str(tmp_path / 'files'), 6)
   np.save(os.path.join(latent_dir, 's002.npy'), np.zeros(3, np.float32))
   os.remove(os.path.join(latent_dir, 's004.npy'))
   out = str(tmp_path / 'packed')
@@ -64,7 +63,7 @@ def test_a_bad_sample_fails_the_pack_unless_skipped(tmp_path):
 
 def test_a_packed_dataset_that_does_not_fit_the_config_is_refused_before_training(tmp_path):
   _, _, out, _ = _pack(tmp_path, num=8)
-  config = data_test.make_config(data_dir=out)
+  config = datasets.make_config(data_dir=out)
   with pytest.raises(data.DataError, match=r'manifest.json: latent size 4 != model.latent_dim 5'):
     data.make_datasets(_with(config, latent_dim=5), process_index=0, process_count=1)
   with pytest.raises(data.DataError, match=r'manifest.json: token id 4\d outside model.vocab_size 40'):
@@ -79,7 +78,7 @@ def _with(config, **model):
 
 
 def test_check_passes_a_good_packed_dataset_and_finds_a_damaged_shard(tmp_path, capsys):
-  _, _, out, manifest = _pack(tmp_path, num=12, vocab_size=data_test.VOCAB)
+  _, _, out, manifest = _pack(tmp_path, num=12, vocab_size=datasets.VOCAB)
   assert prepare_data.main(['check', out]) == 0
   assert '12 samples checked (vocab_size=50, seq_len=None, latent_dim=4): 12 good, 0 bad' in capsys.readouterr().out
   shard = os.path.join(out, manifest.shards[1]['file'])
@@ -94,14 +93,14 @@ def test_check_passes_a_good_packed_dataset_and_finds_a_damaged_shard(tmp_path, 
 
 def test_pack_and_check_command_lines(tmp_path, capsys):
   root = str(tmp_path / 'files')
-  data_test.make_dirs(root, 6, layout='data_dir')
+  datasets.make_dirs(root, 6, layout='data_dir')
   with open(os.path.join(root, 'dataset.json'), 'w') as f:
-    json.dump({'vocab_size': data_test.VOCAB, 'latent_dim': data_test.LATENT_DIM, 'pad_token_id': 0}, f)
+    json.dump({'vocab_size': datasets.VOCAB, 'latent_dim': datasets.LATENT_DIM, 'pad_token_id': 0}, f)
   out = str(tmp_path / 'packed')
   assert prepare_data.main(['pack', '--from', root, '--out', out]) == 0
   assert '6 samples packed into 1 shards' in capsys.readouterr().out
   manifest = packed_reader.read_manifest(out)
-  assert (manifest.vocab_size, manifest.pad_token_id, manifest.token_dtype) == (data_test.VOCAB, 0, 'uint16')
+  assert (manifest.vocab_size, manifest.pad_token_id, manifest.token_dtype) == (datasets.VOCAB, 0, 'uint16')
   assert os.path.isfile(os.path.join(out, 'dataset.json'))
   assert prepare_data.main(['check', root]) == 0
   for argv in (['pack', '--from', root], ['pack', '--out', out], ['frobnicate'], ['check'],
@@ -113,8 +112,8 @@ def test_pack_and_check_command_lines(tmp_path, capsys):
 
 def test_the_text_form_still_works_and_writes_shards_directly(tmp_path, capsys):
   texts = tmp_path / 'texts.txt'
-  texts.write_text('\n'.join(prepare_data_test.TEXTS))
-  with mock.patch.object(text_dataset, 'minilm_encoder', lambda batch_size: prepare_data_test.fake_encoder):
+  texts.write_text('\n'.join(datasets.TEXTS))
+  with mock.patch.object(text_dataset, 'minilm_encoder', lambda batch_size: datasets.fake_encoder):
     for flag in ('--nopacked', '--packed'):
       argv = ['--texts', str(texts), '--train_tokenizer_vocab', '120', '--seq_len', '16', '--out',
               str(tmp_path / flag), flag]

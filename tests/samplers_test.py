@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.evaluation import samplers
+from lgdlm_jax.objective import diffusion
 
 MASK_ID = 3
 VOCAB = 40

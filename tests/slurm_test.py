@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from lgdlm_jax.training import metrics_log
-from tests import train_test
+from tests.helpers import runs
 
 SLURM_TOOLS = ('slurmctld', 'slurmd', 'sbatch', 'scancel', 'munged', 'unshare')
 DAEMONS = ('slurmctld', 'slurmd', 'munged')
@@ -41,10 +41,10 @@ def test_scancel_saves_one_step_on_every_task_and_the_resubmitted_job_resumes(tm
     pytest.skip(f'needs root and SLURM (missing: {", ".join(missing) or "root"}); '
                 'bash launch/slurm_cpu_check.sh --install-only installs SLURM')
   assert not _running(DAEMONS), 'SLURM or munge daemons are already running on this machine'
-  main_args = ['--config', train_test.SMOKE] + [f'--config.{k}={v}' for k, v in train_test.TINY_OVERRIDES.items()]
+  main_args = ['--config', runs.SMOKE] + [f'--config.{k}={v}' for k, v in runs.TINY_OVERRIDES.items()]
   result = subprocess.run(['bash', 'launch/slurm_cpu_check.sh', '--workdir', str(tmp_path), '--cancel-after',
                            str(CANCEL_AFTER), '--timeout', '900', '--', *main_args],
-                          cwd=train_test.REPO, capture_output=True, text=True, timeout=2400)
+                          cwd=runs.REPO, capture_output=True, text=True, timeout=2400)
   sys.stderr.write(result.stderr[-3000:])
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])

@@ -11,40 +11,18 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import errors
-from lgdlm_jax import config as config_lib
-from lgdlm_jax.training import metrics_log
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.convert import converted
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
-from lgdlm_jax.training import loop
 from lgdlm_jax.training import step as train
-from lgdlm_jax.convert import converted
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
-# A model small enough to compile quickly on a 2-core CPU, every loss term on. One residual stream
-# (plain residual): its train step compiles in 11 s against 16 s with mHC; the 8-device FSDP test
-# keeps mHC, whose odd-shaped parameters are the interesting ones to shard.
-TINY_OVERRIDES = {
-    'model.vocab_size': 97, 'tokenizer.vocab_size': 97, 'tokenizer.mask_token_id': 3,
-    'model.hidden_size': 32, 'model.n_blocks': 1, 'model.cond_dim': 32, 'model.max_seq_len': 12,
-    'model.num_residual_streams': 1,
-    'model.latent_dim': 8, 'training.train_batch_size': 8, 'training.eval_batch_size': 8,
-    'training.eval_every': 0, 'loss.cycle_latent_weight': 0.5, 'data.synthetic_num_samples': 256,
-    'optimizer.lr': 3e-3,
-}
-
-
-def tiny_config(**overrides):
-  config = config_lib.default_config()
-  for key, value in {**TINY_OVERRIDES, **overrides}.items():
-    section, name = key.split('.')
-    config[section][name] = value
-  return config
-
-
-def losses_of(workdir):
-  return {r['step']: r['loss'] for r in metrics_log.read_log(workdir) if 'loss' in r}
+from tests.helpers.runs import REPO
+from tests.helpers.runs import SMOKE
+from tests.helpers.runs import TINY_OVERRIDES
+from tests.helpers.runs import losses_of
+from tests.helpers.runs import tiny_config
 
 
 def configured_step(config, model, optimizer, mesh, shardings):

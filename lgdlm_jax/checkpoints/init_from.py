@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax import errors
-from lgdlm_jax.convert import moments as moments_lib
 from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.convert import moments as moments_lib
 
 
 @dataclasses.dataclass(frozen=True)

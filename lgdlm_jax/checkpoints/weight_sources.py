@@ -8,13 +8,13 @@ from typing import Any
 
 import ml_collections
 
+from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import files
 from lgdlm_jax.convert import layout
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
 from lgdlm_jax.convert.weights import Weights
-from lgdlm_jax.checkpoints import workdirs
 
 CONVERTED = 'converted directory'
 WORKDIR = 'training workdir'

@@ -12,8 +12,8 @@ from typing import Any
 import flax
 import ml_collections
 
-from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib

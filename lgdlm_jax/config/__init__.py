@@ -14,17 +14,17 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from lgdlm_jax.config.schema import CHANGEABLE_ON_RESUME
-from lgdlm_jax.config.schema import CHOICES
-from lgdlm_jax.config.schema import CONFIG_FILE
-from lgdlm_jax.config.schema import default_config
-from lgdlm_jax.config.schema import help_text
-from lgdlm_jax.config.schema import KEYS
-from lgdlm_jax.config.schema import SUMMARY_MODEL_KEYS
 from lgdlm_jax.config.rules import check_devices
 from lgdlm_jax.config.rules import flat_items
 from lgdlm_jax.config.rules import validate
 from lgdlm_jax.config.rules import validate_section
+from lgdlm_jax.config.schema import CHANGEABLE_ON_RESUME
+from lgdlm_jax.config.schema import CHOICES
+from lgdlm_jax.config.schema import CONFIG_FILE
+from lgdlm_jax.config.schema import KEYS
+from lgdlm_jax.config.schema import SUMMARY_MODEL_KEYS
+from lgdlm_jax.config.schema import default_config
+from lgdlm_jax.config.schema import help_text
 from lgdlm_jax.errors import ConfigError
 
 Config = ml_collections.FrozenConfigDict

@@ -1,11 +1,11 @@
 """The model section's keys (the reference keeps latent diffusion's keys in its model section too)."""
 
+from lgdlm_jax.config.declare import NON_NEGATIVE
+from lgdlm_jax.config.declare import POSITIVE
 from lgdlm_jax.config.declare import Key
 from lgdlm_jax.config.declare import multiple_of
-from lgdlm_jax.config.declare import NON_NEGATIVE
 from lgdlm_jax.config.declare import number
 from lgdlm_jax.config.declare import one_of
-from lgdlm_jax.config.declare import POSITIVE
 
 _TILING = 'how the {} tiles its work, not what it computes'
 

@@ -1,11 +1,11 @@
 """The keys of every other section: the starting weights, data, loss, optimizer, tokenizer, mesh and debug."""
 
-from lgdlm_jax.config.declare import boolean
-from lgdlm_jax.config.declare import Key
 from lgdlm_jax.config.declare import NON_NEGATIVE
+from lgdlm_jax.config.declare import POSITIVE
+from lgdlm_jax.config.declare import Key
+from lgdlm_jax.config.declare import boolean
 from lgdlm_jax.config.declare import number
 from lgdlm_jax.config.declare import one_of
-from lgdlm_jax.config.declare import POSITIVE
 from lgdlm_jax.config.declare import string
 
 _FRESH_ONLY = 'only read by a fresh run; a resumed run starts from its checkpoint'

@@ -15,9 +15,9 @@ from ml_collections import config_dict
 from lgdlm_jax.config import model_keys
 from lgdlm_jax.config import run_keys
 from lgdlm_jax.config import training_keys
-from lgdlm_jax.config.declare import declare
 from lgdlm_jax.config.declare import Key
 from lgdlm_jax.config.declare import OneOf
+from lgdlm_jax.config.declare import declare
 
 # A workdir's config, and the model config of a directory the converter wrote.
 CONFIG_FILE = 'config.json'

@@ -1,11 +1,11 @@
 """The training section's keys: batches, schedule, evaluation, checkpoints, logs and the train step."""
 
-from lgdlm_jax.config.declare import boolean
-from lgdlm_jax.config.declare import Key
 from lgdlm_jax.config.declare import NON_NEGATIVE
+from lgdlm_jax.config.declare import POSITIVE
+from lgdlm_jax.config.declare import Key
+from lgdlm_jax.config.declare import boolean
 from lgdlm_jax.config.declare import number
 from lgdlm_jax.config.declare import one_of
-from lgdlm_jax.config.declare import POSITIVE
 from lgdlm_jax.config.declare import step_range
 from lgdlm_jax.config.declare import string
 

@@ -10,11 +10,11 @@
   sources     one reader for all of the above: what init_from, sampling and --to-torch start from
   init_from   the `init_from` config key: checked before any work, then applied to the train state
   exporters   the reference's layouts written back (--to-torch)
-  twin        a PyTorch twin of the reference model (needs torch and mmdit: --verify and tests only)
+  verify      --verify: the PyTorch twin (lgdlm_jax.reference, the `reference` extra) against the Flax model
   __main__    the command line: python -m lgdlm_jax.convert (alias: python convert_torch_weights.py)
 
 torch is a tool and test dependency, never a runtime one: it is imported only where a pickle is read
-or written, and `twin` only by --verify and the tests.
+or written, and `verify` only by --verify.
 """
 
 from lgdlm_jax.convert.mapping import ConversionError

@@ -1,7 +1,8 @@
 """PyTorch LGDLM checkpoints into lgdlm_jax, and lgdlm_jax weights back.
 
   python -m lgdlm_jax.convert --input CKPT --output DIR [--step N] [--verify] [--dtype bfloat16] [--vocab-size V ...]
-  python -m lgdlm_jax.convert --to-torch --input DIR --output FILE.pt|FILE.safetensors [--torch-layout cycle|latentdlm|bare]
+  python -m lgdlm_jax.convert --to-torch --input DIR --output FILE.pt|FILE.safetensors
+      [--torch-layout cycle|latentdlm|bare]
 (`python convert_torch_weights.py` is the same command.)
 
 CKPT is a reference checkpoint file (`.pt`, `.pth`, `.safetensors`; a trainer's dict or a bare state
@@ -33,8 +34,8 @@ import numpy as np
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax import errors
+from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import exporters
 from lgdlm_jax.convert import files
@@ -42,8 +43,7 @@ from lgdlm_jax.convert import fitting
 from lgdlm_jax.convert import layout
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
-from lgdlm_jax.checkpoints import weight_sources as sources
-from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.training import optimizer as optimizer_lib
 
 # float32 on both sides, highest matmul precision: what the mapping alone is accountable for.
@@ -108,7 +108,8 @@ def _to_flax(args: flags.FlagValues) -> None:
   checkpoint = files.read_checkpoint(args.input, args['unsafe-pickle'].value, args.step)
   notes = [f"unwrapped '{k}'" for k in checkpoint.unwrapped] + [f"stripped prefix '{p}'" for p in checkpoint.stripped]
   print(f'read {checkpoint.path} ({checkpoint.chosen}): {len(checkpoint.state_dict)} tensors, '
-        f'{_count(checkpoint.state_dict):,} parameters, {_dtypes(checkpoint.state_dict)}' + ''.join(f'; {n}' for n in notes))
+        f'{_count(checkpoint.state_dict):,} parameters, {_dtypes(checkpoint.state_dict)}'
+        + ''.join(f'; {n}' for n in notes))
   stated = {key: args[flag_name(key)].value for key in MODEL_FLAGS}
   inferred = layout.infer_model_config(checkpoint.state_dict, stated, checkpoint.saved_config)
   model_config = inferred.config
@@ -116,7 +117,8 @@ def _to_flax(args: flags.FlagValues) -> None:
   print('model config:')
   for key, source in inferred.sources.items():
     print(f'  {key}={model_config[key]} ({source})')
-  allow = fitting.Allowances(args['allow-missing'].value, args['allow-unexpected'].value, args['allow-mismatched'].value)
+  allow = fitting.Allowances(args['allow-missing'].value, args['allow-unexpected'].value,
+                             args['allow-mismatched'].value)
   fitted = fitting.fit(checkpoint.state_dict, model_config, allow, args.seed)
   print('\n'.join(fitted.report))
   state_dict = exporters.cast(fitted.state_dict, args.dtype)
@@ -165,7 +167,8 @@ def _to_torch(args: flags.FlagValues) -> None:
                             f'training workdir ({config_lib.CONFIG_FILE} and checkpoints/): --to-torch exports those')
   has_optimizer_state = (sources.kind(args.input) == sources.WORKDIR
                          or os.path.isdir(os.path.join(args.input, converted.OPTIMIZER_DIR)))
-  weights = sources.read(args.input, step=args.step, with_moments=torch_layout == exporters.CYCLE and has_optimizer_state)
+  weights = sources.read(args.input, step=args.step,
+                         with_moments=torch_layout == exporters.CYCLE and has_optimizer_state)
   print(f'read {weights.description}')
   state_dict = exporters.ordered_state_dict(weights.params, weights.model_config, args.dtype)
   with _staged(args.output, args.overwrite) as staged:
@@ -177,12 +180,13 @@ def _to_torch(args: flags.FlagValues) -> None:
         f'{_dtypes(state_dict)}')
 
 
-def _verify(model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], params: Any, args: flags.FlagValues) -> None:
+def _verify(model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], params: Any,
+            args: flags.FlagValues) -> None:
   try:
-    from lgdlm_jax.convert import twin  # pylint: disable=g-import-not-at-top  (needs torch and mmdit)
+    from lgdlm_jax.convert import verify  # pylint: disable=g-import-not-at-top  (needs torch and mmdit)
   except ImportError as e:
-    raise VerificationError(f'--verify needs torch and mmdit ({e}); pip install -r requirements-test.txt') from e
-  differences = twin.max_abs_differences(model_config, state_dict, params, args.seed)
+    raise VerificationError(f'--verify needs torch and mmdit ({e}); pip install -e ".[reference]"') from e
+  differences = verify.max_abs_differences(model_config, state_dict, params, args.seed)
   print(f'verify (seeded batch, seed {args.seed}; float32, highest matmul precision; tolerance {args.tolerance:g}):')
   for name, difference in differences.items():
     print(f'  {name}: max |PyTorch - Flax| = {difference:.3g}')

@@ -78,7 +78,8 @@ def write(path: str, torch_layout: str, weights: Weights, state_dict: dict[str, 
           f'{max(steps - 1, 0)} (the reference\'s numbering for {steps} micro-batches done), cfg')
 
 
-def ordered_state_dict(params: Any, model_config: ml_collections.ConfigDict, dtype: str | None) -> dict[str, np.ndarray]:
+def ordered_state_dict(params: Any, model_config: ml_collections.ConfigDict,
+                       dtype: str | None) -> dict[str, np.ndarray]:
   """The reference's state dict of `params`, in its parameter order, optionally cast."""
   state_dict = mapping.flax_to_torch(params, model_config)
   return cast({name: state_dict[name] for name in mapping.reference_parameter_order(model_config)}, dtype)

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 
 from lgdlm_jax import config as config_lib
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax.convert import mapping
+from lgdlm_jax.objective import diffusion
 
 MHC = 'mhc'
 PLAIN = 'plain'

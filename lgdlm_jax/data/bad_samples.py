@@ -13,13 +13,15 @@ next, so it never makes the host wait for the device.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
+import math
 from typing import Any
 
 from absl import logging
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
 
 from lgdlm_jax.data.formats import DataError

@@ -20,8 +20,8 @@ import numpy as np
 import tqdm
 
 from lgdlm_jax.data import formats
-from lgdlm_jax.data import packed_writer
 from lgdlm_jax.data import packed_reader
+from lgdlm_jax.data import packed_writer
 from lgdlm_jax.data import sources
 from lgdlm_jax.data.formats import CorruptSampleError
 
@@ -84,8 +84,9 @@ def _records(path: str, chunk: int = 4096):
   reader = array_record_module.ArrayRecordReader(path)
   try:
     for start in range(0, reader.num_records(), chunk):
+      # with_retries calls the lambda before the loop moves on.
       yield from formats.with_retries(
-          lambda: reader.read(list(range(start, min(start + chunk, reader.num_records())))), path)
+          lambda: reader.read(list(range(start, min(start + chunk, reader.num_records())))), path)  # noqa: B023
   finally:
     reader.close()
 
@@ -98,7 +99,7 @@ def check_packed(directory: str, limits: Limits, report: Report) -> Report:
     if not os.path.isfile(path):
       report.bad(f'{path}: missing shard')
       continue
-    size, crc = os.path.getsize(path), formats.with_retries(lambda: packed_writer.file_crc32(path), path)
+    size, crc = os.path.getsize(path), formats.with_retries(lambda: packed_writer.file_crc32(path), path)  # noqa: B023
     if (size, crc) != (shard['bytes'], shard['crc32']):
       report.bad(f'{path}: {size} bytes with CRC-32 {crc}, the manifest says {shard["bytes"]} bytes, '
                  f'{shard["crc32"]}: the shard is damaged')
@@ -131,7 +132,8 @@ def check(directory: str | None = None, *, token_dir: str | None = None, latent_
     return check_packed(directory, limits, report)
   if directory is not None:
     info = packed_writer.read_dataset_info(directory)
-    token_dir, latent_dir = (os.path.join(directory, kind, info.get('split', 'train')) for kind in ('tokens', 'latents'))
+    split = info.get('split', 'train')
+    token_dir, latent_dir = (os.path.join(directory, kind, split) for kind in ('tokens', 'latents'))
     limits = _fill(limits, info)
   report.limits = limits
   return check_files(token_dir, latent_dir, limits, report)

@@ -13,15 +13,15 @@ This module imports neither jax nor grain: grain's worker processes import it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import math
 import re
 import struct
 import time
+from typing import BinaryIO, TypeVar
 import zipfile
 import zlib
-from collections.abc import Callable
-from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -241,7 +241,8 @@ def encode_record(name: str, ids: np.ndarray, mask: np.ndarray, latent: np.ndarr
                    latent.astype(np.float32).tobytes()))
 
 
-def decode_record(record: bytes, *, token_dtype: str, latent_dim: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+def decode_record(record: bytes, *, token_dtype: str,
+                  latent_dim: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
   """(name, ids [L], mask bool [L], latent float32 [D]), read-only views of `record`.
 
   The ids keep the manifest's token dtype (copying them out casts them). A wrong framing is a

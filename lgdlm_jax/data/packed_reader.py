@@ -6,17 +6,19 @@ lgdlm_jax.data.formats.encode_record), and `manifest.json`, which lists them in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from array_record.python import array_record_module
 import numpy as np
 
 from lgdlm_jax.data import formats
-from lgdlm_jax.data.formats import CorruptSampleError, DataError, SampleSpec
+from lgdlm_jax.data.formats import CorruptSampleError
+from lgdlm_jax.data.formats import DataError
+from lgdlm_jax.data.formats import SampleSpec
 
 MANIFEST = 'manifest.json'
 FORMAT = 'lgdlm_jax.packed/1'
@@ -109,7 +111,8 @@ class PackedSource:
     for shard in np.unique(shards):
       rows = np.flatnonzero(shards == shard)
       positions = (record_indices[rows] - self._shard_starts[shard]).tolist()
-      read = formats.with_retries(lambda: self._reader(int(shard)).read(positions), self._paths[shard])
+      read = formats.with_retries(lambda: self._reader(int(shard)).read(positions),  # noqa: B023 (called at once)
+                                  self._paths[shard])
       for row, record in zip(rows, read):
         records[row] = record
     return list(zip(record_indices.tolist(), records))
@@ -129,7 +132,8 @@ class PackedSource:
     except CorruptSampleError as e:
       raise CorruptSampleError(f'{self._where(record_index)}: {e}') from None
     if len(ids) > self.spec.seq_len:  # the manifest's max_length was checked; a record may still lie
-      raise CorruptSampleError(f'{self._where(record_index)}: {len(ids)} tokens > model.max_seq_len {self.spec.seq_len}')
+      raise CorruptSampleError(
+          f'{self._where(record_index)}: {len(ids)} tokens > model.max_seq_len {self.spec.seq_len}')
     return ids, mask, latent
 
   def _where(self, record_index: int) -> str:

@@ -14,12 +14,12 @@ which leaves it out and records it. `tokenizer.json` and `dataset.json` are copi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import dataclasses
 import json
 import os
 import shutil
 import zlib
-from collections.abc import Iterable
 
 from absl import logging
 from array_record.python import array_record_module
@@ -29,7 +29,8 @@ import tqdm
 from lgdlm_jax.data import formats
 from lgdlm_jax.data import packed_reader
 from lgdlm_jax.data import sources
-from lgdlm_jax.data.formats import CorruptSampleError, DataError
+from lgdlm_jax.data.formats import CorruptSampleError
+from lgdlm_jax.data.formats import DataError
 
 RECORDS_PER_SHARD = 100_000
 # group_size:1 is what random access needs (grain refuses larger groups' read cost); records are

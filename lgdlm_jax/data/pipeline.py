@@ -35,10 +35,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from lgdlm_jax.data import formats
 from lgdlm_jax.data import sources as sources_lib
 from lgdlm_jax.data.bad_samples import BadSamples
-from lgdlm_jax.data import formats
-from lgdlm_jax.data.formats import CorruptSampleError, DataError
+from lgdlm_jax.data.formats import CorruptSampleError
+from lgdlm_jax.data.formats import DataError
 
 Batch = dict[str, np.ndarray]
 BadFound = tuple[tuple[int, str], ...]  # (sample key, message) of each bad sample met
@@ -229,7 +230,8 @@ def make_datasets(config: ml_collections.ConfigDict, *, process_index: int | Non
   common = dict(process_index=process_index, process_count=process_count, replace=replace)
   train_keys, val_keys = found.keys
   layout = dict(process_count=process_count, process_index=process_index, num_samples=len(found.train),
-                global_batch_size=training.train_batch_size, seed=training.seed, steps_per_epoch=len(found.train) // training.train_batch_size)
+                global_batch_size=training.train_batch_size, seed=training.seed,
+                steps_per_epoch=len(found.train) // training.train_batch_size)
   train = TrainIterator(
       local_batches(found.train, train_keys, global_batch_size=training.train_batch_size, seed=training.seed,
                     **common), bad_samples, num_workers=data.num_workers, prefetch=data.prefetch_batches,

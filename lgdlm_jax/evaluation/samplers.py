@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax.model.passes import apply_model
+from lgdlm_jax.objective import diffusion
 
 Params = Any
 

@@ -35,7 +35,7 @@ from lgdlm_jax.model import blockwise_attention
 
 # The names are lgdlm_jax.config.schema.CHOICES['model.attention'] less 'auto'.
 BACKENDS = ('xla', 'blockwise', 'cudnn', 'splash')
-# benchmarks/attention_cpu.py measures the two on CPU (forward + backward of one layer).
+# python3 -m benchmarks.attention_cpu measures the two on CPU (forward + backward of one layer).
 CPU_BLOCKWISE_FROM = 4096
 RESIDUAL_NAME = blockwise_attention.RESIDUAL_NAME
 # cuDNN pads its tiles to 64 tokens anyway; padding the sequence to that also makes it even.

@@ -4,8 +4,9 @@ Each helper reproduces one PyTorch primitive the reference uses, with the same c
 Flax model matches it to float32 rounding. Norm statistics are always computed in float32.
 """
 
+from collections.abc import Callable
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

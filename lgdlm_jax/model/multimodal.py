@@ -53,7 +53,8 @@ class TimestepEmbedder(nn.Module):
 
   @nn.compact
   def __call__(self, t_B: jax.Array) -> jax.Array:
-    x = layers.torch_linear(self.cond_dim, TIMESTEP_FREQUENCY_DIM, name='mlp_0', dtype=self.dtype)(timestep_features(t_B))
+    x = layers.torch_linear(self.cond_dim, TIMESTEP_FREQUENCY_DIM, name='mlp_0',
+                            dtype=self.dtype)(timestep_features(t_B))
     return layers.torch_linear(self.cond_dim, self.cond_dim, name='mlp_2', dtype=self.dtype)(nn.silu(x))
 
 

@@ -45,9 +45,9 @@ Deliberate differences (docs/reference.md section 3):
 - The reference also logs `cycle_latent_sampling` (a string); metrics here are float32 scalars only.
 """
 
+from collections.abc import Mapping
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -55,12 +55,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lgdlm_jax.model import layers
+from lgdlm_jax.model.passes import ModelPass
+from lgdlm_jax.model.passes import run_passes
 from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax.objective import diffusion
 from lgdlm_jax.objective.cycle_schedule import CYCLE_TERMS
 from lgdlm_jax.objective.cycle_schedule import TermSet
-from lgdlm_jax.model import layers
-from lgdlm_jax.model.passes import ModelPass, run_passes
 
 # The reference keeps t < 1 in random mode so that sqrt(abar) never reaches its smallest value.
 LATENT_T_MAX = diffusion.MAX_RANDOM_T

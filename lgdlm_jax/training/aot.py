@@ -5,8 +5,8 @@ deviceless CUDA compile), so that a config's memory is known before anyone rents
     report = memory_report(compiled.memory_analysis(), devices[0])
 
 TPU names are libtpu's, GENERATION:TOPOLOGY (v4:2x2x1, v5e:2x4, v5p:2x2x1, v6e:2x2, ...), and need
-`pip install -r requirements-tpu.txt` (jax[tpu], which brings libtpu; TPU_SKIP_MDS_QUERY=1 keeps
-it from probing for a metadata server). GPU names need `pip install -r requirements-cuda.txt` and
+`pip install -e '.[tpu]'` (jax[tpu], which brings libtpu; TPU_SKIP_MDS_QUERY=1 keeps
+it from probing for a metadata server). GPU names need `pip install -e '.[cuda]'` and
 JAX_PLATFORMS=cpu (the CUDA plugin would otherwise fail to find a GPU at start-up); the GPU is
 described by gpu_targets/h100_sxm.txtpb. The figures are the target compiler's own
 (memory_analysis of the compiled step), per device; speed cannot be measured this way.
@@ -17,7 +17,6 @@ import os
 import re
 from typing import Any
 
-import jax
 from jax.experimental import topologies
 
 from lgdlm_jax.errors import InputError
@@ -49,7 +48,7 @@ def target_devices(topology: str) -> tuple[list[Any], str]:
     raise InputError(f'--topology={topology!r}: expected a TPU slice such as v5e:2x4 or v5p:2x2x1, or a GPU '
                      f'node such as {", ".join(_GPU_TARGETS)} or h100:8')
   if importlib.util.find_spec('libtpu') is None:
-    raise InputError(f'--topology={topology!r} needs libtpu: pip install -r requirements-tpu.txt (in a separate '
+    raise InputError(f'--topology={topology!r} needs libtpu: pip install -e ".[tpu]" (in a separate '
                      'environment: it changes how JAX starts on every run)')
   try:
     return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices), 'tpu'
@@ -59,7 +58,7 @@ def target_devices(topology: str) -> tuple[list[Any], str]:
 
 def _gpu_devices(topology: str, target_file: str, count: int) -> list[Any]:
   if importlib.util.find_spec('jax_plugins') is None or importlib.util.find_spec('jax_plugins.xla_cuda12') is None:
-    raise InputError(f'--topology={topology!r} needs the CUDA plugin: pip install -r requirements-cuda.txt (in a '
+    raise InputError(f'--topology={topology!r} needs the CUDA plugin: pip install -e ".[cuda]" (in a '
                      'separate environment), and JAX_PLATFORMS=cpu on a machine without a GPU')
   with open(os.path.join(_GPU_DIR, target_file)) as f:
     target_config = f.read()

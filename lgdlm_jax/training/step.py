@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from lgdlm_jax.objective import cycle_schedule
-from lgdlm_jax.training import ema as ema_lib
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.evaluation import metrics as eval_metrics
+from lgdlm_jax.objective import cycle_schedule
+from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.training import ema as ema_lib
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
-from lgdlm_jax.evaluation import metrics as eval_metrics
 
 
 @flax.struct.dataclass

@@ -1,7 +1,7 @@
 """The PyTorch reference's train step, for the benchmarks that time lgdlm_jax against it.
 
-lgdlm_jax.convert.twin's model (glue around the real pinned `mmdit` backbone, hence the real
-x_transformers attention and hyper_connections), tests/torch_cycle_loss.py's statement of the
+lgdlm_jax.reference.model (glue around the real pinned `mmdit` backbone, hence the real
+x_transformers attention and hyper_connections), lgdlm_jax.reference.cycle_loss's statement of the
 reference loss (four separate model calls), then loss.backward(), clip_grad_norm_ and
 torch.optim.AdamW.step(), on one device.
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from lgdlm_jax.objective import diffusion
-from lgdlm_jax.convert import twin
-from tests import torch_cycle_loss
+from lgdlm_jax.reference import cycle_loss
+from lgdlm_jax.reference import model as reference_model
 
 PRECISIONS = ('float32', 'bfloat16', 'autocast')
 
@@ -47,7 +47,7 @@ class TorchTrainer:
     self.precision = precision
     # Parameters (and with them activations and AdamW state) in bfloat16 only for the reference's way.
     self.dtype = torch.bfloat16 if precision == 'bfloat16' else torch.float32
-    self.model = twin.ReferenceMultimodalMMDiT(config.model).to(self.device, self.dtype).train()
+    self.model = reference_model.ReferenceMultimodalMMDiT(config.model).to(self.device, self.dtype).train()
     opt = config.optimizer
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2),
                                        eps=opt.eps, weight_decay=opt.weight_decay)
@@ -63,7 +63,8 @@ class TorchTrainer:
     self.step_seconds: list[float] = []  # of timed steps: background load on a shared machine shows up here
 
   def _draws(self) -> dict[str, torch.Tensor]:
-    # As lgdlm_jax.objective.cycle_vae draws them: t = 1 in latent_t_mode 'full', else U(t_min, t_max) clamped to <= 0.9999.
+    # As lgdlm_jax.objective.cycle_vae draws them: t = 1 in latent_t_mode 'full', else U(t_min, t_max) clamped
+    # to <= 0.9999.
     loss_cfg, (b, d) = self.config.loss, self.batch['latent'].shape
     options = dict(generator=self.generator, device=self.device)
 
@@ -87,9 +88,9 @@ class TorchTrainer:
   def _forward(self) -> torch.Tensor:
     cfg = self.config
     with self.autocast():
-      total, _ = torch_cycle_loss.cycle_vae_loss(self.model, self.batch, self._draws(), self.step, cfg.loss,
-                                                 cfg.tokenizer.mask_token_id, cfg.model.latent_parameterization,
-                                                 self.tables)
+      total, _ = cycle_loss.cycle_vae_loss(self.model, self.batch, self._draws(), self.step, cfg.loss,
+                                           cfg.tokenizer.mask_token_id, cfg.model.latent_parameterization,
+                                           self.tables)
     return total
 
   def _update(self) -> None:

@@ -1,4 +1,4 @@
-"""Test-only statement of how the PyTorch reference writes and loads checkpoints (it is not installable).
+"""How the PyTorch reference writes and loads checkpoints (its code is not installable), for the conversion tests.
 
 Written from the meaning of the reference's code, not copied:
 - the cycle trainer (`cycle_vae_impl`): its trainer module wraps the model as `self.model`, so its
@@ -21,7 +21,7 @@ import types
 
 import torch
 
-from lgdlm_jax.convert import twin
+from lgdlm_jax.reference import model as reference_model
 
 
 class CycleTrainer(torch.nn.Module):
@@ -99,7 +99,7 @@ def load_like_latentdlm_sampler(path, model_config_defaults) -> torch.nn.Module:
   model_section['vocab_size'] = next(v.shape[0] for k, v in state_dict.items() if 'text_head.weight' in k)
   model_config = model_config_defaults.copy_and_resolve_references()
   model_config.update({k: v for k, v in model_section.items() if k in model_config}, cluster_size=0)
-  model = twin.ReferenceMultimodalMMDiT(model_config)
+  model = reference_model.ReferenceMultimodalMMDiT(model_config)
   model.load_state_dict({k[len('model.'):] if k.startswith('model.') else k: v for k, v in state_dict.items()},
                         strict=True)
   return model

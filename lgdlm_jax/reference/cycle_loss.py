@@ -1,4 +1,4 @@
-"""Test-only PyTorch statement of the reference trainer's cycle_vae loss (docs/reference.md, section 3).
+"""A PyTorch statement of the reference trainer's cycle_vae loss (docs/reference.md, section 3).
 
 Written from the meaning of `cycle_vae_impl/trainers/cycle_vae_trainer.py`, not copied: four
 SEPARATE model calls in the reference's order, its ramp formula in Python floats, F.normalize,
@@ -99,7 +99,8 @@ def cycle_vae_loss(model, batch, draws, step, loss_cfg, mask_token_id: int, para
     latent_pred2 = model(pseudo, z_t2.unsqueeze(1), zeros, draws['t_lat2'], mask)[1].squeeze(1)
     cycle_latent = torch.clamp(_normalized_mse(latent_pred2, target2), 0.0, 10.0)
 
-  total = loss_cfg.latent_loss_weight * base_t2l + base_l2t + float(w_text) * cycle_text + float(w_latent) * cycle_latent
+  total = (loss_cfg.latent_loss_weight * base_t2l + base_l2t + float(w_text) * cycle_text
+           + float(w_latent) * cycle_latent)
   terms = dict(
       loss=total, base_t2l_latent_loss=base_t2l, base_l2t_text_loss=base_l2t, cycle_text_loss=cycle_text,
       cycle_text_weight=w_text, cycle_latent_loss=cycle_latent, cycle_latent_weight=w_latent,

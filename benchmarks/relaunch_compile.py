@@ -1,6 +1,6 @@
 """Compile time of a first start and of a relaunch that finds the persistent compilation cache.
 
-    python benchmarks/compile_cache.py --config configs/smoke.py [--steps 4] [--rounds 1]
+    python3 -m benchmarks.relaunch_compile --config configs/smoke.py [--steps 4] [--rounds 1]
 
 Each round trains `--steps` steps of `python -m lgdlm_jax.main` twice, each time in a fresh process
 and a fresh workdir, both pointed at one new cache directory (training.compilation_cache_dir): the
@@ -33,8 +33,8 @@ EVENTS = {
 
 def child(main_args: list[str]) -> None:
   """One start, in this process: run lgdlm_jax.main with the listener on, print the sums as JSON."""
-  sys.path.insert(0, str(REPO_ROOT))
   import jax  # pylint: disable=g-import-not-at-top  (the parent process never imports jax)
+
   from lgdlm_jax import main  # pylint: disable=g-import-not-at-top
 
   totals = dict.fromkeys(EVENTS.values(), 0.0)
@@ -52,7 +52,8 @@ def child(main_args: list[str]) -> None:
 
 
 def start(config: str, steps: int, workdir: str, cache: str) -> dict:
-  command = [sys.executable, __file__, '--child', '--', f'--config={config}', f'--workdir={workdir}',
+  command = [sys.executable, '-m', 'benchmarks.relaunch_compile', '--child', '--', f'--config={config}',
+             f'--workdir={workdir}',
              f'--config.training.num_train_steps={steps}', f'--config.training.compilation_cache_dir={cache}']
   out = subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True,
                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'}).stdout
