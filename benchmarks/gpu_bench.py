@@ -55,7 +55,8 @@ from benchmarks import torch_reference  # noqa: E402
 from lgdlm_jax import bench  # noqa: E402
 from lgdlm_jax import cli  # noqa: E402
 from lgdlm_jax import config as config_lib  # noqa: E402
-from lgdlm_jax.objective import cycle_vae as losses  # noqa: E402
+from lgdlm_jax.objective import options as options_lib  # noqa: E402
+from lgdlm_jax.objective import plan as plan_lib  # noqa: E402
 from lgdlm_jax import model as model_lib  # noqa: E402
 from lgdlm_jax.training import optimizer as optimizer_lib  # noqa: E402
 from lgdlm_jax.training import step as train  # noqa: E402
@@ -81,7 +82,7 @@ def with_overrides(config: ml_collections.ConfigDict, **model_overrides) -> conf
 
 def passes_per_step(config: ml_collections.ConfigDict) -> int:
   """Model passes (each over the whole batch) in one train step: the objective's pass plan."""
-  return sum(len(round_) for round_ in losses.pass_plan(losses.loss_options(config)))
+  return len(plan_lib.in_order(plan_lib.pass_plan(options_lib.from_config(config))))
 
 
 def dense_flops_per_step(config: ml_collections.ConfigDict) -> float:
