@@ -23,7 +23,7 @@ from lgdlm_jax import convert
 from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.objective import diffusion
-from lgdlm_jax.model import passes
+from lgdlm_jax.model import passes as model_passes
 from lgdlm_jax.objective import cycle_vae
 from lgdlm_jax.objective import draws as draws_lib
 from lgdlm_jax.objective import options as options_lib
@@ -226,9 +226,9 @@ class TorchParityTest(parameterized.TestCase):
   def test_sequential_gradient_matches_joint_for_each_term_set(self, terms, sampling):
     config = make_config('epsilon', cycle_latent_sampling=sampling)
     model = model_lib.MultimodalMMDiT(config.model)
+    options = options_lib.from_config(config)
     joint = jax.jit(jax.value_and_grad(
-        lambda p, b, d: cycle_vae.cycle_vae_loss(p, b, d, step=PARITY_STEP, model=model, options=options_lib.from_config(config),
-                                                 terms=terms),
+        lambda p, b, d: cycle_vae.cycle_vae_loss(p, b, d, step=PARITY_STEP, model=model, options=options, terms=terms),
         has_aux=True))
     sequential = sequential_fn(config, terms)
     _, params = torch_pair()
@@ -386,10 +386,10 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [passes.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+    passes = [model_passes.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
               for seed in (1, 2)]
     with jax.default_matmul_precision('highest'):
-      got = jax.jit(lambda p, ps: passes.run_passes(model, p, ps, deterministic=True, dropout_key=None))(
+      got = jax.jit(lambda p, ps: model_passes.run_passes(model, p, ps, deterministic=True, dropout_key=None))(
           params, passes)
       direct = [model.apply({'params': params}, *one[:4], attention_mask=one.mask_BxS) for one in passes]
     for (text, latent), (text_ref, latent_ref) in zip(got, direct):
@@ -404,9 +404,9 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [passes.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+    passes = [model_passes.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
               for seed in (1, 2)]
-    call = lambda w: jax.jit(lambda p, ps: passes.run_passes(model, p, ps, deterministic=True, dropout_key=None,
+    call = lambda w: jax.jit(lambda p, ps: model_passes.run_passes(model, p, ps, deterministic=True, dropout_key=None,
                                                              text_logits_wanted=w))(params, passes)
     with jax.default_matmul_precision('highest'):
       every, some = call(None), call(wanted)
@@ -417,14 +417,14 @@ class ContractTest(parameterized.TestCase):
       else:
         self.assertIsNone(text_some)
     with self.assertRaisesRegex(ValueError, 'text_logits_wanted has 1 entries for 2 passes'):
-      passes.run_passes(model, params, passes, deterministic=True, dropout_key=None, text_logits_wanted=(True,))
+      model_passes.run_passes(model, params, passes, deterministic=True, dropout_key=None, text_logits_wanted=(True,))
 
   def test_each_pass_draws_its_own_dropout_mask(self):
     config = make_config(dropout=0.3)
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    one = passes.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=1))
-    call = jax.jit(lambda key: passes.run_passes(model, params, [one, one], deterministic=False, dropout_key=key))
+    one = model_passes.ModelPass(*model_test.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=1))
+    call = jax.jit(lambda key: model_passes.run_passes(model, params, [one, one], deterministic=False, dropout_key=key))
     first, again, other = call(jax.random.key(0)), call(jax.random.key(0)), call(jax.random.key(1))
     # Same input twice: only the dropout masks (drawn per row of the joint call) tell them apart.
     self.assertGreater(float(jnp.abs(first[0][1] - first[1][1]).max()), 1e-3)
