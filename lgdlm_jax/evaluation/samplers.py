@@ -143,7 +143,7 @@ def sample_t2l(params: Params, tokens_BxS: jax.Array, attention_mask: jax.Array 
 
   def step(z_BxD, ts):
     t, t_prev = ts[0], ts[1]
-    _, output_BxD = apply_model(model, params, tokens_BxS, z_BxD, 0.0, t, attention_mask, text_logits_wanted=False)
+    _, output_BxD = apply_model(model, params, tokens_BxS, z_BxD, 0.0, t, attention_mask)
     eps_BxD = diffusion.predict_eps(schedule, z_BxD, t, output_BxD, parameterization)
     z_prev_BxD, x0_BxD = diffusion.ddim_step(schedule, z_BxD, t, t_prev, eps_BxD)
     return z_prev_BxD, x0_BxD

@@ -1,7 +1,7 @@
 """Calling the model on whole batches: several independent passes as one call, and single passes.
 
-Everything above the model (the objective, the samplers, evaluation) calls it through here, and
-runs only the heads it reads:
+Everything above the model (the objective, the samplers, evaluation) calls it through here; the
+objective's passes run the backbone and only the heads they read:
 
     outputs = run_passes(model, params, [ModelPass(...), ModelPass(...)], deterministic=True, dropout_key=None)
     text_logits_BxSxV, latent_pred_BxD = apply_model(model, params, tokens_BxS, latents_BxD, 1.0, 0.0, mask_BxS)
@@ -94,11 +94,14 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
 
 
 def apply_model(model: nn.Module, params: Params, tokens_BxS: jax.Array, latents_BxD: jax.Array,
-                text_t: float | jax.Array, latent_t: float | jax.Array, mask_BxS: jax.Array | None,
-                text_logits_wanted: bool = True) -> tuple[jax.Array | None, jax.Array]:
-  """One deterministic pass with scalar timesteps: (text_logits [B,S,V] or None, latent_pred [B,D])."""
+                text_t: float | jax.Array, latent_t: float | jax.Array,
+                mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """One deterministic pass of the whole model with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D]).
+
+  Under jit XLA drops the work of an output the caller discards (e.g. a T2L sampler's text logits).
+  """
   batch = tokens_BxS.shape[0]
   full_B = lambda t: jnp.full((batch,), t, jnp.float32)
-  passes = [ModelPass(tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t), mask_BxS)]
-  return run_passes(model, params, passes, deterministic=True, dropout_key=None,
-                    text_logits_wanted=[text_logits_wanted])[0]
+  outputs = model.apply({'params': params}, tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t),
+                        attention_mask=mask_BxS, deterministic=True)
+  return outputs[0], outputs[1][:, 0, :]
