@@ -52,7 +52,8 @@ from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import flops as model_flops
 from lgdlm_jax.model import mmdit
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import options as options_lib
+from lgdlm_jax.objective import plan as plan_lib
 from lgdlm_jax.reference import trainer as reference_trainer
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import step as train
@@ -76,7 +77,7 @@ def with_overrides(config: ml_collections.ConfigDict, **model_overrides) -> conf
 
 def passes_per_step(config: ml_collections.ConfigDict) -> int:
   """Model passes (each over the whole batch) in one train step: the objective's pass plan."""
-  return sum(len(round_) for round_ in losses.pass_plan(losses.loss_options(config)))
+  return len(plan_lib.in_order(plan_lib.pass_plan(options_lib.from_config(config))))
 
 
 def dense_flops_per_step(config: ml_collections.ConfigDict) -> float:

@@ -28,8 +28,10 @@ from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.model import flops as model_flops
 from lgdlm_jax.objective import cycle_schedule
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import options as options_lib
+from lgdlm_jax.objective import plan as plan_lib
 from lgdlm_jax.training import aot
+from lgdlm_jax.training import gradients
 from lgdlm_jax.training import setup as training_setup
 from lgdlm_jax.training import sharding
 
@@ -44,11 +46,11 @@ def train_flops_per_step(config: ml_collections.ConfigDict, terms: cycle_schedul
   """Forward + backward (3x forward) of every pass the objective runs for one global batch, with the
   cycle terms `terms` (default: every term with a base weight above 0).
 
-  The passes come from lgdlm_jax.objective.cycle_vae.pass_plan, the list cycle_vae_loss itself runs. The
-  objective never reads the cluster head, so XLA drops it and it is not counted.
+  The passes come from lgdlm_jax.objective.plan.pass_plan, the plan the objective itself runs. The
+  objective never runs the cluster head, so it is not counted.
   """
   per_sequence = sum(model_flops.forward_flops_per_sequence(config.model, text_logits=planned.text_logits)
-                     for round_ in losses.pass_plan(losses.loss_options(config), terms) for planned in round_)
+                     for planned in plan_lib.in_order(plan_lib.pass_plan(options_lib.from_config(config), terms)))
   return 3 * config.training.train_batch_size * per_sequence
 
 
@@ -73,7 +75,7 @@ def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], plat
           'batch': config.training.train_batch_size,
           'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
           'cycle_terms': cycle_schedule.from_config(config).configured_terms().name,
-          'round_gradients': 'sequential' if losses.pass_by_pass_gradient(config) else 'joint', 'backend': platform,
+          'round_gradients': gradients.round_gradients(config), 'backend': platform,
           'device': devices[0].device_kind, 'devices': len(devices), 'jax': jax.__version__,
           'model_flops_per_step': train_flops_per_step(config)}
 

@@ -294,6 +294,17 @@ def test_no_config_key_is_read_with_a_second_default():
   assert gets == []
 
 
+# The objective's one read of the training section: the cycle schedule counts micro-batches per update.
+OBJECTIVE_TRAINING_READS = {'training.gradient_accumulation_steps'}
+
+
+def test_the_objective_reads_no_training_key():
+  # How the step takes the gradient (training.round_gradients) is the training room's choice.
+  reads, _ = config_reads()
+  assert [(where, key) for where, key in reads if where.startswith('lgdlm_jax/objective/')
+          and key.startswith('training.') and key not in OBJECTIVE_TRAINING_READS] == []
+
+
 def test_every_config_key_is_declared_once_with_its_rule_and_one_line_help():
   assert set(config_lib.flat_items(config_lib.default_config())) == set(config_lib.KEYS)
   for name, key in config_lib.KEYS.items():

@@ -9,7 +9,9 @@ from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import flops as model_flops
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import cycle_vae
+from lgdlm_jax.objective import draws as draws_lib
+from lgdlm_jax.objective import options as options_lib
 
 
 def small_config():
@@ -41,8 +43,9 @@ def test_train_flops_match_xlas_count_of_the_loss_gradient(cycle_latent_weight):
   model = model_lib.MultimodalMMDiT(config.model)
   batch = {k: jnp.asarray(v) for k, v in bench.synthetic_batch(config).items()}
   params = model.init(jax.random.key(0), batch['input_ids'], batch['latent'])['params']
-  draws = losses.sample_draws(jax.random.key(1), 2, config.model.latent_dim, config)
-  grad = jax.jit(jax.grad(lambda p: losses.cycle_vae_loss(p, batch, draws, step=0, model=model, config=config)[0]))
+  options = options_lib.from_config(config)
+  draws = draws_lib.sample_draws(jax.random.key(1), 2, config.model.latent_dim, options)
+  grad = jax.jit(jax.grad(lambda p: cycle_vae.cycle_vae_loss(p, batch, draws, step=0, model=model, options=options)[0]))
   xla_flops = grad.lower(params).compile().cost_analysis()['flops']
   ours = bench.train_flops_per_step(config)
   # Backward = 2x forward for matmuls (less the embedding's unneeded input gradient); XLA adds

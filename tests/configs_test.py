@@ -8,7 +8,7 @@ import pytest
 
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
@@ -28,7 +28,7 @@ def test_config_builds(name):
   config = load(name)
   config = config_lib.finalize(config)
   optimizer_lib.make_optimizer(config)
-  losses.loss_options(config)
+  options_lib.from_config(config)
   assert config.training.train_batch_size >= 1
 
 

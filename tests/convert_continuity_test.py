@@ -23,8 +23,9 @@ from lgdlm_jax import model as model_lib
 from lgdlm_jax.checkpoints import init_from
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments
-from lgdlm_jax.objective import cycle_vae as losses
 from lgdlm_jax.objective import diffusion
+from lgdlm_jax.objective import draws as draws_lib
+from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.reference import checkpoints as reference_checkpoints
 from lgdlm_jax.reference import cycle_loss
 from lgdlm_jax.reference import lr as reference_lr
@@ -64,7 +65,8 @@ def batches(config, count: int) -> list[dict[str, np.ndarray]]:
 
 def jax_draws(config, step_key, step: int) -> dict[str, np.ndarray]:
   """The draws lgdlm_jax's train step makes at `step` (fold_in of its key with the step)."""
-  draws = losses.sample_draws(jax.random.fold_in(step_key, step), BATCH, config.model.latent_dim, config)
+  draws = draws_lib.sample_draws(jax.random.fold_in(step_key, step), BATCH, config.model.latent_dim,
+                                 options_lib.from_config(config))
   return {k: np.asarray(draws[k]) for k in ('t_lat', 'noise', 't_lat2', 'noise2')}
 
 

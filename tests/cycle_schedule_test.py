@@ -7,7 +7,8 @@ import pytest
 
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.objective import cycle_schedule
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import options as options_lib
+from lgdlm_jax.objective import plan as plan_lib
 from lgdlm_jax.objective.cycle_schedule import ALL_TERMS
 from lgdlm_jax.objective.cycle_schedule import BASE_ONLY
 from lgdlm_jax.objective.cycle_schedule import TermSet
@@ -78,7 +79,7 @@ def test_term_set_names():
 
 @pytest.mark.parametrize('terms', [TermSet(*t) for t in itertools.product((False, True), repeat=2)])
 def test_the_pass_plan_holds_the_passes_of_the_terms_that_run(terms):
-  plan = losses.pass_plan(losses.loss_options(config_lib.finalize(config_lib.default_config())), terms)
+  plan = plan_lib.pass_plan(options_lib.from_config(config_lib.finalize(config_lib.default_config())), terms)
   assert [p.term for p in plan[0]] == ['base_t2l', 'base_l2t']
   expected = [name for name, on in zip(cycle_schedule.CYCLE_TERMS, terms) if on]
   assert [p.term for round_ in plan[1:] for p in round_] == expected

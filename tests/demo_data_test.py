@@ -12,7 +12,7 @@ from lgdlm_jax import config as config_lib
 from lgdlm_jax import data
 from lgdlm_jax import prepare_data
 from lgdlm_jax import text
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import options as options_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BYTES = 5 * 2**20
@@ -31,7 +31,7 @@ def demo_config():
 def test_demo_config_matches_its_dataset_and_tokenizer():
   config = demo_config()
   config = config_lib.finalize(config)
-  losses.loss_options(config)
+  options_lib.from_config(config)
   with open(os.path.join(config.data.data_dir, 'dataset.json')) as f:
     info = json.load(f)
   assert (config.model.vocab_size, config.tokenizer.vocab_size) == (info['vocab_size'],) * 2

@@ -25,7 +25,10 @@ from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import passes
 from lgdlm_jax.objective import cycle_schedule
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import cycle_vae
+from lgdlm_jax.objective import draws as draws_lib
+from lgdlm_jax.objective import options as options_lib
+from lgdlm_jax.objective import terms as terms_lib
 
 TERMS = ('base_t2l_latent_loss', 'base_l2t_text_loss', 'cycle_text_loss', 'cycle_latent_loss')
 BATCH, SEQ_LEN, MAX_SEQ_LEN, VOCAB, MASK_ID = 4, 10, 16, 97, 5
@@ -61,18 +64,19 @@ def term_gradients(num_residual_streams):
   leaves, tree = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(jax.random.key(2), len(leaves))
   params = jax.tree_util.tree_unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-  draws = losses.sample_draws(jax.random.key(1), BATCH, config.model.latent_dim, config)
+  options = options_lib.from_config(config)
+  draws = draws_lib.sample_draws(jax.random.key(1), BATCH, config.model.latent_dim, options)
 
   def weighted(p, weights):
-    values, _ = losses.cycle_vae_terms(p, batch, draws, model=model, config=config,
-                                       terms=cycle_schedule.ALL_TERMS, deterministic=True)
+    values, _ = cycle_vae.cycle_vae_terms(p, batch, draws, model=model, options=options,
+                                          terms=cycle_schedule.ALL_TERMS, deterministic=True)
     return sum(w * values[name] for w, name in zip(weights, TERMS))
 
   def compute(p):
     grads = jax.vmap(jax.grad(weighted), in_axes=(None, 0))(p, jnp.eye(len(TERMS)))
     logits, _ = passes.apply_model(model, p, jnp.full_like(batch['input_ids'], MASK_ID), batch['latent'], 1.0, 0.0,
                                    batch['attention_mask'])
-    return grads, losses.sample_pseudo_tokens(logits, 'argmax', draws['sample_key'])
+    return grads, terms_lib.sample_pseudo_tokens(logits, 'argmax', draws['sample_key'])
 
   grads, pseudo_tokens = jax.jit(compute)(params)
   flat = flax.traverse_util.flatten_dict(jax.device_get(grads))

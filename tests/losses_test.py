@@ -22,10 +22,15 @@ import torch
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.model import passes as model_passes
 from lgdlm_jax.objective import cycle_schedule
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import cycle_vae
 from lgdlm_jax.objective import diffusion
+from lgdlm_jax.objective import draws as draws_lib
+from lgdlm_jax.objective import options as options_lib
+from lgdlm_jax.objective import terms as terms_lib
 from lgdlm_jax.reference import cycle_loss
+from lgdlm_jax.training import gradients
 from tests.helpers import models
 
 BATCH, SEQ_LEN = 3, 12
@@ -73,8 +78,8 @@ def compiled_loss(parameterization: str = 'epsilon', grad: bool = True, dropout:
 
   def loss_fn(params, batch, draws, step):
     TRACES[key] = TRACES.get(key, 0) + 1  # runs once per trace, not per call
-    return losses.cycle_vae_loss(params, batch, draws, step=step, model=model_lib.MultimodalMMDiT(config.model),
-                                 config=config)
+    return cycle_vae.cycle_vae_loss(params, batch, draws, step=step, model=model_lib.MultimodalMMDiT(config.model),
+                                 options=options_lib.from_config(config))
 
   fn = jax.value_and_grad(loss_fn, has_aux=True) if grad else loss_fn
   return jax.jit(fn), config, key
@@ -86,17 +91,18 @@ def run(fn, *args):
     return jax.block_until_ready(fn(*args))
 
 
-def pass_by_pass_fn(config, terms=None):
+def sequential_fn(config, terms=None):
   """jit of the train step's value_and_grad with training.round_gradients='sequential'."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.training.round_gradients = 'sequential'
   model = model_lib.MultimodalMMDiT(config.model)
-  return jax.jit(lambda p, b, d, s: losses.cycle_vae_value_and_grad(p, b, d, step=s, model=model, config=config,
-                                                                      terms=terms))
+  options = options_lib.from_config(config)
+  return jax.jit(lambda p, b, d, s: gradients.value_and_grad(p, b, d, step=s, model=model, options=options,
+                                                             terms=terms, mode=gradients.round_gradients(config)))
 
 
 def draws_for(config, seed: int = 0):
-  return losses.sample_draws(jax.random.key(seed), BATCH, config.model.latent_dim, config)
+  return draws_lib.sample_draws(jax.random.key(seed), BATCH, config.model.latent_dim, options_lib.from_config(config))
 
 
 def torch_loss_and_grads(config, batch, draws, step, torch_model=None):
@@ -189,13 +195,13 @@ class TorchParityTest(parameterized.TestCase):
 
 
   @pytest.mark.slow
-  def test_pass_by_pass_gradient_matches_reference_and_joint(self):
+  def test_sequential_gradient_matches_reference_and_joint(self):
     # The train step's gradient with training.round_gradients='sequential' (a scan over the model
     # passes, one pass's value_and_grad per iteration): the same terms and gradient as the torch
     # twin, and as the joint value_and_grad of cycle_vae_loss (compiled by the parity test already),
     # with the activations of one pass alive at a time (XLA's own memory analysis).
     fn_joint, config, _ = compiled_loss('x0')
-    fn = pass_by_pass_fn(config)
+    fn = sequential_fn(config)
     _, params = torch_pair()
     batch, draws = make_batch(), draws_for(config)
     (loss, metrics), grads = run(fn, params, batch, draws, PARITY_STEP)
@@ -210,23 +216,24 @@ class TorchParityTest(parameterized.TestCase):
     self.assertLessEqual(max(joint_errors.values()), 1e-5, max(joint_errors, key=joint_errors.get))
     with jax.default_matmul_precision('highest'):
       temp_bytes = {name: f.lower(params, batch, draws, PARITY_STEP).compile().memory_analysis().temp_size_in_bytes
-                    for name, f in (('pass_by_pass', fn), ('joint', fn_joint))}
-    self.assertLess(temp_bytes['pass_by_pass'], 0.7 * temp_bytes['joint'], temp_bytes)
+                    for name, f in (('sequential', fn), ('joint', fn_joint))}
+    self.assertLess(temp_bytes['sequential'], 0.7 * temp_bytes['joint'], temp_bytes)
 
   @pytest.mark.slow
   @parameterized.named_parameters(('base_only', cycle_schedule.BASE_ONLY, 'argmax'),
                                   ('cycle_text', cycle_schedule.TermSet(True, False), 'argmax'),
                                   ('cycle_latent_sampled', cycle_schedule.TermSet(False, True), 'sample'))
-  def test_pass_by_pass_gradient_matches_joint_for_each_term_set(self, terms, sampling):
+  def test_sequential_gradient_matches_joint_for_each_term_set(self, terms, sampling):
     config = make_config('epsilon', cycle_latent_sampling=sampling)
     model = model_lib.MultimodalMMDiT(config.model)
+    options = options_lib.from_config(config)
     joint = jax.jit(jax.value_and_grad(
-        lambda p, b, d: losses.cycle_vae_loss(p, b, d, step=PARITY_STEP, model=model, config=config, terms=terms),
+        lambda p, b, d: cycle_vae.cycle_vae_loss(p, b, d, step=PARITY_STEP, model=model, options=options, terms=terms),
         has_aux=True))
-    pass_by_pass = pass_by_pass_fn(config, terms)
+    sequential = sequential_fn(config, terms)
     _, params = torch_pair()
     batch, draws = make_batch(), draws_for(config)
-    (loss, metrics), grads = run(pass_by_pass, params, batch, draws, PARITY_STEP)
+    (loss, metrics), grads = run(sequential, params, batch, draws, PARITY_STEP)
     (joint_loss, joint_metrics), joint_grads = run(joint, params, batch, draws)
     self.assertEqual(set(metrics), set(joint_metrics))
     chex.assert_trees_all_close(metrics, joint_metrics, rtol=1e-6)
@@ -235,16 +242,17 @@ class TorchParityTest(parameterized.TestCase):
     self.assertLessEqual(max(errors.values()), 1e-5, max(errors, key=errors.get))
 
   @pytest.mark.slow
-  def test_pass_by_pass_gradient_applies_dropout(self):
+  def test_sequential_gradient_applies_dropout(self):
     # Each pass draws its own dropout masks (not those of the joint call, which joins the passes
     # along the batch): the loss moves with the dropout key and away from the deterministic one.
     config = make_config('epsilon', dropout=0.3)
-    fn = pass_by_pass_fn(config)
+    fn = sequential_fn(config)
     _, params = torch_pair()
     batch = make_batch()
     results = [run(fn, params, batch, draws_for(config, seed), PARITY_STEP) for seed in (0, 1)]
-    deterministic = run(jax.jit(lambda p, b, d: losses.cycle_vae_loss(
-        p, b, d, step=PARITY_STEP, model=model_lib.MultimodalMMDiT(config.model), config=config,
+    deterministic = run(jax.jit(lambda p, b, d: cycle_vae.cycle_vae_loss(
+        p, b, d, step=PARITY_STEP, model=model_lib.MultimodalMMDiT(config.model),
+        options=options_lib.from_config(config),
         deterministic=True)[0]), params, batch, draws_for(config, 0))
     losses_by_key = [float(loss) for (loss, _), _ in results]
     self.assertNotAlmostEqual(losses_by_key[0], losses_by_key[1], places=4)
@@ -253,12 +261,12 @@ class TorchParityTest(parameterized.TestCase):
 
   def test_round_gradients_auto_is_sequential_only_where_exact(self):
     config = make_config()
-    self.assertTrue(losses.pass_by_pass_gradient(config))
+    self.assertEqual(gradients.round_gradients(config), 'sequential')
     config.loss.cycle_stop_grad_latent = False
-    self.assertFalse(losses.pass_by_pass_gradient(config))
+    self.assertEqual(gradients.round_gradients(config), 'joint')
     config.training.round_gradients = 'joint'
     config.loss.cycle_stop_grad_latent = True
-    self.assertFalse(losses.pass_by_pass_gradient(config))
+    self.assertEqual(gradients.round_gradients(config), 'joint')
 
   @pytest.mark.slow
   def test_terms_and_gradients_match_reference_with_hyper_connections(self):
@@ -270,8 +278,8 @@ class TorchParityTest(parameterized.TestCase):
     config.model.num_residual_streams = 2
     torch_model, params = models.build_pair(config.model, seed=5)
     fn = jax.jit(jax.value_and_grad(
-        lambda p, b, d, s: losses.cycle_vae_loss(p, b, d, step=s, model=model_lib.MultimodalMMDiT(config.model),
-                                                 config=config), has_aux=True))
+        lambda p, b, d, s: cycle_vae.cycle_vae_loss(p, b, d, step=s, model=model_lib.MultimodalMMDiT(config.model),
+                                                 options=options_lib.from_config(config)), has_aux=True))
     batch, draws = make_batch(), draws_for(config)
     (_, metrics), grads = run(fn, params, batch, draws, PARITY_STEP)
     expected_terms, expected_grads = torch_loss_and_grads(config, batch, draws, PARITY_STEP, torch_model)
@@ -330,15 +338,15 @@ class SamplingTest(parameterized.TestCase):
 
   def test_pseudo_tokens_follow_the_key(self):
     logits = jax.random.normal(jax.random.key(0), (2, SEQ_LEN, 97))
-    sample = functools.partial(losses.sample_pseudo_tokens, logits, 'categorical')
+    sample = functools.partial(terms_lib.sample_pseudo_tokens, logits, 'categorical')
     a, b, again = sample(jax.random.key(1)), sample(jax.random.key(2)), sample(jax.random.key(1))
     chex.assert_shape(a, (2, SEQ_LEN))
     self.assertEqual(a.dtype, jnp.int32)
     np.testing.assert_array_equal(a, again)
     self.assertGreater(int(jnp.sum(a != b)), SEQ_LEN)
-    argmax = losses.sample_pseudo_tokens(logits, 'argmax', jax.random.key(1))
+    argmax = terms_lib.sample_pseudo_tokens(logits, 'argmax', jax.random.key(1))
     np.testing.assert_array_equal(argmax, jnp.argmax(logits, -1))
-    np.testing.assert_array_equal(argmax, losses.sample_pseudo_tokens(logits, 'argmax', jax.random.key(2)))
+    np.testing.assert_array_equal(argmax, terms_lib.sample_pseudo_tokens(logits, 'argmax', jax.random.key(2)))
 
   def test_categorical_loss_uses_the_sample_key(self):
     fn, config, _ = compiled_loss('epsilon', grad=False, cycle_latent_sampling='categorical')
@@ -355,7 +363,8 @@ class SamplingTest(parameterized.TestCase):
   @parameterized.parameters('random', 'full')
   def test_draws(self, t_mode):
     config = make_config(latent_t_mode=t_mode, cycle_latent_t_min=0.2, cycle_latent_t_max=1.0)
-    sample = jax.jit(lambda key: losses.sample_draws(key, 64, config.model.latent_dim, config))
+    options = options_lib.from_config(config)
+    sample = jax.jit(lambda key: draws_lib.sample_draws(key, 64, config.model.latent_dim, options))
     draws = sample(jax.random.key(0))
     chex.assert_trees_all_equal(draws, sample(jax.random.key(0)))
     for name in ('t_lat', 't_lat2'):
@@ -377,10 +386,10 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [losses.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+    passes = [model_passes.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
               for seed in (1, 2)]
     with jax.default_matmul_precision('highest'):
-      got = jax.jit(lambda p, ps: losses.run_passes(model, p, ps, deterministic=True, dropout_key=None))(
+      got = jax.jit(lambda p, ps: model_passes.run_passes(model, p, ps, deterministic=True, dropout_key=None))(
           params, passes)
       direct = [model.apply({'params': params}, *one[:4], attention_mask=one.mask_BxS) for one in passes]
     for (text, latent), (text_ref, latent_ref) in zip(got, direct):
@@ -395,9 +404,9 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [losses.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+    passes = [model_passes.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
               for seed in (1, 2)]
-    call = lambda w: jax.jit(lambda p, ps: losses.run_passes(model, p, ps, deterministic=True, dropout_key=None,
+    call = lambda w: jax.jit(lambda p, ps: model_passes.run_passes(model, p, ps, deterministic=True, dropout_key=None,
                                                              text_logits_wanted=w))(params, passes)
     with jax.default_matmul_precision('highest'):
       every, some = call(None), call(wanted)
@@ -408,14 +417,14 @@ class ContractTest(parameterized.TestCase):
       else:
         self.assertIsNone(text_some)
     with self.assertRaisesRegex(ValueError, 'text_logits_wanted has 1 entries for 2 passes'):
-      losses.run_passes(model, params, passes, deterministic=True, dropout_key=None, text_logits_wanted=(True,))
+      model_passes.run_passes(model, params, passes, deterministic=True, dropout_key=None, text_logits_wanted=(True,))
 
   def test_each_pass_draws_its_own_dropout_mask(self):
     config = make_config(dropout=0.3)
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    one = losses.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=1))
-    call = jax.jit(lambda key: losses.run_passes(model, params, [one, one], deterministic=False, dropout_key=key))
+    one = model_passes.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=1))
+    call = jax.jit(lambda key: model_passes.run_passes(model, params, [one, one], deterministic=False, dropout_key=key))
     first, again, other = call(jax.random.key(0)), call(jax.random.key(0)), call(jax.random.key(1))
     # Same input twice: only the dropout masks (drawn per row of the joint call) tell them apart.
     self.assertGreater(float(jnp.abs(first[0][1] - first[1][1]).max()), 1e-3)
@@ -430,7 +439,9 @@ class ContractTest(parameterized.TestCase):
     _, every = run(fn, params, batch, draws, PARITY_STEP)
     terms = cycle_schedule.TermSet(cycle_text, cycle_latent)
     model = model_lib.MultimodalMMDiT(config.model)
-    some = jax.jit(lambda p, b, d, s: losses.cycle_vae_loss(p, b, d, step=s, model=model, config=config, terms=terms))
+    options = options_lib.from_config(config)
+    some = jax.jit(lambda p, b, d, s: cycle_vae.cycle_vae_loss(p, b, d, step=s, model=model, options=options,
+                                                               terms=terms))
     loss, metrics = run(some, params, batch, draws, PARITY_STEP)
     skipped = {f'{name}_{what}' for name, on in zip(cycle_schedule.CYCLE_TERMS, terms) if not on
                for what in ('loss', 'weight')}
@@ -493,8 +504,8 @@ class ContractTest(parameterized.TestCase):
     batch, draws = make_batch(), draws_for(config)
     model = model_lib.MultimodalMMDiT(config.model)
     with pytest.raises(ValueError, match='latent'):
-      losses.cycle_vae_loss({}, dict(batch, latent=np.zeros((BATCH, 2, 8), np.float32)), draws, step=0,
-                            model=model, config=config)
+      cycle_vae.cycle_vae_loss({}, dict(batch, latent=np.zeros((BATCH, 2, 8), np.float32)), draws, step=0,
+                            model=model, options=options_lib.from_config(config))
     for bad in (dict(cycle_latent_t_min=0.5, cycle_latent_t_max=0.5), dict(latent_t_mode='half')):
       with pytest.raises(ValueError, match='latent_t'):
         config_lib.finalize(make_config(**bad))

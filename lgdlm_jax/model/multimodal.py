@@ -4,6 +4,9 @@
     params = model.init(key, tokens_BxS, latents_BxD, t_text_B, t_latent_B)['params']
     text_logits_BxSxV, latent_pred_Bx1xD = model.apply({'params': params}, tokens_BxS, latents_BxD,
                                                        t_text_B, t_latent_B, attention_mask=mask_BxS)
+    text_out_BxSxH, latent_out_Bx1xH = model.apply({'params': params}, tokens_BxS, latents_BxD, t_text_B,
+                                                   t_latent_B, mask_BxS, method=MultimodalMMDiT.backbone)
+    text_logits_BxSxV = model.apply({'params': params}, text_out_BxSxH, method=MultimodalMMDiT.text_logits)
 
 Parameters are float32; `model.dtype` ('float32' or 'bfloat16') sets the compute dtype of the
 matmuls. Norms, softmax, the hyper-connection mixing and (`model.residual_dtype`, float32 by
@@ -116,11 +119,34 @@ def as_one_latent_token(latents: jax.Array) -> jax.Array:
 
 
 class MultimodalMMDiT(nn.Module):
-  """Text tokens + one latent token through a two-modality MMDiT conditioned on both timesteps."""
+  """Text tokens + one latent token through a two-modality MMDiT conditioned on both timesteps.
+
+  `__call__` runs everything; a caller that reads only some outputs composes the parts instead
+  (lgdlm_jax.model.passes): `backbone` gives the text and latent streams after the last block,
+  `text_logits` / `cluster_logits` / `latent_head` project them. The vocabulary projection is a
+  large share of the model's FLOPs, so a pass whose text logits nobody reads should not run it.
+  """
 
   config: ml_collections.ConfigDict
 
-  @nn.compact
+  def setup(self):
+    cfg = self.config
+    dtype = COMPUTE_DTYPES[cfg.dtype]
+    h, c = cfg.hidden_size, cfg.cond_dim
+    self.text_encoder = TextEncoder(cfg.vocab_size, h, cfg.max_seq_len, name='text_encoder')
+    self.latent_encoder = LatentEncoder(h, dtype, name='latent_encoder')
+    self.conditioning = MultimodalConditioning(c, dtype, name='conditioning')
+    self.mmdit = mmdit.MMDiT(
+        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, attention_lib.options_from_config(cfg, dtype),
+        COMPUTE_DTYPES[cfg.residual_dtype], cfg.remat_policy, cfg.scan_unroll, name='mmdit')
+    self.text_head = self._text_head('text_head', dtype)
+    if cfg.cluster_size > 0:
+      self.text_head_clusters = self._text_head('text_head_clusters', dtype)
+    self.latent_head_0 = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)
+    self.latent_dropout = nn.Dropout(cfg.dropout)
+    self.latent_head_3 = layers.torch_linear(cfg.latent_dim, 2 * h, name='latent_head_3', dtype=dtype,
+                                             kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)
+
   def __call__(
       self,
       text_tokens: jax.Array,
@@ -129,31 +155,19 @@ class MultimodalMMDiT(nn.Module):
       latent_timesteps: jax.Array | None = None,
       attention_mask: jax.Array | None = None,
       deterministic: bool = True,
-      text_head_rows: slice | None = None,
-      text_heads_on: jax.Array | None = None,
   ) -> tuple[jax.Array, ...]:
-    """(text_logits, latent_pred[, cluster_logits]); text_head_rows limits the text heads to those rows.
+    """(text_logits [B,S,V], latent_pred [B,1,D][, cluster_logits [B,S,V]])."""
+    text_out_BxSxH, latent_out_Bx1xH = self.backbone(text_tokens, latents, text_timesteps, latent_timesteps,
+                                                     attention_mask)
+    latent_pred = self.latent_head(latent_out_Bx1xH, deterministic)
+    cluster = (self.cluster_logits(text_out_BxSxH),) if self.config.cluster_size > 0 else ()
+    return (self.text_logits(text_out_BxSxH), latent_pred) + cluster
 
-    A caller that reads the text logits of some batch rows only passes a slice of the batch axis
-    (e.g. slice(p, None, P) for one of P interleaved passes, see lgdlm_jax.model.passes); the text
-    and cluster logits then have that many rows. The vocabulary projection is a quarter of the
-    model's FLOPs at H = 512, V = 8192.
-
-    text_heads_on, a traced bool, decides at run time whether the text heads run (lax.cond): their
-    logits are zeros where it is False. A program that runs T2L and L2T passes through one traced
-    call (the pass-by-pass gradient, lgdlm_jax.objective.cycle_vae) pays the vocabulary projection only for the
-    passes that read it.
-    """
-    precision = self.config.matmul_precision
-    with contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision):
-      return self._forward(text_tokens, latents, text_timesteps, latent_timesteps, attention_mask, deterministic,
-                           text_head_rows, text_heads_on)
-
-  def _forward(self, text_tokens, latents, text_timesteps, latent_timesteps, attention_mask, deterministic,
-               text_head_rows, text_heads_on) -> tuple[jax.Array, ...]:
+  def backbone(self, text_tokens: jax.Array, latents: jax.Array, text_timesteps: jax.Array | None = None,
+               latent_timesteps: jax.Array | None = None,
+               attention_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The text [B,S,H] and latent [B,1,H] streams after the last block, before any head."""
     cfg = self.config
-    dtype = COMPUTE_DTYPES[cfg.dtype]
-    h, c = cfg.hidden_size, cfg.cond_dim
     batch, seq_len = text_tokens.shape
     if seq_len > cfg.max_seq_len:
       raise ValueError(f'text_tokens has sequence length {seq_len} > model.max_seq_len={cfg.max_seq_len}')
@@ -168,33 +182,31 @@ class MultimodalMMDiT(nn.Module):
     text_mask_BxS = None if attention_mask is None else attention_mask.astype(bool)
     if text_mask_BxS is not None and text_mask_BxS.shape != (batch, seq_len):
       raise ValueError(f'attention_mask shape {attention_mask.shape} != text_tokens shape {text_tokens.shape}')
+    with self._precision():
+      text_BxSxH = self.text_encoder(text_tokens)
+      latent_Bx1xH = self.latent_encoder(latents_Bx1xD.astype(jnp.float32))
+      cond_BxC = self.conditioning(text_t_B, latent_t_B)
+      return self.mmdit(text_BxSxH, latent_Bx1xH, cond_BxC, text_mask_BxS)
 
-    text_BxSxH = TextEncoder(cfg.vocab_size, h, cfg.max_seq_len, name='text_encoder')(text_tokens)
-    latent_Bx1xH = LatentEncoder(h, dtype, name='latent_encoder')(latents_Bx1xD.astype(jnp.float32))
-    cond_BxC = MultimodalConditioning(c, dtype, name='conditioning')(text_t_B, latent_t_B)
+  def text_logits(self, text_out_BxSxH: jax.Array) -> jax.Array:
+    """The token logits [B,S,V] (float32) of the backbone's text stream."""
+    with self._precision():
+      return self.text_head(text_out_BxSxH).astype(jnp.float32)
 
-    text_out, latent_out = mmdit.MMDiT(
-        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, attention_lib.options_from_config(cfg, dtype),
-        COMPUTE_DTYPES[cfg.residual_dtype], cfg.remat_policy, cfg.scan_unroll, name='mmdit',
-    )(text_BxSxH, latent_Bx1xH, cond_BxC, text_mask_BxS)
+  def cluster_logits(self, text_out_BxSxH: jax.Array) -> jax.Array:
+    """The cluster head's logits [B,S,V] (float32); only where model.cluster_size > 0."""
+    with self._precision():
+      return self.text_head_clusters(text_out_BxSxH).astype(jnp.float32)
 
-    if text_head_rows is not None:
-      text_out = text_out[text_head_rows]
-    text_heads = [self._text_head('text_head', dtype)]
-    if cfg.cluster_size > 0:
-      text_heads.append(self._text_head('text_head_clusters', dtype))
-    run_heads = lambda _, x_BxSxH: tuple(head(x_BxSxH).astype(jnp.float32) for head in text_heads)
-    if text_heads_on is None:
-      text_logits = run_heads(self, text_out)
-    else:
-      no_heads = lambda _, x_BxSxH: tuple(jnp.zeros(x_BxSxH.shape[:-1] + (head.features,), jnp.float32)
-                                          for head in text_heads)
-      text_logits = nn.cond(text_heads_on, run_heads, no_heads, self, text_out)
-    latent_pred = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)(latent_out)
-    latent_pred = nn.Dropout(cfg.dropout)(layers.gelu(latent_pred), deterministic=deterministic)
-    latent_pred = layers.torch_linear(cfg.latent_dim, 2 * h, name='latent_head_3', dtype=dtype,
-                                      kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)(latent_pred)
-    return (text_logits[0], latent_pred.astype(jnp.float32)) + text_logits[1:]
+  def latent_head(self, latent_out_Bx1xH: jax.Array, deterministic: bool = True) -> jax.Array:
+    """The latent prediction [B,1,D] (float32) of the backbone's latent stream; dropout sits here only."""
+    with self._precision():
+      x = layers.gelu(self.latent_head_0(latent_out_Bx1xH))
+      return self.latent_head_3(self.latent_dropout(x, deterministic=deterministic)).astype(jnp.float32)
+
+  def _precision(self) -> contextlib.AbstractContextManager:
+    precision = self.config.matmul_precision
+    return contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
 
   def _text_head(self, name: str, dtype: Any) -> nn.Dense:
     # Logits are accumulated into float32 (never rounded to bfloat16): the cross-entropy and the

@@ -1,6 +1,7 @@
 """Calling the model on whole batches: several independent passes as one call, and single passes.
 
-Everything above the model (the objective, the samplers, evaluation) calls it through here:
+Everything above the model (the objective, the samplers, evaluation) calls it through here; the
+objective's passes run the backbone and only the heads they read:
 
     outputs = run_passes(model, params, [ModelPass(...), ModelPass(...)], deterministic=True, dropout_key=None)
     text_logits_BxSxV, latent_pred_BxD = apply_model(model, params, tokens_BxS, latents_BxD, 1.0, 0.0, mask_BxS)
@@ -12,6 +13,8 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from lgdlm_jax.model.multimodal import MultimodalMMDiT
 
 Params = Mapping[str, Any]
 
@@ -30,6 +33,21 @@ def interleave(*xs_B: jax.Array) -> jax.Array:
   return jnp.stack(xs_B, axis=1).reshape((-1,) + xs_B[0].shape[1:])
 
 
+def text_logits(model: nn.Module, params: Params, text_out_BxSxH: jax.Array,
+                heads_on: jax.Array | None = None) -> jax.Array:
+  """The token logits [B,S,V] of the backbone's text stream.
+
+  heads_on (a traced bool) decides at run time whether the vocabulary projection runs at all
+  (zeros where it does not): one traced program that serves T2L and L2T passes alike (the
+  pass-by-pass gradient) then pays for the projection only in the passes that read it.
+  """
+  project = lambda: model.apply({'params': params}, text_out_BxSxH, method=MultimodalMMDiT.text_logits)
+  if heads_on is None:
+    return project()
+  zeros = lambda: jnp.zeros(text_out_BxSxH.shape[:-1] + (model.config.vocab_size,), jnp.float32)
+  return jax.lax.cond(heads_on, project, zeros)
+
+
 def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *, deterministic: bool,
                dropout_key: jax.Array | None,
                text_logits_wanted: Sequence[bool] | None = None,
@@ -42,15 +60,13 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
   batch axis sharded over devices, each device's rows of the joint batch are then exactly its own
   rows of every pass, so joining and splitting are local reshapes, never cross-device copies.
 
-  text_logits_wanted[p] = False: pass p's text logits are None. When exactly one pass wants them,
-  the model's text heads run on that pass's rows only (a strided slice of the joint batch);
-  otherwise they run on every row and the unwanted logits are dropped. text_heads_on (a traced
-  bool) instead decides at run time whether the text heads run at all (zeros where they do not).
+  text_logits_wanted[p] = False: pass p's text logits are None. The text head runs only on the
+  rows of the passes that want them: on one pass's rows (a strided slice of the joint batch) when
+  exactly one does, on every row when several do, and not at all when none does. text_heads_on
+  (a traced bool) further decides at run time whether it runs (see `text_logits`).
 
-  Why joined: one call per pass lets XLA also drop the last block's text branch of a pass whose
-  text logits are unused (with the blocks unrolled), which ran a CPU train step 7% faster (7.3
-  against 7.8 s, H=512, 4 blocks), but each pass is then compiled separately: the tiny test
-  model's train step took 23 s to compile against 15 s, and a scanned deep model gains nothing.
+  Why joined: one call per pass would let XLA drop more of a pass's unused work, but compiles
+  the model once per pass, and a scanned deep model gains nothing from it.
   """
   num_passes = len(passes)
   batch_size = passes[0].tokens_BxS.shape[0]
@@ -59,29 +75,33 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
   wanted = [True] * num_passes if text_logits_wanted is None else [bool(w) for w in text_logits_wanted]
   if len(wanted) != num_passes:
     raise ValueError(f'text_logits_wanted has {len(wanted)} entries for {num_passes} passes')
-  only_pass = wanted.index(True) if sum(wanted) == 1 and num_passes > 1 else None
   joined = jax.tree.map(interleave, *passes)
-  options = dict(rngs={} if deterministic else {'dropout': dropout_key})
-  if only_pass is not None:
-    options['text_head_rows'] = slice(only_pass, None, num_passes)
-  if text_heads_on is not None:
-    options['text_heads_on'] = text_heads_on
-  outputs = model.apply({'params': params}, joined.tokens_BxS, joined.latents_BxD, joined.text_t_B,
-                        joined.latent_t_B, attention_mask=joined.mask_BxS, deterministic=deterministic, **options)
-  latent_pred_BxPxD = outputs[1][:, 0, :].reshape(batch_size, num_passes, -1)
-  if only_pass is None:
-    text_logits_BxPxSxV = outputs[0].reshape((batch_size, num_passes) + outputs[0].shape[1:])
-    text_logits = [text_logits_BxPxSxV[:, p] if wanted[p] else None for p in range(num_passes)]
-  else:
-    text_logits = [outputs[0] if p == only_pass else None for p in range(num_passes)]
-  return [(text_logits[p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
+  variables = {'params': params}
+  text_out, latent_out = model.apply(variables, joined.tokens_BxS, joined.latents_BxD, joined.text_t_B,
+                                     joined.latent_t_B, joined.mask_BxS, method=MultimodalMMDiT.backbone)
+  rngs = {} if deterministic else {'dropout': dropout_key}
+  latent_pred = model.apply(variables, latent_out, deterministic, rngs=rngs, method=MultimodalMMDiT.latent_head)
+  latent_pred_BxPxD = latent_pred[:, 0, :].reshape(batch_size, num_passes, -1)
+  logits = [None] * num_passes
+  if sum(wanted) == 1:
+    only = wanted.index(True)
+    logits[only] = text_logits(model, params, text_out[only::num_passes], text_heads_on)
+  elif any(wanted):
+    every_BxSxV = text_logits(model, params, text_out, text_heads_on)
+    every_BxPxSxV = every_BxSxV.reshape((batch_size, num_passes) + every_BxSxV.shape[1:])
+    logits = [every_BxPxSxV[:, p] if wanted[p] else None for p in range(num_passes)]
+  return [(logits[p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
 
 
 def apply_model(model: nn.Module, params: Params, tokens_BxS: jax.Array, latents_BxD: jax.Array,
                 text_t: float | jax.Array, latent_t: float | jax.Array,
                 mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-  """One deterministic pass with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D])."""
+  """One deterministic pass of the whole model with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D]).
+
+  Under jit XLA drops the work of an output the caller discards (e.g. a T2L sampler's text logits).
+  """
   batch = tokens_BxS.shape[0]
   full_B = lambda t: jnp.full((batch,), t, jnp.float32)
-  passes = [ModelPass(tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t), mask_BxS)]
-  return run_passes(model, params, passes, deterministic=True, dropout_key=None)[0]
+  outputs = model.apply({'params': params}, tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t),
+                        attention_mask=mask_BxS, deterministic=True)
+  return outputs[0], outputs[1][:, 0, :]

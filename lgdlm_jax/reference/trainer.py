@@ -65,6 +65,7 @@ class TorchTrainer:
   def _draws(self) -> dict[str, torch.Tensor]:
     # As lgdlm_jax.objective.cycle_vae draws them: t = 1 in latent_t_mode 'full', else U(t_min, t_max) clamped
     # to <= 0.9999.
+    # As lgdlm_jax.objective.draws draws them: t = 1 in latent_t_mode 'full', else U(t_min, t_max) clamped to <= 0.9999.
     loss_cfg, (b, d) = self.config.loss, self.batch['latent'].shape
     options = dict(generator=self.generator, device=self.device)
 

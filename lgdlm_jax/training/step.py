@@ -1,10 +1,11 @@
 """The cycle_vae train state and its compiled steps.
 
 `train_step(state, batch, rng, terms=...)` is pure: randomness is `fold_in(rng, state.step)`, the
-loss takes its draws as arguments, and a step whose loss or gradient is not finite applies no
-update (parameters, EMA and optimizer state unchanged) and is counted. The cycle terms it computes
-(`terms`) are static: `TrainPrograms` holds one compiled program per term set and the loop
-(lgdlm_jax.training.loop.run) picks one on the host from the step number.
+loss takes its draws as arguments (and its options, built once when the step is made), and a step
+whose loss or gradient is not finite applies no update (parameters, EMA and optimizer state
+unchanged) and is counted. The cycle terms it computes (`terms`) are static: `TrainPrograms` holds
+one compiled program per term set and the loop (lgdlm_jax.training.loop.run) picks one on the host
+from the step number.
 """
 
 import functools
@@ -20,8 +21,11 @@ import optax
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.evaluation import metrics as eval_metrics
 from lgdlm_jax.objective import cycle_schedule
-from lgdlm_jax.objective import cycle_vae as losses
+from lgdlm_jax.objective import cycle_vae
+from lgdlm_jax.objective import draws as draws_lib
+from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.training import ema as ema_lib
+from lgdlm_jax.training import gradients
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 
@@ -67,7 +71,7 @@ def _debug_check_finite(named: dict[str, Any]) -> None:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
                model: model_lib.MultimodalMMDiT, config: ml_collections.ConfigDict,
-               optimizer: optax.GradientTransformation,
+               options: options_lib.ObjectiveOptions, optimizer: optax.GradientTransformation,
                terms: cycle_schedule.TermSet) -> tuple[TrainState, dict[str, jax.Array]]:
   """One micro-batch: the loss with the cycle terms `terms`, its gradient, and (if all finite) one
   optimizer update and EMA update."""
@@ -76,9 +80,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     _debug_check_finite({'batch.latent': batch['latent']})
   key = jax.random.fold_in(rng, state.step)
   batch_size = batch['input_ids'].shape[0]
-  draws = losses.sample_draws(key, batch_size, config.model.latent_dim, config)
-  (loss, metrics), grads = losses.cycle_vae_value_and_grad(state.params, batch, draws, step=state.step, model=model,
-                                                           config=config, terms=terms)
+  draws = draws_lib.sample_draws(key, batch_size, config.model.latent_dim, options)
+  (loss, metrics), grads = gradients.value_and_grad(state.params, batch, draws, step=state.step, model=model,
+                                                    options=options, terms=terms,
+                                                    mode=gradients.round_gradients(config))
   grad_norm = optax.global_norm(grads)
   if check:
     _debug_check_finite({**{f'metrics.{k}': v for k, v in metrics.items()}, 'gradients': grads})
@@ -107,12 +112,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return new_state, metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model, config) -> dict[str, jax.Array]:
+def eval_step(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model: model_lib.MultimodalMMDiT,
+              options: options_lib.ObjectiveOptions, latent_dim: int) -> dict[str, jax.Array]:
   """Validation metrics with fixed draws (the same at every evaluation), no dropout: every term,
   at the base weights, so that runs with different cycle settings report the same terms."""
-  draws = losses.sample_draws(rng, batch['input_ids'].shape[0], config.model.latent_dim, config)
-  _, metrics = losses.cycle_vae_loss(params, batch, draws, step=None, model=model, config=config,
-                                     terms=cycle_schedule.ALL_TERMS, deterministic=True)
+  draws = draws_lib.sample_draws(rng, batch['input_ids'].shape[0], latent_dim, options)
+  _, metrics = cycle_vae.cycle_vae_loss(params, batch, draws, step=None, model=model, options=options,
+                                        terms=cycle_schedule.ALL_TERMS, deterministic=True)
   return metrics
 
 
@@ -140,16 +146,18 @@ class TrainPrograms:
 
   def __init__(self, config, model, optimizer, mesh, state_shardings):
     self._config, self._model, self._optimizer, self._mesh = config, model, optimizer, mesh
+    self.options = options_lib.from_config(config)
     self._shardings = (state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
     self._outputs = (state_shardings, sharding.replicated(mesh))
-    self.schedule = cycle_schedule.from_config(config)
+    self.schedule = self.options.cycle
     self._programs: dict[cycle_schedule.TermSet, Any] = {}
 
   def for_terms(self, terms: cycle_schedule.TermSet):
     if terms not in self._programs:
       step_fn = jax.jit(
           _traced_under(self._mesh, functools.partial(train_step, model=self._model, config=self._config,
-                                                      optimizer=self._optimizer, terms=terms)),
+                                                      options=self.options, optimizer=self._optimizer,
+                                                      terms=terms)),
           in_shardings=self._shardings, out_shardings=self._outputs, donate_argnums=(0,))
       if self._config.debug.check_finite:
         step_fn = chex.chexify(step_fn, async_check=False)
@@ -168,9 +176,11 @@ def compile_steps(config, model, optimizer, mesh, state_shardings):
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
   eval_in_shardings = (state_shardings.params, batch_sharding, replicated)
-  eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_step, model=model, config=config)),
+  programs = TrainPrograms(config, model, optimizer, mesh, state_shardings)
+  eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_step, model=model, options=programs.options,
+                                                          latent_dim=config.model.latent_dim)),
                     in_shardings=eval_in_shardings, out_shardings=replicated)
   sample_eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_metrics.evaluate_batch, model=model,
                                                                  config=config)),
                            in_shardings=eval_in_shardings, out_shardings=replicated)
-  return TrainPrograms(config, model, optimizer, mesh, state_shardings), eval_fn, sample_eval_fn
+  return programs, eval_fn, sample_eval_fn
