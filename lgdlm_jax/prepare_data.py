@@ -79,8 +79,7 @@ def _make_from_text(args: flags.FlagValues) -> None:
   _required(args, 'texts', 'out')
   if (args.tokenizer is None) == (args.train_tokenizer_vocab is None):
     raise cli.UsageError('give one of --tokenizer and --train_tokenizer_vocab')
-  with open(args.texts, encoding='utf-8') as f:
-    texts = [line.strip() for line in f if line.strip()]
+  texts = text.read_lines(args.texts)
   tokenizer = (text.load_tokenizer(args.tokenizer) if args.tokenizer
                else text_dataset.train_wordpiece(texts, args.train_tokenizer_vocab))
   os.makedirs(args.out, exist_ok=True)

@@ -100,6 +100,8 @@ def write_plot(workdirs: Sequence[str], out: str) -> None:
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path}: no such file (is {workdir} a training workdir?)')
     runs[label] = metrics_log.read_log(workdir)
+    if not runs[label]:
+      raise errors.InputError(f'no plottable records in {path}: it holds no log record')
   figure = draw(runs)
   staged = f'{out}.tmp.png'
   figure.savefig(staged)
