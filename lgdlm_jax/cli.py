@@ -14,9 +14,10 @@ What every entry point then does alike:
 - `--help_config` (where the entry point takes a config) lists every config key with its default,
   choices and help, and exits 0;
 - a flag error (an unknown flag, a bad value, an unknown `--config.a.b` key, with the closest key
-  as a suggestion) is one line on stderr, exit status 2;
-- an `errors.InputError` (a bad config value or file) or a missing, unreadable or misplaced path is
-  one line on stderr, exit status 1;
+  as a suggestion, a config file that cannot be loaded, with the error its get_config() raised and
+  not config_flags' traceback) is one line on stderr, exit status 2;
+- an `errors.InputError` (a bad config value or file), a missing, unreadable or misplaced path, or
+  an output path on a read-only or full file system is one line on stderr, exit status 1;
 - any other exception is a bug and keeps its traceback;
 - `--verbose` (every entry point) also shows the libraries' INFO logs (Orbax, grain, JAX), which
   are off by default (lgdlm_jax.console).
@@ -25,6 +26,7 @@ What every entry point then does alike:
 from collections.abc import Callable, Sequence
 import difflib
 import errno
+import itertools
 import os
 import re
 import sys
@@ -185,7 +187,7 @@ def _config_load_error(error: BaseException) -> str | None:
   while link is not None and link not in chain:
     chain.append(link)
     link = link.__cause__ or link.__context__
-  for outer, inner in zip(chain, chain[1:]):
+  for outer, inner in itertools.pairwise(chain):
     if str(inner).startswith(_CONFIG_LOAD_PREFIX) and inner.__context__ is not None:
       original = inner.__context__
       message = ' '.join(str(original).split()) or type(original).__name__

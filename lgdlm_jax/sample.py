@@ -11,6 +11,9 @@ the run kept one (training.ema_decay > 0), else the raw parameters, or as --para
 from its config.json) or a directory the converter wrote (its params and model config; the tokenizer
 ids from what the converted checkpoint said, or --mask_token_id / --pad_token_id). The tokenizer
 comes from --tokenizer, else the config's tokenizer.json_file.
+Every latent and token file is validated as training validates its data (a float latent of size
+model.latent_dim without NaN or inf; integer ids below the vocabulary size, at most model.max_seq_len
+of them, shorter ones padded); a bad one stops the command with one line naming the file.
 Inputs are processed in batches of --batch_size (the last one padded, so one compiled sampler
 serves them all); each batch is one jitted sampler call. Names from a single .npy or a text
 file are the 6-digit row / line index.

@@ -324,7 +324,8 @@ def test_a_damaged_config_json_is_one_line_naming_it(content, message, workdir, 
 
 
 def _yaml(tmp_path, **replace):
-  text = open(SMOKE_YAML).read()
+  with open(SMOKE_YAML) as f:
+    text = f.read()
   for key, value in replace.items():
     lines = [f'{line.split(":")[0]}: {value}' if line.strip().startswith(f'{key}:') else line
              for line in text.splitlines()]
@@ -342,7 +343,8 @@ def _yaml_text(tmp_path, text):
 
 def _truncated_yaml(tmp_path):
   path = tmp_path / 'config.yaml'
-  text = open(SMOKE_YAML).read()
+  with open(SMOKE_YAML) as f:
+    text = f.read()
   path.write_text(text[:text.index('hidden_size') + 5])
   return str(path)
 
@@ -493,7 +495,8 @@ def _log(tmp_path, content):
   return str(run)
 
 
-@pytest.mark.parametrize('content', [b'', b'\x00\xff garbage\n', b'[1, 2]\n3\n'], ids=['empty', 'garbage', 'not_records'])
+@pytest.mark.parametrize('content', [b'', b'\x00\xff garbage\n', b'[1, 2]\n3\n'],
+                         ids=['empty', 'garbage', 'not_records'])
 def test_plot_names_a_log_without_records(content, tmp_path, capsys):
   run = _log(tmp_path, content)
   err = run_one_line('plot', [run, '--out', str(tmp_path / 'x.png')], capsys)

@@ -30,8 +30,8 @@ PARAMS_DIR = 'params'
 INFO_FILE = 'converted.json'
 OPTIMIZER_DIR = 'optimizer'
 LAYOUT_VERSION = 2
-# What Orbax and TensorStore raise for a checkpoint whose files are truncated, emptied or missing.
-_DAMAGE_ERRORS = (AttributeError, KeyError, TypeError, ValueError, OSError)
+# What TensorStore raises (through Orbax) for a checkpoint whose array files are truncated or missing.
+_DAMAGE_ERRORS = (ValueError, OSError)
 
 
 class DamagedCheckpointError(mapping.ConversionError):
@@ -110,9 +110,13 @@ def metadata(path: str) -> Any:
   """The tree of an Orbax checkpoint with each array's shape and dtype (nothing read)."""
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
-      return checkpointer.metadata(path).item_metadata.tree
+      item = checkpointer.metadata(path).item_metadata
   except _DAMAGE_ERRORS as e:
     raise _damaged(path, e) from e
+  if item is None:  # what Orbax makes of a _METADATA or manifest.ocdbt that is missing, empty or cut short
+    raise DamagedCheckpointError(f'{path}: damaged checkpoint, cannot be read (no readable metadata: its _METADATA '
+                                 'or manifest.ocdbt is missing, empty or cut short)')
+  return item.tree
 
 
 def restore_numpy(path: str, wanted: Any) -> Any:
