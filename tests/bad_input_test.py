@@ -407,16 +407,13 @@ def test_main_names_a_workdir_it_cannot_make(workdir, message, tmp_path, capsys)
 def test_outputs_on_a_read_only_file_system_are_one_line(read_only_dir, workdir, tmp_path, capsys):
   if os.geteuid() != 0:
     pytest.skip('the errno of a read-only file system needs the read-only mount')
-  texts = tmp_path / 'texts.txt'
-  texts.write_text('\n'.join(sample_test.TEXTS))
   latents = write_npy(tmp_path / 'l.npy', np.ones((1, LATENT_DIM), np.float32))
   log_dir = tmp_path / 'logged'
   log_dir.mkdir()
   (log_dir / 'training_log.jsonl').write_text('{"step": 1, "loss": 2.0}\n')
   runs = {
       'sample': ['l2t', '--workdir', workdir, '--latents', latents, '--out', f'{read_only_dir}/o'],
-      'prepare_data': ['--texts', str(texts), '--out', f'{read_only_dir}/o', '--tokenizer',
-                       os.path.join(workdir, 'tokenizer.json')],
+      'prepare_data': ['pack', '--from', str(_data_dir(tmp_path / 'data')), '--out', f'{read_only_dir}/o'],
       'convert': ['--to-torch', '--input', workdir, '--output', f'{read_only_dir}/w.pt'],
       'plot': [str(log_dir), '--out', f'{read_only_dir}/x.png'],
   }
