@@ -14,9 +14,10 @@ What every entry point then does alike:
 - `--help_config` (where the entry point takes a config) lists every config key with its default,
   choices and help, and exits 0;
 - a flag error (an unknown flag, a bad value, an unknown `--config.a.b` key, with the closest key
-  as a suggestion) is one line on stderr, exit status 2;
-- an `errors.InputError` (a bad config value or file) or a missing, unreadable or misplaced path is
-  one line on stderr, exit status 1;
+  as a suggestion, a config file that cannot be loaded, with the error its get_config() raised and
+  not config_flags' traceback) is one line on stderr, exit status 2;
+- an `errors.InputError` (a bad config value or file), a missing, unreadable or misplaced path, or
+  an output path on a read-only or full file system is one line on stderr, exit status 1;
 - any other exception is a bug and keeps its traceback;
 - `--verbose` (every entry point) also shows the libraries' INFO logs (Orbax, grain, JAX), which
   are off by default (lgdlm_jax.console).
@@ -24,6 +25,8 @@ What every entry point then does alike:
 
 from collections.abc import Callable, Sequence
 import difflib
+import errno
+import itertools
 import os
 import re
 import sys
@@ -39,6 +42,10 @@ HELP_FLAGS = ('--help', '-h', '--helpfull', '--helpshort', '-help')
 HELP_CONFIG = 'help_config'
 # Besides errors.InputError: a path the user gave that is missing, of the wrong kind or not ours to write.
 PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+# A place the user pointed the output at that cannot take it: one line naming the path, not a bug.
+STORAGE_ERRNOS = frozenset((errno.EROFS, errno.ENOSPC, errno.EDQUOT))
+# What ml_collections' config_flags puts before the formatted traceback of a config file's load error.
+_CONFIG_LOAD_PREFIX = 'Error whilst parsing config file'
 USAGE_ERROR = 2
 INPUT_ERROR = 1
 
@@ -83,7 +90,7 @@ def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None
     _define_common_flags(flag_values)
     args = flag_values(argv)[1:]
     _load_config_flags(flag_values)
-  except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+  except (flags.Error, AttributeError, KeyError, ValueError, OSError, SyntaxError) as e:
     print(f'{prog}: error: {_flag_error_message(e, argv)}', file=sys.stderr)
     return USAGE_ERROR
   _mark_global_flags_parsed()
@@ -94,6 +101,11 @@ def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None
     print(f'{prog}: error: {e}', file=sys.stderr)
     return USAGE_ERROR
   except (errors.InputError, *PATH_ERRORS) as e:
+    print(f'{prog}: error: {e}', file=sys.stderr)
+    return INPUT_ERROR
+  except OSError as e:
+    if e.errno not in STORAGE_ERRNOS:
+      raise
     print(f'{prog}: error: {e}', file=sys.stderr)
     return INPUT_ERROR
 
@@ -155,7 +167,36 @@ def _flag_error_message(error: BaseException, argv: Sequence[str]) -> str:
   unknown = _unknown_config_key(argv)
   if unknown is not None:
     return unknown
+  loading = _config_load_error(error)
+  if loading is not None:
+    return loading
+  if isinstance(error, SyntaxError):
+    return f'{error.filename}, line {error.lineno}: {error.msg}'
   return ' '.join(str(error).split())
+
+
+def _config_load_error(error: BaseException) -> str | None:
+  """The error a config file's get_config() raised, without the traceback config_flags wraps it in.
+
+  config_flags re-raises it as `Error whilst parsing config file: <traceback>` inside its handler,
+  so the original is that wrapper's __context__. An InputError names its file and key already;
+  anything else is prefixed with the flag.
+  """
+  chain: list[BaseException] = []
+  link: BaseException | None = error
+  while link is not None and link not in chain:
+    chain.append(link)
+    link = link.__cause__ or link.__context__
+  for outer, inner in itertools.pairwise(chain):
+    if str(inner).startswith(_CONFIG_LOAD_PREFIX) and inner.__context__ is not None:
+      original = inner.__context__
+      message = ' '.join(str(original).split()) or type(original).__name__
+      if isinstance(original, errors.InputError):
+        return message
+      flag, found, _ = str(outer).partition(f': {_CONFIG_LOAD_PREFIX}')
+      where = f'{flag.removeprefix("flag ")}: ' if found else ''
+      return f'{where}{type(original).__name__}: {message}'
+  return None
 
 
 def _unknown_config_key(argv: Sequence[str]) -> str | None:

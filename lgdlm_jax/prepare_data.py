@@ -79,15 +79,14 @@ def _make_from_text(args: flags.FlagValues) -> None:
   _required(args, 'texts', 'out')
   if (args.tokenizer is None) == (args.train_tokenizer_vocab is None):
     raise cli.UsageError('give one of --tokenizer and --train_tokenizer_vocab')
-  with open(args.texts, encoding='utf-8') as f:
-    texts = [line.strip() for line in f if line.strip()]
+  texts = text.read_lines(args.texts)
   tokenizer = (text.load_tokenizer(args.tokenizer) if args.tokenizer
                else text_dataset.train_wordpiece(texts, args.train_tokenizer_vocab))
+  encoder = text_dataset.minilm_encoder(args.batch_size)  # a missing package stops us before --out is made
   os.makedirs(args.out, exist_ok=True)
   seq_len = args.seq_len or 128
-  info = text_dataset.write_dataset(texts, tokenizer, text_dataset.minilm_encoder(args.batch_size), args.out,
-                               seq_len=seq_len, split=args.split, latent_dtype=args.latent_dtype,
-                               batch_size=args.batch_size, packed=args.packed)
+  info = text_dataset.write_dataset(texts, tokenizer, encoder, args.out, seq_len=seq_len, split=args.split,
+                                    latent_dtype=args.latent_dtype, batch_size=args.batch_size, packed=args.packed)
   if info['num_truncated']:
     logging.warning('%d of %d texts were truncated to %d tokens', info['num_truncated'], len(texts), seq_len)
   print(json.dumps(info, indent=2))

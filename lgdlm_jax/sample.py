@@ -11,6 +11,9 @@ the run kept one (training.ema_decay > 0), else the raw parameters, or as --para
 from its config.json) or a directory the converter wrote (its params and model config; the tokenizer
 ids from what the converted checkpoint said, or --mask_token_id / --pad_token_id). The tokenizer
 comes from --tokenizer, else the config's tokenizer.json_file.
+Every latent and token file is validated as training validates its data (a float latent of size
+model.latent_dim without NaN or inf; integer ids below the vocabulary size, at most model.max_seq_len
+of them, shorter ones padded); a bad one stops the command with one line naming the file.
 Inputs are processed in batches of --batch_size (the last one padded, so one compiled sampler
 serves them all); each batch is one jitted sampler call. Names from a single .npy or a text
 file are the 6-digit row / line index.
@@ -28,54 +31,58 @@ import tqdm
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import errors
 from lgdlm_jax import model as model_lib
 from lgdlm_jax import text
 from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.data import formats
 from lgdlm_jax.evaluation import samplers
 from lgdlm_jax.training import ema
 
 _DEFAULT_STEPS = {'l2t': 20, 't2l': 50}
 
 
-def _vector_rows(array: np.ndarray, path: str) -> np.ndarray:
-  """[L] or [1,L] -> [L]."""
-  array = array.reshape(array.shape[1:]) if array.ndim == 2 and array.shape[0] == 1 else array
-  if array.ndim != 1:
-    raise ValueError(f'{path}: shape {array.shape}, expected [L] or [1,L]')
-  return array
-
-
-def read_latents(path: str) -> tuple[list[str], np.ndarray]:
-  """(names, latents float32 [N,D]) from a directory of NAME.npy or one [D] / [N,D] file."""
+def read_latents(path: str, latent_dim: int) -> tuple[list[str], np.ndarray]:
+  """(names, latents float32 [N,D]) from a directory of NAME.npy or one [D] / [N,D] file, each latent
+  validated as training validates it (float, finite, D = model.latent_dim); InputError naming the file."""
   if os.path.isdir(path):
     files = sorted(f for f in os.listdir(path) if f.endswith('.npy'))
     if not files:
-      raise ValueError(f'no .npy files in {path}')
-    latents = [_vector_rows(np.load(os.path.join(path, f)), f) for f in files]
-    return [f[:-len('.npy')] for f in files], np.stack(latents).astype(np.float32)
-  latents = np.load(path).astype(np.float32)
-  latents = latents[None] if latents.ndim == 1 else latents
-  return [f'{i:06d}' for i in range(len(latents))], latents
+      raise errors.InputError(f'--latents {path}: no .npy files in the directory')
+    latents = [_latent(os.path.join(path, f), latent_dim) for f in files]
+    return [f[:-len('.npy')] for f in files], np.stack(latents)
+  array = formats.read_latent_file(path)
+  if array.ndim not in (1, 2) or array.size == 0:
+    raise errors.InputError(f'{path}: latents of shape {array.shape}, expected [{latent_dim}] or [N, {latent_dim}]')
+  rows = array[None] if array.ndim == 1 else array
+  latents = [formats.check_latent(row, f'{path} row {i}', latent_dim) for i, row in enumerate(rows)]
+  return [f'{i:06d}' for i in range(len(latents))], np.stack(latents)
 
 
-def read_token_dir(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-  """(names, input_ids [N,S], attention_mask bool [N,S]) from NAME[_tokens].npz files of one length."""
+def _latent(path: str, latent_dim: int) -> np.ndarray:
+  return formats.check_latent(formats.read_latent_file(path), path, latent_dim)
+
+
+def read_token_dir(path: str, config: config_lib.Config) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """(names, input_ids [N,S], attention_mask bool [N,S]) from NAME[_tokens].npz files, each validated as
+  training validates it and right-padded to S = model.max_seq_len; InputError naming the file."""
   files = sorted(f for f in os.listdir(path) if f.endswith('.npz'))
   if not files:
-    raise ValueError(f'no .npz files in {path}')
+    raise errors.InputError(f'--texts {path}: no .npz token files in the directory (t2l takes a directory of '
+                            'NAME[_tokens].npz files, or a text file)')
+  spec = formats.SampleSpec(int(config.model.max_seq_len), 0, int(config.model.vocab_size),
+                            int(config.tokenizer.pad_token_id))
   ids, masks = [], []
   for f in files:
-    with np.load(os.path.join(path, f)) as arrays:
-      ids.append(_vector_rows(arrays['input_ids'], f))
-      masks.append(_vector_rows(arrays['attention_mask'], f))
+    file_path = os.path.join(path, f)
+    row_ids, row_mask = formats.check_tokens(*formats.read_token_file(file_path), file_path, max_len=spec.seq_len,
+                                             vocab_size=spec.vocab_size)
+    padded = formats.pad_tokens(row_ids, row_mask, spec)
+    ids.append(padded['input_ids'])
+    masks.append(padded['attention_mask'])
   names = [f[:-len('_tokens.npz')] if f.endswith('_tokens.npz') else f[:-len('.npz')] for f in files]
-  return names, np.stack(ids).astype(np.int32), np.stack(masks).astype(bool)
-
-
-def read_text_file(path: str) -> list[str]:
-  with open(path, encoding='utf-8') as f:
-    return [line.strip() for line in f if line.strip()]
+  return names, np.stack(ids), np.stack(masks)
 
 
 def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc: str) -> np.ndarray:
@@ -94,7 +101,7 @@ def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc
 
 
 def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
-  names, latents = read_latents(args.latents)
+  names, latents = read_latents(args.latents, int(config.model.latent_dim))
   if args.num_samples:
     names, latents = names[:args.num_samples], latents[:args.num_samples]
   seq_len = args.seq_len or int(config.model.max_seq_len)
@@ -118,11 +125,11 @@ def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
 def run_t2l(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   source = args.texts
   if os.path.isdir(source):
-    names, ids, mask = read_token_dir(source)
+    names, ids, mask = read_token_dir(source, config)
   else:
     if tokenizer is None:
-      raise ValueError('t2l from a text file needs --tokenizer (or the config\'s tokenizer.json_file)')
-    lines = read_text_file(source)
+      raise cli.UsageError('t2l from a text file needs --tokenizer (or the config\'s tokenizer.json_file)')
+    lines = text.read_lines(source)
     names = [f'{i:06d}' for i in range(len(lines))]
     ids, mask, truncated = text.encode(tokenizer, lines, int(config.model.max_seq_len))
     if truncated.any():
@@ -175,10 +182,15 @@ def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
 
 def work(args: flags.FlagValues, positional: list[str]) -> None:
   mode = _check_args(args, positional)
-  source_kind = sources.kind(args.workdir) if os.path.exists(args.workdir) else None
+  if not os.path.exists(args.workdir):
+    raise FileNotFoundError(f'--workdir {args.workdir}: no such file or directory')
+  source_kind = sources.kind(args.workdir)
   if source_kind == sources.TORCH:
     raise cli.UsageError(f'--workdir {args.workdir} is neither a training workdir nor a converted directory; for a '
                          'PyTorch checkpoint, convert it first (python -m lgdlm_jax.convert --input CKPT --output DIR)')
+  for name in ('latents', 'texts', 'tokenizer'):  # before any weights are read
+    if args[name].value and not os.path.exists(args[name].value):
+      raise FileNotFoundError(f'--{name} {args[name].value}: no such file or directory')
   saved = workdirs.load_config(args.workdir) if source_kind == sources.WORKDIR else None
   has_ema = saved is not None and ema.enabled(saved)
   which = args.params or ('ema' if has_ema else 'raw')

@@ -17,7 +17,26 @@ from lgdlm_jax import errors
 
 
 def load_tokenizer(path: str) -> tokenizers.Tokenizer:
-  return tokenizers.Tokenizer.from_file(path)
+  """The tokenizer in a tokenizer.json file; InputError naming the file when it is missing or unreadable."""
+  if os.path.isdir(path):
+    raise errors.InputError(f'{path}: is a directory, expected a tokenizer.json file')
+  try:
+    return tokenizers.Tokenizer.from_file(path)
+  except Exception as e:  # tokenizers raises a bare Exception for a missing, empty, truncated or foreign file
+    raise errors.InputError(f'{path}: cannot read the tokenizer ({" ".join(str(e).split())})') from e
+
+
+def read_lines(path: str) -> list[str]:
+  """The non-empty lines of a UTF-8 text file, stripped; InputError naming the file when it has none or is
+  not text."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = [line.strip() for line in f if line.strip()]
+  except UnicodeDecodeError as e:
+    raise errors.InputError(f'{path}: not UTF-8 text ({e})') from e
+  if not lines:
+    raise errors.InputError(f'{path}: no text (every line is empty)')
+  return lines
 
 
 def token_id(tokenizer: tokenizers.Tokenizer, token: str) -> int:
@@ -72,8 +91,8 @@ def read_tokenizer_dir(path: str) -> TokenizerFacts:
                             'saved with a fast tokenizer, or the tokenizer.json file itself)')
   try:
     tokenizer = load_tokenizer(json_file)
-  except Exception as e:  # tokenizers raises its own exception type for a bad file
-    raise errors.InputError(f'tokenizer.path={path!r}: cannot read {json_file}: {e}') from e
+  except errors.InputError as e:
+    raise errors.InputError(f'tokenizer.path={path!r}: {e}') from e
   named = _named_special_tokens(os.path.dirname(json_file))
   ids = {}
   for role, defaults in _DEFAULT_NAMES.items():

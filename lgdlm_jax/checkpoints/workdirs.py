@@ -65,6 +65,16 @@ def read(workdir: str, model_config: ml_collections.ConfigDict, step: int | None
   (lgdlm_jax.training.ema)."""
   step = resolve_step(workdir, step)
   path = os.path.join(os.path.abspath(workdir), checkpoint.CHECKPOINTS_DIR, str(step), checkpoint.STATE_ITEM)
+  try:
+    return _read_step(workdir, path, step, model_config, with_moments, params_tree)
+  except converted.DamagedCheckpointError as e:
+    others = [s for s in saved_steps(workdir) if s != step]
+    hint = f'; it also has steps {others} (--step picks one)' if others else ''
+    raise converted.DamagedCheckpointError(f'{e} (step {step} of {workdir}{hint})') from e
+
+
+def _read_step(workdir: str, path: str, step: int, model_config: ml_collections.ConfigDict, with_moments: bool,
+               params_tree: str) -> WorkdirCheckpoint:
   stored = converted.metadata(path)
   if not stored.get(params_tree):
     raise mapping.ConversionError(f'{workdir} (step {step}) holds no {params_tree}')

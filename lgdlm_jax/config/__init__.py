@@ -74,6 +74,8 @@ def from_json(text: str, source: str = CONFIG_FILE) -> Config:
     stored = json.loads(text)
   except json.JSONDecodeError as e:
     raise ConfigError(f'{source}: not valid JSON ({e})') from e
+  if not isinstance(stored, dict):
+    raise ConfigError(f'{source}: holds a JSON {type(stored).__name__}, not a config (an object of sections)')
   config = default_config()
   known = flat_items(config)
   for key, value in _flat_json(stored).items():

@@ -47,6 +47,8 @@ _REFERENCE_SCAN_LIMIT = 10000
 # parse_dtype spellings we support; fp16 / fp64 are not a compute dtype we offer.
 _DTYPES = {'fp32': 'float32', 'float32': 'float32', 'float': 'float32',
            'bf16': 'bfloat16', 'bfloat16': 'bfloat16'}
+# How a _coerce error names the type it expected.
+_TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
 # String keys where YAML null means "not set", as an empty string does.
 _NULL_MEANS_EMPTY = frozenset(('data.token_dir', 'data.latent_dir', 'data.data_dir', 'tokenizer.path'))
 
@@ -58,9 +60,12 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
   except OSError as e:
     raise FileNotFoundError(f'cannot read config file {str(path)!r}: {e}') from e
   except yaml.YAMLError as e:
-    raise ConfigError(f'invalid YAML in config file {str(path)!r}: {e}') from e
+    raise ConfigError(f'invalid YAML in config file {str(path)!r}: {" ".join(str(e).split())}') from e
+  except UnicodeDecodeError as e:
+    raise ConfigError(f'config file {str(path)!r} is not UTF-8 text: {e}') from e
   if data is None:
-    return {}
+    # An empty file is a lost or unfinished copy, not a config: the defaults would train something else.
+    raise ConfigError(f'config file {str(path)!r} is empty')
   if not isinstance(data, dict):
     raise ConfigError(f'config file {str(path)!r} must hold a mapping, not {type(data).__name__}')
   return data
@@ -101,7 +106,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
   else:
     ok = True
   if not ok:
-    raise ConfigError(f'{key}={value!r}: expected a {type(current).__name__}')
+    raise ConfigError(f'{key}={value!r}: expected {_TYPE_NAMES.get(type(current), type(current).__name__)}')
   return value
 
 

@@ -30,6 +30,12 @@ PARAMS_DIR = 'params'
 INFO_FILE = 'converted.json'
 OPTIMIZER_DIR = 'optimizer'
 LAYOUT_VERSION = 2
+# What TensorStore raises (through Orbax) for a checkpoint whose array files are truncated or missing.
+_DAMAGE_ERRORS = (ValueError, OSError)
+
+
+class DamagedCheckpointError(mapping.ConversionError):
+  """An Orbax checkpoint's files cannot be read (truncated, emptied or missing); the message names it."""
 
 
 def save(directory: str, params: Any, model_config: ml_collections.ConfigDict, info: dict[str, Any] | None = None,
@@ -102,18 +108,33 @@ def load_moments(directory: str, model_config: ml_collections.ConfigDict) -> mom
 
 def metadata(path: str) -> Any:
   """The tree of an Orbax checkpoint with each array's shape and dtype (nothing read)."""
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    return checkpointer.metadata(path).item_metadata.tree
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      item = checkpointer.metadata(path).item_metadata
+  except _DAMAGE_ERRORS as e:
+    raise _damaged(path, e) from e
+  if item is None:  # what Orbax makes of a _METADATA or manifest.ocdbt that is missing, empty or cut short
+    raise DamagedCheckpointError(f'{path}: damaged checkpoint, cannot be read (no readable metadata: its _METADATA '
+                                 'or manifest.ocdbt is missing, empty or cut short)')
+  return item.tree
 
 
 def restore_numpy(path: str, wanted: Any) -> Any:
   """The arrays of the Orbax checkpoint at `path` that `wanted` (its metadata tree, or a part of it
   with None for what is not wanted) names, as numpy arrays in their stored dtype."""
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted),
-        restore_args=jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
-        partial_restore=True))
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted),
+          restore_args=jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
+          partial_restore=True))
+  except _DAMAGE_ERRORS as e:
+    raise _damaged(path, e) from e
+
+
+def _damaged(path: str, error: Exception) -> DamagedCheckpointError:
+  reason = ' '.join(str(error).split()[:40]) or type(error).__name__
+  return DamagedCheckpointError(f'{path}: damaged checkpoint, cannot be read ({type(error).__name__}: {reason})')
 
 
 def _config_differences(directory: str, model_config: ml_collections.ConfigDict) -> str:

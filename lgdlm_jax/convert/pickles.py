@@ -72,6 +72,8 @@ def load(path: str, unsafe_pickle: bool = False) -> Any:
   except ModuleNotFoundError as e:  # only with unsafe_pickle: the file names code that is not installed
     raise PickleError(f'cannot unpickle {path} with --unsafe-pickle: it refers to module {e.name!r}, which is '
                       'not importable') from e
+  except (KeyError, IndexError) as e:  # torch's legacy unpickler on bytes that are no pickle at all
+    raise PickleError(f'cannot read {path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)') from e
   except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
     raise PickleError(f'cannot read {path}: not a complete PyTorch checkpoint (truncated?): {_first_line(e)}') from e
 

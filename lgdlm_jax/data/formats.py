@@ -124,10 +124,15 @@ def check_latent(latent: np.ndarray, path: str, latent_dim: int | None) -> np.nd
   return latent
 
 
-def pad_sample(ids: np.ndarray, mask: np.ndarray, latent: np.ndarray, spec: SampleSpec) -> Sample:
+def pad_tokens(ids: np.ndarray, mask: np.ndarray, spec: SampleSpec) -> Sample:
+  """input_ids and attention_mask right-padded to spec.seq_len (pad id, mask False)."""
   pad = spec.seq_len - len(ids)
   return {'input_ids': np.pad(ids, (0, pad), constant_values=spec.pad_id),
-          'attention_mask': np.pad(mask, (0, pad), constant_values=False), 'latent': latent}
+          'attention_mask': np.pad(mask, (0, pad), constant_values=False)}
+
+
+def pad_sample(ids: np.ndarray, mask: np.ndarray, latent: np.ndarray, spec: SampleSpec) -> Sample:
+  return {**pad_tokens(ids, mask, spec), 'latent': latent}
 
 
 # ----------------------------------------------------------------------------- .npz / .npy files
@@ -189,6 +194,8 @@ def read_token_file(path: str) -> tuple[np.ndarray, np.ndarray]:
           with archive.open(members[key]) as member:
             arrays.append(read_npy(member, path))
         return tuple(arrays)
+    except CorruptSampleError:
+      raise  # names the file and the problem already
     except _PARSE_ERRORS as e:
       raise CorruptSampleError(f'{path}: cannot read token file ({type(e).__name__}: {e})') from e
   return with_retries(read, path)
@@ -199,6 +206,8 @@ def read_latent_file(path: str) -> np.ndarray:
     try:
       with open(path, 'rb') as stream:
         return read_npy(stream, path)
+    except CorruptSampleError:
+      raise  # names the file and the problem already
     except _PARSE_ERRORS as e:
       raise CorruptSampleError(f'{path}: cannot read latent file ({type(e).__name__}: {e})') from e
   return with_retries(read, path)

@@ -131,8 +131,15 @@ def read_dataset_info(directory: str) -> dict:
   path = os.path.join(directory, 'dataset.json')
   if not os.path.isfile(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  with open(path, encoding='utf-8', errors='replace') as f:
+    text = f.read()
+  try:
+    info = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataError(f'{path}: not valid JSON ({e})') from e
+  if not isinstance(info, dict):
+    raise DataError(f'{path}: holds a JSON {type(info).__name__}, expected an object')
+  return info
 
 
 def _first_latent_dim(files: Iterable[formats.SampleFiles]) -> int:

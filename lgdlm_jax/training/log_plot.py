@@ -100,7 +100,14 @@ def write_plot(workdirs: Sequence[str], out: str) -> None:
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path}: no such file (is {workdir} a training workdir?)')
     runs[label] = metrics_log.read_log(workdir)
+    if not runs[label]:
+      raise errors.InputError(f'no plottable records in {path}: it holds no log record')
   figure = draw(runs)
   staged = f'{out}.tmp.png'
-  figure.savefig(staged)
-  os.replace(staged, out)
+  try:
+    figure.savefig(staged)
+    os.replace(staged, out)
+  except OSError as e:
+    if os.path.exists(staged):  # a full disk leaves a cut-short file: never leave it beside the plot
+      os.remove(staged)
+    raise OSError(e.errno, e.strerror, e.filename or staged) from e  # a failed write() names no file

@@ -99,5 +99,23 @@ def _plain(value: Any) -> Any:
 
 
 def read_log(workdir: str) -> list[dict[str, Any]]:
-  with open(os.path.join(workdir, LOG_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of WORKDIR/training_log.jsonl; a line that is not a record with a step (the last one
+  cut short by a killed process, or a damaged file) is left out, and said so in one warning."""
+  path = os.path.join(workdir, LOG_FILE)
+  records, unreadable = [], []
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        record = None
+      if isinstance(record, dict) and isinstance(record.get('step'), int):
+        records.append(record)
+      else:
+        unreadable.append(number)
+  if unreadable:
+    logging.warning('%s: left out %d unreadable line(s) (line %s)', path, len(unreadable),
+                    ', '.join(map(str, unreadable[:5])) + (', ...' if len(unreadable) > 5 else ''))
+  return records
