@@ -1,6 +1,6 @@
 """The data pipeline in two real processes (jax.distributed on localhost, no model): disjoint shares of
 the one global order, every process's iterator state in the checkpoint, exact resume with
-skip_bad_files, a resume on another process count, and a bad-sample stop taken by both at once.
+skip_bad_files, a resume on another process count (2 -> 1 and 1 -> 2), and a bad-sample stop taken by both at once.
 
 `python -m tests.data_multiprocess_test PORT PID WORKDIR DATA STEPS SAVE_AT MAX_BAD_FRACTION` is one process.
 """
@@ -137,3 +137,21 @@ def test_too_many_bad_samples_stop_both_processes_at_the_same_step(tmp_path):
 
 if __name__ == '__main__':
   process_main(*sys.argv[1:])
+
+
+@pytest.mark.slow  # 2 short-lived processes start jax
+def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path):
+  data_dir = _make_data(tmp_path)
+  workdir = tmp_path / 'run'
+  with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as single:
+    reference = [data_test.ids_of(next(single)) for _ in range(TOTAL_STEPS)]
+  with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as alone:
+    for _ in range(SAVE_AT):
+      next(alone)
+    manager = checkpoint.make_manager(str(workdir), data_test.make_config())
+    checkpoint.save(manager, SAVE_AT, _state(), alone)
+    checkpoint.finish(manager)
+    manager.close()
+  two = _run_two(tmp_path, workdir, TOTAL_STEPS)  # no process_I-of-2 file: from global batch SAVE_AT on
+  for step in range(SAVE_AT, TOTAL_STEPS):
+    assert two[0]['rows'][str(step)] + two[1]['rows'][str(step)] == reference[step], step
