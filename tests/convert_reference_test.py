@@ -213,7 +213,8 @@ def test_readme_chain_with_the_reference_yaml_and_its_data_workers(tmp_path, cap
     config[section][name] = value
   assert config.data.num_workers == 2
   trainer, adamw = _trained(config.model, seed=3, updates=3)
-  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 2, reference_checkpoints.cycle_cfg(config.model))
+  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 2,  # after micro-batches 0..2
+                                       reference_checkpoints.cycle_cfg(config.model))
   _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
   workdir = tmp_path / 'jax_run'
   code = main.main(['--config', f'{train_test.REPO}/configs/reference_yaml.py:{yaml_path}',

@@ -155,3 +155,19 @@ def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path):
   two = _run_two(tmp_path, workdir, TOTAL_STEPS)  # no process_I-of-2 file: from global batch SAVE_AT on
   for step in range(SAVE_AT, TOTAL_STEPS):
     assert two[0]['rows'][str(step)] + two[1]['rows'][str(step)] == reference[step], step
+
+
+@pytest.mark.slow  # 3 x 2 short-lived processes start jax
+def test_a_checkpoint_damaged_for_one_process_is_skipped_by_both(tmp_path):
+  data_dir = _make_data(tmp_path)
+  with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as single:
+    reference = [data_test.ids_of(next(single)) for _ in range(TOTAL_STEPS)]
+  workdir = tmp_path / 'run'
+  _run_two(tmp_path, workdir, SAVE_AT, save_at=SAVE_AT)
+  _run_two(tmp_path, workdir, SAVE_AT + 2, save_at=SAVE_AT + 2)
+  damaged_file = workdir / 'checkpoints' / str(SAVE_AT + 2) / 'data' / 'process_1-of-2.json'
+  damaged_file.write_text(damaged_file.read_text()[:20])  # process 0 could restore this step, process 1 not
+  resumed = _run_two(tmp_path, workdir, TOTAL_STEPS)
+  for step in range(SAVE_AT, TOTAL_STEPS):
+    assert resumed[0]['rows'][str(step)] + resumed[1]['rows'][str(step)] == reference[step], step
+  assert os.listdir(workdir / 'damaged_checkpoints') == [str(SAVE_AT + 2)]

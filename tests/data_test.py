@@ -470,7 +470,8 @@ class StateTest(chex.TestCase, parameterized.TestCase):
     with datasets(config)[0] as uninterrupted:
       reference = take(uninterrupted, 5)
       state = uninterrupted.get_state()
-    old_state = {**state, 'next_batch': 2, 'num_workers': 2, 'pipeline': {'workers_state': {}, 'iterations_to_skip': {}}}
+    old_state = {**state, 'next_batch': 2, 'num_workers': 2,
+                 'pipeline': {'workers_state': {}, 'iterations_to_skip': {}}}
     with datasets(config)[0] as restored:
       restored.set_state(old_state)
       assert_batches_equal(take(restored, 3), reference[2:5])

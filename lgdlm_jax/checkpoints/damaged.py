@@ -32,8 +32,12 @@ def _json_files(step_dir: str) -> list[str]:
   return paths
 
 
-def diagnose(step_dir: str, error: BaseException) -> str:
-  """One line saying what is wrong with the step whose restore raised `error`, naming the file."""
+def unreadable_file(step_dir: str) -> str | None:
+  """What is wrong with the first of the step's JSON files (every process's) that cannot be read; None if all can.
+
+  Checked before a restore, which every process must enter together: a file only one process reads
+  (its data-iterator state) would otherwise fail there alone, inside the collective restore.
+  """
   for path in _json_files(step_dir):
     try:
       with open(path) as f:
@@ -42,7 +46,13 @@ def diagnose(step_dir: str, error: BaseException) -> str:
       return f'{path} is missing'
     except (OSError, ValueError) as e:
       return f'{path} cannot be read ({type(e).__name__}: {e})'
-  first_line = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  return None
+
+
+def diagnose(step_dir: str, error: BaseException) -> str:
+  """One line saying what is wrong with the step whose restore raised `error`, naming the file."""
+  text = str(error).split(' [tensorstore_spec=')[0].strip()  # the spec that follows repeats the path
+  first_line = text.splitlines()[0] if text else ''
   return f'{step_dir} cannot be restored ({type(error).__name__}: {first_line[:300]})'
 
 

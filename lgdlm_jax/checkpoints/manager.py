@@ -15,8 +15,13 @@ Layout of one checkpoint, WORKDIR/checkpoints/<step>/, by version:
 A checkpoint without the data file of this process (none saved, e.g. converted from PyTorch, or
 saved by another number of processes) restores the state, and the pipeline starts at the global
 batch the restored step implies (lgdlm_jax.data.order_position).
+
+A newest step that cannot be restored (a file truncated or missing) is skipped for the newest
+intact one and set aside (lgdlm_jax.checkpoints.damaged); a save that cannot be written stops the
+run with errors.StorageError (`save`).
 """
 
+from collections.abc import Callable
 import json
 import math
 import os
@@ -27,7 +32,9 @@ import weakref
 from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
@@ -127,7 +134,7 @@ def close(manager: ocp.CheckpointManager) -> None:
   _named(manager, manager.close)
 
 
-def _named(manager: ocp.CheckpointManager, wait: Any) -> None:
+def _named(manager: ocp.CheckpointManager, wait: Callable[[], None]) -> None:
   try:
     wait()
   except (OSError, ValueError) as e:
@@ -160,32 +167,44 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   """The state of the newest intact checkpoint, onto abstract_state's shardings (None if none);
   positions data_iterator.
 
-  A step that cannot be restored is skipped (one warning naming the file) for the next older one;
-  once one restores, the skipped steps are set aside (lgdlm_jax.checkpoints.damaged). If none
-  restores, an InputError lists them all and nothing is moved: a failure that every step shares
-  (a state that no longer fits them) is no damage.
+  A step that cannot be restored on every process is skipped (one warning naming the file) for the
+  next older one; once one restores, the newer steps are set aside (lgdlm_jax.checkpoints.damaged).
+  If none restores, an InputError lists them all and nothing is moved: a failure that every step
+  shares (a state that no longer fits them) is no damage.
   """
+  steps = sorted(manager.all_steps(), reverse=True)
   skipped: list[tuple[int, str]] = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = _restore_step(manager, step, abstract_state, data_iterator)
-    except (OSError, ValueError) as e:  # JSON, tensorstore and missing-file errors; InputError is raised
-      if isinstance(e, errors.InputError):
-        raise
-      why = damaged.diagnose(os.path.join(str(manager.directory), str(step)), e)
-      logging.warning('Skipping the checkpoint of step %d: %s', step, why)
-      skipped.append((step, why))
-      continue
-    if skipped:
-      damaged.set_aside(str(manager.directory), [s for s, _ in skipped])
-      manager.reload()
-      logging.warning('Resuming from step %d, the newest intact checkpoint; skipped %s', step,
-                      ', '.join(str(s) for s, _ in skipped))
-    return restored
+  for step in steps:
+    step_dir = os.path.join(str(manager.directory), str(step))
+    why = damaged.unreadable_file(step_dir)
+    if _on_every_process(why is None):  # the restore is collective: all enter it, or none
+      try:
+        restored = _restore_step(manager, step, abstract_state, data_iterator)
+      except (OSError, ValueError) as e:  # JSON, tensorstore and missing-file errors; InputError is raised
+        if isinstance(e, errors.InputError):
+          raise
+        why = damaged.diagnose(step_dir, e)
+      if _on_every_process(why is None):
+        newer = [s for s in steps if s > step]
+        if newer:
+          damaged.set_aside(str(manager.directory), newer)
+          manager.reload()
+          logging.warning('Resuming from step %d, the newest intact checkpoint; skipped %s', step,
+                          ', '.join(str(s) for s in sorted(newer)))
+        return restored
+    why = why or 'another process cannot restore it'
+    logging.warning('Skipping the checkpoint of step %d: %s', step, why)
+    skipped.append((step, why))
   if skipped:
     raise errors.InputError(f'no checkpoint in {manager.directory} can be restored: '
                             + '; '.join(f'step {s}: {why}' for s, why in skipped))
   return None
+
+
+def _on_every_process(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
