@@ -11,3 +11,7 @@ class InputError(ValueError):
 
 class ConfigError(InputError):
   """A config key is unknown or its value is invalid; the message names the key and the value."""
+
+
+class StorageError(InputError):
+  """A file or checkpoint cannot be written: the disk is full, the path read-only; the message names the path."""

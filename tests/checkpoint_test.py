@@ -1,5 +1,9 @@
 """Training checkpoints by layout version: version 2 is written (with or without the data iterators),
-version 1 (older workdirs) resumes, a newer version is refused."""
+version 1 (older workdirs) resumes, a newer version is refused; a damaged newest checkpoint is
+skipped and set aside, and a save that cannot be written names its step."""
+
+import errno
+import os
 
 import jax
 import numpy as np
@@ -96,3 +100,69 @@ def test_a_newer_version_is_refused_naming_it(tmp_path):
   manager.close()
   with pytest.raises(errors.InputError, match='layout version 3; this lgdlm_jax reads up to 2'):
     _restore(tmp_path)
+
+
+def _save_steps(workdir, *steps):
+  """Saves each step with STATE's `w` set to the step, and the iterator after `step` batches."""
+  manager = checkpoint.make_manager(str(workdir), _config())
+  iterator = _iterator()
+  for step in steps:
+    iterator.start_at_step(step)
+    checkpoint.save(manager, step, {'w': np.full(3, step, np.float32), 'step': np.int32(step)}, iterator)
+  checkpoint.finish(manager)
+  manager.close()
+
+
+def _half(path):
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one_and_is_set_aside(tmp_path, caplog):
+  _save_steps(tmp_path, 4, 8, 12)
+  _half(tmp_path / 'checkpoints' / '12' / 'data' / 'process_0-of-1.json')
+  os.remove(tmp_path / 'checkpoints' / '8' / 'meta' / 'metadata')
+  resumed = _iterator()
+  version, state = _restore(tmp_path, resumed)
+  np.testing.assert_array_equal(state['w'], np.full(3, 4, np.float32))
+  np.testing.assert_array_equal(next(resumed)['input_ids'], _batches(_iterator(), 5)[4])
+  warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Skipping')]
+  assert len(warnings) == 2
+  assert 'step 12' in warnings[0] and 'process_0-of-1.json cannot be read (JSONDecodeError' in warnings[0]
+  assert 'step 8' in warnings[1] and 'meta/metadata is missing' in warnings[1]
+  assert sorted(os.listdir(tmp_path / 'damaged_checkpoints')) == ['12', '8']  # kept for inspection
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4']
+  manager = checkpoint.make_manager(str(tmp_path), _config())
+  assert manager.latest_step() == 4  # never the newest again, and the step can be saved anew
+  checkpoint.save(manager, 8, STATE)
+  checkpoint.finish(manager)
+  manager.close()
+
+
+def test_with_no_intact_checkpoint_one_error_names_every_step_and_nothing_moves(tmp_path):
+  _save_steps(tmp_path, 4, 8)
+  for step in (4, 8):
+    _half(tmp_path / 'checkpoints' / str(step) / 'state' / '_METADATA')
+  with pytest.raises(errors.InputError, match=r'no checkpoint in \S+ can be restored: step 8: \S+/8/state/_METADATA '
+                                              r'cannot be read .*; step 4: \S+/4/state/_METADATA cannot be read'):
+    _restore(tmp_path, _iterator())
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '8']
+  assert not os.path.exists(tmp_path / 'damaged_checkpoints')
+
+
+def test_a_save_that_cannot_be_written_names_its_step_and_the_one_before_restores(tmp_path):
+  _save_steps(tmp_path, 4)
+  manager = checkpoint.make_manager(str(tmp_path), _config())
+  iterator = _iterator()
+
+  def full_disk():
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  iterator.get_state = full_disk
+  with pytest.raises(errors.StorageError, match=r'^could not write the checkpoint of step 8 to \S+/checkpoints/8: '
+                                                r'No space left on device; the checkpoints saved before it are intact'):
+    checkpoint.save(manager, 8, STATE, iterator)
+    checkpoint.finish(manager)
+  manager.close()
+  assert [n for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit()] == ['4']  # no partial step 8
+  _, state = _restore(tmp_path, _iterator())
+  np.testing.assert_array_equal(state['w'], np.full(3, 4, np.float32))

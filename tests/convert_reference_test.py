@@ -13,7 +13,9 @@ import safetensors.torch
 import torch
 
 import convert_torch_weights
+from lgdlm_jax import main
 from lgdlm_jax.checkpoints import weight_sources as sources
+from lgdlm_jax.config import reference_yaml
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import exporters
 from lgdlm_jax.reference import checkpoints as reference_checkpoints
@@ -197,3 +199,30 @@ def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
   bare_model = reference_model.ReferenceMultimodalMMDiT(config.model)
   bare_model.load_state_dict(safetensors.torch.load_file(str(tmp_path / 'bare.safetensors')), strict=True)
   _assert_same_weights(trained, bare_model)
+
+
+@pytest.mark.slow  # two training runs with two grain worker processes each
+@pytest.mark.parametrize('with_optimizer', [False, True])
+def test_readme_chain_with_the_reference_yaml_and_its_data_workers(tmp_path, capsys, with_optimizer):
+  """README "Coming from PyTorch LGDLM": the reference's run directory -> convert -> main with the
+  reference's own YAML (data.num_workers: 2) and init_from, with and without the optimizer state."""
+  yaml_path = os.path.join(runs.REPO, 'tests', 'data', 'mmdit_cycle_vae.yaml')
+  tiny = {k: v for k, v in runs.TINY_OVERRIDES.items() if not k.startswith(('training.', 'loss.', 'optimizer.'))}
+  config = reference_yaml.load_reference_yaml(yaml_path)
+  for key, value in tiny.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  assert config.data.num_workers == 2
+  trainer, adamw = _trained(config.model, seed=3, updates=3)
+  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 2,  # after micro-batches 0..2
+                                       reference_checkpoints.cycle_cfg(config.model))
+  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
+  workdir = tmp_path / 'jax_run'
+  code = main.main(['--config', f'{runs.REPO}/configs/reference_yaml.py:{yaml_path}',
+                    '--workdir', str(workdir), f'--config.init_from={tmp_path / "converted"}',
+                    f'--config.init_from_optimizer={with_optimizer}', '--config.training.num_train_steps=5',
+                    '--config.training.eval_every=0', '--config.training.print_examples=0',
+                    *(f'--config.{k}={v}' for k, v in tiny.items())])
+  assert code == 0, capsys.readouterr().err[-3000:]
+  steps = [r['step'] for r in metrics_log.read_log(str(workdir)) if 'loss' in r]
+  assert steps == ([4, 5] if with_optimizer else [1, 2, 3, 4, 5])  # the converted run did micro-batches 0..2

@@ -1,6 +1,6 @@
 """The data pipeline in two real processes (jax.distributed on localhost, no model): disjoint shares of
 the one global order, every process's iterator state in the checkpoint, exact resume with
-skip_bad_files, a resume on another process count, and a bad-sample stop taken by both at once.
+skip_bad_files, a resume on another process count (2 -> 1 and 1 -> 2), and a bad-sample stop taken by both at once.
 
 `python -m tests.data_multiprocess_test PORT PID WORKDIR DATA STEPS SAVE_AT MAX_BAD_FRACTION` is one process.
 """
@@ -139,3 +139,37 @@ def test_too_many_bad_samples_stop_both_processes_at_the_same_step(tmp_path):
 
 if __name__ == '__main__':
   process_main(*sys.argv[1:])
+
+
+@pytest.mark.slow  # 2 short-lived processes start jax
+def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path):
+  data_dir = _make_data(tmp_path)
+  workdir = tmp_path / 'run'
+  with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as single:
+    reference = [datasets.ids_of(next(single)) for _ in range(TOTAL_STEPS)]
+  with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as alone:
+    for _ in range(SAVE_AT):
+      next(alone)
+    manager = checkpoint.make_manager(str(workdir), datasets.make_config())
+    checkpoint.save(manager, SAVE_AT, _state(), alone)
+    checkpoint.finish(manager)
+    manager.close()
+  two = _run_two(tmp_path, workdir, TOTAL_STEPS)  # no process_I-of-2 file: from global batch SAVE_AT on
+  for step in range(SAVE_AT, TOTAL_STEPS):
+    assert two[0]['rows'][str(step)] + two[1]['rows'][str(step)] == reference[step], step
+
+
+@pytest.mark.slow  # 3 x 2 short-lived processes start jax
+def test_a_checkpoint_damaged_for_one_process_is_skipped_by_both(tmp_path):
+  data_dir = _make_data(tmp_path)
+  with data.make_datasets(_config(data_dir, 0.5), process_index=0, process_count=1)[0] as single:
+    reference = [datasets.ids_of(next(single)) for _ in range(TOTAL_STEPS)]
+  workdir = tmp_path / 'run'
+  _run_two(tmp_path, workdir, SAVE_AT, save_at=SAVE_AT)
+  _run_two(tmp_path, workdir, SAVE_AT + 2, save_at=SAVE_AT + 2)
+  damaged_file = workdir / 'checkpoints' / str(SAVE_AT + 2) / 'data' / 'process_1-of-2.json'
+  damaged_file.write_text(damaged_file.read_text()[:20])  # process 0 could restore this step, process 1 not
+  resumed = _run_two(tmp_path, workdir, TOTAL_STEPS)
+  for step in range(SAVE_AT, TOTAL_STEPS):
+    assert resumed[0]['rows'][str(step)] + resumed[1]['rows'][str(step)] == reference[step], step
+  assert os.listdir(workdir / 'damaged_checkpoints') == [str(SAVE_AT + 2)]

@@ -384,6 +384,41 @@ class StateTest(chex.TestCase, parameterized.TestCase):
       fewer_workers.set_state(state)
       assert_batches_equal(head + take(fewer_workers, 4), reference)
 
+  @pytest.mark.slow  # grain worker processes start (spawn + imports: 5-20 s on 2 cores)
+  def test_position_is_set_under_any_worker_count(self):
+    # grain cannot reposition an iterator whose workers run (set_next_index on its interleave):
+    # init_from and a resume under another worker count set the position of such an iterator.
+    root = _tmpdir(self)
+    token_dir, latent_dir = make_dirs(root, 11)
+    config = {w: make_config(token_dir, latent_dir, batch=4, workers=w) for w in (0, 2)}
+    with datasets(config[0])[0] as uninterrupted:
+      reference = take(uninterrupted, 7)
+    with datasets(config[2])[0] as two_workers:
+      head = take(two_workers, 3)
+      state = two_workers.get_state()
+      two_workers.start_at_step(5)  # after batches were read: a new position restarts the workers there
+      assert_batches_equal(take(two_workers, 2), reference[5:7])
+    with datasets(config[0])[0] as none:
+      none.set_state(state)
+      assert_batches_equal(head + take(none, 4), reference)
+      zero_state = none.get_state()
+    with datasets(config[2])[0] as again:
+      again.set_state(zero_state)
+      again.start_at_step(2)
+      assert_batches_equal(take(again, 5), reference[2:7])
+
+  def test_state_written_with_grains_per_worker_state_still_restores(self):
+    root = _tmpdir(self)
+    config = make_config(*make_dirs(root, 11), batch=4)
+    with datasets(config)[0] as uninterrupted:
+      reference = take(uninterrupted, 5)
+      state = uninterrupted.get_state()
+    old_state = {**state, 'next_batch': 2, 'num_workers': 2,
+                 'pipeline': {'workers_state': {}, 'iterations_to_skip': {}}}
+    with datasets(config)[0] as restored:
+      restored.set_state(old_state)
+      assert_batches_equal(take(restored, 3), reference[2:5])
+
   def test_bad_sample_tally_is_restored(self):
     root = _tmpdir(self)
     token_dir, latent_dir = make_dirs(root, 8)

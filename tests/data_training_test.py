@@ -1,4 +1,5 @@
-"""Training from packed shards equals training from the per-sample files they were packed from."""
+"""Training from packed shards equals training from the per-sample files they were packed from, and resumes
+under another data worker count."""
 
 import os
 
@@ -47,3 +48,22 @@ def test_packed_shards_train_to_the_same_losses_as_their_files(tmp_path):
   assert sorted(losses['files']) == list(range(1, STEPS + 1))
   assert losses['packed'] == losses['files']  # bit for bit: the same batches
   assert len(set(losses['files'].values())) == STEPS  # the batches differ from step to step
+
+
+@pytest.mark.slow  # three short training runs of the tiny model, one with two grain worker processes
+def test_packed_shards_resume_under_another_worker_count(tmp_path):
+  overrides = dict(runs.TINY_OVERRIDES)
+  token_dir, latent_dir = _write_files(str(tmp_path / 'files'), overrides['model.vocab_size'],
+                                       overrides['model.max_seq_len'], overrides['model.latent_dim'])
+  packed_writer.pack(token_dir, latent_dir, str(tmp_path / 'packed'), records_per_shard=32)
+
+  def run(workdir, steps, workers):
+    loop.run(runs.tiny_config(**{
+        'data.data_dir': str(tmp_path / 'packed'), 'training.num_train_steps': steps, 'training.save_every': 4,
+        'data.num_workers': workers, 'training.compilation_cache_dir': str(tmp_path / 'compilation_cache')}),
+        str(tmp_path / workdir))
+    return runs.losses_of(str(tmp_path / workdir))
+
+  uninterrupted = run('uninterrupted', 8, 0)
+  run('resumed', 4, 2)
+  assert run('resumed', 8, 0) == uninterrupted

@@ -17,6 +17,7 @@ from lgdlm_jax.errors import ConfigError
 from lgdlm_jax.training import loop
 from lgdlm_jax.training import metrics_log
 from lgdlm_jax.training import profiling
+from tests.helpers.runs import saved_steps
 from tests.helpers.runs import tiny_config
 
 RESEARCH = {
@@ -40,10 +41,6 @@ def kill_at(at):
       raise Killed(step)
     real_save(manager, step, *args, **kwargs)
   return save
-
-
-def saved_steps(workdir):
-  return sorted(int(n) for n in os.listdir(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)) if n.isdigit())
 
 
 @pytest.mark.slow

@@ -57,6 +57,12 @@ KEYS = (
     # The reference saves only every logging.save_every steps, 0 = never.
     Key('training.save_every', 5, NON_NEGATIVE, 'Steps between checkpoints (0 = at the end only).',
         reference='logging.save_every', resume='checkpoint cadence only', reference_default=0),
+    # For preemptible machines whose notice comes in minutes: a save every N minutes of wall time,
+    # whatever the step time. With several processes process 0's clock decides (one small collective
+    # per step while the key is on), so that every process saves the same step.
+    Key('training.save_every_minutes', 0.0, number(0.0),
+        'Also save when this many minutes have passed since the last save (0 = off).',
+        resume='checkpoint cadence only'),
     Key('training.keep_checkpoints', 3, POSITIVE, 'The newest N checkpoints are kept.', resume=_KEPT),
     # The run then also saves at every evaluation, so that each evaluated step can be kept.
     Key('training.keep_best_checkpoints', 0, NON_NEGATIVE,

@@ -19,8 +19,9 @@ process stops at the first one; several processes replace it and all stop at the
 
 Reading and decoding run in grain: `data.num_workers` worker processes (0 = in the training
 process, on grain's reader threads), `data.prefetch_batches` batches ahead. The iterator state of
-every process (grain's state plus the bad-sample tally) is saved with the Orbax checkpoint by
-grain's own handler (lgdlm_jax.checkpoints.manager).
+every process (the next global batch plus the bad-sample tally; no per-worker state, so a resume
+may change the worker count) is saved with the Orbax checkpoint by grain's own handler
+(lgdlm_jax.checkpoints.manager).
 """
 
 from __future__ import annotations
@@ -142,22 +143,38 @@ def local_batches(source: sources_lib.Source, keys: np.ndarray, *, global_batch_
 
 
 class TrainIterator(grain.DatasetIterator):
-  """Infinite iterator over this process's batches; its state is grain's plus the bad-sample tally."""
+  """Infinite iterator over this process's batches; its state is the next global batch plus the bad-sample tally.
+
+  The position is the only state: batch k is a pure function of k (GlobalOrder, DecodeBatch), so
+  grain's iterator is built from `batches[k:]` when the first batch is asked for, and rebuilt when
+  the position is set after that. Neither the worker nor the process count enters the saved state,
+  so a checkpoint resumes under any of them (grain's own per-worker state cannot be repositioned
+  once worker processes run).
+  """
 
   def __init__(self, batches: grain.MapDataset, bad_samples: BadSamples, *, num_workers: int, prefetch: int,
                layout: dict[str, int]):
     super().__init__()
     self.steps_per_epoch = layout['steps_per_epoch']
+    self._batches = batches
     self._bad_samples = bad_samples
     self._layout = layout
     self._num_workers = num_workers
+    self._prefetch = prefetch
     self._next_batch = 0  # batches returned: the global batch the next one is
-    dataset = batches.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=prefetch))
-    if num_workers:
-      if not flags.FLAGS.is_parsed():  # grain's worker start-up reads its absl flags (library use, tests)
-        flags.FLAGS.mark_as_parsed()
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    self._iterator = dataset.__iter__()
+    self._iterator: grain.DatasetIterator | None = None  # built at _next_batch on first use
+
+  def _started(self) -> grain.DatasetIterator:
+    if self._iterator is None:
+      prefetch = self._prefetch
+      dataset = self._batches[self._next_batch:].to_iter_dataset(
+          grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=prefetch))
+      if self._num_workers:
+        if not flags.FLAGS.is_parsed():  # grain's worker start-up reads its absl flags (library use, tests)
+          flags.FLAGS.mark_as_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._num_workers))
+      self._iterator = dataset.__iter__()
+    return self._iterator
 
   @property
   def num_skipped(self) -> int:
@@ -169,39 +186,39 @@ class TrainIterator(grain.DatasetIterator):
     self._bad_samples.agree()
 
   def __next__(self) -> Batch:
-    batch, bad = next(self._iterator)
+    batch, bad = next(self._started())
     self._next_batch += 1
     self._bad_samples.found(bad)
     return batch
 
   def get_state(self) -> dict[str, Any]:
-    return {'pipeline': self._iterator.get_state(), 'bad_samples': self._bad_samples.get_state(),
-            'next_batch': self._next_batch, 'num_workers': self._num_workers, **self._layout}
+    return {'bad_samples': self._bad_samples.get_state(), 'next_batch': self._next_batch, **self._layout}
 
   def set_state(self, state: dict[str, Any]) -> None:
     for key, ours in self._layout.items():
       if state.get(key) != ours:
         raise DataError(f'the checkpoint\'s data-iterator state was saved with {key}={state.get(key)}, this run has '
                         f'{ours}; resume with the same data and batch settings')
-    if state['num_workers'] == self._num_workers:
-      self._iterator.set_state(state['pipeline'])
-      self._next_batch = state['next_batch']
-    else:  # grain's state has one entry per worker; the position itself does not depend on them
-      self.start_at_step(state['next_batch'])
+    # A state written before the position alone was saved also holds grain's per-worker 'pipeline'
+    # state; its next_batch is the same position.
+    self._seek(int(state['next_batch']))
     self._bad_samples.set_state(state['bad_samples'])
 
   def start_at_step(self, step: int, other_state: dict[str, Any] | None = None) -> None:
     """Reads from global batch `step` on (see order_position); keeps the agreed bad samples of other_state."""
-    grain.experimental.set_next_index(self._iterator, step)
-    self._next_batch = step
+    self._seek(step)
     if other_state is not None:
       self._bad_samples.set_state(other_state['bad_samples'], agreed_only=True)
 
-  def start_prefetch(self) -> None:
-    self._iterator.start_prefetch()
+  def _seek(self, step: int) -> None:
+    if step != self._next_batch:
+      self.close()  # the next batch starts a new grain iterator (and its workers) there
+    self._next_batch = step
 
   def close(self) -> None:
-    self._iterator.close()
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
 
   def __enter__(self) -> TrainIterator:
     return self

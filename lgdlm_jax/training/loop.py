@@ -32,6 +32,7 @@ from lgdlm_jax.training import runtime
 from lgdlm_jax.training import setup as training_setup
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
+from lgdlm_jax.training import timed_saves
 
 
 class NonFiniteError(RuntimeError):
@@ -149,7 +150,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
   init_key, step_key, eval_key = jax.random.split(jax.random.key(config.training.seed), 3)
   with contextlib.ExitStack() as stack:
     manager = checkpoint.make_manager(workdir, config)
-    stack.callback(manager.close)
+    stack.callback(checkpoint.close, manager)
     if manager.latest_step() is not None:
       resume.check_config(config, workdir)  # before any work: a refused change stops here
     train_iter, val_batches = data_lib.make_datasets(config)
@@ -172,7 +173,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     stack.callback(progress.close)
     watch = runtime.PreemptionWatch()
     stack.callback(watch.close)
-    stack.callback(manager.wait_until_finished)  # first on the way out: every save is whole before anything closes
+    timed = timed_saves.TimedSaves(tcfg.save_every_minutes)
+    stack.callback(checkpoint.finish, manager)  # first on the way out: every save is whole before anything closes
 
     def report(step: int, device_metrics, started: float, data_wait: float) -> None:
       metrics = jax.device_get(device_metrics)
@@ -223,11 +225,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
         late.flush()  # the step's report before the evaluation's
         val = evaluate(done)
       preempted = watch.reached(done)
+      time_due = timed.due()  # every step on every process: with several, a collective
       # With best checkpoints kept, every evaluated step is saved, so that it can be among them.
       best_candidate = val is not None and checkpoint.keeps_best(config)
-      if (save_every and done % save_every == 0) or done == num_steps or preempted or best_candidate:
+      if (save_every and done % save_every == 0) or done == num_steps or preempted or best_candidate or time_due:
         late.flush()  # never checkpoint past a step that should have stopped the run
         checkpoint.save(manager, done, state, train_iter, checkpoint.ranking_metrics(val, config))
+        timed.saved()
       if preempted:
         logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.', done, workdir)
         break

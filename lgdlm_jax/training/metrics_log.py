@@ -15,6 +15,7 @@ import ml_collections
 import tensorboardX
 
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import errors
 
 LOG_FILE = 'training_log.jsonl'
 PLOT_FILE = 'training_log.png'  # lgdlm_jax.training.log_plot of LOG_FILE, rewritten at each evaluation
@@ -30,6 +31,7 @@ class MetricsLog:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, resume_step: int | None = None):
     self._active = jax.process_index() == 0
+    self._path = os.path.join(workdir, LOG_FILE)
     self._jsonl = None
     self._tensorboard = None
     if not self._active:
@@ -48,18 +50,26 @@ class MetricsLog:
     if not self._active:
       return
     line = {'step': step, **{prefix + k: _plain(v) for k, v in record.items()}}
-    self._jsonl.write(json.dumps(line) + '\n')
-    self._jsonl.flush()
-    if self._tensorboard is not None:
-      for key, value in line.items():
-        if key != 'step' and isinstance(value, (int, float)):
-          self._tensorboard.add_scalar(key, value, step)
+    try:
+      self._jsonl.write(json.dumps(line) + '\n')
+      self._jsonl.flush()
+      if self._tensorboard is not None:
+        for key, value in line.items():
+          if key != 'step' and isinstance(value, (int, float)):
+            self._tensorboard.add_scalar(key, value, step)
+    except OSError as e:  # a full disk, a workdir made read-only
+      raise errors.StorageError(f'could not write the log of step {step} to {os.path.dirname(self._path)} '
+                                f'({e.strerror or e}); the checkpoints saved before it are intact') from e
 
   def close(self) -> None:
-    if self._jsonl is not None:
-      self._jsonl.close()
-    if self._tensorboard is not None:
-      self._tensorboard.close()
+    try:
+      if self._jsonl is not None:
+        self._jsonl.close()
+      if self._tensorboard is not None:
+        self._tensorboard.close()
+    except OSError as e:  # on the way out of a run stopped by the same full disk: its error is the one to see
+      logging.warning('Could not finish writing the logs in %s: %s; lines written before are kept',
+                      os.path.dirname(self._path), e.strerror or e)
 
 
 def truncate_log(path: str, last_step: int) -> None:

@@ -3,6 +3,7 @@
 import os
 
 from lgdlm_jax import config as config_lib
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.training import metrics_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,3 +31,8 @@ def tiny_config(**overrides):
 
 def losses_of(workdir):
   return {r['step']: r['loss'] for r in metrics_log.read_log(workdir) if 'loss' in r}
+
+
+def saved_steps(workdir):
+  """The checkpoint steps in a workdir, ascending."""
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)) if n.isdigit())
