@@ -37,8 +37,14 @@ def measure(backend: str, length: int, batch: int, repeats: int, block_size: int
     started = time.perf_counter()
     jax.block_until_ready(compiled(qs, ks, vs))
     seconds.append(time.perf_counter() - started)
-  return {'backend': backend, 'length': length, 'batch': batch, 'block_size': block_size,
-          'median_s': round(statistics.median(seconds), 4), 'temp_bytes': compiled.memory_analysis().temp_size_in_bytes}
+  return {
+    'backend': backend,
+    'length': length,
+    'batch': batch,
+    'block_size': block_size,
+    'median_s': round(statistics.median(seconds), 4),
+    'temp_bytes': compiled.memory_analysis().temp_size_in_bytes,
+  }
 
 
 def main() -> None:

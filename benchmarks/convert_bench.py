@@ -24,6 +24,7 @@ def write_reference_run(run_dir: str, args: argparse.Namespace) -> int:
 
   from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from lgdlm_jax.reference import model as reference_model  # pylint: disable=g-import-not-at-top
+
   model_config = config_lib.default_config().model
   model_config.update(hidden_size=args.hidden, n_blocks=args.blocks, cond_dim=args.hidden, max_seq_len=args.seq)
   model = reference_model.ReferenceMultimodalMMDiT(model_config)
@@ -34,8 +35,15 @@ def write_reference_run(run_dir: str, args: argparse.Namespace) -> int:
     p.grad = torch.randn_like(p)
   adamw.step()
   os.makedirs(os.path.join(run_dir, 'checkpoints'))
-  torch.save({'model_state_dict': trainer.state_dict(), 'optimizer_state_dict': adamw.state_dict(), 'step': 0,
-              'cfg': {'model': {'dropout': 0.0}}}, os.path.join(run_dir, 'checkpoints', 'latest.pt'))
+  torch.save(
+    {
+      'model_state_dict': trainer.state_dict(),
+      'optimizer_state_dict': adamw.state_dict(),
+      'step': 0,
+      'cfg': {'model': {'dropout': 0.0}},
+    },
+    os.path.join(run_dir, 'checkpoints', 'latest.pt'),
+  )
   return sum(p.numel() for p in trainer.parameters())
 
 
@@ -54,7 +62,7 @@ def main() -> None:
   parser.add_argument('--hidden', type=int, default=512)
   parser.add_argument('--blocks', type=int, default=8)
   parser.add_argument('--seq', type=int, default=1024)
-  parser.add_argument('--verify', action='store_true', help='also run the converter\'s --verify')
+  parser.add_argument('--verify', action='store_true', help="also run the converter's --verify")
   parser.add_argument('--workdir', help='where the files go (default: a temporary directory)')
   parser.add_argument('--write_only', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -65,18 +73,44 @@ def main() -> None:
     return
   sizes = dict(hidden=args.hidden, blocks=args.blocks, seq=args.seq)
   argv = [f'--hidden={args.hidden}', f'--blocks={args.blocks}', f'--seq={args.seq}', f'--workdir={workdir}']
-  written = subprocess.run([sys.executable, '-m', 'benchmarks.convert_bench', '--write_only', *argv],
-                           capture_output=True, text=True, check=True, cwd=REPO)
+  written = subprocess.run(
+    [sys.executable, '-m', 'benchmarks.convert_bench', '--write_only', *argv],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=REPO,
+  )
   parameters = int(written.stdout.strip().splitlines()[-1])
   checkpoint_bytes = os.path.getsize(os.path.join(run_dir, 'checkpoints', 'latest.pt'))
   sizes.update(parameters=parameters, checkpoint_gib=round(checkpoint_bytes / 2**30, 2))
-  convert = [sys.executable, '-m', 'lgdlm_jax.convert', '--input', run_dir,
-             '--output', os.path.join(workdir, 'converted')]
-  timed('to lgdlm_jax (weights + AdamW moments)' + (' with --verify' if args.verify else ''),
-        convert + (['--verify'] if args.verify else []), **sizes)
-  timed('to the cycle trainer\'s layout', [sys.executable, '-m', 'lgdlm_jax.convert', '--to-torch', '--input',
-                                          os.path.join(workdir, 'converted'), '--output',
-                                          os.path.join(workdir, 'back.pt')], **sizes)
+  convert = [
+    sys.executable,
+    '-m',
+    'lgdlm_jax.convert',
+    '--input',
+    run_dir,
+    '--output',
+    os.path.join(workdir, 'converted'),
+  ]
+  timed(
+    'to lgdlm_jax (weights + AdamW moments)' + (' with --verify' if args.verify else ''),
+    convert + (['--verify'] if args.verify else []),
+    **sizes,
+  )
+  timed(
+    "to the cycle trainer's layout",
+    [
+      sys.executable,
+      '-m',
+      'lgdlm_jax.convert',
+      '--to-torch',
+      '--input',
+      os.path.join(workdir, 'converted'),
+      '--output',
+      os.path.join(workdir, 'back.pt'),
+    ],
+    **sizes,
+  )
 
 
 if __name__ == '__main__':

@@ -43,8 +43,16 @@ TORCH_THREADS = 2
 
 def make_config() -> ml_collections.ConfigDict:
   config = config_lib.default_config()
-  config.model.update(hidden_size=512, n_blocks=4, cond_dim=512, max_seq_len=256, vocab_size=8192, latent_dim=32,
-                      num_residual_streams=2, dtype='float32')
+  config.model.update(
+    hidden_size=512,
+    n_blocks=4,
+    cond_dim=512,
+    max_seq_len=256,
+    vocab_size=8192,
+    latent_dim=32,
+    num_residual_streams=2,
+    dtype='float32',
+  )
   config.training.train_batch_size = 8
   config.loss.cycle_latent_weight = 1.0  # all four terms on
   return config
@@ -61,14 +69,24 @@ def run_side(side: str, steps: int, warmup: int) -> dict:
     for _ in range(warmup):
       trainer.train_step()
     trainer.timed(steps)
-    record = {'torch': torch.__version__, 'threads': torch.get_num_threads(), 'final_loss': trainer.loss,
-              'step_seconds': [round(t, 3) for t in trainer.step_seconds]}
+    record = {
+      'torch': torch.__version__,
+      'threads': torch.get_num_threads(),
+      'final_loss': trainer.loss,
+      'step_seconds': [round(t, 3) for t in trainer.step_seconds],
+    }
   else:
     record = bench.benchmark(config, steps, warmup, host_batch, sync_each_step=True)
     record['xla_flags'] = os.environ.get('XLA_FLAGS', '')
   median = statistics.median(record['step_seconds'])
-  return {'side': side, **record, 'median_step_s': median, 'steps_per_s': 1.0 / median,
-          'tokens_per_s': b * s / median, 'loadavg': os.getloadavg()}
+  return {
+    'side': side,
+    **record,
+    'median_step_s': median,
+    'steps_per_s': 1.0 / median,
+    'tokens_per_s': b * s / median,
+    'loadavg': os.getloadavg(),
+  }
 
 
 def main() -> None:
@@ -76,8 +94,12 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=4, help='timed steps per side and round')
   parser.add_argument('--warmup', type=int, default=1, help='untimed steps per side and round before timing')
   parser.add_argument('--rounds', type=int, default=2, help='torch, jax alternations, each in fresh processes')
-  parser.add_argument('--side', choices=('both', 'torch', 'jax'), default='both',
-                      help='both: run the alternation; torch / jax: time that side in this process')
+  parser.add_argument(
+    '--side',
+    choices=('both', 'torch', 'jax'),
+    default='both',
+    help='both: run the alternation; torch / jax: time that side in this process',
+  )
   args = parser.parse_args()
   if args.side != 'both':
     print(json.dumps(run_side(args.side, args.steps, args.warmup)))
@@ -86,8 +108,17 @@ def main() -> None:
   step_seconds: dict[str, list[float]] = {'torch': [], 'jax': []}
   for _ in range(args.rounds):
     for side in ('torch', 'jax'):
-      command = [sys.executable, '-m', 'benchmarks.cpu_vs_torch', '--side', side, '--steps', str(args.steps),
-                 '--warmup', str(args.warmup)]
+      command = [
+        sys.executable,
+        '-m',
+        'benchmarks.cpu_vs_torch',
+        '--side',
+        side,
+        '--steps',
+        str(args.steps),
+        '--warmup',
+        str(args.warmup),
+      ]
       child = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
       if child.returncode != 0:
         raise RuntimeError(f'the {side} side failed (exit {child.returncode}):\n{child.stderr}')
@@ -95,8 +126,16 @@ def main() -> None:
       print(json.dumps(record), flush=True)
       step_seconds[side] += record['step_seconds']
   medians = {side: statistics.median(times) for side, times in step_seconds.items()}
-  print(json.dumps({'ratio_jax_over_torch': medians['torch'] / medians['jax'], 'median_step_s': medians,
-                    'steps_per_side': len(step_seconds['jax']), 'cpu_count': os.cpu_count()}))
+  print(
+    json.dumps(
+      {
+        'ratio_jax_over_torch': medians['torch'] / medians['jax'],
+        'median_step_s': medians,
+        'steps_per_side': len(step_seconds['jax']),
+        'cpu_count': os.cpu_count(),
+      }
+    )
+  )
 
 
 if __name__ == '__main__':

@@ -40,8 +40,11 @@ def write_files(root: str, num: int, seq_len: int, latent_dim: int, vocab: int) 
     length = int(rng.integers(seq_len // 4, seq_len + 1))
     ids = np.zeros(seq_len, np.int32)
     ids[:length] = rng.integers(5, vocab, length)
-    np.savez(os.path.join(token_dir, f'{i:07d}_tokens.npz'), input_ids=ids,
-             attention_mask=(np.arange(seq_len) < length).astype(np.uint8))
+    np.savez(
+      os.path.join(token_dir, f'{i:07d}_tokens.npz'),
+      input_ids=ids,
+      attention_mask=(np.arange(seq_len) < length).astype(np.uint8),
+    )
     np.save(os.path.join(latent_dir, f'{i:07d}.npy'), rng.standard_normal(latent_dim).astype(np.float32))
   with open(os.path.join(root, 'dataset.json'), 'w') as f:
     json.dump({'vocab_size': vocab, 'latent_dim': latent_dim, 'seq_len': seq_len}, f)
@@ -68,11 +71,11 @@ def set_cache(root: str, warm: bool) -> None:
       os.close(fd)
 
 
-def measure(data_dir: str, seq_len: int, latent_dim: int, vocab: int, batch: int, workers: int,
-            seconds: float) -> dict:
+def measure(data_dir: str, seq_len: int, latent_dim: int, vocab: int, batch: int, workers: int, seconds: float) -> dict:
   """In a fresh process: start-up and samples/s of the training pipeline on data_dir."""
   from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from lgdlm_jax import data  # pylint: disable=g-import-not-at-top
+
   config = config_lib.default_config()
   config.model.update(vocab_size=vocab, max_seq_len=seq_len, latent_dim=latent_dim)
   config.tokenizer.update(vocab_size=vocab)
@@ -94,11 +97,17 @@ def measure(data_dir: str, seq_len: int, latent_dim: int, vocab: int, batch: int
 
 def loader_share(workdir: str) -> dict:
   from lgdlm_jax.training import metrics_log  # pylint: disable=g-import-not-at-top
+
   records = [r for r in metrics_log.read_log(workdir) if 'data_wait_time' in r and r['step'] > 2]
   wait = float(np.mean([r['data_wait_time'] for r in records]))
   step = float(np.mean([r['step_time'] for r in records]))
-  return {'workdir': workdir, 'logged_steps': len(records), 'mean_step_time_s': round(step, 5),
-          'mean_data_wait_s': round(wait, 6), 'data_wait_share': round(wait / step, 4)}
+  return {
+    'workdir': workdir,
+    'logged_steps': len(records),
+    'mean_step_time_s': round(step, 5),
+    'mean_data_wait_s': round(wait, 6),
+    'data_wait_share': round(wait / step, 4),
+  }
 
 
 def main() -> None:
@@ -120,11 +129,13 @@ def main() -> None:
     return
   if args.measure:
     data_dir, workers, _ = args.measure
-    print(json.dumps(measure(data_dir, args.seq_len, args.latent_dim, args.vocab, args.batch, int(workers),
-                             args.seconds)))
+    print(
+      json.dumps(measure(data_dir, args.seq_len, args.latent_dim, args.vocab, args.batch, int(workers), args.seconds))
+    )
     return
 
   from lgdlm_jax.data import packed_writer  # pylint: disable=g-import-not-at-top
+
   root = os.path.join(args.root, f'lgdlm_loader_bench_{args.samples}_{args.seq_len}')
   files_dir, packed_dir = os.path.join(root, 'files'), os.path.join(root, 'packed')
   try:
@@ -134,8 +145,9 @@ def main() -> None:
       print(f'wrote {args.samples} file pairs in {time.perf_counter() - started:.0f} s', file=sys.stderr)
     if not os.path.isdir(packed_dir):
       started = time.perf_counter()
-      packed_writer.pack(*(os.path.join(files_dir, kind, 'train') for kind in ('tokens', 'latents')), packed_dir,
-                    info_dir=files_dir)
+      packed_writer.pack(
+        *(os.path.join(files_dir, kind, 'train') for kind in ('tokens', 'latents')), packed_dir, info_dir=files_dir
+      )
       print(f'packed in {time.perf_counter() - started:.0f} s', file=sys.stderr)
     for cache in ('warm', 'cold'):
       for layout, data_dir in (('files', files_dir), ('packed', packed_dir)):
@@ -145,8 +157,20 @@ def main() -> None:
           child += [f'--{k}={getattr(args, k)}' for k in ('seq_len', 'latent_dim', 'vocab', 'batch', 'seconds')]
           out = subprocess.run(child, check=True, capture_output=True, text=True, cwd=REPO).stdout
           result = json.loads(out.strip().splitlines()[-1])
-          print(json.dumps({'layout': layout, 'page_cache': cache, 'num_workers': workers, 'samples': args.samples,
-                            'seq_len': args.seq_len, 'batch': args.batch, **result}), flush=True)
+          print(
+            json.dumps(
+              {
+                'layout': layout,
+                'page_cache': cache,
+                'num_workers': workers,
+                'samples': args.samples,
+                'seq_len': args.seq_len,
+                'batch': args.batch,
+                **result,
+              }
+            ),
+            flush=True,
+          )
   finally:
     if not args.keep:
       shutil.rmtree(root, ignore_errors=True)

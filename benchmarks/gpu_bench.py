@@ -82,8 +82,12 @@ def passes_per_step(config: ml_collections.ConfigDict) -> int:
 
 def dense_flops_per_step(config: ml_collections.ConfigDict) -> float:
   """Model FLOPs of the step that are not the attention core's (projections, feed-forwards, heads)."""
-  attention = 3 * config.training.train_batch_size * passes_per_step(config) * model_flops.attention_flops_per_sequence(
-      config.model)
+  attention = (
+    3
+    * config.training.train_batch_size
+    * passes_per_step(config)
+    * model_flops.attention_flops_per_sequence(config.model)
+  )
   return bench.train_flops_per_step(config) - attention
 
 
@@ -112,16 +116,28 @@ def emit_parts(side: str, parts: dict[str, Callable[[], dict]]) -> None:
 def attention_record(config, forward_s: float, forward_backward_s: float, remat: bool, **extra) -> dict:
   blocks = config.model.n_blocks
   per_step = blocks * (forward_backward_s + (forward_s if remat else 0.0))
-  return {'record': 'attention', 'forward_s': forward_s, 'forward_backward_s': forward_backward_s,
-          'calls_per_step': blocks, 'recomputed_forward': remat, 'per_step_s': per_step, **extra}
+  return {
+    'record': 'attention',
+    'forward_s': forward_s,
+    'forward_backward_s': forward_backward_s,
+    'calls_per_step': blocks,
+    'recomputed_forward': remat,
+    'per_step_s': per_step,
+    **extra,
+  }
 
 
 def matmul_record(config, seconds: float, m: int, remat_full: bool) -> dict:
   h = config.model.hidden_size
   rate = 3 * 2 * m * h * 4 * h / seconds  # forward, and the backward's two matmuls
   dense = dense_flops_per_step(config) * (4 / 3 if remat_full else 1)  # full remat recomputes each forward
-  return {'record': 'matmuls', 'gemm_shape': [m, h, 4 * h], 'gemm_flop_per_s': rate,
-          'dense_flops_per_step': dense, 'per_step_s': dense / rate}
+  return {
+    'record': 'matmuls',
+    'gemm_shape': [m, h, 4 * h],
+    'gemm_flop_per_s': rate,
+    'dense_flops_per_step': dense,
+    'per_step_s': dense / rate,
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,29 +165,38 @@ def jax_wait(tree: Any) -> None:
 def jax_attention(config, rows: int, iters: int) -> dict:
   implementation = jax_attention_implementation(config)
   n, dtype = config.model.max_seq_len + 1, jnp.dtype(config.model.dtype)
-  q, k, v = (jax.random.normal(key, (rows, n, mmdit.ATTN_HEADS, mmdit.ATTN_HEAD_DIM), dtype)
-             for key in jax.random.split(jax.random.key(0), 3))
+  q, k, v = (
+    jax.random.normal(key, (rows, n, mmdit.ATTN_HEADS, mmdit.ATTN_HEAD_DIM), dtype)
+    for key in jax.random.split(jax.random.key(0), 3)
+  )
   attend = functools.partial(jax.nn.dot_product_attention, implementation=implementation)
   forward = jax.jit(attend)
   gradients = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
-  return attention_record(config, median_seconds(lambda: forward(q, k, v), jax_wait, iters),
-                          median_seconds(lambda: gradients(q, k, v), jax_wait, iters),
-                          # 'dots' keeps a fused kernel's output (saved by name), so only 'full'
-                          # runs the kernel's forward again in the backward pass.
-                          remat=config.model.remat_policy == 'full' or (
-                              config.model.remat_policy == 'dots' and implementation == 'xla'),
-                          rows=rows, timed=f'jax.nn.dot_product_attention(implementation={implementation!r})',
-                          model_attention=model_attention(config))
+  return attention_record(
+    config,
+    median_seconds(lambda: forward(q, k, v), jax_wait, iters),
+    median_seconds(lambda: gradients(q, k, v), jax_wait, iters),
+    # 'dots' keeps a fused kernel's output (saved by name), so only 'full'
+    # runs the kernel's forward again in the backward pass.
+    remat=config.model.remat_policy == 'full' or (config.model.remat_policy == 'dots' and implementation == 'xla'),
+    rows=rows,
+    timed=f'jax.nn.dot_product_attention(implementation={implementation!r})',
+    model_attention=model_attention(config),
+  )
 
 
 def jax_matmuls(config, rows: int, iters: int) -> dict:
   m, h, dtype = rows * (config.model.max_seq_len + 1), config.model.hidden_size, jnp.dtype(config.model.dtype)
   kx, kw, ky = jax.random.split(jax.random.key(1), 3)
-  x, w, dy = (jax.random.normal(kx, (m, h), dtype), jax.random.normal(kw, (h, 4 * h), dtype),
-              jax.random.normal(ky, (m, 4 * h), dtype))
+  x, w, dy = (
+    jax.random.normal(kx, (m, h), dtype),
+    jax.random.normal(kw, (h, 4 * h), dtype),
+    jax.random.normal(ky, (m, 4 * h), dtype),
+  )
   gemms = jax.jit(lambda x, w, dy: (x @ w, dy @ w.T, x.T @ dy))
-  return matmul_record(config, median_seconds(lambda: gemms(x, w, dy), jax_wait, iters), m,
-                       remat_full=config.model.remat_policy == 'full')
+  return matmul_record(
+    config, median_seconds(lambda: gemms(x, w, dy), jax_wait, iters), m, remat_full=config.model.remat_policy == 'full'
+  )
 
 
 def jax_optimizer(config, iters: int) -> dict:
@@ -192,8 +217,12 @@ def jax_optimizer(config, iters: int) -> dict:
     return state
 
   seconds = median_seconds(run, jax_wait, iters)
-  return {'record': 'optimizer', 'per_step_s': seconds, 'timed': 'optax update + apply_updates',
-          'parameters': sum(a.size for a in jax.tree.leaves(abstract.params))}
+  return {
+    'record': 'optimizer',
+    'per_step_s': seconds,
+    'timed': 'optax update + apply_updates',
+    'parameters': sum(a.size for a in jax.tree.leaves(abstract.params)),
+  }
 
 
 def jax_side(config, steps: int, warmup: int, iters: int, hc_ablation: bool) -> None:
@@ -201,16 +230,18 @@ def jax_side(config, steps: int, warmup: int, iters: int, hc_ablation: bool) -> 
   config_lib.check_devices(config, jax.device_count(), jax.process_count())
   step = bench.benchmark(config, steps, warmup)
   step_s = 1.0 / step['steps_per_s']
-  emit({'side': 'jax', 'record': 'step', 'step_s': step_s, **step,
-        'model_attention': model_attention(config)})
+  emit({'side': 'jax', 'record': 'step', 'step_s': step_s, **step, 'model_attention': model_attention(config)})
   rows = config.training.train_batch_size * passes_per_step(config)
 
   def hyper_connections() -> dict:
     one_stream_s = 1.0 / bench.benchmark(with_overrides(config, num_residual_streams=1), steps, warmup)['steps_per_s']
     return {'record': 'hyper_connections', 'step_s_one_stream': one_stream_s, 'per_step_s': step_s - one_stream_s}
 
-  parts = {'attention': lambda: jax_attention(config, rows, iters), 'matmuls': lambda: jax_matmuls(config, rows, iters),
-           'optimizer': lambda: jax_optimizer(config, iters)}
+  parts = {
+    'attention': lambda: jax_attention(config, rows, iters),
+    'matmuls': lambda: jax_matmuls(config, rows, iters),
+    'optimizer': lambda: jax_optimizer(config, iters),
+  }
   if hc_ablation and config.model.num_residual_streams > 1:
     parts['hyper_connections'] = hyper_connections
   emit_parts('jax', parts)
@@ -264,12 +295,24 @@ def torch_step(config, precision: str, steps: int, warmup: int) -> tuple[dict, r
   peak = bench.peak_flops(types.SimpleNamespace(device_kind=device_kind))  # it reads only device_kind
   flops = bench.train_flops_per_step(config)
   batch = config.training.train_batch_size
-  record = {'side': 'torch', 'record': 'step', 'precision': precision, 'device': device_kind,
-            'torch': torch.__version__, 'batch': batch, 'out_of_memory_at_batch': halved_from, 'step_s': step_s,
-            'steps_per_s': 1.0 / step_s, 'tokens_per_s': batch * config.model.max_seq_len / step_s,
-            'model_flops_per_step': flops, 'mfu': None if peak is None else flops / step_s / peak,
-            'compile_s': None, 'first_step_s': first_step_s, 'final_loss': trainer.loss,
-            'peak_memory_bytes': torch.cuda.max_memory_allocated() if on_gpu else None}
+  record = {
+    'side': 'torch',
+    'record': 'step',
+    'precision': precision,
+    'device': device_kind,
+    'torch': torch.__version__,
+    'batch': batch,
+    'out_of_memory_at_batch': halved_from,
+    'step_s': step_s,
+    'steps_per_s': 1.0 / step_s,
+    'tokens_per_s': batch * config.model.max_seq_len / step_s,
+    'model_flops_per_step': flops,
+    'mfu': None if peak is None else flops / step_s / peak,
+    'compile_s': None,
+    'first_step_s': first_step_s,
+    'final_loss': trainer.loss,
+    'peak_memory_bytes': torch.cuda.max_memory_allocated() if on_gpu else None,
+  }
   return record, trainer, config
 
 
@@ -289,9 +332,14 @@ def torch_attention(trainer: reference_trainer.TorchTrainer, config, rows: int, 
       out.backward(d_out)
 
   wait = lambda _: reference_trainer.synchronize(trainer.device)
-  return attention_record(config, median_seconds(lambda: attention(backward=False), wait, iters),
-                          median_seconds(lambda: attention(backward=True), wait, iters), remat=False, rows=rows,
-                          timed="x_transformers Attend (the model's own)")
+  return attention_record(
+    config,
+    median_seconds(lambda: attention(backward=False), wait, iters),
+    median_seconds(lambda: attention(backward=True), wait, iters),
+    remat=False,
+    rows=rows,
+    timed="x_transformers Attend (the model's own)",
+  )
 
 
 def torch_matmuls(trainer: reference_trainer.TorchTrainer, config, rows: int, iters: int) -> dict:
@@ -304,9 +352,12 @@ def torch_matmuls(trainer: reference_trainer.TorchTrainer, config, rows: int, it
 
 def torch_optimizer(trainer: reference_trainer.TorchTrainer, iters: int) -> dict:
   phases = [trainer.phase_seconds() for _ in range(iters)]
-  return {'record': 'optimizer', 'timed': 'clip_grad_norm_ + AdamW.step()',
-          'per_step_s': statistics.median(p['clip_and_adamw'] for p in phases),
-          'phases_s': {name: statistics.median(p[name] for p in phases) for name in phases[0]}}
+  return {
+    'record': 'optimizer',
+    'timed': 'clip_grad_norm_ + AdamW.step()',
+    'per_step_s': statistics.median(p['clip_and_adamw'] for p in phases),
+    'phases_s': {name: statistics.median(p[name] for p in phases) for name in phases[0]},
+  }
 
 
 def torch_side(config, steps: int, warmup: int, iters: int, hc_ablation: bool, precision: str) -> None:
@@ -323,12 +374,17 @@ def torch_side(config, steps: int, warmup: int, iters: int, hc_ablation: bool, p
     if torch.cuda.is_available():
       torch.cuda.empty_cache()
     one_stream, _, _ = torch_step(with_overrides(config, num_residual_streams=1), precision, steps, warmup)
-    return {'record': 'hyper_connections', 'step_s_one_stream': one_stream['step_s'],
-            'per_step_s': step['step_s'] - one_stream['step_s']}
+    return {
+      'record': 'hyper_connections',
+      'step_s_one_stream': one_stream['step_s'],
+      'per_step_s': step['step_s'] - one_stream['step_s'],
+    }
 
-  parts = {'attention': lambda: torch_attention(held['trainer'], config, rows, iters),
-           'matmuls': lambda: torch_matmuls(held['trainer'], config, rows, iters),
-           'optimizer': lambda: torch_optimizer(held['trainer'], iters)}
+  parts = {
+    'attention': lambda: torch_attention(held['trainer'], config, rows, iters),
+    'matmuls': lambda: torch_matmuls(held['trainer'], config, rows, iters),
+    'optimizer': lambda: torch_optimizer(held['trainer'], iters),
+  }
   del trainer
   if hc_ablation and config.model.num_residual_streams > 1:
     parts['hyper_connections'] = hyper_connections
@@ -368,16 +424,19 @@ def breakdown(run: dict[str, Any]) -> dict[str, float | None]:
 def compare(paths: Sequence[str]) -> None:
   runs = read_results(paths)
   fmt = lambda v, spec: '-' if v is None else format(v, spec)
-  rows = [('tokens/s', lambda r: fmt(r['step']['tokens_per_s'], ',.0f')),
-          ('MFU', lambda r: fmt(r['step']['mfu'], '.1%')),
-          ('peak memory GiB', lambda r: fmt(r['step']['peak_memory_bytes'] and r['step']['peak_memory_bytes'] / GIB,
-                                            '.1f')),
-          ('compile s', lambda r: fmt(r['step']['compile_s'], '.1f')),
-          ('first step s (eager)', lambda r: fmt(r['step'].get('first_step_s'), '.1f')),
-          ('batch', lambda r: str(r['step']['batch'])),
-          ('step s', lambda r: fmt(r['step']['step_s'], '.3f'))]
-  rows += [(f'  {part}', functools.partial(lambda r, part: fmt(breakdown(r)[part], '.3f'), part=part))
-           for part in (*PARTS, 'other')]
+  rows = [
+    ('tokens/s', lambda r: fmt(r['step']['tokens_per_s'], ',.0f')),
+    ('MFU', lambda r: fmt(r['step']['mfu'], '.1%')),
+    ('peak memory GiB', lambda r: fmt(r['step']['peak_memory_bytes'] and r['step']['peak_memory_bytes'] / GIB, '.1f')),
+    ('compile s', lambda r: fmt(r['step']['compile_s'], '.1f')),
+    ('first step s (eager)', lambda r: fmt(r['step'].get('first_step_s'), '.1f')),
+    ('batch', lambda r: str(r['step']['batch'])),
+    ('step s', lambda r: fmt(r['step']['step_s'], '.3f')),
+  ]
+  rows += [
+    (f'  {part}', functools.partial(lambda r, part: fmt(breakdown(r)[part], '.3f'), part=part))
+    for part in (*PARTS, 'other')
+  ]
   width = max(len(r['label']) for r in runs) + 2
   print(''.ljust(22) + ''.join(r['label'].rjust(width) for r in runs))
   for name, value in rows:
@@ -393,10 +452,21 @@ def compare(paths: Sequence[str]) -> None:
     met = 'met' if ours['step']['mfu'] >= MFU_TARGET else 'not met'
     print(f'lgdlm_jax MFU {ours["step"]["mfu"]:.1%} (target {MFU_TARGET:.0%}): {met}')
   for label, ratio in ratios.items():
-    print(f'lgdlm_jax tokens/s = {ratio:.2f}x {label} (target {RATIO_TARGET:g}x): '
-          f'{"met" if ratio >= RATIO_TARGET else "not met"}')
-  print(json.dumps({'mfu': ours and ours['step']['mfu'], 'mfu_target': MFU_TARGET, 'tokens_per_s_ratio': ratios,
-                    'ratio_target': RATIO_TARGET, 'breakdown_s': {r['label']: breakdown(r) for r in runs}}))
+    print(
+      f'lgdlm_jax tokens/s = {ratio:.2f}x {label} (target {RATIO_TARGET:g}x): '
+      f'{"met" if ratio >= RATIO_TARGET else "not met"}'
+    )
+  print(
+    json.dumps(
+      {
+        'mfu': ours and ours['step']['mfu'],
+        'mfu_target': MFU_TARGET,
+        'tokens_per_s_ratio': ratios,
+        'ratio_target': RATIO_TARGET,
+        'breakdown_s': {r['label']: breakdown(r) for r in runs},
+      }
+    )
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,20 +474,32 @@ def compare(paths: Sequence[str]) -> None:
 
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
-  cli.define_config_flag(flag_values, argv, 'configs/cluster.py',
-                         'A get_config() Python file (FILE.py or FILE.py:arg).')
+  cli.define_config_flag(
+    flag_values, argv, 'configs/cluster.py', 'A get_config() Python file (FILE.py or FILE.py:arg).'
+  )
   flags.DEFINE_enum('side', None, SIDES, 'What to run: one side, or compare their results.', flag_values=flag_values)
   flags.DEFINE_integer('steps', 10, 'Timed train steps.', flag_values=flag_values)
-  flags.DEFINE_integer('warmup', 2, 'Untimed train steps first (PyTorch: counting its first step).',
-                       flag_values=flag_values)
-  flags.DEFINE_integer('iters', 5, 'Timed calls of each part of the breakdown (the median is kept).',
-                       flag_values=flag_values)
-  flags.DEFINE_boolean('hc_ablation', True, 'Also time the step with one residual stream (the hyper-connections '
-                       'part of the breakdown; one more compile).', flag_values=flag_values)
-  flags.DEFINE_enum('torch_precision', 'bfloat16', ('bfloat16', 'autocast', 'float32'),
-                    "PyTorch side: 'bfloat16' as the reference trains (model cast to bfloat16), 'autocast' "
-                    '(float32 weights, bfloat16 autocast), or float32.', flag_values=flag_values)
-  flags.DEFINE_list('results', None, 'For --side=compare: the sides\' JSON-lines outputs.', flag_values=flag_values)
+  flags.DEFINE_integer(
+    'warmup', 2, 'Untimed train steps first (PyTorch: counting its first step).', flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    'iters', 5, 'Timed calls of each part of the breakdown (the median is kept).', flag_values=flag_values
+  )
+  flags.DEFINE_boolean(
+    'hc_ablation',
+    True,
+    'Also time the step with one residual stream (the hyper-connections part of the breakdown; one more compile).',
+    flag_values=flag_values,
+  )
+  flags.DEFINE_enum(
+    'torch_precision',
+    'bfloat16',
+    ('bfloat16', 'autocast', 'float32'),
+    "PyTorch side: 'bfloat16' as the reference trains (model cast to bfloat16), 'autocast' "
+    '(float32 weights, bfloat16 autocast), or float32.',
+    flag_values=flag_values,
+  )
+  flags.DEFINE_list('results', None, "For --side=compare: the sides' JSON-lines outputs.", flag_values=flag_values)
 
 
 def work(flag_values: flags.FlagValues, args: list[str]) -> None:
@@ -432,8 +514,14 @@ def work(flag_values: flags.FlagValues, args: list[str]) -> None:
   elif flag_values.side == 'jax':
     jax_side(flag_values.config, flag_values.steps, flag_values.warmup, flag_values.iters, flag_values.hc_ablation)
   else:
-    torch_side(flag_values.config, flag_values.steps, flag_values.warmup, flag_values.iters, flag_values.hc_ablation,
-               flag_values.torch_precision)
+    torch_side(
+      flag_values.config,
+      flag_values.steps,
+      flag_values.warmup,
+      flag_values.iters,
+      flag_values.hc_ablation,
+      flag_values.torch_precision,
+    )
 
 
 if __name__ == '__main__':

@@ -24,10 +24,10 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # jax.monitoring event names (jax/_src/dispatch.py, compiler.py, compilation_cache.py).
 EVENTS = {
-    '/jax/core/compile/backend_compile_duration': 'backend_compile_s',
-    '/jax/compilation_cache/cache_retrieval_time_sec': 'cache_retrieval_s',
-    '/jax/core/compile/jaxpr_trace_duration': 'trace_lower_s',
-    '/jax/core/compile/jaxpr_to_mlir_module_duration': 'trace_lower_s',
+  '/jax/core/compile/backend_compile_duration': 'backend_compile_s',
+  '/jax/compilation_cache/cache_retrieval_time_sec': 'cache_retrieval_s',
+  '/jax/core/compile/jaxpr_trace_duration': 'trace_lower_s',
+  '/jax/core/compile/jaxpr_to_mlir_module_duration': 'trace_lower_s',
 }
 
 
@@ -52,11 +52,20 @@ def child(main_args: list[str]) -> None:
 
 
 def start(config: str, steps: int, workdir: str, cache: str) -> dict:
-  command = [sys.executable, '-m', 'benchmarks.relaunch_compile', '--child', '--', f'--config={config}',
-             f'--workdir={workdir}',
-             f'--config.training.num_train_steps={steps}', f'--config.training.compilation_cache_dir={cache}']
-  out = subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True,
-                       env={**os.environ, 'JAX_PLATFORMS': 'cpu'}).stdout
+  command = [
+    sys.executable,
+    '-m',
+    'benchmarks.relaunch_compile',
+    '--child',
+    '--',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    f'--config.training.num_train_steps={steps}',
+    f'--config.training.compilation_cache_dir={cache}',
+  ]
+  out = subprocess.run(
+    command, cwd=REPO_ROOT, check=True, capture_output=True, text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  ).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 

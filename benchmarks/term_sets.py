@@ -19,17 +19,32 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # that the timed steps run the terms named (the demo config warms its cycle terms up for 500 steps).
 NO_WARMUP = [f'--config.loss.cycle_{term}_{what}_steps=0' for term in ('text', 'latent') for what in ('warmup', 'ramp')]
 SCHEDULES = {
-    'all four terms': ['--config.loss.cycle_text_weight=1.0', '--config.loss.cycle_latent_weight=1.0',
-                       '--config.loss.cycle_every=1', *NO_WARMUP],
-    'base only': ['--config.loss.cycle_text_weight=0.0', '--config.loss.cycle_latent_weight=0.0', *NO_WARMUP],
-    'cycle_every=4': ['--config.loss.cycle_text_weight=1.0', '--config.loss.cycle_latent_weight=1.0',
-                      '--config.loss.cycle_every=4', *NO_WARMUP],
+  'all four terms': [
+    '--config.loss.cycle_text_weight=1.0',
+    '--config.loss.cycle_latent_weight=1.0',
+    '--config.loss.cycle_every=1',
+    *NO_WARMUP,
+  ],
+  'base only': ['--config.loss.cycle_text_weight=0.0', '--config.loss.cycle_latent_weight=0.0', *NO_WARMUP],
+  'cycle_every=4': [
+    '--config.loss.cycle_text_weight=1.0',
+    '--config.loss.cycle_latent_weight=1.0',
+    '--config.loss.cycle_every=4',
+    *NO_WARMUP,
+  ],
 }
 
 
 def run_bench(config: str, flags: list[str], steps: int, warmup: int) -> dict:
-  command = [sys.executable, '-m', 'lgdlm_jax.bench', f'--config=configs/{config}.py', f'--steps={steps}',
-             f'--warmup={warmup}', *flags]
+  command = [
+    sys.executable,
+    '-m',
+    'lgdlm_jax.bench',
+    f'--config=configs/{config}.py',
+    f'--steps={steps}',
+    f'--warmup={warmup}',
+    *flags,
+  ]
   out = subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
@@ -46,9 +61,11 @@ def main() -> None:
       result = run_bench(config, flags, args.steps, args.warmup)
       print(json.dumps({'config': config, 'schedule': name, **result}), flush=True)
       programs = ', '.join(f'{p} {s} s' for p, s in result['compile_s_by_program'].items())
-      rows.append(f'| {config} | {name} | {1000 / result["steps_per_s"]:.0f} | {result["steps_per_s"]:.2f} | '
-                  f'{result["model_flops_per_step"] / 1e9:.2f} | {len(result["compile_s_by_program"])} | '
-                  f'{result["compile_s"]:.1f} ({programs}) |')
+      rows.append(
+        f'| {config} | {name} | {1000 / result["steps_per_s"]:.0f} | {result["steps_per_s"]:.2f} | '
+        f'{result["model_flops_per_step"] / 1e9:.2f} | {len(result["compile_s_by_program"])} | '
+        f'{result["compile_s"]:.1f} ({programs}) |'
+      )
   print('| config | schedule | ms/step | steps/s | model GFLOP/step | train-step programs | compile s |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
   print('\n'.join(rows))

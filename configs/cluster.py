@@ -34,11 +34,28 @@ CYCLE_RAMP_STEPS = 5000
 
 def get_config() -> ml_collections.ConfigDict:
   config = config_lib.default_config()
-  config.model.update(hidden_size=1024, n_blocks=24, cond_dim=1024, max_seq_len=4096, latent_dim=32,
-                      num_residual_streams=2, dropout=0.1, dtype='bfloat16', remat_policy='dots')
+  config.model.update(
+    hidden_size=1024,
+    n_blocks=24,
+    cond_dim=1024,
+    max_seq_len=4096,
+    latent_dim=32,
+    num_residual_streams=2,
+    dropout=0.1,
+    dtype='bfloat16',
+    remat_policy='dots',
+  )
   config.data.update(max_samples=2_000_000, num_workers=8)
-  config.training.update(train_batch_size=8, eval_batch_size=8, num_train_steps=100_000, lr_schedule='cosine',
-                         warmup_steps=2000, log_every=100, save_every=1000, eval_every=1000)
+  config.training.update(
+    train_batch_size=8,
+    eval_batch_size=8,
+    num_train_steps=100_000,
+    lr_schedule='cosine',
+    warmup_steps=2000,
+    log_every=100,
+    save_every=1000,
+    eval_every=1000,
+  )
   # The reference's advice for a first real run (its review cycle_vae_impl/review/mmdit_l2t_t2l_compat.md,
   # section 5, and RUNBOOK_CLUSTER.md's stability knobs), which its cluster YAML does not follow:
   # - latent_t_mode 'full': T2L trains at latent t = 1, as the reference's stable trainer did, so
@@ -50,9 +67,16 @@ def get_config() -> ml_collections.ConfigDict:
   #   (every latent t is 1), and keeps a later switch to 'random' (the review: "only after stable
   #   training") away from the noisiest timesteps.
   # The cycle-text gradient stays stopped at the round-1 latent (cycle_stop_grad_latent, default).
-  config.loss.update(latent_t_mode='full', cycle_text_weight=0.1, cycle_text_warmup_steps=0,
-                     cycle_text_ramp_steps=CYCLE_RAMP_STEPS, cycle_latent_weight=0.1, cycle_latent_warmup_steps=0,
-                     cycle_latent_ramp_steps=CYCLE_RAMP_STEPS, cycle_latent_t_max=0.90)
+  config.loss.update(
+    latent_t_mode='full',
+    cycle_text_weight=0.1,
+    cycle_text_warmup_steps=0,
+    cycle_text_ramp_steps=CYCLE_RAMP_STEPS,
+    cycle_latent_weight=0.1,
+    cycle_latent_warmup_steps=0,
+    cycle_latent_ramp_steps=CYCLE_RAMP_STEPS,
+    cycle_latent_t_max=0.90,
+  )
   config.optimizer.update(lr=5e-5, weight_decay=0.01, beta1=0.9, beta2=0.95, grad_clip_norm=0.5)
   config.mesh.fsdp = 8
   return config

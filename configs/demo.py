@@ -22,8 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = config_lib.default_config()
   # H = 64 keeps the steps small: many small steps beat fewer large ones in a few-minute budget
   # on 2 cores (the attention is 8 x 64 wide whatever H is).
-  config.model.update(vocab_size=2048, hidden_size=64, n_blocks=2, cond_dim=64, max_seq_len=32, latent_dim=384,
-                      num_residual_streams=1)  # scan_unroll auto: both blocks unrolled on CPU
+  config.model.update(
+    vocab_size=2048, hidden_size=64, n_blocks=2, cond_dim=64, max_seq_len=32, latent_dim=384, num_residual_streams=1
+  )  # scan_unroll auto: both blocks unrolled on CPU
   # x0: T2L predicts the latent itself. With epsilon the latent (norm 1 over 384 dimensions) is
   # recovered from a noise estimate of norm ~20, so a small error in the estimate swamps it: its
   # samples were far off the data's scale and below always answering the mean latent (README,
@@ -32,9 +33,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.tokenizer.update(vocab_size=2048, mask_token_id=4, pad_token_id=0, json_file=f'{DATA_DIR}/tokenizer.json')
   config.data.update(data_dir=DATA_DIR, val_ratio=0.05)
   # eval_batches=3: the whole validation split (125 sentences, 3 full batches of 32).
-  config.training.update(train_batch_size=16, eval_batch_size=32, num_train_steps=STEPS, lr_schedule='cosine',
-                         warmup_steps=20, log_every=50, eval_every=STEPS // 4, eval_batches=3,
-                         eval_sample_batches=2, save_every=STEPS // 2)
+  config.training.update(
+    train_batch_size=16,
+    eval_batch_size=32,
+    num_train_steps=STEPS,
+    lr_schedule='cosine',
+    warmup_steps=20,
+    log_every=50,
+    eval_every=STEPS // 4,
+    eval_batches=3,
+    eval_sample_batches=2,
+    save_every=STEPS // 2,
+  )
   config.optimizer.update(lr=2e-3, weight_decay=0.0)
   # The latent terms are l2-normalised MSEs averaged over D = 384: (2 - 2 cos) / 384, ~0.005 at
   # cosine 0. At the default weight 0.1 T2L gets almost no gradient beside L2T's cross-entropy (~3-7).
@@ -47,7 +57,13 @@ def get_config() -> ml_collections.ConfigDict:
   # cycle_every=4: the cycle terms run on every 4th update once warmed up, so a cycle step's second
   # round of passes is paid a quarter of the time: more steps in the same budget, and the L2T gap
   # grows with steps (README, "What the demo learns").
-  config.loss.update(cycle_text_weight=0.1, cycle_latent_weight=0.5, cycle_every=4,
-                     cycle_text_warmup_steps=STEPS // 4, cycle_text_ramp_steps=STEPS // 4,
-                     cycle_latent_warmup_steps=STEPS // 4, cycle_latent_ramp_steps=STEPS // 4)
+  config.loss.update(
+    cycle_text_weight=0.1,
+    cycle_latent_weight=0.5,
+    cycle_every=4,
+    cycle_text_warmup_steps=STEPS // 4,
+    cycle_text_ramp_steps=STEPS // 4,
+    cycle_latent_warmup_steps=STEPS // 4,
+    cycle_latent_ramp_steps=STEPS // 4,
+  )
   return config

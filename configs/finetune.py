@@ -21,8 +21,10 @@ CYCLE_RAMP_STEPS = 2000
 
 def get_config(init_from: str = '') -> ml_collections.ConfigDict:
   if not init_from:
-    raise ValueError('configs/finetune.py needs the weights to start from: --config configs/finetune.py:DIR '
-                     '(a directory written by convert_torch_weights.py)')
+    raise ValueError(
+      'configs/finetune.py needs the weights to start from: --config configs/finetune.py:DIR '
+      '(a directory written by convert_torch_weights.py)'
+    )
   config = cluster.get_config()
   config.init_from = init_from
   # The reference's advice "if you are reusing pretrained T2L weights trained with the stable
@@ -34,13 +36,28 @@ def get_config(init_from: str = '') -> ml_collections.ConfigDict:
   # - cycle_latent_t_max 0.90 (RUNBOOK_CLUSTER.md's stability knob; no effect while latent_t_mode is
   #   'full', it bounds the t range of a later switch to 'random');
   # - the cycle-text gradient stopped at the round-1 latent (cycle_stop_grad_latent, the default).
-  config.loss.update(latent_t_mode='full', cycle_text_weight=0.1, cycle_text_warmup_steps=0,
-                     cycle_text_ramp_steps=CYCLE_RAMP_STEPS, cycle_latent_weight=0.1, cycle_latent_warmup_steps=0,
-                     cycle_latent_ramp_steps=CYCLE_RAMP_STEPS, cycle_latent_t_max=0.90, cycle_stop_grad_latent=True)
+  config.loss.update(
+    latent_t_mode='full',
+    cycle_text_weight=0.1,
+    cycle_text_warmup_steps=0,
+    cycle_text_ramp_steps=CYCLE_RAMP_STEPS,
+    cycle_latent_weight=0.1,
+    cycle_latent_warmup_steps=0,
+    cycle_latent_ramp_steps=CYCLE_RAMP_STEPS,
+    cycle_latent_t_max=0.90,
+    cycle_stop_grad_latent=True,
+  )
   # AdamW starts with fresh moments on weights that are already good: the reference's cluster
   # learning rate after a short warmup keeps the first updates small. The moving average (0.999,
   # about the last 1,000 updates) and the best checkpoints by validation loss are what a
   # fine-tune is judged by; evaluation and the samplers use the moving average.
-  config.training.update(num_train_steps=20_000, warmup_steps=500, eval_every=500, save_every=1000,
-                         ema_decay=0.999, keep_best_checkpoints=2, best_checkpoint_metric='val_loss')
+  config.training.update(
+    num_train_steps=20_000,
+    warmup_steps=500,
+    eval_every=500,
+    save_every=1000,
+    ema_decay=0.999,
+    keep_best_checkpoints=2,
+    best_checkpoint_metric='val_loss',
+  )
   return config

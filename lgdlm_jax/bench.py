@@ -37,8 +37,14 @@ from lgdlm_jax.training import sharding
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
-    'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12,
-    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v6 lite': 918e12,
+  'NVIDIA H100': 989e12,
+  'NVIDIA H200': 989e12,
+  'NVIDIA A100': 312e12,
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,
+  'TPU v5e': 197e12,
+  'TPU v5p': 459e12,
+  'TPU v6 lite': 918e12,
 }
 
 
@@ -49,8 +55,10 @@ def train_flops_per_step(config: ml_collections.ConfigDict, terms: cycle_schedul
   The passes come from lgdlm_jax.objective.plan.pass_plan, the plan the objective itself runs. The
   objective never runs the cluster head, so it is not counted.
   """
-  per_sequence = sum(model_flops.forward_flops_per_sequence(config.model, text_logits=planned.text_logits)
-                     for planned in plan_lib.in_order(plan_lib.pass_plan(options_lib.from_config(config), terms)))
+  per_sequence = sum(
+    model_flops.forward_flops_per_sequence(config.model, text_logits=planned.text_logits)
+    for planned in plan_lib.in_order(plan_lib.pass_plan(options_lib.from_config(config), terms))
+  )
   return 3 * config.training.train_batch_size * per_sequence
 
 
@@ -63,21 +71,26 @@ def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[st
   b, s = config.training.train_batch_size, config.model.max_seq_len
   rng = np.random.default_rng(seed)
   return {
-      'input_ids': rng.integers(0, config.model.vocab_size, (b, s)).astype(np.int32),
-      'attention_mask': np.ones((b, s), bool),
-      'latent': rng.standard_normal((b, config.model.latent_dim)).astype(np.float32),
+    'input_ids': rng.integers(0, config.model.vocab_size, (b, s)).astype(np.int32),
+    'attention_mask': np.ones((b, s), bool),
+    'latent': rng.standard_normal((b, config.model.latent_dim)).astype(np.float32),
   }
 
 
 def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], platform: str) -> dict:
   """The fields every result line starts with: what was run, where, and its model FLOPs per step."""
-  return {'model': {k: config.model[k] for k in config_lib.SUMMARY_MODEL_KEYS},
-          'batch': config.training.train_batch_size,
-          'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
-          'cycle_terms': cycle_schedule.from_config(config).configured_terms().name,
-          'round_gradients': gradients.round_gradients(config), 'backend': platform,
-          'device': devices[0].device_kind, 'devices': len(devices), 'jax': jax.__version__,
-          'model_flops_per_step': train_flops_per_step(config)}
+  return {
+    'model': {k: config.model[k] for k in config_lib.SUMMARY_MODEL_KEYS},
+    'batch': config.training.train_batch_size,
+    'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
+    'cycle_terms': cycle_schedule.from_config(config).configured_terms().name,
+    'round_gradients': gradients.round_gradients(config),
+    'backend': platform,
+    'device': devices[0].device_kind,
+    'devices': len(devices),
+    'jax': jax.__version__,
+    'model_flops_per_step': train_flops_per_step(config),
+  }
 
 
 def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
@@ -96,12 +109,21 @@ def compile_only(config: ml_collections.ConfigDict, topology: str = '') -> dict:
   lower_seconds = time.perf_counter() - started
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - started
-  return {**_describe(config, devices, setup.platform), 'trace_and_lower_s': round(lower_seconds, 2),
-          'compile_s': round(compile_seconds, 2), **aot.memory_report(compiled.memory_analysis(), devices[0])}
+  return {
+    **_describe(config, devices, setup.platform),
+    'trace_and_lower_s': round(lower_seconds, 2),
+    'compile_s': round(compile_seconds, 2),
+    **aot.memory_report(compiled.memory_analysis(), devices[0]),
+  }
 
 
-def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
-              host_batch: dict[str, np.ndarray] | None = None, sync_each_step: bool = False) -> dict:
+def benchmark(
+  config: ml_collections.ConfigDict,
+  steps: int,
+  warmup: int,
+  host_batch: dict[str, np.ndarray] | None = None,
+  sync_each_step: bool = False,
+) -> dict:
   """Times the compiled train step on `host_batch` (default: synthetic_batch(config)).
 
   sync_each_step: wait for every step and report each one's seconds ('step_seconds'), so that a
@@ -143,13 +165,17 @@ def benchmark(config: ml_collections.ConfigDict, steps: int, warmup: int,
   timed = programs.schedule.term_sets_between(warmup, warmup + steps)
   flops = sum(train_flops_per_step(config, terms) * count for terms, count in timed.items()) / steps
   return {
-      **_describe(config, jax.devices(), jax.default_backend()), 'model_flops_per_step': flops,
-      'programs': {t.name: n for t, n in timed.items()},
-      'compile_s': round(sum(compile_seconds.values()), 2), 'compile_s_by_program': compile_seconds,
-      'steps_per_s': steps_per_sec, 'tokens_per_s': steps_per_sec * b * s,
-      'mfu': None if peak is None else flops * steps_per_sec / (peak * jax.device_count()),
-      'peak_memory_bytes': memory.get('peak_bytes_in_use'), 'final_loss': float(metrics['loss']),
-      **({'step_seconds': step_seconds} if sync_each_step else {}),
+    **_describe(config, jax.devices(), jax.default_backend()),
+    'model_flops_per_step': flops,
+    'programs': {t.name: n for t, n in timed.items()},
+    'compile_s': round(sum(compile_seconds.values()), 2),
+    'compile_s_by_program': compile_seconds,
+    'steps_per_s': steps_per_sec,
+    'tokens_per_s': steps_per_sec * b * s,
+    'mfu': None if peak is None else flops * steps_per_sec / (peak * jax.device_count()),
+    'peak_memory_bytes': memory.get('peak_bytes_in_use'),
+    'final_loss': float(metrics['loss']),
+    **({'step_seconds': step_seconds} if sync_each_step else {}),
   }
 
 
@@ -157,12 +183,22 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   cli.define_config_flag(flag_values, argv, 'configs/smoke.py', 'A get_config() Python file (FILE.py or FILE.py:arg).')
   flags.DEFINE_integer('steps', 10, 'Timed steps.', flag_values=flag_values)
   flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.', flag_values=flag_values)
-  flags.DEFINE_boolean('compile_only', False, 'Only compile the step from shapes (no parameters are created) and '
-                       'report compile time and the memory analysis per device.', flag_values=flag_values)
-  flags.DEFINE_string('topology', '', 'With --compile_only: compile for these accelerators instead of this '
-                      "machine's: a TPU slice (v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x2; needs the tpu extra) "
-                      'or NVIDIA GPUs (h100, h100:8 for an 8-GPU node; needs the cuda extra and '
-                      'JAX_PLATFORMS=cpu).', flag_values=flag_values)
+  flags.DEFINE_boolean(
+    'compile_only',
+    False,
+    'Only compile the step from shapes (no parameters are created) and '
+    'report compile time and the memory analysis per device.',
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    'topology',
+    '',
+    'With --compile_only: compile for these accelerators instead of this '
+    "machine's: a TPU slice (v5e:2x4, v5p:2x2x1, v4:2x2x1, v6e:2x2; needs the tpu extra) "
+    'or NVIDIA GPUs (h100, h100:8 for an 8-GPU node; needs the cuda extra and '
+    'JAX_PLATFORMS=cpu).',
+    flag_values=flag_values,
+  )
 
 
 def work(flag_values: flags.FlagValues, args: list[str]) -> None:

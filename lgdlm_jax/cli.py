@@ -57,17 +57,20 @@ class UsageError(errors.InputError):
   """The command line is wrong (a missing or contradictory flag); exit status 2."""
 
 
-def define_config_flag(flag_values: flags.FlagValues, argv: Sequence[str], default: str | None,
-                       help_string: str, name: str = 'config') -> None:
+def define_config_flag(
+  flag_values: flags.FlagValues, argv: Sequence[str], default: str | None, help_string: str, name: str = 'config'
+) -> None:
   """`--config FILE.py[:arg]` with `--config.a.b=value` overrides (ml_collections.config_flags).
 
   The overrides are read from `argv` (not sys.argv), so that `main(argv)` works in-process.
   """
-  config_flags.DEFINE_config_file(name, default, help_string, flag_values=flag_values, lock_config=True,
-                                  sys_argv=list(argv))
+  config_flags.DEFINE_config_file(
+    name, default, help_string, flag_values=flag_values, lock_config=True, sys_argv=list(argv)
+  )
   if HELP_CONFIG not in flag_values:  # `run` answers it before any config file is read
-    flags.DEFINE_boolean(HELP_CONFIG, False, 'List every config key with its default, choices and help, and exit.',
-                         flag_values=flag_values)
+    flags.DEFINE_boolean(
+      HELP_CONFIG, False, 'List every config key with its default, choices and help, and exit.', flag_values=flag_values
+    )
 
 
 def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None, *, doc: str | None) -> int:
@@ -77,6 +80,7 @@ def run(work: Work, define_flags: DefineFlags, argv: Sequence[str] | None = None
   flag_values = flags.FlagValues()
   if f'--{HELP_CONFIG}' in argv[1:] and _takes_config(define_flags, argv[:1]):
     from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top  (only for this listing)
+
     print(config_lib.help_text())
     return 0
   if any(arg in HELP_FLAGS for arg in argv[1:]):
@@ -153,8 +157,12 @@ def _takes_config(define_flags: DefineFlags, argv: Sequence[str]) -> bool:
 
 def _define_common_flags(flag_values: flags.FlagValues) -> None:
   if 'verbose' not in flag_values:
-    flags.DEFINE_boolean('verbose', False, "Also show the libraries' INFO logs (Orbax, grain, JAX) and absl's "
-                         'full log format.', flag_values=flag_values)
+    flags.DEFINE_boolean(
+      'verbose',
+      False,
+      "Also show the libraries' INFO logs (Orbax, grain, JAX) and absl's full log format.",
+      flag_values=flag_values,
+    )
 
 
 def _usage(doc: str | None, flag_values: flags.FlagValues) -> str:
@@ -202,6 +210,7 @@ def _config_load_error(error: BaseException) -> str | None:
 def _unknown_config_key(argv: Sequence[str]) -> str | None:
   """'--config.a.b: no such config key (did you mean a.c?)' for the first override not in the schema."""
   from lgdlm_jax import config as config_lib  # pylint: disable=g-import-not-at-top  (only on errors)
+
   schema = config_lib.default_config()
   for arg in argv[1:]:
     match = re.match(r'^--?(?:no)?config\.([\w.]+)', arg)
@@ -214,8 +223,11 @@ def _unknown_config_key(argv: Sequence[str]) -> str | None:
         choices = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         close = difflib.get_close_matches(part, choices, n=1)
         known = '.'.join(walked)
-        hint = f' (did you mean {".".join(walked + close)}?)' if close else (
-            f' ({known or "the config"} has {", ".join(sorted(choices))})' if choices else '')
+        hint = (
+          f' (did you mean {".".join(walked + close)}?)'
+          if close
+          else (f' ({known or "the config"} has {", ".join(sorted(choices))})' if choices else '')
+        )
         return f'--config.{match.group(1)}: no such config key{hint}'
       node = node[part]
       walked.append(part)

@@ -81,9 +81,13 @@ class Progress:
     if self._first_done is None:
       self._first_done = (done, time.perf_counter())
       if self._bar_wanted:
-        self._bar = tqdm.tqdm(total=self._total, initial=done, unit=' steps', dynamic_ncols=True,
-                              bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, '
-                                         '{rate_noinv_fmt}{postfix}]')
+        self._bar = tqdm.tqdm(
+          total=self._total,
+          initial=done,
+          unit=' steps',
+          dynamic_ncols=True,
+          bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]',
+        )
         self._redirect_logs()
       return
     if self._bar is not None:

@@ -21,13 +21,16 @@ from lgdlm_jax.training import runtime
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   cli.define_config_flag(flag_values, argv, 'configs/smoke.py', 'A get_config() Python file (FILE.py or FILE.py:arg).')
-  flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, logs and TensorBoard events go here.',
-                      flag_values=flag_values)
-  flags.DEFINE_string('coordinator_address', None,
-                      'host:port of process 0, for multi-process runs outside Cloud TPU and SLURM '
-                      '(or LGDLM_COORDINATOR_ADDRESS).', flag_values=flag_values)
-  flags.DEFINE_integer('num_processes', None, 'Processes in the run (or LGDLM_NUM_PROCESSES).',
-                       flag_values=flag_values)
+  flags.DEFINE_string(
+    'workdir', 'workdir', 'Checkpoints, logs and TensorBoard events go here.', flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'host:port of process 0, for multi-process runs outside Cloud TPU and SLURM (or LGDLM_COORDINATOR_ADDRESS).',
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer('num_processes', None, 'Processes in the run (or LGDLM_NUM_PROCESSES).', flag_values=flag_values)
   flags.DEFINE_integer('process_id', None, 'This process, 0-based (or LGDLM_PROCESS_ID).', flag_values=flag_values)
 
 
@@ -39,8 +42,11 @@ def work(flag_values: flags.FlagValues, args: list[str]) -> None:
   preflight.check_paths(config, workdir)
   done = preflight.finished_step(config, workdir)
   if done is not None:
-    print(f'{workdir} is already at step {done} of {config.training.num_train_steps}: nothing to train '
-          '(raise --config.training.num_train_steps to continue)', flush=True)
+    print(
+      f'{workdir} is already at step {done} of {config.training.num_train_steps}: nothing to train '
+      '(raise --config.training.num_train_steps to continue)',
+      flush=True,
+    )
     return
   group = runtime.from_env()
   if flag_values.coordinator_address is not None:

@@ -51,7 +51,7 @@ def read_latents(path: str, latent_dim: int) -> tuple[list[str], np.ndarray]:
     if not files:
       raise errors.InputError(f'--latents {path}: no .npy files in the directory')
     latents = [_latent(os.path.join(path, f), latent_dim) for f in files]
-    return [f[:-len('.npy')] for f in files], np.stack(latents)
+    return [f[: -len('.npy')] for f in files], np.stack(latents)
   array = formats.read_latent_file(path)
   if array.ndim not in (1, 2) or array.size == 0:
     raise errors.InputError(f'{path}: latents of shape {array.shape}, expected [{latent_dim}] or [N, {latent_dim}]')
@@ -69,19 +69,23 @@ def read_token_dir(path: str, config: config_lib.Config) -> tuple[list[str], np.
   training validates it and right-padded to S = model.max_seq_len; InputError naming the file."""
   files = sorted(f for f in os.listdir(path) if f.endswith('.npz'))
   if not files:
-    raise errors.InputError(f'--texts {path}: no .npz token files in the directory (t2l takes a directory of '
-                            'NAME[_tokens].npz files, or a text file)')
-  spec = formats.SampleSpec(int(config.model.max_seq_len), 0, int(config.model.vocab_size),
-                            int(config.tokenizer.pad_token_id))
+    raise errors.InputError(
+      f'--texts {path}: no .npz token files in the directory (t2l takes a directory of '
+      'NAME[_tokens].npz files, or a text file)'
+    )
+  spec = formats.SampleSpec(
+    int(config.model.max_seq_len), 0, int(config.model.vocab_size), int(config.tokenizer.pad_token_id)
+  )
   ids, masks = [], []
   for f in files:
     file_path = os.path.join(path, f)
-    row_ids, row_mask = formats.check_tokens(*formats.read_token_file(file_path), file_path, max_len=spec.seq_len,
-                                             vocab_size=spec.vocab_size)
+    row_ids, row_mask = formats.check_tokens(
+      *formats.read_token_file(file_path), file_path, max_len=spec.seq_len, vocab_size=spec.vocab_size
+    )
     padded = formats.pad_tokens(row_ids, row_mask, spec)
     ids.append(padded['input_ids'])
     masks.append(padded['attention_mask'])
-  names = [f[:-len('_tokens.npz')] if f.endswith('_tokens.npz') else f[:-len('.npz')] for f in files]
+  names = [f[: -len('_tokens.npz')] if f.endswith('_tokens.npz') else f[: -len('.npz')] for f in files]
   return names, np.stack(ids), np.stack(masks)
 
 
@@ -96,17 +100,25 @@ def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc
   for k, start in enumerate(tqdm.trange(0, num, batch_size, desc=desc)):
     rows = np.minimum(np.arange(start, start + batch_size), num - 1)
     out = fn(*(x[rows] for x in inputs), jax.random.fold_in(jax.random.key(seed), k))
-    outputs.append(np.asarray(out)[:min(batch_size, num - start)])
+    outputs.append(np.asarray(out)[: min(batch_size, num - start)])
   return np.concatenate(outputs)
 
 
 def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   names, latents = read_latents(args.latents, int(config.model.latent_dim))
   if args.num_samples:
-    names, latents = names[:args.num_samples], latents[:args.num_samples]
+    names, latents = names[: args.num_samples], latents[: args.num_samples]
   seq_len = args.seq_len or int(config.model.max_seq_len)
-  sampler = jax.jit(functools.partial(samplers.sample_l2t, model=model, config=config, seq_len=seq_len,
-                                      steps=args.steps or _DEFAULT_STEPS['l2t'], temperature=args.temperature))
+  sampler = jax.jit(
+    functools.partial(
+      samplers.sample_l2t,
+      model=model,
+      config=config,
+      seq_len=seq_len,
+      steps=args.steps or _DEFAULT_STEPS['l2t'],
+      temperature=args.temperature,
+    )
+  )
   tokens = batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
   token_dir = os.path.join(args.out, 'tokens')
   os.makedirs(token_dir, exist_ok=True)
@@ -128,16 +140,17 @@ def run_t2l(args: flags.FlagValues, config, params, model, tokenizer) -> None:
     names, ids, mask = read_token_dir(source, config)
   else:
     if tokenizer is None:
-      raise cli.UsageError('t2l from a text file needs --tokenizer (or the config\'s tokenizer.json_file)')
+      raise cli.UsageError("t2l from a text file needs --tokenizer (or the config's tokenizer.json_file)")
     lines = text.read_lines(source)
     names = [f'{i:06d}' for i in range(len(lines))]
     ids, mask, truncated = text.encode(tokenizer, lines, int(config.model.max_seq_len))
     if truncated.any():
       logging.warning('%d texts were truncated to %d tokens', truncated.sum(), config.model.max_seq_len)
   if args.num_samples:
-    names, ids, mask = names[:args.num_samples], ids[:args.num_samples], mask[:args.num_samples]
-  sampler = jax.jit(functools.partial(samplers.sample_t2l, model=model, config=config,
-                                      steps=args.steps or _DEFAULT_STEPS['t2l']))
+    names, ids, mask = names[: args.num_samples], ids[: args.num_samples], mask[: args.num_samples]
+  sampler = jax.jit(
+    functools.partial(samplers.sample_t2l, model=model, config=config, steps=args.steps or _DEFAULT_STEPS['t2l'])
+  )
   latents = batched(functools.partial(sampler, params), (ids, mask.astype(bool)), args.batch_size, args.seed, 't2l')
   latent_dir = os.path.join(args.out, 'latents')
   os.makedirs(latent_dir, exist_ok=True)
@@ -163,8 +176,13 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_integer, 'seed', 0, 'Random seed; batch k uses fold_in(seed, k).')
   define(flags.DEFINE_integer, 'mask_token_id', None, 'Overrides the [MASK] id of the workdir or converted directory.')
   define(flags.DEFINE_integer, 'pad_token_id', None, 'Overrides the [PAD] id of the workdir or converted directory.')
-  flags.DEFINE_enum('params', None, ema.PARAMS_CHOICES, 'ema (the moving average) or raw; default ema when the '
-                    'training workdir kept one.', flag_values=flag_values)
+  flags.DEFINE_enum(
+    'params',
+    None,
+    ema.PARAMS_CHOICES,
+    'ema (the moving average) or raw; default ema when the training workdir kept one.',
+    flag_values=flag_values,
+  )
 
 
 def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
@@ -186,8 +204,10 @@ def work(args: flags.FlagValues, positional: list[str]) -> None:
     raise FileNotFoundError(f'--workdir {args.workdir}: no such file or directory')
   source_kind = sources.kind(args.workdir)
   if source_kind == sources.TORCH:
-    raise cli.UsageError(f'--workdir {args.workdir} is neither a training workdir nor a converted directory; for a '
-                         'PyTorch checkpoint, convert it first (python -m lgdlm_jax.convert --input CKPT --output DIR)')
+    raise cli.UsageError(
+      f'--workdir {args.workdir} is neither a training workdir nor a converted directory; for a '
+      'PyTorch checkpoint, convert it first (python -m lgdlm_jax.convert --input CKPT --output DIR)'
+    )
   for name in ('latents', 'texts', 'tokenizer'):  # before any weights are read
     if args[name].value and not os.path.exists(args[name].value):
       raise FileNotFoundError(f'--{name} {args[name].value}: no such file or directory')
@@ -195,8 +215,10 @@ def work(args: flags.FlagValues, positional: list[str]) -> None:
   has_ema = saved is not None and ema.enabled(saved)
   which = args.params or ('ema' if has_ema else 'raw')
   if which == 'ema' and not has_ema:
-    raise cli.UsageError(f'--params=ema: {args.workdir} holds no moving average (not a training workdir, or trained '
-                         'with training.ema_decay=0)')
+    raise cli.UsageError(
+      f'--params=ema: {args.workdir} holds no moving average (not a training workdir, or trained '
+      'with training.ema_decay=0)'
+    )
   weights = sources.read(args.workdir, step=args.step, params_tree='ema_params' if which == 'ema' else 'params')
   config = sampling_config(weights, args.mask_token_id, args.pad_token_id)
   params = weights.params
@@ -208,8 +230,7 @@ def work(args: flags.FlagValues, positional: list[str]) -> None:
   (run_l2t if mode == 'l2t' else run_t2l)(args, config, params, model, tokenizer)
 
 
-def sampling_config(weights: sources.Weights, mask_token_id: int | None,
-                    pad_token_id: int | None) -> config_lib.Config:
+def sampling_config(weights: sources.Weights, mask_token_id: int | None, pad_token_id: int | None) -> config_lib.Config:
   """The run's config (a workdir's, or the schema's with the converted model and the tokenizer ids
   the source stated), with the ids given on the command line."""
   config = config_lib.default_config() if weights.config is None else weights.config.as_configdict()
@@ -222,8 +243,9 @@ def sampling_config(weights: sources.Weights, mask_token_id: int | None,
   try:
     return config_lib.finalize(config)
   except config_lib.ConfigError as e:
-    raise config_lib.ConfigError(f'{e} (with the {weights.description}; --mask_token_id and --pad_token_id set '
-                                 'the tokenizer ids)') from e
+    raise config_lib.ConfigError(
+      f'{e} (with the {weights.description}; --mask_token_id and --pad_token_id set the tokenizer ids)'
+    ) from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:

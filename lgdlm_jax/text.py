@@ -47,8 +47,9 @@ def token_id(tokenizer: tokenizers.Tokenizer, token: str) -> int:
   return found
 
 
-def encode(tokenizer: tokenizers.Tokenizer, texts: list[str], seq_len: int,
-           pad_token: str = '[PAD]') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode(
+  tokenizer: tokenizers.Tokenizer, texts: list[str], seq_len: int, pad_token: str = '[PAD]'
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(input_ids int32 [N,S], attention_mask uint8 [N,S], truncated bool [N]) for N texts."""
   tokenizer = tokenizers.Tokenizer.from_str(tokenizer.to_str())  # padding/truncation are mutable state
   tokenizer.enable_truncation(seq_len)
@@ -62,13 +63,13 @@ def encode(tokenizer: tokenizers.Tokenizer, texts: list[str], seq_len: int,
 
 def decode(tokenizer: tokenizers.Tokenizer, ids_NxS: np.ndarray) -> list[str]:
   """One string per row; special tokens ([PAD], [CLS], [SEP], [MASK], ...) are dropped."""
-  return [tokenizer.decode([int(i) for i in row], skip_special_tokens=True).strip()
-          for row in np.asarray(ids_NxS)]
+  return [tokenizer.decode([int(i) for i in row], skip_special_tokens=True).strip() for row in np.asarray(ids_NxS)]
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerFacts:
   """What the model config needs from a tokenizer: its file, size and special ids."""
+
   json_file: str
   vocab_size: int  # len(tokenizer): the vocabulary with added tokens, as transformers counts it
   mask_token_id: int
@@ -87,8 +88,10 @@ def read_tokenizer_dir(path: str) -> TokenizerFacts:
   """
   json_file = os.path.join(path, 'tokenizer.json') if os.path.isdir(path) else path
   if not os.path.isfile(json_file):
-    raise errors.InputError(f'tokenizer.path={path!r}: no tokenizer.json there (a transformers tokenizer folder '
-                            'saved with a fast tokenizer, or the tokenizer.json file itself)')
+    raise errors.InputError(
+      f'tokenizer.path={path!r}: no tokenizer.json there (a transformers tokenizer folder '
+      'saved with a fast tokenizer, or the tokenizer.json file itself)'
+    )
   try:
     tokenizer = load_tokenizer(json_file)
   except errors.InputError as e:
@@ -101,8 +104,9 @@ def read_tokenizer_dir(path: str) -> TokenizerFacts:
     if not found:
       raise errors.InputError(f'tokenizer.path={path!r}: the tokenizer has no {role} ({" or ".join(names)})')
     ids[role] = found[0]
-  return TokenizerFacts(os.path.abspath(json_file), tokenizer.get_vocab_size(with_added_tokens=True),
-                        ids['mask_token'], ids['pad_token'])
+  return TokenizerFacts(
+    os.path.abspath(json_file), tokenizer.get_vocab_size(with_added_tokens=True), ids['mask_token'], ids['pad_token']
+  )
 
 
 def _named_special_tokens(directory: str) -> dict[str, str]:

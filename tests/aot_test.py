@@ -24,17 +24,27 @@ from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
-                                  reason="needs libtpu (pip install -e '.[tpu]' in a side environment)")
+needs_libtpu = pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is None, reason="needs libtpu (pip install -e '.[tpu]' in a side environment)"
+)
 needs_cuda_plugin = pytest.mark.skipif(
-    importlib.util.find_spec('jax_plugins') is None or importlib.util.find_spec('jax_plugins.xla_cuda12') is None,
-    reason="needs the CUDA plugin (pip install -e '.[cuda]' in a side environment)")
+  importlib.util.find_spec('jax_plugins') is None or importlib.util.find_spec('jax_plugins.xla_cuda12') is None,
+  reason="needs the CUDA plugin (pip install -e '.[cuda]' in a side environment)",
+)
 
 
 def small_config(devices: int, **model):
   config = config_lib.default_config()
-  config.model.update(hidden_size=128, n_blocks=2, cond_dim=64, max_seq_len=1024, vocab_size=1024, dtype='bfloat16',
-                      remat_policy='dots', **model)
+  config.model.update(
+    hidden_size=128,
+    n_blocks=2,
+    cond_dim=64,
+    max_seq_len=1024,
+    vocab_size=1024,
+    dtype='bfloat16',
+    remat_policy='dots',
+    **model,
+  )
   config.training.update(train_batch_size=devices, eval_batch_size=devices)
   config.mesh.update(fsdp=devices, min_shard_size=1024)
   return config
@@ -44,10 +54,12 @@ def state_bytes_per_device(config, devices: int) -> int:
   """Parameters and AdamW moments per device under the FSDP sharding, from shapes alone."""
   config = config_lib.finalize(config)
   model = model_lib.MultimodalMMDiT(config.model)
-  abstract = jax.eval_shape(lambda k: train.init_state(config, model, optimizer_lib.make_optimizer(config), k),
-                            jax.random.key(0))
-  return sum(sharding.per_device_bytes(t, devices, config.mesh.min_shard_size)
-             for t in (abstract.params, abstract.opt_state))
+  abstract = jax.eval_shape(
+    lambda k: train.init_state(config, model, optimizer_lib.make_optimizer(config), k), jax.random.key(0)
+  )
+  return sum(
+    sharding.per_device_bytes(t, devices, config.mesh.min_shard_size) for t in (abstract.params, abstract.opt_state)
+  )
 
 
 def test_an_unknown_topology_is_named():
@@ -65,8 +77,9 @@ def test_tpu_compile_reports_per_chip_memory_and_splash_needs_less_than_xla():
   state = state_bytes_per_device(config, 4)
   assert state <= report['argument_bytes'] <= state + 2**20
   assert report['alias_bytes'] >= state and report['temp_bytes'] > 0
-  assert report['peak_bytes'] == (report['argument_bytes'] + report['output_bytes'] - report['alias_bytes']
-                                  + report['temp_bytes'])
+  assert report['peak_bytes'] == (
+    report['argument_bytes'] + report['output_bytes'] - report['alias_bytes'] + report['temp_bytes']
+  )
   assert report['fits'] is True and report['compile_s'] > 0
   # The plain attention holds [8, S+1, S+1] float32 scores per row: at S = 1024 that shows where
   # attention sets the peak, as when one backward pass runs through all passes ('joint'). Taken

@@ -18,25 +18,22 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'lgdlm_jax'
 # not listed here is an entry point or a shared leaf (cli, console), which may import any room. A
 # package's __main__ is an entry point of its own (`python -m lgdlm_jax.convert`), not part of its room.
 ALLOWED = {
-    'errors': set(),
-    'text': {'errors'},
-    'config': {'errors', 'text'},
-    'model': {'config', 'errors'},
-    'objective': {'model', 'config', 'errors'},
-    'data': {'config', 'errors', 'text'},
-    'evaluation': {'model', 'objective', 'config', 'errors', 'text'},
-    'convert': {'model', 'objective', 'config', 'errors', 'reference'},
-    # The PyTorch twins (the `reference` extra): imported by convert --verify, the tests and the benchmarks only.
-    'reference': {'model', 'objective', 'config', 'errors'},
-    'checkpoints': {'convert', 'data', 'model', 'config', 'errors', 'text'},
-    'training': {'objective', 'data', 'evaluation', 'checkpoints', 'model', 'config', 'errors', 'text', 'console'},
+  'errors': set(),
+  'text': {'errors'},
+  'config': {'errors', 'text'},
+  'model': {'config', 'errors'},
+  'objective': {'model', 'config', 'errors'},
+  'data': {'config', 'errors', 'text'},
+  'evaluation': {'model', 'objective', 'config', 'errors', 'text'},
+  'convert': {'model', 'objective', 'config', 'errors', 'reference'},
+  # The PyTorch twins (the `reference` extra): imported by convert --verify, the tests and the benchmarks only.
+  'reference': {'model', 'objective', 'config', 'errors'},
+  'checkpoints': {'convert', 'data', 'model', 'config', 'errors', 'text'},
+  'training': {'objective', 'data', 'evaluation', 'checkpoints', 'model', 'config', 'errors', 'text', 'console'},
 }
 # The entry points (python -m ...): no room imports them.
 ENTRY_POINTS = {'main', 'sample', 'bench', 'prepare_data', 'plot', 'convert.__main__'}
-FORBIDDEN = {
-    '*': ENTRY_POINTS,
-    'evaluation': {'training'},
-}
+FORBIDDEN = {'*': ENTRY_POINTS, 'evaluation': {'training'}}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -163,15 +160,15 @@ def test_tests_share_helpers_not_test_modules_and_nothing_patches_sys_path():
 
 def test_the_checks_catch_a_wrong_arrow_and_a_cycle():
   graph = {
-      'lgdlm_jax.model.mmdit': {'lgdlm_jax.data.pipeline'},
-      'lgdlm_jax.objective.diffusion': {'lgdlm_jax.training.step'},
-      'lgdlm_jax.evaluation.samplers': {'lgdlm_jax.objective.cycle_vae'},
-      'lgdlm_jax.bench': {'lgdlm_jax.main'},
-      'lgdlm_jax.objective.cycle_vae': {'lgdlm_jax.training.step'},
-      'lgdlm_jax.training.step': {'lgdlm_jax.objective.cycle_vae'},
-      'lgdlm_jax.convert.exporters': {'lgdlm_jax.checkpoints.weight_sources'},
-      'lgdlm_jax.convert.__main__': {'lgdlm_jax.checkpoints.weight_sources'},  # an entry point may
-      'lgdlm_jax.sample': {'lgdlm_jax.convert.__main__'},
+    'lgdlm_jax.model.mmdit': {'lgdlm_jax.data.pipeline'},
+    'lgdlm_jax.objective.diffusion': {'lgdlm_jax.training.step'},
+    'lgdlm_jax.evaluation.samplers': {'lgdlm_jax.objective.cycle_vae'},
+    'lgdlm_jax.bench': {'lgdlm_jax.main'},
+    'lgdlm_jax.objective.cycle_vae': {'lgdlm_jax.training.step'},
+    'lgdlm_jax.training.step': {'lgdlm_jax.objective.cycle_vae'},
+    'lgdlm_jax.convert.exporters': {'lgdlm_jax.checkpoints.weight_sources'},
+    'lgdlm_jax.convert.__main__': {'lgdlm_jax.checkpoints.weight_sources'},  # an entry point may
+    'lgdlm_jax.sample': {'lgdlm_jax.convert.__main__'},
   }
   problems = arrow_violations(graph)
   assert len(problems) == 6, problems
@@ -182,9 +179,21 @@ def test_the_checks_catch_a_wrong_arrow_and_a_cycle():
 
 SECTIONS = frozenset(k for k, v in config_lib.default_config().items() if isinstance(v, ml_collections.ConfigDict))
 # Methods of a ConfigDict, not keys.
-CONFIG_METHODS = frozenset(('to_json', 'to_dict', 'items', 'keys', 'values', 'as_configdict',
-                            'copy_and_resolve_references',
-                            'lock', 'unlock', 'update', 'ignore_type'))
+CONFIG_METHODS = frozenset(
+  (
+    'to_json',
+    'to_dict',
+    'items',
+    'keys',
+    'values',
+    'as_configdict',
+    'copy_and_resolve_references',
+    'lock',
+    'unlock',
+    'update',
+    'ignore_type',
+  )
+)
 
 
 def _chain(node: ast.AST) -> list[str] | None:
@@ -301,8 +310,11 @@ OBJECTIVE_TRAINING_READS = {'training.gradient_accumulation_steps'}
 def test_the_objective_reads_no_training_key():
   # How the step takes the gradient (training.round_gradients) is the training room's choice.
   reads, _ = config_reads()
-  assert [(where, key) for where, key in reads if where.startswith('lgdlm_jax/objective/')
-          and key.startswith('training.') and key not in OBJECTIVE_TRAINING_READS] == []
+  assert [
+    (where, key)
+    for where, key in reads
+    if where.startswith('lgdlm_jax/objective/') and key.startswith('training.') and key not in OBJECTIVE_TRAINING_READS
+  ] == []
 
 
 def test_every_config_key_is_declared_once_with_its_rule_and_one_line_help():
@@ -313,24 +325,36 @@ def test_every_config_key_is_declared_once_with_its_rule_and_one_line_help():
     key.rule(name, key.default)  # every default passes its own rule
 
 
-@pytest.mark.parametrize('keys, message', [
-    ((Key('model.n_blocks', 2, POSITIVE, 'Blocks.'), Key('model.n_blocks', 4, POSITIVE, 'Blocks again.')),
-     'model.n_blocks is declared twice'),
-    ((Key('model.n_blocks', 2, POSITIVE, 'Blocks.', reference='model.depth'),
-      Key('model.n_layers', 2, POSITIVE, 'Layers.', reference='model.depth')),
-     'model.n_blocks and model.n_layers are both read from the reference key model.depth'),
+@pytest.mark.parametrize(
+  'keys, message',
+  [
+    (
+      (Key('model.n_blocks', 2, POSITIVE, 'Blocks.'), Key('model.n_blocks', 4, POSITIVE, 'Blocks again.')),
+      'model.n_blocks is declared twice',
+    ),
+    (
+      (
+        Key('model.n_blocks', 2, POSITIVE, 'Blocks.', reference='model.depth'),
+        Key('model.n_layers', 2, POSITIVE, 'Layers.', reference='model.depth'),
+      ),
+      'model.n_blocks and model.n_layers are both read from the reference key model.depth',
+    ),
     ((Key('model.precision', None, POSITIVE, 'No type.'),), 'a None default needs a one_of rule'),
-])
+  ],
+)
 def test_a_key_declared_twice_fails(keys, message):
   with pytest.raises(ValueError, match=message):
     declare(keys)
 
 
-@pytest.mark.parametrize('source', [
+@pytest.mark.parametrize(
+  'source',
+  [
     'def f(config):\n  return config.model.hiden_size\n',
     'def f(config):\n  tcfg = config.training\n  return tcfg.evl_every\n',
     'def f(config):\n  return config.data.get("num_workers", 8)\n',
-])
+  ],
+)
 def test_the_scan_catches_an_unknown_key_and_a_second_default(tmp_path, source):
   path = PACKAGE / 'loop.py'  # any module outside model/ and config/: only its location matters
   visitor = _ConfigReads(path)

@@ -34,10 +34,12 @@ def joint_inputs(batch=3, seq_len=37, seed=0, dtype=jnp.float32):
 
 def value_and_grads(options, qs, ks, vs, masks):
   """The outputs and the gradients of a loss that weighs every output element differently."""
+
   def loss(qs, ks, vs):
     outs = attention.joint_attention(qs, ks, vs, masks, options)
     weights = [jnp.cos(jnp.arange(o.size, dtype=jnp.float32).reshape(o.shape)) for o in outs]
     return sum(jnp.sum(o * w) for o, w in zip(outs, weights)), outs
+
   with jax.default_matmul_precision('highest'):
     (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(qs, ks, vs)
   return outs, grads
@@ -80,8 +82,10 @@ def test_splash_equals_xla_under_the_tpu_interpret_mode_and_a_mesh():
   assert_same(got, expected)
 
 
-@pytest.mark.parametrize('length, block_size, expected', [
-    (4097, 512, (4224, 384)), (4096, 512, (4096, 512)), (38, 512, (128, 128)), (300, 256, (384, 128))])
+@pytest.mark.parametrize(
+  'length, block_size, expected',
+  [(4097, 512, (4224, 384)), (4096, 512, (4096, 512)), (38, 512, (128, 128)), (300, 256, (384, 128))],
+)
 def test_splash_pads_to_lanes_and_picks_a_dividing_block(length, block_size, expected):
   assert attention.splash_block_size(length, block_size) == expected
 
@@ -99,10 +103,13 @@ def passes_loss(cfg, params, inputs):
   """A loss over both rounds' row layouts: two interleaved passes (T2L and L2T), text heads on one."""
   tokens, latents, text_t, latent_t, mask = inputs
   model = model_lib.MultimodalMMDiT(cfg)
-  both = [passes.ModelPass(tokens, latents, text_t, latent_t, mask),
-          passes.ModelPass(jnp.full_like(tokens, 3), latents * 0.5, 1.0 - text_t, latent_t * 0, mask)]
-  (_, latent_a), (logits_b, latent_b) = passes.run_passes(model, params, both, deterministic=True, dropout_key=None,
-                                                          text_logits_wanted=[False, True])
+  both = [
+    passes.ModelPass(tokens, latents, text_t, latent_t, mask),
+    passes.ModelPass(jnp.full_like(tokens, 3), latents * 0.5, 1.0 - text_t, latent_t * 0, mask),
+  ]
+  (_, latent_a), (logits_b, latent_b) = passes.run_passes(
+    model, params, both, deterministic=True, dropout_key=None, text_logits_wanted=[False, True]
+  )
   return jnp.sum(jnp.sin(logits_b)) + jnp.sum(latent_a * latent_b), (logits_b, latent_a, latent_b)
 
 
@@ -140,10 +147,18 @@ def test_splash_model_equals_xla_model_in_outputs_and_parameter_gradients(stream
   assert_same(grads, expected_grads, rtol=TOL)
 
 
-@pytest.mark.parametrize('platform, dtype, max_seq_len, expected', [
-    ('tpu', 'bfloat16', 4096, 'splash'), ('gpu', 'bfloat16', 4096, 'cudnn'), ('gpu', 'float32', 4096, 'blockwise'),
-    ('cpu', 'float32', 128, 'xla'), ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM - 2, 'xla'),
-    ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM - 1, 'blockwise'), ('cpu', 'float32', 4096, 'blockwise')])
+@pytest.mark.parametrize(
+  'platform, dtype, max_seq_len, expected',
+  [
+    ('tpu', 'bfloat16', 4096, 'splash'),
+    ('gpu', 'bfloat16', 4096, 'cudnn'),
+    ('gpu', 'float32', 4096, 'blockwise'),
+    ('cpu', 'float32', 128, 'xla'),
+    ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM - 2, 'xla'),
+    ('cpu', 'float32', attention.CPU_BLOCKWISE_FROM - 1, 'blockwise'),
+    ('cpu', 'float32', 4096, 'blockwise'),
+  ],
+)
 def test_auto_resolves_by_platform_dtype_and_length(platform, dtype, max_seq_len, expected):
   config = config_lib.default_config()
   config.model.update(dtype=dtype, max_seq_len=max_seq_len)
@@ -152,8 +167,10 @@ def test_auto_resolves_by_platform_dtype_and_length(platform, dtype, max_seq_len
   assert resolved.model.max_seq_len == max_seq_len and isinstance(resolved, ml_collections.FrozenConfigDict)
 
 
-@pytest.mark.parametrize('backend, platform, message', [
-    ('splash', 'cpu', "'splash' runs on TPUs only"), ('cudnn', 'tpu', "'cudnn' runs on NVIDIA GPUs only")])
+@pytest.mark.parametrize(
+  'backend, platform, message',
+  [('splash', 'cpu', "'splash' runs on TPUs only"), ('cudnn', 'tpu', "'cudnn' runs on NVIDIA GPUs only")],
+)
 def test_a_backend_the_platform_cannot_run_is_named(backend, platform, message):
   config = config_lib.default_config()
   config.model.update(attention=backend, dtype='bfloat16')

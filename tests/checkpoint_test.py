@@ -38,8 +38,10 @@ def _abstract():
 def _restore(workdir, iterator=None):
   manager = checkpoint.make_manager(str(workdir), _config())
   try:
-    return (checkpoint.layout_version(manager, manager.latest_step()),
-            checkpoint.restore_latest(manager, _abstract(), iterator))
+    return (
+      checkpoint.layout_version(manager, manager.latest_step()),
+      checkpoint.restore_latest(manager, _abstract(), iterator),
+    )
   finally:
     manager.close()
 
@@ -78,8 +80,11 @@ def test_without_a_data_item_the_iterator_starts_where_the_step_implies(tmp_path
 
 def test_a_version_1_checkpoint_still_resumes(tmp_path):
   """Written as lgdlm_jax wrote checkpoints before versions: `state` and a JSON `data` position."""
-  manager = ocp.CheckpointManager(str(tmp_path / checkpoint.CHECKPOINTS_DIR), item_names=('state', 'data'),
-                                  options=ocp.CheckpointManagerOptions(create=True))
+  manager = ocp.CheckpointManager(
+    str(tmp_path / checkpoint.CHECKPOINTS_DIR),
+    item_names=('state', 'data'),
+    options=ocp.CheckpointManagerOptions(create=True),
+  )
   old_position = {'epoch': 0, 'index': 16, 'skipped': 0}
   manager.save(STEP, args=ocp.args.Composite(state=ocp.args.StandardSave(STATE), data=ocp.args.JsonSave(old_position)))
   manager.wait_until_finished()
@@ -94,8 +99,9 @@ def test_a_version_1_checkpoint_still_resumes(tmp_path):
 
 def test_a_newer_version_is_refused_naming_it(tmp_path):
   manager = checkpoint.make_manager(str(tmp_path), _config())
-  manager.save(STEP, args=ocp.args.Composite(state=ocp.args.StandardSave(STATE),
-                                             meta=ocp.args.JsonSave({'layout_version': 3})))
+  manager.save(
+    STEP, args=ocp.args.Composite(state=ocp.args.StandardSave(STATE), meta=ocp.args.JsonSave({'layout_version': 3}))
+  )
   manager.wait_until_finished()
   manager.close()
   with pytest.raises(errors.InputError, match='layout version 3; this lgdlm_jax reads up to 2'):
@@ -143,8 +149,11 @@ def test_with_no_intact_checkpoint_one_error_names_every_step_and_nothing_moves(
   _save_steps(tmp_path, 4, 8)
   for step in (4, 8):
     _half(tmp_path / 'checkpoints' / str(step) / 'state' / '_METADATA')
-  with pytest.raises(errors.InputError, match=r'no checkpoint in \S+ can be restored: step 8: \S+/8/state/_METADATA '
-                                              r'cannot be read .*; step 4: \S+/4/state/_METADATA cannot be read'):
+  with pytest.raises(
+    errors.InputError,
+    match=r'no checkpoint in \S+ can be restored: step 8: \S+/8/state/_METADATA '
+    r'cannot be read .*; step 4: \S+/4/state/_METADATA cannot be read',
+  ):
     _restore(tmp_path, _iterator())
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '8']
   assert not os.path.exists(tmp_path / 'damaged_checkpoints')
@@ -157,9 +166,13 @@ def test_a_save_that_cannot_be_written_names_its_step_and_the_one_before_restore
 
   def full_disk():
     raise OSError(errno.ENOSPC, 'No space left on device')
+
   iterator.get_state = full_disk
-  with pytest.raises(errors.StorageError, match=r'^could not write the checkpoint of step 8 to \S+/checkpoints/8: '
-                                                r'No space left on device; the checkpoints saved before it are intact'):
+  with pytest.raises(
+    errors.StorageError,
+    match=r'^could not write the checkpoint of step 8 to \S+/checkpoints/8: '
+    r'No space left on device; the checkpoints saved before it are intact',
+  ):
     checkpoint.save(manager, 8, STATE, iterator)
     checkpoint.finish(manager)
   manager.close()

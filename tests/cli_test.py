@@ -17,11 +17,23 @@ from lgdlm_jax.convert import __main__ as convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
-ENTRY_POINTS = {'main': main.main, 'bench': bench.main, 'sample': sample.main, 'prepare_data': prepare_data.main,
-                'convert': convert.main, 'plot': plot.main}
+ENTRY_POINTS = {
+  'main': main.main,
+  'bench': bench.main,
+  'sample': sample.main,
+  'prepare_data': prepare_data.main,
+  'convert': convert.main,
+  'plot': plot.main,
+}
 # A flag of each entry point's own, and a misspelling of it.
-OWN_FLAG = {'main': ('workdir', 'wrokdir'), 'bench': ('compile_only', 'compile_olny'), 'sample': ('out', 'outt'),
-            'prepare_data': ('out', 'outt'), 'convert': ('output', 'outptu'), 'plot': ('out', 'otu')}
+OWN_FLAG = {
+  'main': ('workdir', 'wrokdir'),
+  'bench': ('compile_only', 'compile_olny'),
+  'sample': ('out', 'outt'),
+  'prepare_data': ('out', 'outt'),
+  'convert': ('output', 'outptu'),
+  'plot': ('out', 'otu'),
+}
 
 
 def _run(entry, argv, capsys):
@@ -55,13 +67,16 @@ def test_a_misspelt_config_key_is_one_line_with_the_suggestion(entry, capsys):
   assert '--config.model.hiden_size: no such config key (did you mean model.hidden_size?)' in err
 
 
-@pytest.mark.parametrize('argv, code, message', [
+@pytest.mark.parametrize(
+  'argv, code, message',
+  [
     (['--config.model.hidden_size=abc'], 2, 'hidden_size'),
     (['--config.model.hidden_size=0'], 1, 'model.hidden_size=0: expected an integer >= 1'),
-    (['--config.training.lr_schedule=step'], 1, 'training.lr_schedule=\'step\''),
+    (['--config.training.lr_schedule=step'], 1, "training.lr_schedule='step'"),
     (['--no_such_flag=1'], 2, "Unknown command line flag 'no_such_flag'"),
     (['stray'], 2, 'unexpected arguments: stray'),
-])
+  ],
+)
 def test_bad_flags_and_values_are_one_line(argv, code, message, capsys):
   got, _, err = _run('main', [f'--config={SMOKE}', *argv], capsys)
   assert got == code
@@ -74,12 +89,15 @@ def test_a_missing_config_file_is_one_line(capsys):
   assert code == 2 and err.strip().count('\n') == 0 and 'no_such_config.py' in err
 
 
-@pytest.mark.parametrize('argv, code, message', [
+@pytest.mark.parametrize(
+  'argv, code, message',
+  [
     ([], 2, 'expected one mode, l2t or t2l'),
     (['l2t', '--out', 'o', '--latents', 'x'], 2, '--workdir is required'),
     (['l2t', '--workdir', 'w', '--out', 'o', '--texts', 't'], 2, 'l2t takes --latents'),
     (['t2l', '--workdir', '/no/such/run', '--out', 'o', '--texts', 't'], 1, '/no/such/run'),
-])
+  ],
+)
 def test_sample_checks_its_arguments_first(argv, code, message, capsys):
   got, _, err = _run('sample', argv, capsys)
   assert got == code and err.strip().count('\n') == 0 and message in err, err
@@ -92,7 +110,7 @@ def test_help_config_lists_every_config_key_with_its_default_and_help(entry, cap
   assert code == 0
   listed = [line.split('=')[0].strip() for line in out.splitlines() if line.startswith('  ') and line[2] != ' ']
   assert listed == list(config_lib.KEYS)
-  assert "  model.hidden_size=256\n      Width of the text and latent streams.\n" in out
+  assert '  model.hidden_size=256\n      Width of the text and latent streams.\n' in out
   assert "  model.dtype='float32' [float32 | bfloat16]\n" in out
 
 
@@ -104,20 +122,27 @@ def test_help_lists_help_config_only_where_there_is_a_config(capsys):
 
 
 def test_python_dash_m_help_exits_zero():
-  result = subprocess.run([sys.executable, '-m', 'lgdlm_jax.main', '--help'], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, '-m', 'lgdlm_jax.main', '--help'], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith('Train the cycle_vae objective: python -m lgdlm_jax.main')
 
 
-@pytest.mark.parametrize('entry, argv, message', [
+@pytest.mark.parametrize(
+  'entry, argv, message',
+  [
     ('prepare_data', ['check', '/no/such'], '/no/such: not a directory'),
-    ('prepare_data', ['pack', '--from', '/no/such', '--out', 'o'],
-     "latent_dir '/no/such/latents/train' is not a directory"),
+    (
+      'prepare_data',
+      ['pack', '--from', '/no/such', '--out', 'o'],
+      "latent_dir '/no/such/latents/train' is not a directory",
+    ),
     ('plot', ['/no/such', '--out', 'o.png'], '/no/such/training_log.jsonl: no such file'),
     ('convert', ['--input', '/no/such.pt', '--output', 'o'], '/no/such.pt does not exist'),
     ('sample', ['t2l', '--workdir', __file__, '--out', 'o', '--texts', 't'], 'is neither a training workdir nor'),
-])
+  ],
+)
 def test_a_missing_or_wrong_path_is_one_line(entry, argv, message, capsys, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   code, _, err = _run(entry, argv, capsys)

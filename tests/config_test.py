@@ -33,16 +33,35 @@ def test_finalize_freezes_a_copy_and_normalises_the_reference_spellings():
     frozen.model.hidden_size = 3
 
 
-@pytest.mark.parametrize('key, value', [
-    ('model__hidden_size', 0), ('model__n_blocks', -1), ('model__dtype', 'float16'), ('model__dropout', 1.0),
-    ('model__scan_unroll', -1), ('model__scan_unroll', 1.5), ('model__scan_unroll', True),
+@pytest.mark.parametrize(
+  'key, value',
+  [
+    ('model__hidden_size', 0),
+    ('model__n_blocks', -1),
+    ('model__dtype', 'float16'),
+    ('model__dropout', 1.0),
+    ('model__scan_unroll', -1),
+    ('model__scan_unroll', 1.5),
+    ('model__scan_unroll', True),
     ('model__remat_policy', 'sometimes'),
-    ('data__val_ratio', 1.0), ('data__num_workers', -1), ('training__train_batch_size', 0),
-    ('training__lr_schedule', 'step'), ('training__eval_temperature', -0.5), ('loss__cycle_text_weight', -1.0),
-    ('loss__cycle_latent_sampling', 'nucleus'), ('loss__latent_t_mode', 'half'), ('optimizer__lr', float('nan')),
-    ('optimizer__beta2', 1.0), ('optimizer__grad_clip_norm', -1.0), ('mesh__fsdp', 0), ('debug__check_finite', 1),
-    ('tokenizer__mask_token_id', 8192), ('init_from', 3), ('training__round_gradients', 'later'),
-])
+    ('data__val_ratio', 1.0),
+    ('data__num_workers', -1),
+    ('training__train_batch_size', 0),
+    ('training__lr_schedule', 'step'),
+    ('training__eval_temperature', -0.5),
+    ('loss__cycle_text_weight', -1.0),
+    ('loss__cycle_latent_sampling', 'nucleus'),
+    ('loss__latent_t_mode', 'half'),
+    ('optimizer__lr', float('nan')),
+    ('optimizer__beta2', 1.0),
+    ('optimizer__grad_clip_norm', -1.0),
+    ('mesh__fsdp', 0),
+    ('debug__check_finite', 1),
+    ('tokenizer__mask_token_id', 8192),
+    ('init_from', 3),
+    ('training__round_gradients', 'later'),
+  ],
+)
 def test_every_bad_value_is_named_with_its_key(key, value):
   config = config_lib.default_config()
   if '__' in key:
@@ -54,13 +73,16 @@ def test_every_bad_value_is_named_with_its_key(key, value):
     config_lib.finalize(config)
 
 
-@pytest.mark.parametrize('values, match', [
+@pytest.mark.parametrize(
+  'values, match',
+  [
     (dict(loss__cycle_latent_t_min=0.5, loss__cycle_latent_t_max=0.5), 'cycle_latent_t_min'),
     (dict(data__data_dir='d', data__token_dir='t', data__latent_dir='l'), 'data.data_dir'),
     (dict(data__token_dir='t'), 'data.token_dir'),
     (dict(training__eval_sample_batches=5, training__eval_batches=4), 'eval_sample_batches'),
     (dict(training__round_gradients='sequential', loss__cycle_stop_grad_latent=False), 'round_gradients'),
-])
+  ],
+)
 def test_keys_that_must_agree_are_named(values, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.finalize(_with(**values))
@@ -94,8 +116,9 @@ def test_an_older_config_json_loads_with_the_schemas_defaults_for_newer_keys():
 
 
 def test_per_process_batches_become_global_after_start_up():
-  config = config_lib.finalize(_with(training__batch_size_per='process', training__train_batch_size=4,
-                                     training__eval_batch_size=2))
+  config = config_lib.finalize(
+    _with(training__batch_size_per='process', training__train_batch_size=4, training__eval_batch_size=2)
+  )
   resolved = config_lib.for_processes(config, process_count=3)
   assert (resolved.training.train_batch_size, resolved.training.eval_batch_size) == (12, 6)
   assert resolved.training.batch_size_per == 'global'
@@ -103,20 +126,22 @@ def test_per_process_batches_become_global_after_start_up():
   assert config_lib.for_processes(plain, 3) is plain
 
 
-@pytest.mark.parametrize('values, devices, processes, match', [
+@pytest.mark.parametrize(
+  'values, devices, processes, match',
+  [
     (dict(mesh__fsdp=3), 4, 1, 'mesh.fsdp=3 does not divide the 4 devices'),
     (dict(training__train_batch_size=2), 4, 1, 'training.train_batch_size=2 does not divide over the 4 devices'),
     (dict(training__train_batch_size=4, training__eval_batch_size=2), 4, 1, 'eval_batch_size=2'),
     (dict(training__train_batch_size=6, training__eval_batch_size=6), 6, 4, 'over the 4 processes'),
-])
+  ],
+)
 def test_device_checks_name_the_key(values, devices, processes, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.check_devices(config_lib.finalize(_with(**values)), devices, processes)
 
 
 def test_no_evaluation_means_no_eval_batch_check():
-  config = config_lib.finalize(_with(training__train_batch_size=4, training__eval_batch_size=2,
-                                     training__eval_every=0))
+  config = config_lib.finalize(_with(training__train_batch_size=4, training__eval_batch_size=2, training__eval_every=0))
   config_lib.check_devices(config, 4, 1)
 
 

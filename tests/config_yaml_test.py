@@ -18,7 +18,6 @@ CLUSTER_YAML = DATA_DIR / 'mmdit_cycle_vae_cluster.yaml'
 
 
 class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
-
   def _write(self, name: str, content: str) -> Path:
     # absl's create_tempfile needs parsed flags, which pytest does not provide.
     directory = Path(tempfile.mkdtemp())
@@ -72,21 +71,34 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
     self.assertEqual(config.data.max_samples, 2000000)  # token_dir is empty: no scan limit
     self.assertEqual(config.data.num_workers, 8)
     self.assertEqual(
-        set(ignored),
-        {'data.data_files.train', 'data.data_files.validation',
-         'data.max_val_samples', 'model.type', 'model.diffusion_process',
-         'model.latent_diffusion_process', 'model.n_heads', 'model.qk_rmsnorm',
-         'model.use_multimodal', 'model.latent_beta_min', 'model.latent_beta_max',
-         'model.use_stub_if_no_mmdit', 'logging.run_name', 'logging.log_dir', 'tokenizer.local_files_only'})
+      set(ignored),
+      {
+        'data.data_files.train',
+        'data.data_files.validation',
+        'data.max_val_samples',
+        'model.type',
+        'model.diffusion_process',
+        'model.latent_diffusion_process',
+        'model.n_heads',
+        'model.qk_rmsnorm',
+        'model.use_multimodal',
+        'model.latent_beta_min',
+        'model.latent_beta_max',
+        'model.use_stub_if_no_mmdit',
+        'logging.run_name',
+        'logging.log_dir',
+        'tokenizer.local_files_only',
+      },
+    )
 
   def test_loaded_configs_build_an_optimizer(self):
     from lgdlm_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+
     for path in (SMOKE_YAML, CLUSTER_YAML):
       config = reference_yaml.load_reference_yaml(path)
       optimizer_lib.make_optimizer(config)
       schedule = optimizer_lib.learning_rate_schedule(config)
-      np.testing.assert_allclose(
-          schedule(0), config.optimizer.lr / max(1, config.training.warmup_steps), rtol=1e-6)
+      np.testing.assert_allclose(schedule(0), config.optimizer.lr / max(1, config.training.warmup_steps), rtol=1e-6)
 
   def test_ignored_keys_are_logged(self):
     with self.assertLogs(level='WARNING') as logs:
@@ -104,8 +116,7 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
     self.assertEqual(ignored, ())
 
   def test_optimizer_type_beats_name_and_null_max_samples_means_all(self):
-    path = self._write(
-        'config.yaml', 'optimizer:\n  type: Adam\n  name: adamw\ndata:\n  max_samples: null\n')
+    path = self._write('config.yaml', 'optimizer:\n  type: Adam\n  name: adamw\ndata:\n  max_samples: null\n')
     config, _ = reference_yaml.read_reference_yaml(path)
     self.assertEqual(config.optimizer.name, 'Adam')  # lower-cased by config.finalize
     self.assertEqual(config.data.max_samples, 0)
@@ -120,8 +131,9 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
   def test_batch_sizes_are_per_process_and_evaluation_is_off(self):
     config, _ = reference_yaml.read_reference_yaml(CLUSTER_YAML)
     self.assertEqual(config.training.batch_size_per, 'process')
-    self.assertEqual((config.training.eval_every, config.training.print_examples, config.training.save_every),
-                     (0, 0, 1000))
+    self.assertEqual(
+      (config.training.eval_every, config.training.print_examples, config.training.save_every), (0, 0, 1000)
+    )
     frozen = config_lib.for_processes(config_lib.finalize(config), process_count=8)
     self.assertEqual((frozen.training.train_batch_size, frozen.training.eval_batch_size), (32, 32))
     self.assertEqual(frozen.training.batch_size_per, 'global')
@@ -129,16 +141,17 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
 
   def test_scan_limit_caps_token_dir_file_pairs_as_the_reference_loader_does(self):
     for yaml_text, expected in (
-        ('data:\n  token_dir: t\n  latent_dir: l\n', 10000),  # the reference's default scan limit
-        ('data:\n  token_dir: t\n  latent_dir: l\n  initial_scan_limit: 50\n  max_samples: 80\n', 50),
-        ('data:\n  token_dir: t\n  latent_dir: l\n  initial_scan_limit: 500\n  max_samples: 80\n', 80),
-        ('data:\n  data_dir: d\n  initial_scan_limit: 50\n', 0),  # its data_dir loader has no scan limit
+      ('data:\n  token_dir: t\n  latent_dir: l\n', 10000),  # the reference's default scan limit
+      ('data:\n  token_dir: t\n  latent_dir: l\n  initial_scan_limit: 50\n  max_samples: 80\n', 50),
+      ('data:\n  token_dir: t\n  latent_dir: l\n  initial_scan_limit: 500\n  max_samples: 80\n', 80),
+      ('data:\n  data_dir: d\n  initial_scan_limit: 50\n', 0),  # its data_dir loader has no scan limit
     ):
       config, _ = reference_yaml.read_reference_yaml(self._write('config.yaml', yaml_text))
       self.assertEqual(config.data.max_samples, expected, yaml_text)
 
   def test_tokenizer_path_sets_the_vocabulary_and_special_ids(self):
     import tokenizers  # pylint: disable=g-import-not-at-top
+
     directory = Path(tempfile.mkdtemp())
     self.addCleanup(shutil.rmtree, directory)
     vocab = {name: i for i, name in enumerate(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '<mask>'] + list('abcdefg'))}
@@ -157,13 +170,13 @@ class ReferenceYamlTest(chex.TestCase, parameterized.TestCase):
       reference_yaml.read_reference_yaml(missing)
 
   @parameterized.named_parameters(
-      ('int_key', 'training:\n  num_train_steps: many\n', 'training.num_train_steps'),
-      ('float_key', 'optimizer:\n  lr: fast\n', 'optimizer.lr'),
-      ('bool_key', 'loss:\n  cycle_stop_grad_latent: 3\n', 'loss.cycle_stop_grad_latent'),
-      ('dtype', 'training:\n  dtype: fp16\n', 'training.dtype'),
-      ('loss_type', 'loss:\n  loss_type: mdlm\n', 'loss.loss_type'),
-      ('json_loader', 'data:\n  use_preprocessed: false\n', 'data.use_preprocessed'),
-      ('raw_text', 'data:\n  load_tokens: false\n', 'data.load_tokens'),
+    ('int_key', 'training:\n  num_train_steps: many\n', 'training.num_train_steps'),
+    ('float_key', 'optimizer:\n  lr: fast\n', 'optimizer.lr'),
+    ('bool_key', 'loss:\n  cycle_stop_grad_latent: 3\n', 'loss.cycle_stop_grad_latent'),
+    ('dtype', 'training:\n  dtype: fp16\n', 'training.dtype'),
+    ('loss_type', 'loss:\n  loss_type: mdlm\n', 'loss.loss_type'),
+    ('json_loader', 'data:\n  use_preprocessed: false\n', 'data.use_preprocessed'),
+    ('raw_text', 'data:\n  load_tokens: false\n', 'data.load_tokens'),
   )
   def test_bad_or_unsupported_value_names_the_key_and_the_file(self, yaml_text, key):
     path = self._write('bad.yaml', yaml_text)

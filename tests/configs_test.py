@@ -34,8 +34,14 @@ def test_config_builds(name):
 
 def test_cluster_config_has_the_reference_cluster_sizes():
   config = load('cluster')
-  assert (config.model.hidden_size, config.model.n_blocks, config.model.cond_dim, config.model.max_seq_len,
-          config.model.latent_dim, config.model.num_residual_streams) == (1024, 24, 1024, 4096, 32, 2)
+  assert (
+    config.model.hidden_size,
+    config.model.n_blocks,
+    config.model.cond_dim,
+    config.model.max_seq_len,
+    config.model.latent_dim,
+    config.model.num_residual_streams,
+  ) == (1024, 24, 1024, 4096, 32, 2)
   assert config.model.dtype == 'bfloat16'
   assert (config.optimizer.lr, config.optimizer.grad_clip_norm, config.training.warmup_steps) == (5e-5, 0.5, 2000)
 
@@ -70,8 +76,10 @@ def test_cluster_state_fits_a_16_gib_chip_with_fsdp():
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))
   params = sharding.per_device_bytes(abstract.params, fsdp, min_size)
   opt = sharding.per_device_bytes(abstract.opt_state, fsdp, min_size)
-  print(f'cluster: {n_params / 1e6:.0f}M parameters; per device with fsdp={fsdp}: parameters '
-        f'{params / 2**30:.2f} GiB, AdamW state {opt / 2**30:.2f} GiB, gradients {params / 2**30:.2f} GiB')
+  print(
+    f'cluster: {n_params / 1e6:.0f}M parameters; per device with fsdp={fsdp}: parameters '
+    f'{params / 2**30:.2f} GiB, AdamW state {opt / 2**30:.2f} GiB, gradients {params / 2**30:.2f} GiB'
+  )
   assert 700e6 < n_params < 1e9
   unsharded = sharding.per_device_bytes(abstract.params, 1, min_size)
   assert params < unsharded / (fsdp - 1)  # really sharded

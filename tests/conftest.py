@@ -10,9 +10,9 @@ import pytest
 
 # module -> why it runs alone.
 SERIAL = {
-    'multihost_test': 'two training processes talk through jax.distributed and are preempted on a signal',
-    'data_multiprocess_test': 'two loader processes meet at a coordinator and stop together',
-    'slurm_test': 'a one-node SLURM cluster runs a two-task job',
+  'multihost_test': 'two training processes talk through jax.distributed and are preempted on a signal',
+  'data_multiprocess_test': 'two loader processes meet at a coordinator and stop together',
+  'slurm_test': 'a one-node SLURM cluster runs a two-task job',
 }
 
 

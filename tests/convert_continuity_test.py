@@ -41,11 +41,17 @@ TOL = 1e-5  # relative, per parameter array: max |jax - torch| / max |torch|
 
 def make_config(**model_overrides):
   config = config_lib.default_config()
-  config.model.update(dict(models.tiny_config(hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12,
-                                                  num_residual_streams=1, **model_overrides).items()))
+  config.model.update(
+    dict(
+      models.tiny_config(
+        hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12, num_residual_streams=1, **model_overrides
+      ).items()
+    )
+  )
   config.tokenizer.update(vocab_size=config.model.vocab_size, mask_token_id=3, pad_token_id=0)
-  config.training.update(train_batch_size=BATCH, num_train_steps=N + M, lr_schedule='cosine', warmup_steps=2,
-                         eval_every=0)
+  config.training.update(
+    train_batch_size=BATCH, num_train_steps=N + M, lr_schedule='cosine', warmup_steps=2, eval_every=0
+  )
   config.optimizer.update(lr=3e-3, weight_decay=0.01, beta1=0.9, beta2=0.95, grad_clip_norm=1.0)
   config.loss.update(cycle_latent_weight=0.5)  # all four terms
   return config
@@ -57,16 +63,21 @@ def batches(config, count: int) -> list[dict[str, np.ndarray]]:
   for _ in range(count):
     seq_len = config.model.max_seq_len
     lengths = rng.integers(seq_len // 2, seq_len + 1, BATCH)
-    out.append({'input_ids': rng.integers(0, config.model.vocab_size, (BATCH, seq_len)).astype(np.int32),
-                'attention_mask': np.arange(seq_len)[None] < lengths[:, None],
-                'latent': rng.standard_normal((BATCH, config.model.latent_dim)).astype(np.float32)})
+    out.append(
+      {
+        'input_ids': rng.integers(0, config.model.vocab_size, (BATCH, seq_len)).astype(np.int32),
+        'attention_mask': np.arange(seq_len)[None] < lengths[:, None],
+        'latent': rng.standard_normal((BATCH, config.model.latent_dim)).astype(np.float32),
+      }
+    )
   return out
 
 
 def jax_draws(config, step_key, step: int) -> dict[str, np.ndarray]:
   """The draws lgdlm_jax's train step makes at `step` (fold_in of its key with the step)."""
-  draws = draws_lib.sample_draws(jax.random.fold_in(step_key, step), BATCH, config.model.latent_dim,
-                                 options_lib.from_config(config))
+  draws = draws_lib.sample_draws(
+    jax.random.fold_in(step_key, step), BATCH, config.model.latent_dim, options_lib.from_config(config)
+  )
   return {k: np.asarray(draws[k]) for k in ('t_lat', 'noise', 't_lat2', 'noise2')}
 
 
@@ -75,12 +86,21 @@ def torch_micro_batch(trainer, adamw, config, batch, draws, step: int, tables) -
   lr = reference_lr.get_lr(config, step)  # pylint: disable=protected-access
   for group in adamw.param_groups:
     group['lr'] = lr
-  torch_batch = {'input_ids': torch.from_numpy(batch['input_ids']).long(),
-                 'attention_mask': torch.from_numpy(batch['attention_mask']),
-                 'latent': torch.from_numpy(batch['latent'])}
-  loss, _ = cycle_loss.cycle_vae_loss(trainer.model, torch_batch, {k: torch.tensor(v) for k, v in draws.items()},
-                                            step, config.loss, config.tokenizer.mask_token_id,
-                                            config.model.latent_parameterization, tables)
+  torch_batch = {
+    'input_ids': torch.from_numpy(batch['input_ids']).long(),
+    'attention_mask': torch.from_numpy(batch['attention_mask']),
+    'latent': torch.from_numpy(batch['latent']),
+  }
+  loss, _ = cycle_loss.cycle_vae_loss(
+    trainer.model,
+    torch_batch,
+    {k: torch.tensor(v) for k, v in draws.items()},
+    step,
+    config.loss,
+    config.tokenizer.mask_token_id,
+    config.model.latent_parameterization,
+    tables,
+  )
   loss.backward()
   torch.nn.utils.clip_grad_norm_(trainer.parameters(), config.optimizer.grad_clip_norm)
   adamw.step()
@@ -91,15 +111,19 @@ def torch_micro_batch(trainer, adamw, config, batch, draws, step: int, tables) -
 def relative_errors(params, torch_model, model_config) -> dict[str, float]:
   expected = mapping.torch_to_flax({k: v.detach().numpy() for k, v in torch_model.state_dict().items()}, model_config)
   got = flax.traverse_util.flatten_dict(params)
-  return {'/'.join(path): float(np.abs(np.asarray(got[path]) - e).max() / np.abs(e).max())
-          for path, e in flax.traverse_util.flatten_dict(expected).items()}
+  return {
+    '/'.join(path): float(np.abs(np.asarray(got[path]) - e).max() / np.abs(e).max())
+    for path, e in flax.traverse_util.flatten_dict(expected).items()
+  }
 
 
 @functools.cache
 def tables_for(schedule: str, timesteps: int):
   table = diffusion.make_schedule(schedule, timesteps)
-  return (torch.tensor(np.asarray(table.sqrt_alphas_cumprod)),
-          torch.tensor(np.asarray(table.sqrt_one_minus_alphas_cumprod)))
+  return (
+    torch.tensor(np.asarray(table.sqrt_alphas_cumprod)),
+    torch.tensor(np.asarray(table.sqrt_one_minus_alphas_cumprod)),
+  )
 
 
 @pytest.mark.slow  # one compiled train step (about 10 s on 2 cores) and 2 x (N + M) PyTorch micro-batches
@@ -117,14 +141,19 @@ def test_pytorch_run_continued_in_lgdlm_jax_matches_pytorch_continuing(tmp_path)
   try:
     torch_model, _ = models.build_pair(model_config, seed=5)
     trainer = reference_checkpoints.CycleTrainer(torch_model)
-    adamw = torch.optim.AdamW(trainer.parameters(), lr=config.optimizer.lr, eps=config.optimizer.eps,
-                              betas=(config.optimizer.beta1, config.optimizer.beta2),
-                              weight_decay=config.optimizer.weight_decay)
+    adamw = torch.optim.AdamW(
+      trainer.parameters(),
+      lr=config.optimizer.lr,
+      eps=config.optimizer.eps,
+      betas=(config.optimizer.beta1, config.optimizer.beta2),
+      weight_decay=config.optimizer.weight_decay,
+    )
     for s in range(N):
       torch_micro_batch(trainer, adamw, config, data[s], draws[s], s, tables)
     # The reference saves after micro-batch N - 1 with step N - 1.
-    reference_checkpoints.save_cycle_run(tmp_path / 'ref_run', trainer, adamw, N - 1,
-                                         reference_checkpoints.cycle_cfg(model_config))
+    reference_checkpoints.save_cycle_run(
+      tmp_path / 'ref_run', trainer, adamw, N - 1, reference_checkpoints.cycle_cfg(model_config)
+    )
     torch_lrs = [torch_micro_batch(trainer, adamw, config, data[s], draws[s], s, tables) for s in range(N, N + M)]
   finally:
     torch.set_num_threads(threads)

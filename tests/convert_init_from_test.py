@@ -45,18 +45,19 @@ def _fresh_state(config):
   params = jax.tree_util.tree_map(np.zeros_like, random_params(config.model, 0))
   optimizer = optimizer_lib.make_optimizer(config)
   zero = np.zeros((), np.int32)
-  state = train.TrainState(step=zero, params=params, opt_state=optimizer.init(params), nonfinite_steps=zero,
-                           consecutive_nonfinite=zero)
+  state = train.TrainState(
+    step=zero, params=params, opt_state=optimizer.init(params), nonfinite_steps=zero, consecutive_nonfinite=zero
+  )
   return state, sharding.tree_shardings(state, sharding.make_mesh(config), config.mesh.min_shard_size)
 
 
 @pytest.mark.parametrize('accumulation', [1, 2])
 def test_moments_and_step_go_into_the_optimizer_state(tmp_path, accumulation):
-  config = runs.tiny_config(**{'training.gradient_accumulation_steps': accumulation,
-                                     'training.num_train_steps': 20})
+  config = runs.tiny_config(**{'training.gradient_accumulation_steps': accumulation, 'training.num_train_steps': 20})
   source_moments = _moments(config.model, updates=3)
-  config.update(init_from=_converted(tmp_path, config.model, 3 * accumulation, source_moments),
-                init_from_optimizer=True)
+  config.update(
+    init_from=_converted(tmp_path, config.model, 3 * accumulation, source_moments), init_from_optimizer=True
+  )
   initial = init_from.load(config_lib.finalize(config), str(tmp_path / 'run'))
   state, shardings = _fresh_state(config)
   state = jax.device_get(init_from.apply(initial, state, shardings))
@@ -73,8 +74,11 @@ def test_a_training_workdir_is_a_source_with_its_optimizer_state(tmp_path):
   config = runs.tiny_config(**{'training.num_train_steps': 20})
   state, _ = _fresh_state(config)
   saved_moments = _moments(config.model, updates=5)
-  saved = state.replace(step=np.int32(5), params=random_params(config.model, 4),
-                        opt_state=moments_lib.into_opt_state(state.opt_state, saved_moments))
+  saved = state.replace(
+    step=np.int32(5),
+    params=random_params(config.model, 4),
+    opt_state=moments_lib.into_opt_state(state.opt_state, saved_moments),
+  )
   source = tmp_path / 'source_run'
   manager = checkpoint.make_manager(str(source), config)
   checkpoint.save(manager, 5, saved)
@@ -103,14 +107,22 @@ def _bad_sources(tmp_path, config):
   truncated.write_bytes(b'PK\x03\x04 not a whole file')
   with_moments = _converted(tmp_path, config.model, 6, _moments(config.model, 3), name='with_moments')
   return [
-      (str(tmp_path / 'missing'), False, {}, 'does not exist'),
-      (str(truncated), False, {}, 'not a complete PyTorch checkpoint (truncated?)'),
-      (_converted(tmp_path, other, name='other'), False, {}, 'shape mismatch: got'),
-      (_converted(tmp_path, config.model, name='weights_only'), True, {}, 'holds no optimizer state'),
-      (with_moments, True, {}, 'step 6 (micro-batches) and 3 optimizer updates do not fit '
-                               'training.gradient_accumulation_steps=1'),
-      (with_moments, True, {'training.gradient_accumulation_steps': 2, 'training.num_train_steps': 6},
-       'at step 6, and training.num_train_steps=6 leaves nothing to train'),
+    (str(tmp_path / 'missing'), False, {}, 'does not exist'),
+    (str(truncated), False, {}, 'not a complete PyTorch checkpoint (truncated?)'),
+    (_converted(tmp_path, other, name='other'), False, {}, 'shape mismatch: got'),
+    (_converted(tmp_path, config.model, name='weights_only'), True, {}, 'holds no optimizer state'),
+    (
+      with_moments,
+      True,
+      {},
+      'step 6 (micro-batches) and 3 optimizer updates do not fit training.gradient_accumulation_steps=1',
+    ),
+    (
+      with_moments,
+      True,
+      {'training.gradient_accumulation_steps': 2, 'training.num_train_steps': 6},
+      'at step 6, and training.num_train_steps=6 leaves nothing to train',
+    ),
   ]
 
 
@@ -135,16 +147,16 @@ def test_init_from_optimizer_needs_init_from():
 
 
 def test_main_reports_a_missing_init_from_in_one_line(tmp_path, capsys):
-  code = main.main(['--config', runs.SMOKE, '--workdir', str(tmp_path / 'run'),
-                    f'--config.init_from={tmp_path / "missing"}'])
+  code = main.main(
+    ['--config', runs.SMOKE, '--workdir', str(tmp_path / 'run'), f'--config.init_from={tmp_path / "missing"}']
+  )
   err = capsys.readouterr().err.strip()
   assert code == 1 and len(err.splitlines()) == 1
   assert f"init_from='{tmp_path / 'missing'}': no such file or directory" in err
 
 
 def test_without_a_data_position_the_data_start_where_the_step_leaves_them():
-  config = config_lib.finalize(runs.tiny_config(**{'data.synthetic_num_samples': 64,
-                                                         'training.train_batch_size': 8}))
+  config = config_lib.finalize(runs.tiny_config(**{'data.synthetic_num_samples': 64, 'training.train_batch_size': 8}))
   reference, _ = data_lib.make_datasets(config)
   started, _ = data_lib.make_datasets(config)
   step = reference.steps_per_epoch + 2  # into the second epoch

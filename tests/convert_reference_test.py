@@ -86,7 +86,7 @@ def test_latentdlm_checkpoint_converts_without_its_code_or_unsafe_pickle(tmp_pat
   assert 'latentDLM_mmdit' not in sys.modules
 
   out = _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'out')
-  assert 'latentDLM\'s state.step 3 counts the micro-batches done' in out
+  assert "latentDLM's state.step 3 counts the micro-batches done" in out
   assert 'AdamW moments after 3 updates' in out
   assert 'latentDLM_mmdit' not in sys.modules  # nothing of the reference was imported
   weights = sources.read(str(tmp_path / 'out'), with_moments=True)
@@ -104,8 +104,9 @@ def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, c
   loads it (strict); AdamW's state comes back exactly, in the reference's parameter order."""
   model_config = models.tiny_config(cluster_size=3)
   trainer, adamw = _trained(model_config, seed=3)
-  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 6,
-                                       reference_checkpoints.cycle_cfg(model_config, tokenizer={'mask_token_id': 5}))
+  reference_checkpoints.save_cycle_run(
+    tmp_path / 'run', trainer, adamw, 6, reference_checkpoints.cycle_cfg(model_config, tokenizer={'mask_token_id': 5})
+  )
   _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
   assert json.loads((tmp_path / 'converted' / converted.INFO_FILE).read_text())['tokenizer'] == {'mask_token_id': 5}
 
@@ -121,32 +122,59 @@ def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, c
       assert torch.equal(restored['state'][index][key], state[key]), (index, key)
   assert restored['param_groups'][0]['betas'] == (0.9, 0.95)
 
-  _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'sampler.pt',
-           '--torch-layout', 'latentdlm')
+  _convert(
+    capsys,
+    '--to-torch',
+    '--input',
+    tmp_path / 'converted',
+    '--output',
+    tmp_path / 'sampler.pt',
+    '--torch-layout',
+    'latentdlm',
+  )
   with pytest.raises(RuntimeError, match='text_head_clusters'):  # its samplers build no cluster head
     reference_checkpoints.load_like_latentdlm_sampler(tmp_path / 'sampler.pt', model_config)
 
-  _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'bare.pt',
-           '--torch-layout', 'bare')
+  _convert(
+    capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'bare.pt', '--torch-layout', 'bare'
+  )
   bare = torch.load(tmp_path / 'bare.pt', weights_only=True)
   reference_model.ReferenceMultimodalMMDiT(model_config).load_state_dict(bare, strict=True)
   _assert_same_weights(bare, trainer.model)
 
   out = _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'w.safetensors')
   assert 'weights only' in out
-  code = convert_torch_weights.main(['--to-torch', '--input', str(tmp_path / 'converted'), '--output',
-                                     str(tmp_path / 'x.safetensors'), '--torch-layout', 'cycle'])
+  code = convert_torch_weights.main(
+    [
+      '--to-torch',
+      '--input',
+      str(tmp_path / 'converted'),
+      '--output',
+      str(tmp_path / 'x.safetensors'),
+      '--torch-layout',
+      'cycle',
+    ]
+  )
   assert code == 1 and 'holds tensors only' in capsys.readouterr().err
 
 
 def test_latentdlm_samplers_load_the_export_strictly(tmp_path, capsys):
   model_config = models.tiny_config()
   trainer, adamw = _trained(model_config, seed=5)
-  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 2,
-                                       reference_checkpoints.cycle_cfg(model_config))
+  reference_checkpoints.save_cycle_run(
+    tmp_path / 'run', trainer, adamw, 2, reference_checkpoints.cycle_cfg(model_config)
+  )
   _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
-  _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'model.pth',
-           '--torch-layout', 'latentdlm')
+  _convert(
+    capsys,
+    '--to-torch',
+    '--input',
+    tmp_path / 'converted',
+    '--output',
+    tmp_path / 'model.pth',
+    '--torch-layout',
+    'latentdlm',
+  )
   sampler_model = reference_checkpoints.load_like_latentdlm_sampler(tmp_path / 'model.pth', model_config)
   _assert_same_weights(sampler_model.state_dict(), trainer.model)
 
@@ -167,11 +195,22 @@ def test_weights_without_optimizer_state_export_without_it(tmp_path, capsys):
 def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
   """The reference's run directory -> converted -> training continues mid-schedule in lgdlm_jax ->
   exported -> loaded by the reference's --resume (and its samplers) strictly."""
-  config = runs.tiny_config(**{'training.num_train_steps': 6, 'training.save_every': 0,
-                                     'training.lr_schedule': 'cosine', 'training.warmup_steps': 2})
+  config = runs.tiny_config(
+    **{
+      'training.num_train_steps': 6,
+      'training.save_every': 0,
+      'training.lr_schedule': 'cosine',
+      'training.warmup_steps': 2,
+    }
+  )
   trainer, adamw = _trained(config.model, seed=6, updates=4)
-  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 3,  # after micro-batches 0..3
-                                       reference_checkpoints.cycle_cfg(config.model))
+  reference_checkpoints.save_cycle_run(
+    tmp_path / 'run',
+    trainer,
+    adamw,
+    3,  # after micro-batches 0..3
+    reference_checkpoints.cycle_cfg(config.model),
+  )
   _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
   config.update(init_from=str(tmp_path / 'converted'), init_from_optimizer=True)
   workdir = tmp_path / 'jax_run'
@@ -179,8 +218,7 @@ def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
 
   rows = [r for r in metrics_log.read_log(str(workdir)) if 'loss' in r]
   assert [r['step'] for r in rows] == [5, 6]  # micro-batches 4 and 5, the reference's steps 4 and 5
-  np.testing.assert_allclose([r['lr'] for r in rows], [reference_lr.get_lr(config, s) for s in (4, 5)],
-                             rtol=1e-6)  # pylint: disable=protected-access
+  np.testing.assert_allclose([r['lr'] for r in rows], [reference_lr.get_lr(config, s) for s in (4, 5)], rtol=1e-6)  # pylint: disable=protected-access
   assert int(state.step) == 6
   trained = exporters.ordered_state_dict(jax.device_get(state.params), config.model, None)
 
@@ -214,15 +252,29 @@ def test_readme_chain_with_the_reference_yaml_and_its_data_workers(tmp_path, cap
     config[section][name] = value
   assert config.data.num_workers == 2
   trainer, adamw = _trained(config.model, seed=3, updates=3)
-  reference_checkpoints.save_cycle_run(tmp_path / 'run', trainer, adamw, 2,  # after micro-batches 0..2
-                                       reference_checkpoints.cycle_cfg(config.model))
+  reference_checkpoints.save_cycle_run(
+    tmp_path / 'run',
+    trainer,
+    adamw,
+    2,  # after micro-batches 0..2
+    reference_checkpoints.cycle_cfg(config.model),
+  )
   _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
   workdir = tmp_path / 'jax_run'
-  code = main.main(['--config', f'{runs.REPO}/configs/reference_yaml.py:{yaml_path}',
-                    '--workdir', str(workdir), f'--config.init_from={tmp_path / "converted"}',
-                    f'--config.init_from_optimizer={with_optimizer}', '--config.training.num_train_steps=5',
-                    '--config.training.eval_every=0', '--config.training.print_examples=0',
-                    *(f'--config.{k}={v}' for k, v in tiny.items())])
+  code = main.main(
+    [
+      '--config',
+      f'{runs.REPO}/configs/reference_yaml.py:{yaml_path}',
+      '--workdir',
+      str(workdir),
+      f'--config.init_from={tmp_path / "converted"}',
+      f'--config.init_from_optimizer={with_optimizer}',
+      '--config.training.num_train_steps=5',
+      '--config.training.eval_every=0',
+      '--config.training.print_examples=0',
+      *(f'--config.{k}={v}' for k, v in tiny.items()),
+    ]
+  )
   assert code == 0, capsys.readouterr().err[-3000:]
   steps = [r['step'] for r in metrics_log.read_log(str(workdir)) if 'loss' in r]
   assert steps == ([4, 5] if with_optimizer else [1, 2, 3, 4, 5])  # the converted run did micro-batches 0..2

@@ -13,8 +13,12 @@ from tests.helpers.params import random_params
 def _converted(tmp_path, tokenizer):
   model_config = runs.tiny_config().model
   directory = str(tmp_path / 'converted')
-  converted.save(directory, random_params(model_config, 0), model_config,  # pylint: disable=protected-access
-                 {'tokenizer': tokenizer})
+  converted.save(
+    directory,
+    random_params(model_config, 0),
+    model_config,  # pylint: disable=protected-access
+    {'tokenizer': tokenizer},
+  )
   latents = str(tmp_path / 'latents.npy')
   np.save(latents, np.random.default_rng(0).standard_normal((3, model_config.latent_dim)).astype(np.float32))
   return directory, latents
@@ -23,8 +27,12 @@ def _converted(tmp_path, tokenizer):
 def test_l2t_samples_from_a_converted_directory(tmp_path, capsys):
   directory, latents = _converted(tmp_path, {'mask_token_id': 3, 'pad_token_id': 0})
   out = str(tmp_path / 'out')
-  assert sample.main(['l2t', '--workdir', directory, '--latents', latents, '--out', out, '--steps', '1',
-                      '--batch_size', '3']) == 0
+  assert (
+    sample.main(
+      ['l2t', '--workdir', directory, '--latents', latents, '--out', out, '--steps', '1', '--batch_size', '3']
+    )
+    == 0
+  )
   assert f'Loaded the converted directory {directory}' in capsys.readouterr().out
   token_files = sorted(os.listdir(os.path.join(out, 'tokens')))
   assert token_files == [f'{i:06d}_tokens.npz' for i in range(3)]

@@ -61,9 +61,11 @@ def test_extra_block_is_named():
 def test_shape_mismatch_names_both_shapes_in_torch_terms():
   cfg = models.tiny_config()
   state = _state(models.tiny_config(latent_dim=12))
-  with pytest.raises(convert.ConversionError,
-                     match=r'latent_encoder\.projection\.0\.weight \(128, 12\).*expects '
-                           r'latent_encoder\.projection\.0\.weight \(128, 8\)'):
+  with pytest.raises(
+    convert.ConversionError,
+    match=r'latent_encoder\.projection\.0\.weight \(128, 12\).*expects '
+    r'latent_encoder\.projection\.0\.weight \(128, 8\)',
+  ):
     convert.torch_to_flax(state, cfg)
 
 
@@ -86,5 +88,5 @@ def test_an_unknown_module_has_no_place_in_the_order(monkeypatch):
   cfg = models.tiny_config()
   shapes = dict(convert.torch_param_shapes(cfg), **{'mystery_head.weight': (1,)})
   monkeypatch.setattr(mapping, 'torch_param_shapes', lambda _: shapes)
-  with pytest.raises(convert.ConversionError, match="mystery_head.weight: no known position"):
+  with pytest.raises(convert.ConversionError, match='mystery_head.weight: no known position'):
     convert.reference_parameter_order(cfg)

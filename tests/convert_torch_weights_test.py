@@ -34,6 +34,7 @@ PARITY_TOL = 1e-5
 @dataclasses.dataclass
 class UnknownState:
   """A class of no module the converter knows: weights_only unpickling refuses it."""
+
   step: int = 0
 
 
@@ -65,13 +66,16 @@ def _save_like_the_reference(torch_model, path, prefix: str) -> None:
   for p in torch_model.parameters():
     p.grad = torch.ones_like(p)
   optimizer.step()  # so that the optimizer state holds tensors, as a real one does
-  torch.save({
+  torch.save(
+    {
       'model_state_dict': {prefix + k: v for k, v in torch_model.state_dict().items()},
       'optimizer_state_dict': optimizer.state_dict(),
       'step': 7,
       'cfg': {'model': {'dropout': 0.0, 'n_heads': 4}},
       'rng_torch': torch.get_rng_state(),
-  }, path)
+    },
+    path,
+  )
 
 
 @pytest.mark.parametrize('streams,cluster,prefix', [(1, 0, 'module.'), (2, 3, 'model.')])
@@ -80,8 +84,9 @@ def test_reference_checkpoint_converts_with_parity_and_back_exactly(tmp_path, ca
   torch_model = _torch_model(cfg, seed=streams)
   _save_like_the_reference(torch_model, tmp_path / 'checkpoint.pt', prefix)
 
-  code, out, err = _run(capsys, '--input', tmp_path / 'checkpoint.pt', '--output', tmp_path / 'flax', '--verify',
-                        '--tolerance', PARITY_TOL)
+  code, out, err = _run(
+    capsys, '--input', tmp_path / 'checkpoint.pt', '--output', tmp_path / 'flax', '--verify', '--tolerance', PARITY_TOL
+  )
   assert code == 0, err
   assert "unwrapped 'model_state_dict'" in out and f"stripped prefix '{prefix}'" in out
   assert layout.LAYOUT_NAMES[layout.PLAIN if streams == 1 else layout.MHC] in out
@@ -106,12 +111,19 @@ def test_reference_checkpoint_converts_with_parity_and_back_exactly(tmp_path, ca
 
 
 def test_config_inference_gets_every_value_right():
-  cfg = models.tiny_config(vocab_size=101, hidden_size=40, latent_dim=12, max_seq_len=24, n_blocks=3,
-                               cond_dim=36, num_residual_streams=4, cluster_size=5)
+  cfg = models.tiny_config(
+    vocab_size=101,
+    hidden_size=40,
+    latent_dim=12,
+    max_seq_len=24,
+    n_blocks=3,
+    cond_dim=36,
+    num_residual_streams=4,
+    cluster_size=5,
+  )
   state = {k: v.numpy() for k, v in _torch_model(cfg).state_dict().items()}
   inferred = layout.infer_model_config(state, stated={})
-  for key in ('vocab_size', 'hidden_size', 'latent_dim', 'max_seq_len', 'n_blocks', 'cond_dim',
-              'num_residual_streams'):
+  for key in ('vocab_size', 'hidden_size', 'latent_dim', 'max_seq_len', 'n_blocks', 'cond_dim', 'num_residual_streams'):
     assert inferred.config[key] == cfg[key], key
     assert inferred.sources[key] == 'tensors'
   assert inferred.layout == layout.MHC and inferred.config.cluster_size > 0
@@ -133,16 +145,18 @@ def test_config_inference_gets_every_value_right():
 def test_bfloat16_survives_both_ways(tmp_path, capsys):
   cfg = models.tiny_config()
   state = {k: v.to(torch.bfloat16) for k, v in _state(_torch_model(cfg)).items()}
-  safetensors.numpy.save_file({k: v.float().numpy().astype(ml_dtypes.bfloat16) for k, v in state.items()},
-                              str(tmp_path / 'model.safetensors'))
+  safetensors.numpy.save_file(
+    {k: v.float().numpy().astype(ml_dtypes.bfloat16) for k, v in state.items()}, str(tmp_path / 'model.safetensors')
+  )
   code, out, err = _run(capsys, '--input', tmp_path / 'model.safetensors', '--output', tmp_path / 'flax')
   assert code == 0, err
   assert 'bfloat16' in out
   params = converted.load_params(str(tmp_path / 'flax'), cfg)
   assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {np.dtype(ml_dtypes.bfloat16)}
 
-  code, _, err = _run(capsys, '--to-torch', '--input', tmp_path / 'flax', '--output', tmp_path / 'back.pt',
-                      '--torch-layout', 'bare')
+  code, _, err = _run(
+    capsys, '--to-torch', '--input', tmp_path / 'flax', '--output', tmp_path / 'back.pt', '--torch-layout', 'bare'
+  )
   assert code == 0, err
   back = torch.load(tmp_path / 'back.pt', weights_only=True)
   assert sorted(back) == sorted(state)
@@ -204,12 +218,18 @@ def test_checkpoints_that_do_not_fit_are_refused_naming_the_problem(tmp_path, ca
   _assert_nothing_written(tmp_path / 'out')
 
 
-@pytest.mark.parametrize('flags,pattern', [
-    (['--hidden-size', '32'], r'hidden_size: stated 32, but the tensors say 64 \(text_encoder\.token_embed\.weight '
-                              r'has shape \(97, 64\)\)'),
+@pytest.mark.parametrize(
+  'flags,pattern',
+  [
+    (
+      ['--hidden-size', '32'],
+      r'hidden_size: stated 32, but the tensors say 64 \(text_encoder\.token_embed\.weight '
+      r'has shape \(97, 64\)\)',
+    ),
     (['--num-residual-streams', '4'], r'num_residual_streams: stated 4, but the tensors say 2'),
     (['--cluster-size', '8'], r'cluster_size: stated 8, but text_head_clusters\.weight is absent'),
-])
+  ],
+)
 def test_contradicting_flag_names_both_values(tmp_path, capsys, flags, pattern):
   torch.save(_state(_torch_model(models.tiny_config())), tmp_path / 'model.pth')
   code, _, err = _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out', *flags)
@@ -226,7 +246,7 @@ def test_truncated_file_is_refused(tmp_path, capsys, name):
   else:
     torch.save(state, path)
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   code, _, err = _run(capsys, '--input', path, '--output', tmp_path / 'out')
   assert code == 1 and 'truncated?' in err, err
   _assert_nothing_written(tmp_path / 'out')
@@ -249,8 +269,9 @@ def test_allow_flags_drop_and_initialise_and_report(tmp_path, capsys):
   del state['text_head.bias']
   state['extra.weight'] = torch.ones(2)
   torch.save(state, tmp_path / 'model.pth')
-  code, out, err = _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out', '--allow-missing',
-                        '--allow-unexpected')
+  code, out, err = _run(
+    capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out', '--allow-missing', '--allow-unexpected'
+  )
   assert code == 0, err
   assert 'missing text_head.bias (97,)' in out and 'unexpected extra.weight (2,)' in out
   params = converted.load_params(str(tmp_path / 'out'), cfg)
@@ -269,8 +290,11 @@ def test_load_params_names_what_does_not_fit(tmp_path, capsys):
   cfg = models.tiny_config()
   torch.save(_state(_torch_model(cfg)), tmp_path / 'model.pth')
   assert _run(capsys, '--input', tmp_path / 'model.pth', '--output', tmp_path / 'out')[0] == 0
-  with pytest.raises(convert.ConversionError, match=r'shape mismatch: got latent_encoder/position_embed \(1, 1, 64\).*'
-                                                    r'hidden_size \(64 there, 32 here\)'):
+  with pytest.raises(
+    convert.ConversionError,
+    match=r'shape mismatch: got latent_encoder/position_embed \(1, 1, 64\).*'
+    r'hidden_size \(64 there, 32 here\)',
+  ):
     converted.load_params(str(tmp_path / 'out'), models.tiny_config(hidden_size=32))
 
 
@@ -280,8 +304,13 @@ def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   config.tokenizer.mask_token_id = 3
   _, params = models.build_pair(config.model, seed=4)
   optimizer = optax.adamw(1e-3)
-  state = train.TrainState(step=np.int32(3), params=params, opt_state=optimizer.init(params),
-                           nonfinite_steps=np.int32(0), consecutive_nonfinite=np.int32(0))
+  state = train.TrainState(
+    step=np.int32(3),
+    params=params,
+    opt_state=optimizer.init(params),
+    nonfinite_steps=np.int32(0),
+    consecutive_nonfinite=np.int32(0),
+  )
   workdir = tmp_path / 'run'
   manager = checkpoint.make_manager(str(workdir), config)
   for step in (3, 6):
@@ -289,8 +318,9 @@ def test_to_torch_from_a_training_workdir(tmp_path, capsys):
   manager.wait_until_finished()
   (workdir / 'config.json').write_text(config.to_json())
 
-  code, out, err = _run(capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'model.pt', '--step', 3,
-                        '--torch-layout', 'bare')
+  code, out, err = _run(
+    capsys, '--to-torch', '--input', workdir, '--output', tmp_path / 'model.pt', '--step', 3, '--torch-layout', 'bare'
+  )
   assert code == 0, err
   assert 'step 3' in out
   back = torch.load(tmp_path / 'model.pt', weights_only=True)
@@ -311,12 +341,19 @@ def test_verify_above_tolerance_fails_and_writes_nothing(tmp_path, capsys, monke
 
 def test_module_and_script_are_the_same_command(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  commands = {'python -m lgdlm_jax.convert': [sys.executable, '-m', 'lgdlm_jax.convert'],
-              'convert_torch_weights.py': [sys.executable, os.path.join(repo, 'convert_torch_weights.py')]}
+  commands = {
+    'python -m lgdlm_jax.convert': [sys.executable, '-m', 'lgdlm_jax.convert'],
+    'convert_torch_weights.py': [sys.executable, os.path.join(repo, 'convert_torch_weights.py')],
+  }
   results = {}
   for name, command in commands.items():
-    run = subprocess.run(command + ['--input', str(tmp_path / 'missing'), '--output', str(tmp_path / 'out'),
-                                    '--to-torch'], cwd=repo, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+      command + ['--input', str(tmp_path / 'missing'), '--output', str(tmp_path / 'out'), '--to-torch'],
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     assert run.returncode == 1, run.stderr
     assert run.stderr.startswith(f'{name}: error: ') and len(run.stderr.strip().splitlines()) == 1, run.stderr
     results[name] = run.stderr.split(': error: ', 1)[1]

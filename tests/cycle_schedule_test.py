@@ -23,8 +23,9 @@ def schedule(cycle_every=1, accumulation=1, **loss):
   return cycle_schedule.from_config(config_lib.finalize(config))
 
 
-@pytest.mark.parametrize('base,warmup,ramp', [(1.3, 2, 4), (0.7, 3, 0), (2.0, 0, 0), (0.0, 0, 5), (1.0, 0, 3),
-                                              (0.5, -2, -1)])
+@pytest.mark.parametrize(
+  'base,warmup,ramp', [(1.3, 2, 4), (0.7, 3, 0), (2.0, 0, 0), (0.0, 0, 5), (1.0, 0, 3), (0.5, -2, -1)]
+)
 def test_host_activity_is_exactly_where_the_ramped_weight_is_positive(base, warmup, ramp):
   steps = list(range(12)) + [1000]
   traced = [float(cycle_schedule.ramp_weight(s, base, warmup, ramp)) > 0.0 for s in steps]
@@ -74,7 +75,11 @@ def test_a_term_whose_warmup_ends_inside_an_update_runs_on_all_its_micro_batches
 
 def test_term_set_names():
   assert [t.name for t in (BASE_ONLY, TEXT_ONLY, LATENT_ONLY, ALL_TERMS)] == [
-      'base', 'base+cycle_text', 'base+cycle_latent', 'base+cycle_text+cycle_latent']
+    'base',
+    'base+cycle_text',
+    'base+cycle_latent',
+    'base+cycle_text+cycle_latent',
+  ]
 
 
 @pytest.mark.parametrize('terms', [TermSet(*t) for t in itertools.product((False, True), repeat=2)])

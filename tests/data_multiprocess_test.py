@@ -42,9 +42,9 @@ def process_main(port, pid, workdir, data_dir, steps, save_at, max_bad_fraction)
   iterator, _ = data.make_datasets(_config(data_dir, float(max_bad_fraction)))
   manager = checkpoint.make_manager(workdir, datasets.make_config())
   state = _state()
-  restored = checkpoint.restore_latest(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                                            sharding=x.sharding),
-                                                             state), iterator)
+  restored = checkpoint.restore_latest(
+    manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state), iterator
+  )
   start = 0 if restored is None else manager.latest_step()
   rows, stopped_at = {}, None
   try:
@@ -66,10 +66,28 @@ def process_main(port, pid, workdir, data_dir, steps, save_at, max_bad_fraction)
 def _run_two(tmp_path, workdir, steps, save_at=0, max_bad_fraction=0.5):
   port = data_test_free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  procs = [subprocess.Popen([sys.executable, '-m', 'tests.data_multiprocess_test', str(port), str(pid), str(workdir),
-                             str(tmp_path / 'data'), str(steps), str(save_at), str(max_bad_fraction)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for pid in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        'tests.data_multiprocess_test',
+        str(port),
+        str(pid),
+        str(workdir),
+        str(tmp_path / 'data'),
+        str(steps),
+        str(save_at),
+        str(max_bad_fraction),
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for pid in range(2)
+  ]
   outputs = [p.communicate(timeout=300)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], '\n'.join(o[-3000:] for o in outputs)
   results = []
@@ -81,6 +99,7 @@ def _run_two(tmp_path, workdir, steps, save_at=0, max_bad_fraction=0.5):
 
 def data_test_free_port():
   import socket  # pylint: disable=g-import-not-at-top
+
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]

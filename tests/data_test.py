@@ -37,7 +37,6 @@ def _tmpdir(test):
 
 
 class LoadingTest(chex.TestCase, parameterized.TestCase):
-
   @parameterized.parameters('split', 'data_dir')
   def test_batches_hold_the_file_contents(self, layout):
     root = _tmpdir(self)
@@ -105,7 +104,6 @@ class LoadingTest(chex.TestCase, parameterized.TestCase):
 
 
 class SplitTest(chex.TestCase):
-
   def test_split_is_deterministic_disjoint_and_covering(self):
     train, val = data.split_train_val(100, 0.1, seed=3)
     train2, val2 = data.split_train_val(100, 0.1, seed=3)
@@ -145,7 +143,7 @@ def _corrupt_truncated_npz(token_dir, latent_dir):
   with open(path, 'rb') as f:
     payload = f.read()
   with open(path, 'wb') as f:
-    f.write(payload[:len(payload) // 2])
+    f.write(payload[: len(payload) // 2])
   return path
 
 
@@ -164,6 +162,7 @@ def _rewrite_tokens(transform):
     ids, mask, _ = sample_arrays(1)
     np.savez(path, **transform(ids, mask))
     return path
+
   return corrupt
 
 
@@ -172,6 +171,7 @@ def _rewrite_latent(latent):
     path = os.path.join(latent_dir, 's001.npy')
     np.save(path, latent)
     return path
+
   return corrupt
 
 
@@ -187,33 +187,34 @@ def _set(array, index, value):
 
 
 CORRUPTIONS = dict(
-    truncated_npz=(_corrupt_truncated_npz, 'cannot read'),
-    truncated_npy=(_corrupt_truncated_npy, 'truncated array data'),
-    missing_key=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids)), 'attention_mask'),
-    too_long=(_rewrite_tokens(lambda ids, mask: dict(input_ids=np.r_[ids, 1],
-                                                     attention_mask=np.r_[mask, 1])), 'length 9'),
-    mask_length=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids, attention_mask=mask[:5])),
-                 'shape'),
-    id_too_large=(_rewrite_tokens(lambda ids, mask: dict(input_ids=_set(ids, 3, VOCAB),
-                                                         attention_mask=mask)), 'input_ids[3]'),
-    id_negative=(_rewrite_tokens(lambda ids, mask: dict(input_ids=_set(ids, 2, -1),
-                                                        attention_mask=mask)), 'input_ids[2]'),
-    float_ids=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids.astype(np.float32),
-                                                      attention_mask=mask)), 'dtype'),
-    mask_not_binary=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids,
-                                                            attention_mask=mask * 2)), '0/1'),
-    all_padding=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids,
-                                                        attention_mask=mask * 0)), 'all zero'),
-    wrong_latent_dim=(_rewrite_latent(np.zeros(LATENT_DIM + 1, np.float32)), 'latent shape'),
-    latent_batch=(_rewrite_latent(np.zeros((2, LATENT_DIM), np.float32)), 'latent shape'),
-    nan_latent=(_rewrite_latent(_set(np.zeros(LATENT_DIM, np.float32), 1, np.nan)), 'non-finite'),
-    inf_latent=(_rewrite_latent(_set(np.zeros(LATENT_DIM), 1, 1e300)), 'non-finite'),
-    no_latent_partner=(_remove_latent, 'no latent partner'),
+  truncated_npz=(_corrupt_truncated_npz, 'cannot read'),
+  truncated_npy=(_corrupt_truncated_npy, 'truncated array data'),
+  missing_key=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids)), 'attention_mask'),
+  too_long=(
+    _rewrite_tokens(lambda ids, mask: dict(input_ids=np.r_[ids, 1], attention_mask=np.r_[mask, 1])),
+    'length 9',
+  ),
+  mask_length=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids, attention_mask=mask[:5])), 'shape'),
+  id_too_large=(
+    _rewrite_tokens(lambda ids, mask: dict(input_ids=_set(ids, 3, VOCAB), attention_mask=mask)),
+    'input_ids[3]',
+  ),
+  id_negative=(
+    _rewrite_tokens(lambda ids, mask: dict(input_ids=_set(ids, 2, -1), attention_mask=mask)),
+    'input_ids[2]',
+  ),
+  float_ids=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids.astype(np.float32), attention_mask=mask)), 'dtype'),
+  mask_not_binary=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids, attention_mask=mask * 2)), '0/1'),
+  all_padding=(_rewrite_tokens(lambda ids, mask: dict(input_ids=ids, attention_mask=mask * 0)), 'all zero'),
+  wrong_latent_dim=(_rewrite_latent(np.zeros(LATENT_DIM + 1, np.float32)), 'latent shape'),
+  latent_batch=(_rewrite_latent(np.zeros((2, LATENT_DIM), np.float32)), 'latent shape'),
+  nan_latent=(_rewrite_latent(_set(np.zeros(LATENT_DIM, np.float32), 1, np.nan)), 'non-finite'),
+  inf_latent=(_rewrite_latent(_set(np.zeros(LATENT_DIM), 1, 1e300)), 'non-finite'),
+  no_latent_partner=(_remove_latent, 'no latent partner'),
 )
 
 
 class CorruptionTest(chex.TestCase, parameterized.TestCase):
-
   @parameterized.named_parameters(*[(name, name) for name in CORRUPTIONS])
   def test_corrupt_sample_raises_data_error_naming_the_file(self, kind):
     corrupt, what = CORRUPTIONS[kind]
@@ -252,7 +253,7 @@ class CorruptionTest(chex.TestCase, parameterized.TestCase):
     self.assertContainsSubset({0, 2, 3, 5, 6, 8, 9}, set(ids))
     self.assertEqual(train.num_skipped, 3)  # s001 and s007 met in every epoch, counted once
     for epoch in range(4):  # a replacement is another sample of the same epoch's order
-      self.assertGreaterEqual(len(set(ids[9 * epoch:9 * (epoch + 1)])), 7)
+      self.assertGreaterEqual(len(set(ids[9 * epoch : 9 * (epoch + 1)])), 7)
 
   def test_more_bad_samples_than_max_bad_fraction_stop_the_run(self):
     root = _tmpdir(self)
@@ -294,14 +295,16 @@ class CorruptionTest(chex.TestCase, parameterized.TestCase):
     self.assertLen(failures, 2)
     np.testing.assert_array_equal(sample['latent'], sample_arrays(0)[2])
     broken = mock.patch('builtins.open', side_effect=OSError(5, 'Input/output error'))
-    with mock.patch.object(formats, 'IO_BACKOFF_S', 0.0), broken, self.assertRaisesRegex(
-        data.DataIOError, r's000.npy: read failed 4 times'):
+    with (
+      mock.patch.object(formats, 'IO_BACKOFF_S', 0.0),
+      broken,
+      self.assertRaisesRegex(data.DataIOError, r's000.npy: read failed 4 times'),
+    ):
       data.read_sample(files, SPEC)
     self.assertFalse(issubclass(data.DataIOError, data.CorruptSampleError))  # so skipping never hides it
 
 
 class ShardingTest(chex.TestCase):
-
   def test_process_shares_are_disjoint_and_cover_each_global_batch(self):
     root = _tmpdir(self)
     config = make_config(*make_dirs(root, 22), batch=4)
@@ -343,7 +346,6 @@ class ShardingTest(chex.TestCase):
 
 
 class StateTest(chex.TestCase, parameterized.TestCase):
-
   @parameterized.product(stop_at=[2, 5], skip=[False, True])
   def test_restore_reproduces_the_uninterrupted_batches(self, stop_at, skip):
     root = _tmpdir(self)
@@ -413,8 +415,12 @@ class StateTest(chex.TestCase, parameterized.TestCase):
     with datasets(config)[0] as uninterrupted:
       reference = take(uninterrupted, 5)
       state = uninterrupted.get_state()
-    old_state = {**state, 'next_batch': 2, 'num_workers': 2,
-                 'pipeline': {'workers_state': {}, 'iterations_to_skip': {}}}
+    old_state = {
+      **state,
+      'next_batch': 2,
+      'num_workers': 2,
+      'pipeline': {'workers_state': {}, 'iterations_to_skip': {}},
+    }
     with datasets(config)[0] as restored:
       restored.set_state(old_state)
       assert_batches_equal(take(restored, 3), reference[2:5])
@@ -439,8 +445,10 @@ class StateTest(chex.TestCase, parameterized.TestCase):
     with datasets(make_config(*dirs, batch=4))[0] as iterator:
       next(iterator)
       state = iterator.get_state()
-    with datasets(make_config(*dirs, batch=2))[0] as other, self.assertRaisesRegex(
-        data.DataError, 'global_batch_size=4, this run has 2'):
+    with (
+      datasets(make_config(*dirs, batch=2))[0] as other,
+      self.assertRaisesRegex(data.DataError, 'global_batch_size=4, this run has 2'),
+    ):
       other.set_state(state)
 
   def test_order_position_of_a_step(self):
@@ -449,7 +457,6 @@ class StateTest(chex.TestCase, parameterized.TestCase):
 
 
 class SyntheticTest(chex.TestCase):
-
   def test_synthetic_batches_are_full_length_uniform_tokens_like_the_reference(self):
     config = make_config(batch=8, val_ratio=0.25, eval_batch=4)
     with datasets(config)[0] as train_a, datasets(config)[0] as train_b:

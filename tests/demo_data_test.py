@@ -36,8 +36,10 @@ def test_demo_config_matches_its_dataset_and_tokenizer():
     info = json.load(f)
   assert (config.model.vocab_size, config.tokenizer.vocab_size) == (info['vocab_size'],) * 2
   assert (config.model.max_seq_len, config.model.latent_dim) == (info['seq_len'], info['latent_dim'])
-  assert (config.tokenizer.pad_token_id, config.tokenizer.mask_token_id) == (info['pad_token_id'],
-                                                                             info['mask_token_id'])
+  assert (config.tokenizer.pad_token_id, config.tokenizer.mask_token_id) == (
+    info['pad_token_id'],
+    info['mask_token_id'],
+  )
   tokenizer = text.load_tokenizer(config.tokenizer.json_file)
   assert text.token_id(tokenizer, '[MASK]') == config.tokenizer.mask_token_id
   assert tokenizer.get_vocab_size() == config.model.vocab_size
@@ -66,7 +68,7 @@ def test_checker_names_a_truncated_file_a_wrong_latent_size_and_an_out_of_range_
   with open(truncated, 'rb') as f:
     payload = f.read()
   with open(truncated, 'wb') as f:
-    f.write(payload[:len(payload) // 2])
+    f.write(payload[: len(payload) // 2])
   wrong_size = os.path.join(latents, '000020.npy')
   np.save(wrong_size, np.zeros(383, np.float16))
   out_of_range = os.path.join(tokens, '000030_tokens.npz')

@@ -27,10 +27,10 @@ NEAR_ONE = (0.9999, float(np.nextafter(np.float32(1.0), np.float32(0.0))), 1.0)
 # sqrt(1 - abar) near t = 0 (1 - abar ~ 1e-4 has few float32 bits left; worst 4.4e-6 at row 13).
 # The tolerances are those measurements rounded up; float64 formulas are held to 1e-6.
 FLOAT32_REFERENCE_ATOL = {
-    # name: (betas, alphas_cumprod, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
-    'cosine': (4e-5, 5e-7, 3e-7, 5e-6),
-    'linear': (1e-8, 3e-7, 3e-7, 2e-6),
-    'sigmoid': (1e-8, 5e-7, 3e-7, 2e-6),
+  # name: (betas, alphas_cumprod, sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod)
+  'cosine': (4e-5, 5e-7, 3e-7, 5e-6),
+  'linear': (1e-8, 3e-7, 3e-7, 2e-6),
+  'sigmoid': (1e-8, 5e-7, 3e-7, 2e-6),
 }
 
 
@@ -42,7 +42,7 @@ def _torch_betas(name, num_timesteps, beta_start, beta_end, dtype):
     logits = torch.linspace(-6, 6, num_timesteps, dtype=dtype)
     return torch.sigmoid(logits) * (beta_end - beta_start) + beta_start
   x = torch.linspace(0, num_timesteps, num_timesteps + 1, dtype=dtype)
-  abar = torch.cos(((x / num_timesteps) + 0.008) / 1.008 * math.pi * 0.5)**2
+  abar = torch.cos(((x / num_timesteps) + 0.008) / 1.008 * math.pi * 0.5) ** 2
   abar = abar / abar[0]
   return torch.clip(1 - abar[1:] / abar[:-1], 1e-4, 0.9999)
 
@@ -78,20 +78,18 @@ def _t64(x):
 
 
 class ScheduleTablesTest(parameterized.TestCase):
-
   @parameterized.product(name=diffusion.BETA_SCHEDULES)
   def test_tables_match_float64_formulas(self, name):
     ours = diffusion.make_schedule(name)
-    ours_np = (ours.betas, ours.alphas_cumprod, ours.sqrt_alphas_cumprod,
-               ours.sqrt_one_minus_alphas_cumprod)
+    ours_np = (ours.betas, ours.alphas_cumprod, ours.sqrt_alphas_cumprod, ours.sqrt_one_minus_alphas_cumprod)
     for ours_T, ref_T in zip(ours_np, _torch_tables(name, torch.float64)):
       self.assertEqual(ours_T.dtype, jnp.float32)
       chex.assert_shape(ours_T, (T,))
       # Relative 1e-6 is stricter than absolute 1e-6 everywhere (all entries are <= 1).
       np.testing.assert_allclose(np.asarray(ours_T, np.float64), ref_T.numpy(), rtol=1e-6, atol=0)
     np.testing.assert_allclose(
-        diffusion.beta_schedule(name), _torch_betas(name, T, 1e-4, 0.02, torch.float64).numpy(),
-        rtol=1e-12, atol=0)
+      diffusion.beta_schedule(name), _torch_betas(name, T, 1e-4, 0.02, torch.float64).numpy(), rtol=1e-12, atol=0
+    )
 
   @parameterized.product(name=('linear', 'sigmoid'))
   def test_custom_beta_range(self, name):
@@ -103,8 +101,7 @@ class ScheduleTablesTest(parameterized.TestCase):
   @parameterized.product(name=diffusion.BETA_SCHEDULES)
   def test_tables_match_float32_reference(self, name):
     ours = diffusion.make_schedule(name)
-    ours_np = (ours.betas, ours.alphas_cumprod, ours.sqrt_alphas_cumprod,
-               ours.sqrt_one_minus_alphas_cumprod)
+    ours_np = (ours.betas, ours.alphas_cumprod, ours.sqrt_alphas_cumprod, ours.sqrt_one_minus_alphas_cumprod)
     refs = _torch_tables(name, torch.float32)
     for ours_T, ref_T, atol in zip(ours_np, refs, FLOAT32_REFERENCE_ATOL[name]):
       np.testing.assert_allclose(np.asarray(ours_T), ref_T.numpy(), rtol=0, atol=atol)
@@ -121,7 +118,7 @@ class ScheduleTablesTest(parameterized.TestCase):
     schedule = diffusion.make_schedule('linear', num_timesteps=10)
     self.assertLen(jax.tree_util.tree_leaves(schedule), 4)
     # Static num_timesteps: usable as a Python int inside jit (shape arithmetic).
-    first_half = jax.jit(lambda s: s.betas[:s.num_timesteps // 2])(schedule)
+    first_half = jax.jit(lambda s: s.betas[: s.num_timesteps // 2])(schedule)
     chex.assert_shape(first_half, (5,))
     np.testing.assert_array_equal(first_half, schedule.betas[:5])
 
@@ -135,17 +132,18 @@ class ScheduleTablesTest(parameterized.TestCase):
 
 
 class TimestepIndexTest(chex.TestCase):
-
   def _edge_and_random_t(self):
     rng = np.random.default_rng(0)
     on_grid = (np.arange(T) / (T - 1)).astype(np.float32)
-    return np.concatenate([
+    return np.concatenate(
+      [
         on_grid,
         np.nextafter(on_grid, np.float32(2)),
         np.nextafter(on_grid, np.float32(-1)),
         np.array([0.0, 1e-30, 1e-7, 0.9999, 1.0, 1.0001, 1.01, -1e-8, -0.01], np.float32),
         rng.uniform(0, 1, 20000).astype(np.float32),
-    ])
+      ]
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(T, 10)
@@ -169,15 +167,14 @@ class TimestepIndexTest(chex.TestCase):
     schedule = diffusion.make_schedule('cosine')
     sqrt_abar, sqrt_one_minus = diffusion.schedule_values_at_index(schedule, jnp.array([0, 999]))
     np.testing.assert_array_equal(sqrt_abar, schedule.sqrt_alphas_cumprod[jnp.array([0, 999])])
-    np.testing.assert_array_equal(sqrt_one_minus,
-                                  schedule.sqrt_one_minus_alphas_cumprod[jnp.array([0, 999])])
+    np.testing.assert_array_equal(sqrt_one_minus, schedule.sqrt_one_minus_alphas_cumprod[jnp.array([0, 999])])
     t = jnp.array([0.0, 1.0, 0.5])
     np.testing.assert_array_equal(
-        diffusion.schedule_values(schedule, t)[0], schedule.sqrt_alphas_cumprod[_torch_index(t)])
+      diffusion.schedule_values(schedule, t)[0], schedule.sqrt_alphas_cumprod[_torch_index(t)]
+    )
 
 
 class ParameterizationTest(chex.TestCase):
-
   def _inputs(self, shape, seed=0):
     rng = np.random.default_rng(seed)
     t = _times(rng, shape[0])
@@ -187,8 +184,8 @@ class ParameterizationTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(
-      name_and_shape=(('cosine', (16, 1, 8)), ('linear', (16, 8))),
-      parameterization=diffusion.PARAMETERIZATIONS)
+    name_and_shape=(('cosine', (16, 1, 8)), ('linear', (16, 8))), parameterization=diffusion.PARAMETERIZATIONS
+  )
   def test_add_noise_matches_torch(self, name_and_shape, parameterization):
     name, shape = name_and_shape
     schedule = diffusion.make_schedule(name)
@@ -200,45 +197,38 @@ class ParameterizationTest(chex.TestCase):
 
     a, b = _torch_coefficients(name, t, len(shape))
     x0_64, noise_64 = _t64(x0), _t64(noise)
-    ref_target = {
-        'epsilon': noise_64,
-        'x0': x0_64,
-        'v_param': a * noise_64 - b * x0_64,
-    }[parameterization]
+    ref_target = {'epsilon': noise_64, 'x0': x0_64, 'v_param': a * noise_64 - b * x0_64}[parameterization]
     np.testing.assert_allclose(z_t, a * x0_64 + b * noise_64, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(target, ref_target, rtol=1e-6, atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(
-      name_and_shape=(('cosine', (16, 1, 8)), ('sigmoid', (16, 8))),
-      parameterization=diffusion.PARAMETERIZATIONS)
+    name_and_shape=(('cosine', (16, 1, 8)), ('sigmoid', (16, 8))), parameterization=diffusion.PARAMETERIZATIONS
+  )
   def test_reconstructions_match_torch(self, name_and_shape, parameterization):
     name, shape = name_and_shape
     # z_t and the model output are independent draws, so no formula term can cancel by chance.
     schedule = diffusion.make_schedule(name)
     t, z_t, out = self._inputs(shape, seed=1)
     args = (schedule, jnp.asarray(z_t), jnp.asarray(t), jnp.asarray(out))
-    x0_hat = self.variant(
-        lambda s, z, t, o: diffusion.predict_x0(s, z, t, o, parameterization))(*args)
-    eps_hat = self.variant(
-        lambda s, z, t, o: diffusion.predict_eps(s, z, t, o, parameterization))(*args)
+    x0_hat = self.variant(lambda s, z, t, o: diffusion.predict_x0(s, z, t, o, parameterization))(*args)
+    eps_hat = self.variant(lambda s, z, t, o: diffusion.predict_eps(s, z, t, o, parameterization))(*args)
     chex.assert_shape((x0_hat, eps_hat), shape)
     chex.assert_tree_all_finite((x0_hat, eps_hat))
 
     a, b = _torch_coefficients(name, t, len(shape))
     z_64, out_64 = _t64(z_t), _t64(out)
     ref_x0, ref_eps = {
-        'epsilon': ((z_64 - b * out_64) / a, out_64),
-        'x0': (out_64, (z_64 - a * out_64) / b),
-        'v_param': (a * z_64 - b * out_64, a * out_64 + b * z_64),
+      'epsilon': ((z_64 - b * out_64) / a, out_64),
+      'x0': (out_64, (z_64 - a * out_64) / b),
+      'v_param': (a * z_64 - b * out_64, a * out_64 + b * z_64),
     }[parameterization]
     # Relative tolerance matters for epsilon -> x0 at t = 1, where 1/sqrt(abar) = 6.4e4.
     np.testing.assert_allclose(x0_hat, ref_x0, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(eps_hat, ref_eps, rtol=1e-6, atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.product(
-      name=diffusion.BETA_SCHEDULES, parameterization=diffusion.PARAMETERIZATIONS)
+  @parameterized.product(name=diffusion.BETA_SCHEDULES, parameterization=diffusion.PARAMETERIZATIONS)
   def test_round_trip(self, name, parameterization):
     schedule = diffusion.make_schedule(name)
     rng = np.random.default_rng(2)
@@ -248,8 +238,10 @@ class ParameterizationTest(chex.TestCase):
     @self.variant
     def round_trip(s, x0, t, noise):
       z_t, target = diffusion.add_noise(s, x0, t, noise, parameterization)
-      return (diffusion.predict_x0(s, z_t, t, target, parameterization),
-              diffusion.predict_eps(s, z_t, t, target, parameterization))
+      return (
+        diffusion.predict_x0(s, z_t, t, target, parameterization),
+        diffusion.predict_eps(s, z_t, t, target, parameterization),
+      )
 
     # Tight check away from t = 1.
     t_mid = jnp.asarray(np.concatenate([[0.0, 0.9], rng.uniform(0, 0.9, 62)]), jnp.float32)
@@ -280,7 +272,6 @@ class ParameterizationTest(chex.TestCase):
 
 
 class DdimTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_matches_torch_formula(self):
     rng = np.random.default_rng(3)
@@ -289,7 +280,8 @@ class DdimTest(chex.TestCase):
     t_prev = np.clip(t - rng.uniform(0, 0.2, 16), 0, 1).astype(np.float32)
     z_t, eps_hat = (rng.standard_normal((16, 1, 8)).astype(np.float32) for _ in range(2))
     x_prev, x0_hat = self.variant(diffusion.ddim_step)(
-        schedule, jnp.asarray(z_t), jnp.asarray(t), jnp.asarray(t_prev), jnp.asarray(eps_hat))
+      schedule, jnp.asarray(z_t), jnp.asarray(t), jnp.asarray(t_prev), jnp.asarray(eps_hat)
+    )
     chex.assert_shape((x_prev, x0_hat), (16, 1, 8))
     chex.assert_tree_all_finite((x_prev, x0_hat))
 

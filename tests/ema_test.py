@@ -83,7 +83,18 @@ def test_asking_for_an_ema_the_run_did_not_keep_is_an_error(tmp_path, capsys):
   (workdir / checkpoint.CHECKPOINTS_DIR).mkdir(parents=True)
   (workdir / 'config.json').write_text(config_lib.finalize(tiny_config()).to_json())
   np.save(tmp_path / 'latent.npy', np.zeros(8, np.float32))
-  code = sample.main(['l2t', '--workdir', str(workdir), '--latents', str(tmp_path / 'latent.npy'),
-                      '--out', str(tmp_path / 'out'), '--params', 'ema'])
+  code = sample.main(
+    [
+      'l2t',
+      '--workdir',
+      str(workdir),
+      '--latents',
+      str(tmp_path / 'latent.npy'),
+      '--out',
+      str(tmp_path / 'out'),
+      '--params',
+      'ema',
+    ]
+  )
   assert code == 2
   assert '--params=ema' in capsys.readouterr().err

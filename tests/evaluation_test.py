@@ -23,8 +23,15 @@ CONTROLS = ('l2t_onepass_acc_shuffled', 't2l_mean_latent_cosine', 't2l_norm')
 
 def tiny_config():
   config = config_lib.default_config()
-  config.model.update(vocab_size=VOCAB, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=SEQ_LEN,
-                      latent_dim=LATENT_DIM, num_residual_streams=1)
+  config.model.update(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    n_blocks=1,
+    cond_dim=32,
+    max_seq_len=SEQ_LEN,
+    latent_dim=LATENT_DIM,
+    num_residual_streams=1,
+  )
   config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID, pad_token_id=PAD_ID)
   config.training.update(eval_l2t_steps=3, eval_t2l_steps=4)
   return config
@@ -42,6 +49,7 @@ def make_batch():
 class Oracle(nn.Module):
   """Knows the batch: L2T answers the true ids of the row whose latent is nearest (and a wrong id
   on padding), T2L answers the exact noise of the row whose text matches on its true positions."""
+
   ids_BxS: np.ndarray
   mask_BxS: np.ndarray
   x0_BxD: np.ndarray
@@ -64,7 +72,8 @@ def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
   config, batch = tiny_config(), make_batch()
   model = Oracle(batch['input_ids'], batch['attention_mask'], batch['latent'])
   metrics = jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config))(
-      {}, batch, jax.random.key(0))
+    {}, batch, jax.random.key(0)
+  )
   assert set(metrics) == set(METRICS + CONTROLS)
   for name in METRICS:
     np.testing.assert_allclose(metrics[name], 1.0, atol=1e-4, err_msg=name)
@@ -72,8 +81,9 @@ def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
   # row's mean over the other rows; T2L samples are the true latents, so their norm is the data's.
   ids, mask, x0 = batch['input_ids'], batch['attention_mask'], batch['latent']
   answer = np.where(np.roll(mask, 1, axis=0), np.roll(ids, 1, axis=0), PAD_ID + 1)
-  np.testing.assert_allclose(metrics['l2t_onepass_acc_shuffled'], np.sum((answer == ids) & mask) / mask.sum(),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    metrics['l2t_onepass_acc_shuffled'], np.sum((answer == ids) & mask) / mask.sum(), atol=1e-6
+  )
   others = (x0.sum(0, keepdims=True) - x0) / (BATCH - 1)
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
   np.testing.assert_allclose(metrics['t2l_mean_latent_cosine'], np.mean(np.sum(unit(others) * unit(x0), -1)), atol=1e-5)
@@ -96,6 +106,7 @@ def test_an_oracle_scores_one_everywhere_and_decodes_the_reference(tmp_path):
 
 class LatentBlind(nn.Module):
   """L2T answers the same text (the ids of row 0) whatever the latent; T2L answers zero noise."""
+
   ids_BxS: np.ndarray
 
   @nn.compact
@@ -106,18 +117,30 @@ class LatentBlind(nn.Module):
 
 def test_a_model_blind_to_the_latent_scores_the_same_with_shuffled_latents():
   config, batch = tiny_config(), make_batch()
-  metrics = jax.device_get(jax.jit(functools.partial(eval_metrics.evaluate_batch, model=LatentBlind(batch['input_ids']),
-                                                     config=config))({}, batch, jax.random.key(0)))
+  metrics = jax.device_get(
+    jax.jit(functools.partial(eval_metrics.evaluate_batch, model=LatentBlind(batch['input_ids']), config=config))(
+      {}, batch, jax.random.key(0)
+    )
+  )
   assert metrics['l2t_onepass_acc'] > 0.2  # row 0's text is right on row 0: not a trivial zero
   assert metrics['l2t_onepass_acc'] == metrics['l2t_onepass_acc_shuffled']
 
 
 def test_the_console_line_shows_each_metric_beside_its_control():
-  val = dict(loss=2.5, l2t_onepass_acc=0.4, l2t_onepass_acc_shuffled=0.2, t2l_cosine=0.31,
-             t2l_mean_latent_cosine=0.25, t2l_norm=1.02, cycle_t2l2t_acc=0.1)
+  val = dict(
+    loss=2.5,
+    l2t_onepass_acc=0.4,
+    l2t_onepass_acc_shuffled=0.2,
+    t2l_cosine=0.31,
+    t2l_mean_latent_cosine=0.25,
+    t2l_norm=1.02,
+    cycle_t2l2t_acc=0.1,
+  )
   line = eval_examples.eval_line(200, val)
-  assert line == ('eval step 200: val loss 2.5000 | L2T acc 0.400 (shuffled latents 0.200) | '
-                  'T2L cosine 0.310 (mean latent 0.250, sample norm 1.02)')
+  assert line == (
+    'eval step 200: val loss 2.5000 | L2T acc 0.400 (shuffled latents 0.200) | '
+    'T2L cosine 0.310 (mean latent 0.250, sample norm 1.02)'
+  )
   assert eval_examples.eval_line(5, dict(loss=1.0)) == 'eval step 5: val loss 1.0000'
 
 
@@ -125,8 +148,11 @@ def test_real_model_metrics_are_in_range():
   config, batch = tiny_config(), make_batch()
   model = model_lib.MultimodalMMDiT(config.model)
   params = model.init(jax.random.key(0), jnp.zeros((1, SEQ_LEN), jnp.int32), jnp.zeros((1, LATENT_DIM)))['params']
-  metrics = jax.device_get(jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config))(
-      params, batch, jax.random.key(0)))
+  metrics = jax.device_get(
+    jax.jit(functools.partial(eval_metrics.evaluate_batch, model=model, config=config))(
+      params, batch, jax.random.key(0)
+    )
+  )
   for name in METRICS + CONTROLS[:2]:
     low = 0.0 if 'acc' in name else -1.0
     assert low - 1e-6 <= float(metrics[name]) <= 1.0 + 1e-6, (name, metrics[name])
@@ -137,9 +163,18 @@ def test_the_run_prints_each_evaluation_and_decoded_sentences_of_both_splits(tmp
   from lgdlm_jax.training import loop  # pylint: disable=g-import-not-at-top
   from lgdlm_jax.training import metrics_log  # pylint: disable=g-import-not-at-top
   from tests.helpers.runs import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
-  config = tiny_run_config(**{'training.num_train_steps': 2, 'training.eval_every': 2, 'training.save_every': 0,
-                              'training.eval_batches': 1, 'training.eval_l2t_steps': 2,
-                              'training.eval_t2l_steps': 2, 'training.print_examples': 1})
+
+  config = tiny_run_config(
+    **{
+      'training.num_train_steps': 2,
+      'training.eval_every': 2,
+      'training.save_every': 0,
+      'training.eval_batches': 1,
+      'training.eval_l2t_steps': 2,
+      'training.eval_t2l_steps': 2,
+      'training.print_examples': 1,
+    }
+  )
   loop.run(config, str(tmp_path))
   lines = capsys.readouterr().out.splitlines()
   evals = [line for line in lines if line.startswith('eval step ')]

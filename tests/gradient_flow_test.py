@@ -38,11 +38,20 @@ POSITION_EMBED = ('text_encoder', 'position_embed')
 
 def make_config(num_residual_streams):
   config = config_lib.default_config()
-  config.model.update(vocab_size=VOCAB, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=MAX_SEQ_LEN,
-                      latent_dim=8, num_residual_streams=num_residual_streams, cluster_size=4)
+  config.model.update(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    n_blocks=1,
+    cond_dim=32,
+    max_seq_len=MAX_SEQ_LEN,
+    latent_dim=8,
+    num_residual_streams=num_residual_streams,
+    cluster_size=4,
+  )
   config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID)
-  config.loss.update(latent_loss_weight=0.1, cycle_text_weight=1.0, cycle_latent_weight=1.0,
-                     cycle_stop_grad_latent=True)
+  config.loss.update(
+    latent_loss_weight=0.1, cycle_text_weight=1.0, cycle_latent_weight=1.0, cycle_stop_grad_latent=True
+  )
   return config_lib.finalize(config)
 
 
@@ -54,9 +63,11 @@ def term_gradients(num_residual_streams):
   model = model_lib.MultimodalMMDiT(config.model)
   rng = np.random.default_rng(0)
   # Ids 20..59 only, so that most of the vocabulary is absent from the batch.
-  batch = dict(input_ids=jnp.asarray(rng.integers(20, 60, (BATCH, SEQ_LEN)), jnp.int32),
-               attention_mask=jnp.asarray(np.arange(SEQ_LEN)[None] < rng.integers(6, SEQ_LEN + 1, (BATCH, 1))),
-               latent=jnp.asarray(rng.standard_normal((BATCH, config.model.latent_dim)), jnp.float32))
+  batch = dict(
+    input_ids=jnp.asarray(rng.integers(20, 60, (BATCH, SEQ_LEN)), jnp.int32),
+    attention_mask=jnp.asarray(np.arange(SEQ_LEN)[None] < rng.integers(6, SEQ_LEN + 1, (BATCH, 1))),
+    latent=jnp.asarray(rng.standard_normal((BATCH, config.model.latent_dim)), jnp.float32),
+  )
   batch['attention_mask'] = batch['attention_mask'].at[0].set(True)
   params = model.init(jax.random.key(0), batch['input_ids'], batch['latent'])['params']
   # Away from the init, where zero-initialised layers (the adaptive norms' modulation, the heads'
@@ -68,14 +79,16 @@ def term_gradients(num_residual_streams):
   draws = draws_lib.sample_draws(jax.random.key(1), BATCH, config.model.latent_dim, options)
 
   def weighted(p, weights):
-    values, _ = cycle_vae.cycle_vae_terms(p, batch, draws, model=model, options=options,
-                                          terms=cycle_schedule.ALL_TERMS, deterministic=True)
+    values, _ = cycle_vae.cycle_vae_terms(
+      p, batch, draws, model=model, options=options, terms=cycle_schedule.ALL_TERMS, deterministic=True
+    )
     return sum(w * values[name] for w, name in zip(weights, TERMS))
 
   def compute(p):
     grads = jax.vmap(jax.grad(weighted), in_axes=(None, 0))(p, jnp.eye(len(TERMS)))
-    logits, _ = passes.apply_model(model, p, jnp.full_like(batch['input_ids'], MASK_ID), batch['latent'], 1.0, 0.0,
-                                   batch['attention_mask'])
+    logits, _ = passes.apply_model(
+      model, p, jnp.full_like(batch['input_ids'], MASK_ID), batch['latent'], 1.0, 0.0, batch['attention_mask']
+    )
     return grads, terms_lib.sample_pseudo_tokens(logits, 'argmax', draws['sample_key'])
 
   grads, pseudo_tokens = jax.jit(compute)(params)

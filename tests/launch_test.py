@@ -8,8 +8,12 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WITH_WORKDIR = ['launch/local.sh', 'launch/tpu_pod.sh', 'launch/slurm.sbatch']
-SCRIPTS = WITH_WORKDIR + ['launch/slurm_task.sh', 'launch/slurm_cpu_check.sh', 'benchmarks/gpu.sh',
-                          'benchmarks/gpu_wheels.sh']
+SCRIPTS = WITH_WORKDIR + [
+  'launch/slurm_task.sh',
+  'launch/slurm_cpu_check.sh',
+  'benchmarks/gpu.sh',
+  'benchmarks/gpu_wheels.sh',
+]
 
 
 def run(*args, env=None):
@@ -44,8 +48,21 @@ def test_local_dry_run_starts_one_process_per_id():
 
 
 def test_tpu_dry_run_creates_copies_sets_up_and_starts_on_all_workers():
-  result = run('launch/tpu_pod.sh', '--dry-run', '--tpu', 'pod', '--zone', 'z', '--create', '--queued',
-               '--workdir', '/mnt/runs/a', '--', '--config', 'configs/cluster.py')
+  result = run(
+    'launch/tpu_pod.sh',
+    '--dry-run',
+    '--tpu',
+    'pod',
+    '--zone',
+    'z',
+    '--create',
+    '--queued',
+    '--workdir',
+    '/mnt/runs/a',
+    '--',
+    '--config',
+    'configs/cluster.py',
+  )
   out = result.stdout
   assert result.returncode == 0, result.stderr
   assert 'queued-resources create pod' in out
@@ -54,14 +71,20 @@ def test_tpu_dry_run_creates_copies_sets_up_and_starts_on_all_workers():
   assert not os.path.exists(os.path.join(REPO, 'tpu_logs'))  # a dry run changes nothing
 
 
-@pytest.mark.parametrize('mode_args,expected', [
+@pytest.mark.parametrize(
+  'mode_args,expected',
+  [
     ((), 'srun --kill-on-bad-exit=1 bash launch/slurm_task.sh gpu 1 python3 --workdir runs/c'),
-    (('--cpu', '--devices', '2', '--venv', '/opt/env'),
-     'srun --kill-on-bad-exit=1 bash launch/slurm_task.sh cpu 2 /opt/env/bin/python3 --workdir runs/c'),
-])
+    (
+      ('--cpu', '--devices', '2', '--venv', '/opt/env'),
+      'srun --kill-on-bad-exit=1 bash launch/slurm_task.sh cpu 2 /opt/env/bin/python3 --workdir runs/c',
+    ),
+  ],
+)
 def test_slurm_dry_run(mode_args, expected):
-  result = run('launch/slurm.sbatch', '--dry-run', *mode_args, '--workdir', 'runs/c', '--', '--config',
-               'configs/cluster.py')
+  result = run(
+    'launch/slurm.sbatch', '--dry-run', *mode_args, '--workdir', 'runs/c', '--', '--config', 'configs/cluster.py'
+  )
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == expected + ' --config configs/cluster.py'
 
@@ -81,15 +104,30 @@ def test_slurm_task_on_cpu_gets_its_cpu_devices_and_gloo():
   result = _task('cpu', '2', 'python3', XLA_FLAGS='--xla_dump_to=/tmp/x')
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [
-      'env', 'JAX_PLATFORMS=cpu', 'JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo',
-      'XLA_FLAGS=--xla_force_host_platform_device_count=2\\', '--xla_dump_to=/tmp/x',
-      'python3', '-m', 'lgdlm_jax.main', '--workdir', 'w']
+    'env',
+    'JAX_PLATFORMS=cpu',
+    'JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo',
+    'XLA_FLAGS=--xla_force_host_platform_device_count=2\\',
+    '--xla_dump_to=/tmp/x',
+    'python3',
+    '-m',
+    'lgdlm_jax.main',
+    '--workdir',
+    'w',
+  ]
 
 
 def test_slurm_task_on_gpus_sees_only_its_own():
   # Task 2 on the second of two 4-GPU nodes, all the node's GPUs visible: it keeps GPU 2, as device 0.
-  result = _task('gpu', '1', 'py', CUDA_VISIBLE_DEVICES='0,1,2,3', SLURM_LOCALID='2', SLURM_NODEID='1',
-                 SLURM_STEP_TASKS_PER_NODE='4(x2)')
+  result = _task(
+    'gpu',
+    '1',
+    'py',
+    CUDA_VISIBLE_DEVICES='0,1,2,3',
+    SLURM_LOCALID='2',
+    SLURM_NODEID='1',
+    SLURM_STEP_TASKS_PER_NODE='4(x2)',
+  )
   assert result.returncode == 0, result.stderr
   assert 'JAX_PLATFORMS=cuda CUDA_VISIBLE_DEVICES=2 JAX_LOCAL_DEVICE_IDS=0 py -m lgdlm_jax.main' in result.stdout
   # SLURM bound one GPU to the task already: that one.
@@ -97,11 +135,16 @@ def test_slurm_task_on_gpus_sees_only_its_own():
   assert 'CUDA_VISIBLE_DEVICES=5 JAX_LOCAL_DEVICE_IDS=0' in result.stdout
 
 
-@pytest.mark.parametrize('env,message', [
-    (dict(CUDA_VISIBLE_DEVICES='0,1,2,3', SLURM_LOCALID='0', SLURM_NODEID='2', SLURM_STEP_TASKS_PER_NODE='4(x2),2'),
-     'this node has 4 GPUs (0 1 2 3) for 2 tasks'),
+@pytest.mark.parametrize(
+  'env,message',
+  [
+    (
+      dict(CUDA_VISIBLE_DEVICES='0,1,2,3', SLURM_LOCALID='0', SLURM_NODEID='2', SLURM_STEP_TASKS_PER_NODE='4(x2),2'),
+      'this node has 4 GPUs (0 1 2 3) for 2 tasks',
+    ),
     (dict(PATH='/usr/bin:/bin'), 'no GPU is visible'),
-])
+  ],
+)
 def test_slurm_task_refuses_gpus_it_cannot_split(env, message):
   if 'PATH' in env and shutil.which('nvidia-smi', path=env['PATH']):
     pytest.skip('this machine has nvidia-smi on the plain PATH')

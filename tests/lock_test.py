@@ -60,7 +60,9 @@ def test_the_lock_pins_every_declared_dependency_within_its_range():
 def test_a_disagreement_is_found():
   requirements = [Requirement('jax>=0.10.2'), Requirement('pytest>=8'), Requirement('torch==2.13.0')]
   assert disagreements({'jax': '0.9.0', 'torch': '2.13.0'}, requirements) == [
-      'requirements.lock pins jax==0.9.0, outside jax>=0.10.2', 'pytest is not pinned in requirements.lock']
+    'requirements.lock pins jax==0.9.0, outside jax>=0.10.2',
+    'pytest is not pinned in requirements.lock',
+  ]
   with pytest.raises(ValueError, match='not NAME==VERSION'):
     locked_versions('jax>=0.10\n')
   with pytest.raises(ValueError, match='pinned twice'):

@@ -21,11 +21,20 @@ from tests.helpers.runs import saved_steps
 from tests.helpers.runs import tiny_config
 
 RESEARCH = {
-    'training.num_train_steps': 6, 'training.eval_every': 2, 'training.save_every': 4,
-    'training.eval_batches': 1, 'training.eval_sample_batches': 1, 'training.eval_l2t_steps': 2,
-    'training.eval_t2l_steps': 2, 'training.print_examples': 0, 'training.ema_decay': 0.9,
-    'training.keep_checkpoints': 1, 'training.keep_best_checkpoints': 1, 'training.best_checkpoint_metric': 'val_loss',
-    'training.profile_steps': (1, 3), 'loss.cycle_every': 2,
+  'training.num_train_steps': 6,
+  'training.eval_every': 2,
+  'training.save_every': 4,
+  'training.eval_batches': 1,
+  'training.eval_sample_batches': 1,
+  'training.eval_l2t_steps': 2,
+  'training.eval_t2l_steps': 2,
+  'training.print_examples': 0,
+  'training.ema_decay': 0.9,
+  'training.keep_checkpoints': 1,
+  'training.keep_best_checkpoints': 1,
+  'training.best_checkpoint_metric': 'val_loss',
+  'training.profile_steps': (1, 3),
+  'loss.cycle_every': 2,
 }
 
 
@@ -40,6 +49,7 @@ def kill_at(at):
     if step == at:
       raise Killed(step)
     real_save(manager, step, *args, **kwargs)
+
   return save
 
 
@@ -77,8 +87,10 @@ def test_killed_run_resumes_without_duplicate_steps_and_keeps_ema_best_plot_prof
   chex.assert_trees_all_equal(ema, jax.device_get(state.ema_params))
   assert not np.allclose(ema['latent_head_3']['kernel'], jax.device_get(state.params)['latent_head_3']['kernel'])
 
-  changed = tiny_config(**RESEARCH, **{'training.compilation_cache_dir': str(tmp_path / 'cache'),
-                                       'model.hidden_size': 48, 'optimizer.lr': 1e-3})
+  changed = tiny_config(
+    **RESEARCH,
+    **{'training.compilation_cache_dir': str(tmp_path / 'cache'), 'model.hidden_size': 48, 'optimizer.lr': 1e-3},
+  )
   with pytest.raises(ConfigError, match=r'model\.hidden_size \(32 -> 48\).*optimizer\.lr'):
     loop.run(changed, workdir)
   assert saved_steps(workdir)[-1] == 6 and len(metrics_log.read_log(workdir)) == len(records)
@@ -93,14 +105,20 @@ def write_config_json(workdir, config):
 def test_resume_refuses_changed_keys_and_lets_the_listed_ones_change(tmp_path):
   workdir = str(tmp_path)
   write_config_json(workdir, tiny_config())
-  resume.check_config(config_lib.finalize(tiny_config(**{'training.num_train_steps': 99,
-                                                         'training.eval_every': 7})), workdir)
-  for key, value in (('loss.cycle_every', 3), ('data.val_ratio', 0.2), ('training.ema_decay', 0.5),
-                     ('training.train_batch_size', 4)):
+  resume.check_config(
+    config_lib.finalize(tiny_config(**{'training.num_train_steps': 99, 'training.eval_every': 7})), workdir
+  )
+  for key, value in (
+    ('loss.cycle_every', 3),
+    ('data.val_ratio', 0.2),
+    ('training.ema_decay', 0.5),
+    ('training.train_batch_size', 4),
+  ):
     with pytest.raises(ConfigError, match=key.replace('.', r'\.')):
       resume.check_config(config_lib.finalize(tiny_config(**{key: value})), workdir)
-  resume.check_config(config_lib.finalize(tiny_config(**{'loss.cycle_every': 3,
-                                                         'training.allow_config_change': True})), workdir)
+  resume.check_config(
+    config_lib.finalize(tiny_config(**{'loss.cycle_every': 3, 'training.allow_config_change': True})), workdir
+  )
 
 
 def test_a_config_json_written_before_a_key_existed_still_resumes(tmp_path):
@@ -116,10 +134,17 @@ def test_every_key_that_may_change_on_resume_is_a_config_key():
   keys = set(config_lib.flat_items(config_lib.default_config()))
   assert set(config_lib.CHANGEABLE_ON_RESUME) <= keys
   # Of the model, optimizer, objective and data keys only those that change how, not what, is computed.
-  how_not_what = {'model.attention', 'model.blockwise_block_size', 'model.splash_block_size', 'model.scan_unroll',
-                  'data.num_workers', 'data.max_bad_fraction'}
-  assert {k for k in config_lib.CHANGEABLE_ON_RESUME
-          if k.startswith(('model.', 'optimizer.', 'loss.', 'data.'))} == how_not_what
+  how_not_what = {
+    'model.attention',
+    'model.blockwise_block_size',
+    'model.splash_block_size',
+    'model.scan_unroll',
+    'data.num_workers',
+    'data.max_bad_fraction',
+  }
+  assert {
+    k for k in config_lib.CHANGEABLE_ON_RESUME if k.startswith(('model.', 'optimizer.', 'loss.', 'data.'))
+  } == how_not_what
 
 
 def test_the_log_is_cut_back_to_the_restored_step(tmp_path):
@@ -136,15 +161,22 @@ def test_the_log_is_cut_back_to_the_restored_step(tmp_path):
 
 
 def test_the_best_and_the_newest_checkpoints_are_kept(tmp_path):
-  config = config_lib.finalize(tiny_config(**{'training.keep_checkpoints': 2, 'training.keep_best_checkpoints': 2,
-                                              'training.eval_every': 1, 'training.eval_sample_batches': 1,
-                                              'training.best_checkpoint_metric': 'val_l2t_onepass_acc'}))
+  config = config_lib.finalize(
+    tiny_config(
+      **{
+        'training.keep_checkpoints': 2,
+        'training.keep_best_checkpoints': 2,
+        'training.eval_every': 1,
+        'training.eval_sample_batches': 1,
+        'training.best_checkpoint_metric': 'val_l2t_onepass_acc',
+      }
+    )
+  )
   manager = checkpoint.make_manager(str(tmp_path), config)
   accuracies = {1: 0.1, 2: 0.5, 3: 0.4, 4: 0.2, 5: float('nan'), 6: None, 7: 0.3, 8: 0.1}
   for step, acc in accuracies.items():
     val = None if acc is None else {'val_l2t_onepass_acc': acc, 'val_loss': 1.0}
-    checkpoint.save(manager, step, {'x': np.full(2, step, np.float32)}, None,
-                    checkpoint.ranking_metrics(val, config))
+    checkpoint.save(manager, step, {'x': np.full(2, step, np.float32)}, None, checkpoint.ranking_metrics(val, config))
     manager.wait_until_finished()
   manager.close()
   # Best two by accuracy (higher is better; NaN and unevaluated steps never rank): 2 and 3;
@@ -163,5 +195,6 @@ def test_the_profiler_writes_a_trace_tensorboard_opens(tmp_path):
     profiler.after(step, x)
   profiler.close()
   found = [os.path.relpath(os.path.join(root, f), tmp_path) for root, _, files in os.walk(tmp_path) for f in files]
-  assert any(f.startswith(os.path.join('tensorboard', 'plugins', 'profile')) and f.endswith('.xplane.pb')
-             for f in found), found
+  assert any(
+    f.startswith(os.path.join('tensorboard', 'plugins', 'profile')) and f.endswith('.xplane.pb') for f in found
+  ), found

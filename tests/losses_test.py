@@ -40,9 +40,17 @@ GRAD_RTOL = 1e-4  # per tensor: max|g_jax - g_torch| <= GRAD_RTOL * max|g_torch|
 # Ramps mid-way at PARITY_STEP, so the parity runs also check the schedule: text 1.3 * (4-2)/4,
 # latent 0.7 (ramp 0, warmup 1).
 PARITY_STEP = 4
-PARITY_LOSS = dict(latent_loss_weight=0.3, cycle_text_weight=1.3, cycle_text_warmup_steps=2,
-                   cycle_text_ramp_steps=4, cycle_latent_weight=0.7, cycle_latent_warmup_steps=1,
-                   cycle_latent_ramp_steps=0, cycle_latent_sampling='argmax', cycle_stop_grad_latent=True)
+PARITY_LOSS = dict(
+  latent_loss_weight=0.3,
+  cycle_text_weight=1.3,
+  cycle_text_warmup_steps=2,
+  cycle_text_ramp_steps=4,
+  cycle_latent_weight=0.7,
+  cycle_latent_warmup_steps=1,
+  cycle_latent_ramp_steps=0,
+  cycle_latent_sampling='argmax',
+  cycle_stop_grad_latent=True,
+)
 
 
 def make_config(parameterization: str = 'epsilon', dropout: float = 0.0, **loss_overrides) -> ml_collections.ConfigDict:
@@ -62,8 +70,9 @@ def torch_pair():
 
 
 def make_batch(seed: int = 1, latent_shape: str = 'BxD') -> dict[str, np.ndarray]:
-  tokens, latents, _, _, mask = models.make_inputs(make_config().model, batch=BATCH, seq_len=SEQ_LEN,
-                                                       seed=seed, latent_shape=latent_shape)
+  tokens, latents, _, _, mask = models.make_inputs(
+    make_config().model, batch=BATCH, seq_len=SEQ_LEN, seed=seed, latent_shape=latent_shape
+  )
   return dict(input_ids=tokens, attention_mask=mask, latent=latents)
 
 
@@ -78,8 +87,14 @@ def compiled_loss(parameterization: str = 'epsilon', grad: bool = True, dropout:
 
   def loss_fn(params, batch, draws, step):
     TRACES[key] = TRACES.get(key, 0) + 1  # runs once per trace, not per call
-    return cycle_vae.cycle_vae_loss(params, batch, draws, step=step, model=model_lib.MultimodalMMDiT(config.model),
-                                 options=options_lib.from_config(config))
+    return cycle_vae.cycle_vae_loss(
+      params,
+      batch,
+      draws,
+      step=step,
+      model=model_lib.MultimodalMMDiT(config.model),
+      options=options_lib.from_config(config),
+    )
 
   fn = jax.value_and_grad(loss_fn, has_aux=True) if grad else loss_fn
   return jax.jit(fn), config, key
@@ -97,8 +112,11 @@ def sequential_fn(config, terms=None):
   config.training.round_gradients = 'sequential'
   model = model_lib.MultimodalMMDiT(config.model)
   options = options_lib.from_config(config)
-  return jax.jit(lambda p, b, d, s: gradients.value_and_grad(p, b, d, step=s, model=model, options=options,
-                                                             terms=terms, mode=gradients.round_gradients(config)))
+  return jax.jit(
+    lambda p, b, d, s: gradients.value_and_grad(
+      p, b, d, step=s, model=model, options=options, terms=terms, mode=gradients.round_gradients(config)
+    )
+  )
 
 
 def draws_for(config, seed: int = 0):
@@ -109,26 +127,38 @@ def torch_loss_and_grads(config, batch, draws, step, torch_model=None):
   """The torch twin's terms (floats) and its gradients converted to the Flax layout."""
   torch_model = torch_model or torch_pair()[0]
   schedule = diffusion.make_schedule(config.model.latent_beta_schedule, config.model.latent_timesteps)
-  tables = (torch.tensor(np.asarray(schedule.sqrt_alphas_cumprod)),
-            torch.tensor(np.asarray(schedule.sqrt_one_minus_alphas_cumprod)))
-  torch_batch = dict(input_ids=torch.tensor(batch['input_ids']).long(),
-                     attention_mask=torch.tensor(batch['attention_mask']),
-                     latent=torch.tensor(batch['latent']).reshape(BATCH, -1))
+  tables = (
+    torch.tensor(np.asarray(schedule.sqrt_alphas_cumprod)),
+    torch.tensor(np.asarray(schedule.sqrt_one_minus_alphas_cumprod)),
+  )
+  torch_batch = dict(
+    input_ids=torch.tensor(batch['input_ids']).long(),
+    attention_mask=torch.tensor(batch['attention_mask']),
+    latent=torch.tensor(batch['latent']).reshape(BATCH, -1),
+  )
   torch_draws = {k: torch.tensor(np.asarray(draws[k])) for k in ('t_lat', 'noise', 't_lat2', 'noise2')}
   torch_model.zero_grad(set_to_none=True)
   # Torch's intra-op threads fight XLA's for the 2 CPU cores: 30x slower on this tiny model.
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   try:
-    total, terms = cycle_loss.cycle_vae_loss(torch_model, torch_batch, torch_draws, step, config.loss,
-                                                   config.tokenizer.mask_token_id,
-                                                   config.model.latent_parameterization, tables)
+    total, terms = cycle_loss.cycle_vae_loss(
+      torch_model,
+      torch_batch,
+      torch_draws,
+      step,
+      config.loss,
+      config.tokenizer.mask_token_id,
+      config.model.latent_parameterization,
+      tables,
+    )
     total.backward()
   finally:
     torch.set_num_threads(threads)
   terms = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
-  grad_state = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
-                for name, p in torch_model.named_parameters()}
+  grad_state = {
+    name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy() for name, p in torch_model.named_parameters()
+  }
   return terms, convert.torch_to_flax(grad_state, config.model)
 
 
@@ -153,7 +183,6 @@ def grad_errors(grads, expected_grads) -> dict[str, float]:
 
 
 class TorchParityTest(parameterized.TestCase):
-
   @pytest.mark.slow
   @parameterized.product(parameterization=('epsilon', 'x0', 'v_param'), t_mode=('random', 'full'))
   def test_terms_and_gradients_match_reference(self, parameterization, t_mode):
@@ -193,7 +222,6 @@ class TorchParityTest(parameterized.TestCase):
     # ... while parameters that x0_hat does not depend on, e.g. the text head, are untouched.
     np.testing.assert_allclose(grads_on['text_head']['kernel'], grads_off['text_head']['kernel'], rtol=1e-6, atol=1e-9)
 
-
   @pytest.mark.slow
   def test_sequential_gradient_matches_reference_and_joint(self):
     # The train step's gradient with training.round_gradients='sequential' (a scan over the model
@@ -215,21 +243,28 @@ class TorchParityTest(parameterized.TestCase):
     joint_errors = grad_errors(grads, joint_grads)
     self.assertLessEqual(max(joint_errors.values()), 1e-5, max(joint_errors, key=joint_errors.get))
     with jax.default_matmul_precision('highest'):
-      temp_bytes = {name: f.lower(params, batch, draws, PARITY_STEP).compile().memory_analysis().temp_size_in_bytes
-                    for name, f in (('sequential', fn), ('joint', fn_joint))}
+      temp_bytes = {
+        name: f.lower(params, batch, draws, PARITY_STEP).compile().memory_analysis().temp_size_in_bytes
+        for name, f in (('sequential', fn), ('joint', fn_joint))
+      }
     self.assertLess(temp_bytes['sequential'], 0.7 * temp_bytes['joint'], temp_bytes)
 
   @pytest.mark.slow
-  @parameterized.named_parameters(('base_only', cycle_schedule.BASE_ONLY, 'argmax'),
-                                  ('cycle_text', cycle_schedule.TermSet(True, False), 'argmax'),
-                                  ('cycle_latent_sampled', cycle_schedule.TermSet(False, True), 'sample'))
+  @parameterized.named_parameters(
+    ('base_only', cycle_schedule.BASE_ONLY, 'argmax'),
+    ('cycle_text', cycle_schedule.TermSet(True, False), 'argmax'),
+    ('cycle_latent_sampled', cycle_schedule.TermSet(False, True), 'sample'),
+  )
   def test_sequential_gradient_matches_joint_for_each_term_set(self, terms, sampling):
     config = make_config('epsilon', cycle_latent_sampling=sampling)
     model = model_lib.MultimodalMMDiT(config.model)
     options = options_lib.from_config(config)
-    joint = jax.jit(jax.value_and_grad(
+    joint = jax.jit(
+      jax.value_and_grad(
         lambda p, b, d: cycle_vae.cycle_vae_loss(p, b, d, step=PARITY_STEP, model=model, options=options, terms=terms),
-        has_aux=True))
+        has_aux=True,
+      )
+    )
     sequential = sequential_fn(config, terms)
     _, params = torch_pair()
     batch, draws = make_batch(), draws_for(config)
@@ -250,10 +285,22 @@ class TorchParityTest(parameterized.TestCase):
     _, params = torch_pair()
     batch = make_batch()
     results = [run(fn, params, batch, draws_for(config, seed), PARITY_STEP) for seed in (0, 1)]
-    deterministic = run(jax.jit(lambda p, b, d: cycle_vae.cycle_vae_loss(
-        p, b, d, step=PARITY_STEP, model=model_lib.MultimodalMMDiT(config.model),
-        options=options_lib.from_config(config),
-        deterministic=True)[0]), params, batch, draws_for(config, 0))
+    deterministic = run(
+      jax.jit(
+        lambda p, b, d: cycle_vae.cycle_vae_loss(
+          p,
+          b,
+          d,
+          step=PARITY_STEP,
+          model=model_lib.MultimodalMMDiT(config.model),
+          options=options_lib.from_config(config),
+          deterministic=True,
+        )[0]
+      ),
+      params,
+      batch,
+      draws_for(config, 0),
+    )
     losses_by_key = [float(loss) for (loss, _), _ in results]
     self.assertNotAlmostEqual(losses_by_key[0], losses_by_key[1], places=4)
     self.assertNotAlmostEqual(losses_by_key[0], float(deterministic), places=4)
@@ -277,9 +324,14 @@ class TorchParityTest(parameterized.TestCase):
     config = make_config('epsilon')
     config.model.num_residual_streams = 2
     torch_model, params = models.build_pair(config.model, seed=5)
-    fn = jax.jit(jax.value_and_grad(
-        lambda p, b, d, s: cycle_vae.cycle_vae_loss(p, b, d, step=s, model=model_lib.MultimodalMMDiT(config.model),
-                                                 options=options_lib.from_config(config)), has_aux=True))
+    fn = jax.jit(
+      jax.value_and_grad(
+        lambda p, b, d, s: cycle_vae.cycle_vae_loss(
+          p, b, d, step=s, model=model_lib.MultimodalMMDiT(config.model), options=options_lib.from_config(config)
+        ),
+        has_aux=True,
+      )
+    )
     batch, draws = make_batch(), draws_for(config)
     (_, metrics), grads = run(fn, params, batch, draws, PARITY_STEP)
     expected_terms, expected_grads = torch_loss_and_grads(config, batch, draws, PARITY_STEP, torch_model)
@@ -287,7 +339,7 @@ class TorchParityTest(parameterized.TestCase):
     got = flax.traverse_util.flatten_dict(grads)
     expected = flax.traverse_util.flatten_dict(expected_grads)
     diff_norm = np.sqrt(sum(np.sum((np.asarray(got[k]) - v) ** 2) for k, v in expected.items()))
-    norm = np.sqrt(sum(np.sum(v ** 2) for v in expected.values()))
+    norm = np.sqrt(sum(np.sum(v**2) for v in expected.values()))
     self.assertLessEqual(diff_norm / norm, 1e-4)
     largest = max(float(np.abs(v).max()) for v in expected.values())
     errors = grad_errors(grads, expected_grads)
@@ -298,7 +350,6 @@ class TorchParityTest(parameterized.TestCase):
 
 
 class WeightScheduleTest(parameterized.TestCase):
-
   @parameterized.parameters((1.3, 2, 4), (0.7, 3, 0), (2.0, 0, 0), (0.0, 0, 5), (1.0, 0, 3), (0.5, -2, -1))
   def test_ramp_matches_reference_formula_eager_and_traced(self, base, warmup, ramp):
     steps = np.array([0, 1, 2, 3, 4, 5, 6, 7, 10, 100_000], np.int32)
@@ -328,14 +379,17 @@ class WeightScheduleTest(parameterized.TestCase):
       w_latent = cycle_loss.ramp_weight(step, 0.7, 1, 0)
       self.assertAlmostEqual(float(metrics['cycle_text_weight']), w_text, places=6)
       self.assertAlmostEqual(float(metrics['cycle_latent_weight']), w_latent, places=6)
-      total = (0.3 * metrics['base_t2l_latent_loss'] + metrics['base_l2t_text_loss']
-               + w_text * metrics['cycle_text_loss'] + w_latent * metrics['cycle_latent_loss'])
+      total = (
+        0.3 * metrics['base_t2l_latent_loss']
+        + metrics['base_l2t_text_loss']
+        + w_text * metrics['cycle_text_loss']
+        + w_latent * metrics['cycle_latent_loss']
+      )
       np.testing.assert_allclose(float(loss), float(total), rtol=1e-6)
     self.assertEqual(TRACES[key], traces)
 
 
 class SamplingTest(parameterized.TestCase):
-
   def test_pseudo_tokens_follow_the_key(self):
     logits = jax.random.normal(jax.random.key(0), (2, SEQ_LEN, 97))
     sample = functools.partial(terms_lib.sample_pseudo_tokens, logits, 'categorical')
@@ -381,16 +435,18 @@ class SamplingTest(parameterized.TestCase):
 
 
 class ContractTest(parameterized.TestCase):
-
   def test_each_pass_returns_its_own_model_outputs_in_order(self):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [model_passes.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
-              for seed in (1, 2)]
+    passes = [
+      model_passes.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+      for seed in (1, 2)
+    ]
     with jax.default_matmul_precision('highest'):
       got = jax.jit(lambda p, ps: model_passes.run_passes(model, p, ps, deterministic=True, dropout_key=None))(
-          params, passes)
+        params, passes
+      )
       direct = [model.apply({'params': params}, *one[:4], attention_mask=one.mask_BxS) for one in passes]
     for (text, latent), (text_ref, latent_ref) in zip(got, direct):
       chex.assert_shape(latent, (BATCH, config.model.latent_dim))
@@ -404,10 +460,13 @@ class ContractTest(parameterized.TestCase):
     config = make_config()
     model = model_lib.MultimodalMMDiT(config.model)
     _, params = torch_pair()
-    passes = [model_passes.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
-              for seed in (1, 2)]
-    call = lambda w: jax.jit(lambda p, ps: model_passes.run_passes(model, p, ps, deterministic=True, dropout_key=None,
-                                                             text_logits_wanted=w))(params, passes)
+    passes = [
+      model_passes.ModelPass(*models.make_inputs(config.model, batch=BATCH, seq_len=SEQ_LEN, seed=seed))
+      for seed in (1, 2)
+    ]
+    call = lambda w: jax.jit(
+      lambda p, ps: model_passes.run_passes(model, p, ps, deterministic=True, dropout_key=None, text_logits_wanted=w)
+    )(params, passes)
     with jax.default_matmul_precision('highest'):
       every, some = call(None), call(wanted)
     for w, (text_all, latent_all), (text_some, latent_some) in zip(wanted, every, some):
@@ -440,11 +499,13 @@ class ContractTest(parameterized.TestCase):
     terms = cycle_schedule.TermSet(cycle_text, cycle_latent)
     model = model_lib.MultimodalMMDiT(config.model)
     options = options_lib.from_config(config)
-    some = jax.jit(lambda p, b, d, s: cycle_vae.cycle_vae_loss(p, b, d, step=s, model=model, options=options,
-                                                               terms=terms))
+    some = jax.jit(
+      lambda p, b, d, s: cycle_vae.cycle_vae_loss(p, b, d, step=s, model=model, options=options, terms=terms)
+    )
     loss, metrics = run(some, params, batch, draws, PARITY_STEP)
-    skipped = {f'{name}_{what}' for name, on in zip(cycle_schedule.CYCLE_TERMS, terms) if not on
-               for what in ('loss', 'weight')}
+    skipped = {
+      f'{name}_{what}' for name, on in zip(cycle_schedule.CYCLE_TERMS, terms) if not on for what in ('loss', 'weight')
+    }
     self.assertEqual(set(metrics), set(every) - skipped)
     for name in set(metrics) - {'loss'}:
       np.testing.assert_allclose(metrics[name], every[name], rtol=1e-6, err_msg=name)
@@ -459,8 +520,9 @@ class ContractTest(parameterized.TestCase):
     batch, draws = make_batch(), draws_for(config)
     batch['attention_mask'] = np.ones_like(batch['attention_mask'])
     unmasked = {k: v for k, v in batch.items() if k != 'attention_mask'}
-    chex.assert_trees_all_close(run(fn, params, batch, draws, PARITY_STEP),
-                                run(fn, params, unmasked, draws, PARITY_STEP), atol=1e-6)
+    chex.assert_trees_all_close(
+      run(fn, params, batch, draws, PARITY_STEP), run(fn, params, unmasked, draws, PARITY_STEP), atol=1e-6
+    )
 
   def test_bx1xd_latent_equals_bxd(self):
     fn, config, _ = compiled_loss('epsilon', grad=False, cycle_latent_sampling='categorical')
@@ -491,8 +553,11 @@ class ContractTest(parameterized.TestCase):
     self.assertNotEqual(float(first['base_t2l_latent_loss']), float(other['base_t2l_latent_loss']))
     self.assertEqual(float(first['base_l2t_text_loss']), float(other['base_l2t_text_loss']))
 
-  @parameterized.parameters(('loss', 'cycle_latent_sampling', 'nucleus'), ('tokenizer', 'mask_token_id', 97),
-                            ('model', 'latent_parameterization', 'score'))
+  @parameterized.parameters(
+    ('loss', 'cycle_latent_sampling', 'nucleus'),
+    ('tokenizer', 'mask_token_id', 97),
+    ('model', 'latent_parameterization', 'score'),
+  )
   def test_bad_config_is_named(self, section, key, value):
     config = make_config()
     config[section][key] = value
@@ -504,8 +569,14 @@ class ContractTest(parameterized.TestCase):
     batch, draws = make_batch(), draws_for(config)
     model = model_lib.MultimodalMMDiT(config.model)
     with pytest.raises(ValueError, match='latent'):
-      cycle_vae.cycle_vae_loss({}, dict(batch, latent=np.zeros((BATCH, 2, 8), np.float32)), draws, step=0,
-                            model=model, options=options_lib.from_config(config))
+      cycle_vae.cycle_vae_loss(
+        {},
+        dict(batch, latent=np.zeros((BATCH, 2, 8), np.float32)),
+        draws,
+        step=0,
+        model=model,
+        options=options_lib.from_config(config),
+      )
     for bad in (dict(cycle_latent_t_min=0.5, cycle_latent_t_max=0.5), dict(latent_t_mode='half')):
       with pytest.raises(ValueError, match='latent_t'):
         config_lib.finalize(make_config(**bad))

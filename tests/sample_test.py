@@ -26,8 +26,9 @@ def test_sampling_cli_round_trip(tmp_path):
   latents_path = str(tmp_path / 'latents.npy')
   np.save(latents_path, np.random.default_rng(0).standard_normal((5, LATENT_DIM)).astype(np.float32))
   out = str(tmp_path / 'l2t')
-  sample.main(['l2t', '--workdir', workdir, '--latents', latents_path, '--out', out, '--steps', '3',
-               '--batch_size', '2'])
+  sample.main(
+    ['l2t', '--workdir', workdir, '--latents', latents_path, '--out', out, '--steps', '3', '--batch_size', '2']
+  )
   spec = data.SampleSpec(SEQ_LEN, LATENT_DIM, config.model.vocab_size)
   token_files = sorted(os.listdir(os.path.join(out, 'tokens')))
   assert token_files == [f'{i:06d}_tokens.npz' for i in range(5)]
@@ -46,5 +47,9 @@ def test_sampling_cli_round_trip(tmp_path):
     names = [f'{i:06d}' for i in range(num)]
     assert sorted(os.listdir(os.path.join(t2l_out, 'latents'))) == [f'{n}.npy' for n in names]
     for name in names:  # paired with the l2t token files so the loader validates each latent
-      data.read_sample(data.SampleFiles(name, os.path.join(out, 'tokens', f'{name}_tokens.npz'),
-                                        os.path.join(t2l_out, 'latents', f'{name}.npy')), spec)
+      data.read_sample(
+        data.SampleFiles(
+          name, os.path.join(out, 'tokens', f'{name}_tokens.npz'), os.path.join(t2l_out, 'latents', f'{name}.npy')
+        ),
+        spec,
+      )

@@ -20,8 +20,16 @@ FIRST_ROUND_ID = 10  # the schedule stub proposes token FIRST_ROUND_ID + i in ro
 
 def tiny_config(**model_overrides):
   config = config_lib.default_config()
-  config.model.update(vocab_size=VOCAB, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=12, latent_dim=8,
-                      num_residual_streams=1, **model_overrides)
+  config.model.update(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    n_blocks=1,
+    cond_dim=32,
+    max_seq_len=12,
+    latent_dim=8,
+    num_residual_streams=1,
+    **model_overrides,
+  )
   config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID)
   return config
 
@@ -45,12 +53,13 @@ def test_unmask_counts_follow_the_reference_and_finish(seq_len, steps):
   np.testing.assert_array_equal(counts[:-1], expected[:-1])
   # The reference's last target rounds to S - 1, leaving a [MASK]; ours decodes what is left.
   assert counts[-1] == expected[-1] + seq_len - sum(expected)
-  assert all(c >= 1 for c in counts[:min(steps, seq_len)])
+  assert all(c >= 1 for c in counts[: min(steps, seq_len)])
 
 
 class ScheduleStub(nn.Module):
   """L2T stub: in round i (text t = 1 - i/steps) proposes FIRST_ROUND_ID + i everywhere, most
   confidently at the left, so position p must end holding the id of the round that decoded it."""
+
   steps: int
   latent_dim: int = 8
 
@@ -67,8 +76,11 @@ class ScheduleStub(nn.Module):
 @pytest.mark.parametrize('seq_len,steps', [(12, 4), (12, 12), (5, 8), (30, 6)])
 def test_l2t_decodes_in_schedule_order_and_never_rewrites(seq_len, steps):
   config = tiny_config()
-  sample = jax.jit(functools.partial(samplers.sample_l2t, model=ScheduleStub(steps), config=config, seq_len=seq_len,
-                                     steps=steps, temperature=0.0))
+  sample = jax.jit(
+    functools.partial(
+      samplers.sample_l2t, model=ScheduleStub(steps), config=config, seq_len=seq_len, steps=steps, temperature=0.0
+    )
+  )
   tokens = np.asarray(sample({}, jnp.zeros((3, 8)), jax.random.key(0)))
   round_of_position = np.repeat(np.arange(steps), samplers.unmask_counts(seq_len, steps))
   np.testing.assert_array_equal(tokens, np.broadcast_to(FIRST_ROUND_ID + round_of_position, (3, seq_len)))
@@ -80,8 +92,9 @@ def test_l2t_with_a_real_model_is_deterministic_for_a_seed_and_fully_decoded():
   model = model_lib.MultimodalMMDiT(config.model)
   params = model.init(jax.random.key(0), jnp.zeros((1, 12), jnp.int32), jnp.zeros((1, 8)))['params']
   latents = jax.random.normal(jax.random.key(1), (4, 8))
-  sample = jax.jit(functools.partial(samplers.sample_l2t, model=model, config=config, seq_len=12, steps=5,
-                                     temperature=1.0))
+  sample = jax.jit(
+    functools.partial(samplers.sample_l2t, model=model, config=config, seq_len=12, steps=5, temperature=1.0)
+  )
   first, again, other = (np.asarray(sample(params, latents, jax.random.key(seed))) for seed in (7, 7, 8))
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
@@ -92,6 +105,7 @@ def test_l2t_with_a_real_model_is_deterministic_for_a_seed_and_fully_decoded():
 
 class TrueNoiseStub(nn.Module):
   """T2L stub that knows the clean latents: returns the exact target of the parameterization."""
+
   x0_BxD: np.ndarray
   parameterization: str
 
@@ -112,8 +126,9 @@ def test_ddim_with_the_true_noise_recovers_the_clean_latent(parameterization, la
   config = tiny_config(latent_parameterization=parameterization)
   config.loss.latent_t_mode = latent_t_mode
   x0 = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
-  sample = jax.jit(functools.partial(samplers.sample_t2l, model=TrueNoiseStub(x0, parameterization), config=config,
-                                     steps=steps))
+  sample = jax.jit(
+    functools.partial(samplers.sample_t2l, model=TrueNoiseStub(x0, parameterization), config=config, steps=steps)
+  )
   recovered = sample({}, jnp.zeros((3, 12), jnp.int32), None, jax.random.key(0))
   # At t = 1, sqrt(abar) = 1.56e-5 divides float32 rounding of the epsilon path.
   tolerance = 2e-2 if latent_t_mode == 'full' and parameterization == 'epsilon' else 1e-4

@@ -38,13 +38,30 @@ def _running(names) -> list[str]:
 def test_scancel_saves_one_step_on_every_task_and_the_resubmitted_job_resumes(tmp_path):
   missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
   if missing or os.geteuid() != 0:
-    pytest.skip(f'needs root and SLURM (missing: {", ".join(missing) or "root"}); '
-                'bash launch/slurm_cpu_check.sh --install-only installs SLURM')
+    pytest.skip(
+      f'needs root and SLURM (missing: {", ".join(missing) or "root"}); '
+      'bash launch/slurm_cpu_check.sh --install-only installs SLURM'
+    )
   assert not _running(DAEMONS), 'SLURM or munge daemons are already running on this machine'
   main_args = ['--config', runs.SMOKE] + [f'--config.{k}={v}' for k, v in runs.TINY_OVERRIDES.items()]
-  result = subprocess.run(['bash', 'launch/slurm_cpu_check.sh', '--workdir', str(tmp_path), '--cancel-after',
-                           str(CANCEL_AFTER), '--timeout', '900', '--', *main_args],
-                          cwd=runs.REPO, capture_output=True, text=True, timeout=2400)
+  result = subprocess.run(
+    [
+      'bash',
+      'launch/slurm_cpu_check.sh',
+      '--workdir',
+      str(tmp_path),
+      '--cancel-after',
+      str(CANCEL_AFTER),
+      '--timeout',
+      '900',
+      '--',
+      *main_args,
+    ],
+    cwd=runs.REPO,
+    capture_output=True,
+    text=True,
+    timeout=2400,
+  )
   sys.stderr.write(result.stderr[-3000:])
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])

@@ -56,17 +56,19 @@ def _array_file(step_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('damage', ['truncate the state metadata', 'delete an array file',
-                                    'truncate the data-iterator file', 'delete the meta item'])
+@pytest.mark.parametrize(
+  'damage',
+  ['truncate the state metadata', 'delete an array file', 'truncate the data-iterator file', 'delete the meta item'],
+)
 def test_a_damaged_newest_checkpoint_is_skipped_and_kept(cache, uninterrupted, tmp_path, damage, caplog):
   workdir = str(tmp_path)
   loop.run(_config(cache, **{'training.num_train_steps': 4}), workdir)
   step_dir = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR, '4')
   path, action = {
-      'truncate the state metadata': (os.path.join(step_dir, 'state', '_METADATA'), _truncate),
-      'delete an array file': (_array_file(step_dir), os.remove),
-      'truncate the data-iterator file': (os.path.join(step_dir, 'data', 'process_0-of-1.json'), _truncate),
-      'delete the meta item': (os.path.join(step_dir, 'meta', 'metadata'), os.remove),
+    'truncate the state metadata': (os.path.join(step_dir, 'state', '_METADATA'), _truncate),
+    'delete an array file': (_array_file(step_dir), os.remove),
+    'truncate the data-iterator file': (os.path.join(step_dir, 'data', 'process_0-of-1.json'), _truncate),
+    'delete the meta item': (os.path.join(step_dir, 'meta', 'metadata'), os.remove),
   }[damage]
   action(path)
   loop.run(_config(cache), workdir)  # resumes from step 2
@@ -94,8 +96,12 @@ def small_filesystem(tmp_path):
   """A 16 MiB tmpfs (needs root and mount rights; skipped elsewhere)."""
   mount_point = tmp_path / 'small'
   mount_point.mkdir()
-  if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount_point)],
-                                         capture_output=True).returncode:
+  if (
+    os.geteuid() != 0
+    or subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount_point)], capture_output=True
+    ).returncode
+  ):
     pytest.skip('mounting a small tmpfs needs root')
   yield str(mount_point)
   subprocess.run(['umount', '-l', str(mount_point)], check=True)
@@ -103,7 +109,8 @@ def small_filesystem(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_stops_the_run_naming_the_step_and_the_previous_checkpoint_resumes(
-    cache, uninterrupted, small_filesystem, monkeypatch):
+  cache, uninterrupted, small_filesystem, monkeypatch
+):
   workdir = os.path.join(small_filesystem, 'run')
   real_save = checkpoint.save
 
@@ -126,10 +133,13 @@ def test_a_full_disk_stops_the_run_naming_the_step_and_the_previous_checkpoint_r
 @pytest.mark.slow
 def test_saves_by_wall_time(cache, tmp_path, monkeypatch):
   clock = itertools.count(0.0, 31.0)  # each reading 31 s later than the one before
-  monkeypatch.setattr(timed_saves, 'TimedSaves',
-                      functools.partial(timed_saves.TimedSaves, clock=lambda: float(next(clock))))
-  loop.run(_config(cache, **{'training.num_train_steps': 5, 'training.save_every': 0,
-                             'training.save_every_minutes': 1.0}), str(tmp_path))
+  monkeypatch.setattr(
+    timed_saves, 'TimedSaves', functools.partial(timed_saves.TimedSaves, clock=lambda: float(next(clock)))
+  )
+  loop.run(
+    _config(cache, **{'training.num_train_steps': 5, 'training.save_every': 0, 'training.save_every_minutes': 1.0}),
+    str(tmp_path),
+  )
   # Read at the start (0 s) and after every step; a save restarts the minute: due at 62 s after steps 2 and 4.
   assert saved_steps(str(tmp_path)) == [2, 4, 5]
 

@@ -32,7 +32,6 @@ def configured_step(config, model, optimizer, mesh, shardings):
 
 
 class TrainStepTest(chex.TestCase):
-
   def _setup(self, **overrides):
     config = tiny_config(**overrides)
     model = model_lib.MultimodalMMDiT(config.model)
@@ -41,9 +40,9 @@ class TrainStepTest(chex.TestCase):
     state, shardings = train.create_sharded_state(config, model, optimizer, mesh, jax.random.key(0))
     rng = np.random.default_rng(0)
     batch = {
-        'input_ids': jnp.asarray(rng.integers(0, 97, (8, 12)), jnp.int32),
-        'attention_mask': jnp.ones((8, 12), bool),
-        'latent': jnp.asarray(rng.standard_normal((8, 8)), jnp.float32),
+      'input_ids': jnp.asarray(rng.integers(0, 97, (8, 12)), jnp.int32),
+      'attention_mask': jnp.ones((8, 12), bool),
+      'latent': jnp.asarray(rng.standard_normal((8, 8)), jnp.float32),
     }
     return config, model, optimizer, mesh, state, shardings, batch
 
@@ -55,12 +54,14 @@ class TrainStepTest(chex.TestCase):
     state, metrics = step_fn(state, batch, jax.random.key(1))
     self.assertTrue(bool(metrics['step_was_finite']))
     chex.assert_trees_all_equal_shapes(before.params, state.params)
-    moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), before.params,
-                                                             jax.device_get(state.params)))
+    moved = jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), before.params, jax.device_get(state.params))
+    )
     self.assertGreater(max(moved), 0.0)
     # ema = decay * ema + (1 - decay) * params after the update.
-    expected_ema = jax.tree_util.tree_map(lambda e, p: 0.75 * e + 0.25 * p, before.ema_params,
-                                          jax.device_get(state.params))
+    expected_ema = jax.tree_util.tree_map(
+      lambda e, p: 0.75 * e + 0.25 * p, before.ema_params, jax.device_get(state.params)
+    )
     chex.assert_trees_all_close(jax.device_get(state.ema_params), expected_ema, rtol=1e-6, atol=1e-7)
 
     good = jax.device_get(state)
@@ -90,8 +91,15 @@ class TrainStepTest(chex.TestCase):
 @pytest.mark.slow
 def test_run_stops_after_consecutive_nonfinite_steps(tmp_path):
   # An enormous learning rate drives the parameters to inf within a few steps.
-  config = tiny_config(**{'training.num_train_steps': 30, 'training.max_consecutive_nonfinite': 2,
-                          'optimizer.lr': 1e30, 'optimizer.grad_clip_norm': 0.0, 'training.save_every': 0})
+  config = tiny_config(
+    **{
+      'training.num_train_steps': 30,
+      'training.max_consecutive_nonfinite': 2,
+      'optimizer.lr': 1e30,
+      'optimizer.grad_clip_norm': 0.0,
+      'training.save_every': 0,
+    }
+  )
   with pytest.raises(loop.NonFiniteError, match='2 consecutive steps'):
     loop.run(config, str(tmp_path))
   records = metrics_log.read_log(str(tmp_path))
@@ -114,11 +122,15 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 
 
 def _run_main(workdir, device_count, fsdp):
-  overrides = {**TINY_OVERRIDES, 'training.num_train_steps': 4, 'training.save_every': 0, 'mesh.fsdp': fsdp,
-               'mesh.min_shard_size': 1,  # shard every parameter the fsdp size divides
-               'model.num_residual_streams': 2}
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={device_count}',
-             JAX_PLATFORMS='cpu')
+  overrides = {
+    **TINY_OVERRIDES,
+    'training.num_train_steps': 4,
+    'training.save_every': 0,
+    'mesh.fsdp': fsdp,
+    'mesh.min_shard_size': 1,  # shard every parameter the fsdp size divides
+    'model.num_residual_streams': 2,
+  }
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={device_count}', JAX_PLATFORMS='cpu')
   cmd = [sys.executable, '-m', 'lgdlm_jax.main', f'--config={SMOKE}', f'--workdir={workdir}']
   cmd += [f'--config.{k}={v}' for k, v in overrides.items()]
   subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)

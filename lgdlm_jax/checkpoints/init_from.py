@@ -38,8 +38,9 @@ def load(config: ml_collections.FrozenConfigDict, workdir: str) -> Initial | Non
   if not config.init_from:
     return None
   if workdirs.saved_steps(workdir):
-    logging.info('init_from=%s is not used: %s has checkpoints, so the run resumes from the newest',
-                 config.init_from, workdir)
+    logging.info(
+      'init_from=%s is not used: %s has checkpoints, so the run resumes from the newest', config.init_from, workdir
+    )
     return None
   try:
     weights = sources.read(config.init_from, model_config=config.model, with_moments=config.init_from_optimizer)
@@ -58,12 +59,14 @@ def _check_position(weights: sources.Weights, config: ml_collections.FrozenConfi
     raise errors.InputError(f'the {weights.kind} holds AdamW moments but no step, so the schedule position is unknown')
   if steps != updates * accumulation:
     raise errors.InputError(
-        f'step {steps} (micro-batches) and {updates} optimizer updates do not fit training.gradient_accumulation_steps='
-        f'{accumulation}: expected step = updates x {accumulation} (a checkpoint inside an accumulation group, or '
-        'another accumulation setting)')
+      f'step {steps} (micro-batches) and {updates} optimizer updates do not fit training.gradient_accumulation_steps='
+      f'{accumulation}: expected step = updates x {accumulation} (a checkpoint inside an accumulation group, or '
+      'another accumulation setting)'
+    )
   if steps >= config.training.num_train_steps:
-    raise errors.InputError(f'it is at step {steps}, and training.num_train_steps={config.training.num_train_steps} '
-                            'leaves nothing to train')
+    raise errors.InputError(
+      f'it is at step {steps}, and training.num_train_steps={config.training.num_train_steps} leaves nothing to train'
+    )
 
 
 def apply(initial: Initial, state: Any, shardings: Any) -> Any:
@@ -73,10 +76,12 @@ def apply(initial: Initial, state: Any, shardings: Any) -> Any:
   weights = initial.weights
   state = state.replace(params=float32(weights.params))
   if initial.with_optimizer:
-    moments = moments_lib.AdamMoments(weights.moments.updates, float32(weights.moments.mu),
-                                      float32(weights.moments.nu), weights.moments.hyperparameters)
-    state = state.replace(step=np.int32(weights.steps_done),
-                          opt_state=moments_lib.into_opt_state(state.opt_state, moments))
+    moments = moments_lib.AdamMoments(
+      weights.moments.updates, float32(weights.moments.mu), float32(weights.moments.nu), weights.moments.hyperparameters
+    )
+    state = state.replace(
+      step=np.int32(weights.steps_done), opt_state=moments_lib.into_opt_state(state.opt_state, moments)
+    )
   return jax.device_put(state, shardings)
 
 
@@ -84,5 +89,7 @@ def describe(initial: Initial) -> str:
   weights = initial.weights
   if not initial.with_optimizer:
     return f'the parameters of the {weights.description}'
-  return (f'the parameters, AdamW moments ({weights.moments.updates} updates) and step {weights.steps_done} of the '
-          f'{weights.description}; the data start at global batch {weights.steps_done}')
+  return (
+    f'the parameters, AdamW moments ({weights.moments.updates} updates) and step {weights.steps_done} of the '
+    f'{weights.description}; the data start at global batch {weights.steps_done}'
+  )

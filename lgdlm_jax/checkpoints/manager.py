@@ -68,9 +68,11 @@ def _policy(config: ml_collections.ConfigDict) -> preservation_policy.Preservati
     return latest
   metric = config.training.best_checkpoint_metric
   best = preservation_policy.BestN(
-      get_metric_fn=lambda metrics: metrics[metric], reverse=not higher_is_better(metric),
-      n=config.training.keep_best_checkpoints,
-      keep_checkpoints_without_metrics=False)  # those are the newest ones' business
+    get_metric_fn=lambda metrics: metrics[metric],
+    reverse=not higher_is_better(metric),
+    n=config.training.keep_best_checkpoints,
+    keep_checkpoints_without_metrics=False,
+  )  # those are the newest ones' business
   return preservation_policy.AnyPreservationPolicy(policies=[latest, best])
 
 
@@ -80,13 +82,16 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
   # only), so that a resumed run still ranks the checkpoints saved before it.
   best = dict(best_fn=lambda metrics: metrics[metric], best_mode='max' if higher_is_better(metric) else 'min')
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=_policy(config),
-      enable_async_checkpointing=True,
-      create=True,
-      **(best if keeps_best(config) else {}),
+    preservation_policy=_policy(config),
+    enable_async_checkpointing=True,
+    create=True,
+    **(best if keeps_best(config) else {}),
   )
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR), options=options,
-                               item_names=(STATE_ITEM, DATA_ITEM, META_ITEM))
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR),
+    options=options,
+    item_names=(STATE_ITEM, DATA_ITEM, META_ITEM),
+  )
 
 
 def ranking_metrics(val_metrics: dict[str, float] | None, config: ml_collections.ConfigDict) -> dict[str, float] | None:
@@ -101,8 +106,13 @@ def ranking_metrics(val_metrics: dict[str, float] | None, config: ml_collections
   return dict(val_metrics)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         data_iterator: data_lib.TrainIterator | None = None, metrics: dict[str, float] | None = None) -> None:
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  data_iterator: data_lib.TrainIterator | None = None,
+  metrics: dict[str, float] | None = None,
+) -> None:
   """Starts an asynchronous save of `state` at `step` (with `metrics` from `ranking_metrics`, for the
   best-N policy); the iterator state (if any) is written before it returns.
 
@@ -151,9 +161,11 @@ def _storage_error(manager: ocp.CheckpointManager, step: int | None, error: Exce
     reason = match.group(1)
   else:
     return None
-  return errors.StorageError(f'could not write the checkpoint of step {step} to '
-                             f'{os.path.join(str(manager.directory), str(step))}: {reason}; the checkpoints '
-                             'saved before it are intact: rerun the same command to resume once it can be written')
+  return errors.StorageError(
+    f'could not write the checkpoint of step {step} to '
+    f'{os.path.join(str(manager.directory), str(step))}: {reason}; the checkpoints '
+    'saved before it are intact: rerun the same command to resume once it can be written'
+  )
 
 
 def layout_version(manager: ocp.CheckpointManager, step: int) -> int:
@@ -162,8 +174,9 @@ def layout_version(manager: ocp.CheckpointManager, step: int) -> int:
   return int(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta['layout_version'])
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   data_iterator: data_lib.TrainIterator | None = None) -> Any | None:
+def restore_latest(
+  manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: data_lib.TrainIterator | None = None
+) -> Any | None:
   """The state of the newest intact checkpoint, onto abstract_state's shardings (None if none);
   positions data_iterator.
 
@@ -189,15 +202,19 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         if newer:
           damaged.set_aside(str(manager.directory), newer)
           manager.reload()
-          logging.warning('Resuming from step %d, the newest intact checkpoint; skipped %s', step,
-                          ', '.join(str(s) for s in sorted(newer)))
+          logging.warning(
+            'Resuming from step %d, the newest intact checkpoint; skipped %s',
+            step,
+            ', '.join(str(s) for s in sorted(newer)),
+          )
         return restored
     why = why or 'another process cannot restore it'
     logging.warning('Skipping the checkpoint of step %d: %s', step, why)
     skipped.append((step, why))
   if skipped:
-    raise errors.InputError(f'no checkpoint in {manager.directory} can be restored: '
-                            + '; '.join(f'step {s}: {why}' for s, why in skipped))
+    raise errors.InputError(
+      f'no checkpoint in {manager.directory} can be restored: ' + '; '.join(f'step {s}: {why}' for s, why in skipped)
+    )
   return None
 
 
@@ -207,12 +224,14 @@ def _on_every_process(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-                  data_iterator: data_lib.TrainIterator | None) -> Any:
+def _restore_step(
+  manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator: data_lib.TrainIterator | None
+) -> Any:
   version = layout_version(manager, step)
   if version > LAYOUT_VERSION:
-    raise errors.InputError(f'the checkpoint at step {step} has layout version {version}; this lgdlm_jax reads up to '
-                            f'{LAYOUT_VERSION}')
+    raise errors.InputError(
+      f'the checkpoint at step {step} has layout version {version}; this lgdlm_jax reads up to {LAYOUT_VERSION}'
+    )
   items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
   data_dir = os.path.join(manager.directory, str(step), DATA_ITEM)  # the default step folder name: the step
   own_file = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
@@ -226,13 +245,17 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any
     if others:
       with open(os.path.join(data_dir, others[0])) as f:
         other_state = json.load(f)
-    logging.warning('The checkpoint of step %d has %s; reading from the global batch of step %d on', step,
-                    f'data-iterator states of another process count ({others[0]}; this run: {own_file})'
-                    if others else 'no data-iterator state', step)
+    logging.warning(
+      'The checkpoint of step %d has %s; reading from the global batch of step %d on',
+      step,
+      f'data-iterator states of another process count ({others[0]}; this run: {own_file})'
+      if others
+      else 'no data-iterator state',
+      step,
+    )
     data_iterator.start_at_step(step, other_state)
   return restored[STATE_ITEM]
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -22,8 +22,11 @@ from lgdlm_jax.errors import ConfigError
 def changed_keys(stored: ml_collections.ConfigDict, current: ml_collections.ConfigDict) -> dict[str, tuple]:
   """{key: (stored value, current value)} for every key whose value differs."""
   before, after = config_lib.flat_items(stored), config_lib.flat_items(current)
-  return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
-          if before.get(key) != after.get(key)}
+  return {
+    key: (before.get(key), after.get(key))
+    for key in sorted(before.keys() | after.keys())
+    if before.get(key) != after.get(key)
+  }
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -31,8 +34,11 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   change on resume (unless training.allow_config_change); logs the keys that changed and may."""
   path = os.path.join(workdir, config_lib.CONFIG_FILE)
   if not os.path.isfile(path):
-    logging.warning('%s has a checkpoint but no %s: the config cannot be compared with the one it was '
-                    'trained with', workdir, config_lib.CONFIG_FILE)
+    logging.warning(
+      '%s has a checkpoint but no %s: the config cannot be compared with the one it was trained with',
+      workdir,
+      config_lib.CONFIG_FILE,
+    )
     return
   with open(path) as f:
     stored = config_lib.from_json(f.read(), source=path)
@@ -41,14 +47,19 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   refused = [k for k in changes if k not in config_lib.CHANGEABLE_ON_RESUME]
   allowed = [k for k in changes if k in config_lib.CHANGEABLE_ON_RESUME]
   if refused and not config.training.allow_config_change:
-    raise ConfigError(f'resuming {workdir} with a config that differs from its {config_lib.CONFIG_FILE} in '
-                      f'{describe(refused)}; '
-                      'use a new workdir (with init_from to start from these weights), restore those values, or '
-                      'set training.allow_config_change=True')
+    raise ConfigError(
+      f'resuming {workdir} with a config that differs from its {config_lib.CONFIG_FILE} in '
+      f'{describe(refused)}; '
+      'use a new workdir (with init_from to start from these weights), restore those values, or '
+      'set training.allow_config_change=True'
+    )
   if refused:
     logging.warning('Resuming with changed keys (training.allow_config_change): %s', describe(refused))
   if allowed:
     logging.info('Resuming with changed keys: %s', describe(allowed))
   if 'training.num_train_steps' in changes and config.training.lr_schedule != 'constant':
-    logging.warning('training.num_train_steps changed under the %r learning-rate schedule: the learning rate '
-                    'from the resumed step on follows the new length', config.training.lr_schedule)
+    logging.warning(
+      'training.num_train_steps changed under the %r learning-rate schedule: the learning rate '
+      'from the resumed step on follows the new length',
+      config.training.lr_schedule,
+    )

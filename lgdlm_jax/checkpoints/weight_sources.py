@@ -30,8 +30,15 @@ def kind(path: str) -> str:
   return WORKDIR if workdirs.is_workdir(path) else TORCH
 
 
-def read(path: str, *, model_config: ml_collections.ConfigDict | None = None, step: int | None = None,
-         with_moments: bool = False, unsafe_pickle: bool = False, params_tree: str = 'params') -> Weights:
+def read(
+  path: str,
+  *,
+  model_config: ml_collections.ConfigDict | None = None,
+  step: int | None = None,
+  with_moments: bool = False,
+  unsafe_pickle: bool = False,
+  params_tree: str = 'params',
+) -> Weights:
   """The weights at `path`, checked against `model_config` when given (else the source's own).
 
   `params_tree` 'ema_params' reads a training workdir's moving average (the other sources hold one
@@ -51,27 +58,48 @@ def read(path: str, *, model_config: ml_collections.ConfigDict | None = None, st
     checkpoint = workdirs.read(path, model_config or config.model, step, with_moments, params_tree)
     tokenizer = {k: config.tokenizer[k] for k in TOKENIZER_KEYS}
     what = '' if params_tree == 'params' else f' ({params_tree})'
-    return Weights(path, WORKDIR, f'{WORKDIR} {path}, step {checkpoint.step}{what}', config.model, checkpoint.params,
-                   checkpoint.steps_done, checkpoint.moments, config, tokenizer)
+    return Weights(
+      path,
+      WORKDIR,
+      f'{WORKDIR} {path}, step {checkpoint.step}{what}',
+      config.model,
+      checkpoint.params,
+      checkpoint.steps_done,
+      checkpoint.moments,
+      config,
+      tokenizer,
+    )
   return _read_torch(path, model_config, step, with_moments, unsafe_pickle)
 
 
-def _read_converted(path: str, model_config: ml_collections.ConfigDict | None, step: int | None,
-                    with_moments: bool) -> Weights:
+def _read_converted(
+  path: str, model_config: ml_collections.ConfigDict | None, step: int | None, with_moments: bool
+) -> Weights:
   if step is not None:
-    raise mapping.ConversionError(f'--step {step} picks a checkpoint of a training workdir; the {CONVERTED} {path} '
-                                  'holds one set of weights')
+    raise mapping.ConversionError(
+      f'--step {step} picks a checkpoint of a training workdir; the {CONVERTED} {path} holds one set of weights'
+    )
   model_config = model_config or converted.load_model_config(path)
   info = converted.load_info(path)
   moments = converted.load_moments(path, model_config) if with_moments else None
   if with_moments and moments is None:
     raise mapping.ConversionError(f'the {CONVERTED} {path} holds no optimizer state (its source had none)')
-  return Weights(path, CONVERTED, f'{CONVERTED} {path}', model_config, converted.load_params(path, model_config),
-                 info.get('steps_done'), moments, None, dict(info.get('tokenizer') or {}))
+  return Weights(
+    path,
+    CONVERTED,
+    f'{CONVERTED} {path}',
+    model_config,
+    converted.load_params(path, model_config),
+    info.get('steps_done'),
+    moments,
+    None,
+    dict(info.get('tokenizer') or {}),
+  )
 
 
-def _read_torch(path: str, model_config: ml_collections.ConfigDict | None, step: int | None, with_moments: bool,
-                unsafe_pickle: bool) -> Weights:
+def _read_torch(
+  path: str, model_config: ml_collections.ConfigDict | None, step: int | None, with_moments: bool, unsafe_pickle: bool
+) -> Weights:
   checkpoint = files.read_checkpoint(path, unsafe_pickle, step)
   layout.residual_layout(checkpoint.state_dict)  # names the layouts lgdlm_jax cannot run
   if model_config is None:
@@ -82,8 +110,17 @@ def _read_torch(path: str, model_config: ml_collections.ConfigDict | None, step:
     if checkpoint.optimizer_state is None:
       raise mapping.ConversionError(f'{checkpoint.path} holds no {files.OPTIMIZER_KEY}')
     moments = moments_lib.from_torch(checkpoint.optimizer_state, checkpoint.state_dict, model_config)
-  return Weights(path, TORCH, f'{TORCH} {checkpoint.path} ({checkpoint.chosen})', model_config, params,
-                 checkpoint.steps_done, moments, None, tokenizer_ids(checkpoint.saved_config))
+  return Weights(
+    path,
+    TORCH,
+    f'{TORCH} {checkpoint.path} ({checkpoint.chosen})',
+    model_config,
+    params,
+    checkpoint.steps_done,
+    moments,
+    None,
+    tokenizer_ids(checkpoint.saved_config),
+  )
 
 
 def tokenizer_ids(saved_config: dict[str, Any] | None) -> dict[str, int]:

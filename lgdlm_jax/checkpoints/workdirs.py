@@ -28,8 +28,9 @@ class WorkdirCheckpoint:
 
 
 def is_workdir(path: str) -> bool:
-  return (os.path.isfile(os.path.join(path, config_lib.CONFIG_FILE))
-          and os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS_DIR)))
+  return os.path.isfile(os.path.join(path, config_lib.CONFIG_FILE)) and os.path.isdir(
+    os.path.join(path, checkpoint.CHECKPOINTS_DIR)
+  )
 
 
 def load_config(workdir: str) -> ml_collections.FrozenConfigDict:
@@ -58,8 +59,13 @@ def resolve_step(workdir: str, step: int | None) -> int:
   return steps[-1] if step is None else step
 
 
-def read(workdir: str, model_config: ml_collections.ConfigDict, step: int | None = None,
-         with_moments: bool = False, params_tree: str = 'params') -> WorkdirCheckpoint:
+def read(
+  workdir: str,
+  model_config: ml_collections.ConfigDict,
+  step: int | None = None,
+  with_moments: bool = False,
+  params_tree: str = 'params',
+) -> WorkdirCheckpoint:
   """The checkpoint at `step` (the newest by default), its params checked against `model_config`
   before anything is read. params_tree: 'params', or 'ema_params' for the moving average
   (lgdlm_jax.training.ema)."""
@@ -73,8 +79,9 @@ def read(workdir: str, model_config: ml_collections.ConfigDict, step: int | None
     raise converted.DamagedCheckpointError(f'{e} (step {step} of {workdir}{hint})') from e
 
 
-def _read_step(workdir: str, path: str, step: int, model_config: ml_collections.ConfigDict, with_moments: bool,
-               params_tree: str) -> WorkdirCheckpoint:
+def _read_step(
+  workdir: str, path: str, step: int, model_config: ml_collections.ConfigDict, with_moments: bool, params_tree: str
+) -> WorkdirCheckpoint:
   stored = converted.metadata(path)
   if not stored.get(params_tree):
     raise mapping.ConversionError(f'{workdir} (step {step}) holds no {params_tree}')

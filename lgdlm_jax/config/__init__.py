@@ -56,11 +56,20 @@ def for_processes(config: Config, process_count: int) -> Config:
     return config
   resolved = config.as_configdict()
   training = resolved.training
-  logging.info('train_batch_size %d and eval_batch_size %d are per process (training.batch_size_per=process): '
-               'x %d processes = global batches of %d and %d', training.train_batch_size, training.eval_batch_size,
-               process_count, training.train_batch_size * process_count, training.eval_batch_size * process_count)
-  training.update(train_batch_size=training.train_batch_size * process_count,
-                  eval_batch_size=training.eval_batch_size * process_count, batch_size_per='global')
+  logging.info(
+    'train_batch_size %d and eval_batch_size %d are per process (training.batch_size_per=process): '
+    'x %d processes = global batches of %d and %d',
+    training.train_batch_size,
+    training.eval_batch_size,
+    process_count,
+    training.train_batch_size * process_count,
+    training.eval_batch_size * process_count,
+  )
+  training.update(
+    train_batch_size=training.train_batch_size * process_count,
+    eval_batch_size=training.eval_batch_size * process_count,
+    batch_size_per='global',
+  )
   return ml_collections.FrozenConfigDict(resolved)
 
 

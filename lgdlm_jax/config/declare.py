@@ -29,11 +29,13 @@ def integer(minimum: int) -> Rule:
   def check(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
       raise _bad(key, value, f'expected an integer >= {minimum}')
+
   return check
 
 
-def number(minimum: float = -math.inf, maximum: float = math.inf, *, below_max: bool = False,
-           optional: bool = False) -> Rule:
+def number(
+  minimum: float = -math.inf, maximum: float = math.inf, *, below_max: bool = False, optional: bool = False
+) -> Rule:
   """A finite real number in [minimum, maximum] (or [minimum, maximum) with below_max); None if optional."""
   upper = f'< {maximum}' if below_max else f'<= {maximum}'
   span = f'in [{minimum}, {maximum}{")" if below_max else "]"}' if math.isfinite(maximum) else f'>= {minimum}'
@@ -45,6 +47,7 @@ def number(minimum: float = -math.inf, maximum: float = math.inf, *, below_max: 
       raise _bad(key, value, f'expected a finite number {span}' + (' or None' if optional else ''))
     if value < minimum or (value >= maximum if below_max else value > maximum):
       raise _bad(key, value, f'expected a number {span}' if math.isfinite(minimum) else f'expected {upper}')
+
   return check
 
 
@@ -62,13 +65,18 @@ def multiple_of(step: int) -> Rule:
   def check(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < step or value % step:
       raise _bad(key, value, f'expected a positive multiple of {step}')
+
   return check
 
 
 def step_range(key: str, value: Any) -> None:
   """(start, stop): integers with 0 <= start <= stop; (0, 0) or any empty range = none."""
-  if (not isinstance(value, (tuple, list)) or len(value) != 2
-      or any(isinstance(v, bool) or not isinstance(v, int) for v in value) or not 0 <= value[0] <= value[1]):
+  if (
+    not isinstance(value, (tuple, list))
+    or len(value) != 2
+    or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+    or not 0 <= value[0] <= value[1]
+  ):
     raise _bad(key, value, 'expected (start, stop): two integers with 0 <= start <= stop')
 
 
@@ -139,8 +147,9 @@ def declare(keys: Iterable[Key]) -> dict[str, Key]:
     if key.name in declared:
       raise ValueError(f'config key {key.name} is declared twice')
     if key.reference and references.setdefault(key.reference, key.name) != key.name:
-      raise ValueError(f'config keys {references[key.reference]} and {key.name} are both read from the '
-                       f'reference key {key.reference}')
+      raise ValueError(
+        f'config keys {references[key.reference]} and {key.name} are both read from the reference key {key.reference}'
+      )
     if key.default is None and not isinstance(key.rule, OneOf):
       raise ValueError(f'config key {key.name}: a None default needs a one_of rule (its type)')
     declared[key.name] = key

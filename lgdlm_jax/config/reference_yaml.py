@@ -35,18 +35,29 @@ from lgdlm_jax.errors import ConfigError
 
 # Keys the reference ships that have no effect on what it trains (n_heads and qk_rmsnorm have
 # none in the reference either: its MMDiT never receives them), or that name its output folders.
-_UNUSED_KEYS = frozenset((
-    'data.data_files.train', 'data.data_files.validation', 'data.max_val_samples',
-    'model.type', 'model.n_heads', 'model.qk_rmsnorm', 'model.use_multimodal',
-    'model.use_stub_if_no_mmdit', 'model.diffusion_process', 'model.latent_diffusion_process',
-    'model.latent_beta_min', 'model.latent_beta_max',
-    'logging.run_name', 'logging.log_dir', 'tokenizer.local_files_only',
-))
+_UNUSED_KEYS = frozenset(
+  (
+    'data.data_files.train',
+    'data.data_files.validation',
+    'data.max_val_samples',
+    'model.type',
+    'model.n_heads',
+    'model.qk_rmsnorm',
+    'model.use_multimodal',
+    'model.use_stub_if_no_mmdit',
+    'model.diffusion_process',
+    'model.latent_diffusion_process',
+    'model.latent_beta_min',
+    'model.latent_beta_max',
+    'logging.run_name',
+    'logging.log_dir',
+    'tokenizer.local_files_only',
+  )
+)
 # The reference's loader reads at most this many file pairs when data.initial_scan_limit is absent.
 _REFERENCE_SCAN_LIMIT = 10000
 # parse_dtype spellings we support; fp16 / fp64 are not a compute dtype we offer.
-_DTYPES = {'fp32': 'float32', 'float32': 'float32', 'float': 'float32',
-           'bf16': 'bfloat16', 'bfloat16': 'bfloat16'}
+_DTYPES = {'fp32': 'float32', 'float32': 'float32', 'float': 'float32', 'bf16': 'bfloat16', 'bfloat16': 'bfloat16'}
 # How a _coerce error names the type it expected.
 _TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
 # String keys where YAML null means "not set", as an empty string does.
@@ -116,8 +127,12 @@ def _assign(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
 
 
 def _our_keys(config: ml_collections.ConfigDict) -> frozenset[str]:
-  return frozenset(f'{section}.{name}' for section, group in config.items()
-                   if isinstance(group, ml_collections.ConfigDict) for name in group)
+  return frozenset(
+    f'{section}.{name}'
+    for section, group in config.items()
+    if isinstance(group, ml_collections.ConfigDict)
+    for name in group
+  )
 
 
 def _set_dtype(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> None:
@@ -149,8 +164,12 @@ def _set_tokenizer(config: ml_collections.ConfigDict, flat: dict[str, Any]) -> N
     return
   found = text.read_tokenizer_dir(str(path))
   config.tokenizer.json_file = found.json_file
-  for key, value in (('tokenizer.vocab_size', found.vocab_size), ('model.vocab_size', found.vocab_size),
-                     ('tokenizer.mask_token_id', found.mask_token_id), ('tokenizer.pad_token_id', found.pad_token_id)):
+  for key, value in (
+    ('tokenizer.vocab_size', found.vocab_size),
+    ('model.vocab_size', found.vocab_size),
+    ('tokenizer.mask_token_id', found.mask_token_id),
+    ('tokenizer.pad_token_id', found.pad_token_id),
+  ):
     _assign(config, key, value)
 
 
@@ -165,24 +184,38 @@ def _set_sample_limit(config: ml_collections.ConfigDict, flat: dict[str, Any]) -
 
 def _refuse_unless(expected: Any, why: str) -> Callable[[ml_collections.ConfigDict, dict[str, Any]], None]:
   """A reference key whose only value lgdlm_jax can honour is `expected`; anything else is refused."""
+
   def check(config: ml_collections.ConfigDict, flat: dict[str, Any], key: str) -> None:
     del config
     if flat[key] != expected:
       raise ConfigError(f'{key}={flat[key]!r}: {why}')
+
   return check
 
 
 # Applied in this order after the plain keys, so that e.g. optimizer.type beats optimizer.name and
 # tokenizer.path beats tokenizer.vocab_size. Each reads the flat YAML and writes our config.
 _SPECIAL_HANDLERS = (_set_dtype, _set_optimizer_type, _set_vocab_size, _set_tokenizer, _set_sample_limit)
-_SPECIAL_KEYS = frozenset(('training.dtype', 'optimizer.type', 'tokenizer.vocab_size', 'tokenizer.path',
-                           'data.max_samples', 'data.initial_scan_limit'))
+_SPECIAL_KEYS = frozenset(
+  (
+    'training.dtype',
+    'optimizer.type',
+    'tokenizer.vocab_size',
+    'tokenizer.path',
+    'data.max_samples',
+    'data.initial_scan_limit',
+  )
+)
 _REFUSED_OTHERWISE = {
-    'loss.loss_type': _refuse_unless('cycle_vae', "only 'cycle_vae' exists (the reference trainer refuses others too)"),
-    'data.use_preprocessed': _refuse_unless(True, 'lgdlm_jax reads only preprocessed token/latent files '
-                                                  '(the reference\'s JSON loader is not supported)'),
-    'data.load_tokens': _refuse_unless(True, 'lgdlm_jax trains on token files; it cannot tokenize raw text '
-                                             'while training (python -m lgdlm_jax.prepare_data does)'),
+  'loss.loss_type': _refuse_unless('cycle_vae', "only 'cycle_vae' exists (the reference trainer refuses others too)"),
+  'data.use_preprocessed': _refuse_unless(
+    True, "lgdlm_jax reads only preprocessed token/latent files (the reference's JSON loader is not supported)"
+  ),
+  'data.load_tokens': _refuse_unless(
+    True,
+    'lgdlm_jax trains on token files; it cannot tokenize raw text '
+    'while training (python -m lgdlm_jax.prepare_data does)',
+  ),
 }
 
 
@@ -226,7 +259,12 @@ def load_reference_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
   if ignored:
     logging.warning('%s: reference keys with no effect in lgdlm_jax: %s', path, ', '.join(ignored))
   if config.data.max_samples:
-    logging.warning('%s: at most %d file pairs are read, min(data.max_samples, data.initial_scan_limit) as '
-                    'in the reference (whose scan limit is %d when absent); --config.data.max_samples=0 reads '
-                    'them all', path, config.data.max_samples, _REFERENCE_SCAN_LIMIT)
+    logging.warning(
+      '%s: at most %d file pairs are read, min(data.max_samples, data.initial_scan_limit) as '
+      'in the reference (whose scan limit is %d when absent); --config.data.max_samples=0 reads '
+      'them all',
+      path,
+      config.data.max_samples,
+      _REFERENCE_SCAN_LIMIT,
+    )
   return config

@@ -58,39 +58,52 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
   if config.init_from_optimizer and not config.init_from:
     raise ConfigError('init_from_optimizer=True: it takes the optimizer state of init_from, which is not set')
   if not loss.cycle_latent_t_min < loss.cycle_latent_t_max:
-    raise ConfigError(f'loss.cycle_latent_t_min={loss.cycle_latent_t_min!r}, loss.cycle_latent_t_max='
-                      f'{loss.cycle_latent_t_max!r}: expected min < max')
+    raise ConfigError(
+      f'loss.cycle_latent_t_min={loss.cycle_latent_t_min!r}, loss.cycle_latent_t_max='
+      f'{loss.cycle_latent_t_max!r}: expected min < max'
+    )
   # An out-of-range id would not fail in JAX: the embedding lookup would silently fill with NaN.
   for key in ('mask_token_id', 'pad_token_id'):
     if tokenizer[key] >= model.vocab_size:
-      raise ConfigError(f'tokenizer.{key}={tokenizer[key]} is outside the model vocabulary '
-                        f'[0, model.vocab_size={model.vocab_size})')
+      raise ConfigError(
+        f'tokenizer.{key}={tokenizer[key]} is outside the model vocabulary [0, model.vocab_size={model.vocab_size})'
+      )
   if data.data_dir and (data.token_dir or data.latent_dir):
     raise ConfigError(f'data.data_dir={data.data_dir!r} and data.token_dir/latent_dir are both set; set one')
   if bool(data.token_dir) != bool(data.latent_dir):
-    raise ConfigError(f'data.token_dir={data.token_dir!r} and data.latent_dir={data.latent_dir!r}: set both or '
-                      'neither')
+    raise ConfigError(f'data.token_dir={data.token_dir!r} and data.latent_dir={data.latent_dir!r}: set both or neither')
   training = config.training
   if training.round_gradients == 'sequential' and not loss.cycle_stop_grad_latent:
-    raise ConfigError("training.round_gradients='sequential' needs loss.cycle_stop_grad_latent=True: without it the "
-                      "cycle-text gradient flows back into the base T2L pass (use 'joint' or 'auto')")
+    raise ConfigError(
+      "training.round_gradients='sequential' needs loss.cycle_stop_grad_latent=True: without it the "
+      "cycle-text gradient flows back into the base T2L pass (use 'joint' or 'auto')"
+    )
   if model.attention == 'cudnn' and model.dtype != 'bfloat16':
-    raise ConfigError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
-                      f'bfloat16 or float16 only), not {model.dtype!r}')
+    raise ConfigError(
+      f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
+      f'bfloat16 or float16 only), not {model.dtype!r}'
+    )
   if training.eval_sample_batches > training.eval_batches:
-    raise ConfigError(f'training.eval_sample_batches={training.eval_sample_batches} > '
-                      f'training.eval_batches={training.eval_batches}')
+    raise ConfigError(
+      f'training.eval_sample_batches={training.eval_sample_batches} > training.eval_batches={training.eval_batches}'
+    )
   if training.keep_best_checkpoints and not training.eval_every:
-    raise ConfigError(f'training.keep_best_checkpoints={training.keep_best_checkpoints} needs evaluations to rank '
-                      'checkpoints by; set training.eval_every > 0')
+    raise ConfigError(
+      f'training.keep_best_checkpoints={training.keep_best_checkpoints} needs evaluations to rank '
+      'checkpoints by; set training.eval_every > 0'
+    )
   sampler_metric = not training.best_checkpoint_metric.endswith('_loss')
   if training.keep_best_checkpoints and sampler_metric and not training.eval_sample_batches:
-    raise ConfigError(f'training.best_checkpoint_metric={training.best_checkpoint_metric!r} is a sampler metric; it '
-                      'needs training.eval_sample_batches > 0')
+    raise ConfigError(
+      f'training.best_checkpoint_metric={training.best_checkpoint_metric!r} is a sampler metric; it '
+      'needs training.eval_sample_batches > 0'
+    )
   _, stop = training.profile_steps
   if stop > training.num_train_steps:
-    raise ConfigError(f'training.profile_steps={tuple(training.profile_steps)!r} ends after '
-                      f'training.num_train_steps={training.num_train_steps}')
+    raise ConfigError(
+      f'training.profile_steps={tuple(training.profile_steps)!r} ends after '
+      f'training.num_train_steps={training.num_train_steps}'
+    )
 
 
 def check_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
@@ -107,5 +120,4 @@ def check_devices(config: ml_collections.ConfigDict, device_count: int, process_
     size = config.training[key]
     for count, what in ((device_count, 'devices'), (process_count, 'processes')):
       if size % count:
-        raise ConfigError(f'training.{key}={size} does not divide over the {count} {what}; use a multiple of '
-                          f'{count}')
+        raise ConfigError(f'training.{key}={size} does not divide over the {count} {what}; use a multiple of {count}')

@@ -22,8 +22,17 @@ from lgdlm_jax.config.declare import declare
 # A workdir's config, and the model config of a directory the converter wrote.
 CONFIG_FILE = 'config.json'
 
-KEYS: dict[str, Key] = declare((*run_keys.START, *model_keys.KEYS, *run_keys.DATA, *training_keys.KEYS,
-                                *run_keys.LOSS, *run_keys.OPTIMIZER, *run_keys.OTHER))
+KEYS: dict[str, Key] = declare(
+  (
+    *run_keys.START,
+    *model_keys.KEYS,
+    *run_keys.DATA,
+    *training_keys.KEYS,
+    *run_keys.LOSS,
+    *run_keys.OPTIMIZER,
+    *run_keys.OTHER,
+  )
+)
 
 # The allowed values of every key that takes one of a few names.
 CHOICES: dict[str, tuple[str, ...]] = {k.name: k.rule.values for k in KEYS.values() if isinstance(k.rule, OneOf)}
@@ -34,8 +43,9 @@ FROM_REFERENCE: dict[str, str] = {k.reference: k.name for k in KEYS.values() if 
 # Our key -> the reference's default, where it differs from ours.
 REFERENCE_DEFAULTS: dict[str, Any] = {k.name: k.reference_default for k in KEYS.values() if k.has_reference_default}
 # The model keys that describe a run in one line (bench's results).
-SUMMARY_MODEL_KEYS: tuple[str, ...] = tuple(k.name.removeprefix('model.') for k in KEYS.values()
-                                            if k.summary and k.name.startswith('model.'))
+SUMMARY_MODEL_KEYS: tuple[str, ...] = tuple(
+  k.name.removeprefix('model.') for k in KEYS.values() if k.summary and k.name.startswith('model.')
+)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -48,8 +48,10 @@ from lgdlm_jax.training import optimizer as optimizer_lib
 
 # float32 on both sides, highest matmul precision: what the mapping alone is accountable for.
 DEFAULT_TOLERANCE = 1e-4
-_ENUM_MODEL_FLAGS = {'latent_beta_schedule': diffusion.BETA_SCHEDULES,
-                     'latent_parameterization': diffusion.PARAMETERIZATIONS}
+_ENUM_MODEL_FLAGS = {
+  'latent_beta_schedule': diffusion.BETA_SCHEDULES,
+  'latent_parameterization': diffusion.PARAMETERIZATIONS,
+}
 MODEL_FLAGS = layout.INFERRED_KEYS + ('latent_timesteps', 'dropout') + tuple(_ENUM_MODEL_FLAGS)
 
 
@@ -63,16 +65,33 @@ def flag_name(model_key: str) -> str:
 
 def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   del argv
+
   def define(kind, name, default, *args):
     kind(name, default, *args, flag_values=flag_values)
-  define(flags.DEFINE_string, 'input', None, 'PyTorch checkpoint or run directory (with --to-torch: a converted '
-         'directory or a training workdir).')
+
+  define(
+    flags.DEFINE_string,
+    'input',
+    None,
+    'PyTorch checkpoint or run directory (with --to-torch: a converted directory or a training workdir).',
+  )
   define(flags.DEFINE_string, 'output', None, 'Directory to create (with --to-torch: a .pt or .safetensors file).')
   define(flags.DEFINE_boolean, 'to-torch', False, 'Export lgdlm_jax weights to PyTorch.')
-  define(flags.DEFINE_enum, 'torch-layout', None, exporters.LAYOUTS, 'With --to-torch to a .pt: cycle (default; the '
-         'cycle trainer\'s --resume loads it), latentdlm (its samplers load it) or bare (the state dict).')
-  define(flags.DEFINE_integer, 'step', None, 'The checkpoint step of a training workdir (--to-torch) or of the cycle '
-         'trainer\'s run directory (step_N.pt); default the newest.')
+  define(
+    flags.DEFINE_enum,
+    'torch-layout',
+    None,
+    exporters.LAYOUTS,
+    'With --to-torch to a .pt: cycle (default; the '
+    "cycle trainer's --resume loads it), latentdlm (its samplers load it) or bare (the state dict).",
+  )
+  define(
+    flags.DEFINE_integer,
+    'step',
+    None,
+    'The checkpoint step of a training workdir (--to-torch) or of the cycle '
+    "trainer's run directory (step_N.pt); default the newest.",
+  )
   define(flags.DEFINE_enum, 'dtype', None, ('float32', 'bfloat16'), 'Cast the weights (default: the stored dtype).')
   define(flags.DEFINE_boolean, 'unsafe-pickle', False, 'Unpickle whatever code the file names (trusted files only).')
   define(flags.DEFINE_boolean, 'allow-missing', False, 'Initialise parameters the checkpoint lacks.')
@@ -107,9 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _to_flax(args: flags.FlagValues) -> None:
   checkpoint = files.read_checkpoint(args.input, args['unsafe-pickle'].value, args.step)
   notes = [f"unwrapped '{k}'" for k in checkpoint.unwrapped] + [f"stripped prefix '{p}'" for p in checkpoint.stripped]
-  print(f'read {checkpoint.path} ({checkpoint.chosen}): {len(checkpoint.state_dict)} tensors, '
-        f'{_count(checkpoint.state_dict):,} parameters, {_dtypes(checkpoint.state_dict)}'
-        + ''.join(f'; {n}' for n in notes))
+  print(
+    f'read {checkpoint.path} ({checkpoint.chosen}): {len(checkpoint.state_dict)} tensors, '
+    f'{_count(checkpoint.state_dict):,} parameters, {_dtypes(checkpoint.state_dict)}' + ''.join(f'; {n}' for n in notes)
+  )
   stated = {key: args[flag_name(key)].value for key in MODEL_FLAGS}
   inferred = layout.infer_model_config(checkpoint.state_dict, stated, checkpoint.saved_config)
   model_config = inferred.config
@@ -117,20 +137,27 @@ def _to_flax(args: flags.FlagValues) -> None:
   print('model config:')
   for key, source in inferred.sources.items():
     print(f'  {key}={model_config[key]} ({source})')
-  allow = fitting.Allowances(args['allow-missing'].value, args['allow-unexpected'].value,
-                             args['allow-mismatched'].value)
+  allow = fitting.Allowances(
+    args['allow-missing'].value, args['allow-unexpected'].value, args['allow-mismatched'].value
+  )
   fitted = fitting.fit(checkpoint.state_dict, model_config, allow, args.seed)
   print('\n'.join(fitted.report))
   state_dict = exporters.cast(fitted.state_dict, args.dtype)
   params = mapping.torch_to_flax(state_dict, model_config)
   flat = flax.traverse_util.flatten_dict(params)
-  print(f'converted {len(state_dict)} tensors ({_count(state_dict):,} parameters) into {len(flat)} Flax arrays '
-        f'({_count(flat):,} parameters), {_dtypes(flat)}')
+  print(
+    f'converted {len(state_dict)} tensors ({_count(state_dict):,} parameters) into {len(flat)} Flax arrays '
+    f'({_count(flat):,} parameters), {_dtypes(flat)}'
+  )
   moments = _moments(checkpoint, model_config, fitted.changed)
   done = 'unknown' if checkpoint.steps_done is None else f'{checkpoint.steps_done} micro-batches done'
   print(f'step: {done} ({checkpoint.step_source})')
-  info = {'source': os.path.abspath(checkpoint.path), 'steps_done': checkpoint.steps_done,
-          'step_source': checkpoint.step_source, 'tokenizer': sources.tokenizer_ids(checkpoint.saved_config)}
+  info = {
+    'source': os.path.abspath(checkpoint.path),
+    'steps_done': checkpoint.steps_done,
+    'step_source': checkpoint.step_source,
+    'tokenizer': sources.tokenizer_ids(checkpoint.saved_config),
+  }
   with _staged(args.output, args.overwrite) as staged:
     converted.save(staged, params, model_config, info, moments)
     if args.verify:
@@ -141,8 +168,9 @@ def _to_flax(args: flags.FlagValues) -> None:
   print(f'wrote {args.output}: {", ".join(written)}')
 
 
-def _moments(checkpoint: files.TorchCheckpoint, model_config: ml_collections.ConfigDict,
-             changed: bool) -> moments_lib.AdamMoments | None:
+def _moments(
+  checkpoint: files.TorchCheckpoint, model_config: ml_collections.ConfigDict, changed: bool
+) -> moments_lib.AdamMoments | None:
   """The checkpoint's AdamW moments when they fit the converted parameters; says why not otherwise."""
   if checkpoint.optimizer_state is None:
     print(f'optimizer state: none in the checkpoint (no {files.OPTIMIZER_KEY})')
@@ -163,12 +191,16 @@ def _moments(checkpoint: files.TorchCheckpoint, model_config: ml_collections.Con
 def _to_torch(args: flags.FlagValues) -> None:
   torch_layout = exporters.layout_for(args.output, args['torch-layout'].value)
   if sources.kind(args.input) == sources.TORCH:
-    raise FileNotFoundError(f'{args.input} is neither a converted directory (no {converted.PARAMS_DIR}/) nor a '
-                            f'training workdir ({config_lib.CONFIG_FILE} and checkpoints/): --to-torch exports those')
-  has_optimizer_state = (sources.kind(args.input) == sources.WORKDIR
-                         or os.path.isdir(os.path.join(args.input, converted.OPTIMIZER_DIR)))
-  weights = sources.read(args.input, step=args.step,
-                         with_moments=torch_layout == exporters.CYCLE and has_optimizer_state)
+    raise FileNotFoundError(
+      f'{args.input} is neither a converted directory (no {converted.PARAMS_DIR}/) nor a '
+      f'training workdir ({config_lib.CONFIG_FILE} and checkpoints/): --to-torch exports those'
+    )
+  has_optimizer_state = sources.kind(args.input) == sources.WORKDIR or os.path.isdir(
+    os.path.join(args.input, converted.OPTIMIZER_DIR)
+  )
+  weights = sources.read(
+    args.input, step=args.step, with_moments=torch_layout == exporters.CYCLE and has_optimizer_state
+  )
   print(f'read {weights.description}')
   state_dict = exporters.ordered_state_dict(weights.params, weights.model_config, args.dtype)
   with _staged(args.output, args.overwrite) as staged:
@@ -176,12 +208,14 @@ def _to_torch(args: flags.FlagValues) -> None:
     held = exporters.write(staged, torch_layout, weights, state_dict, schedule)
     if args.verify:
       _verify(weights.model_config, files.read_checkpoint(staged).state_dict, weights.params, args)
-  print(f'wrote {args.output}: {held}; {len(state_dict)} tensors, {_count(state_dict):,} parameters, '
-        f'{_dtypes(state_dict)}')
+  print(
+    f'wrote {args.output}: {held}; {len(state_dict)} tensors, {_count(state_dict):,} parameters, {_dtypes(state_dict)}'
+  )
 
 
-def _verify(model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], params: Any,
-            args: flags.FlagValues) -> None:
+def _verify(
+  model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np.ndarray], params: Any, args: flags.FlagValues
+) -> None:
   try:
     from lgdlm_jax.convert import verify  # pylint: disable=g-import-not-at-top  (needs torch and mmdit)
   except ImportError as e:
@@ -192,8 +226,9 @@ def _verify(model_config: ml_collections.ConfigDict, state_dict: Mapping[str, np
     print(f'  {name}: max |PyTorch - Flax| = {difference:.3g}')
   worst = max(differences, key=differences.get)
   if differences[worst] > args.tolerance:
-    raise VerificationError(f'{worst} differs by {differences[worst]:.3g} > tolerance {args.tolerance:g}; '
-                            'nothing was written')
+    raise VerificationError(
+      f'{worst} differs by {differences[worst]:.3g} > tolerance {args.tolerance:g}; nothing was written'
+    )
 
 
 def _count(arrays: Mapping[Any, np.ndarray]) -> int:

@@ -38,8 +38,13 @@ class DamagedCheckpointError(mapping.ConversionError):
   """An Orbax checkpoint's files cannot be read (truncated, emptied or missing); the message names it."""
 
 
-def save(directory: str, params: Any, model_config: ml_collections.ConfigDict, info: dict[str, Any] | None = None,
-         moments: moments_lib.AdamMoments | None = None) -> None:
+def save(
+  directory: str,
+  params: Any,
+  model_config: ml_collections.ConfigDict,
+  info: dict[str, Any] | None = None,
+  moments: moments_lib.AdamMoments | None = None,
+) -> None:
   """Writes a converted directory (which must not exist yet); `info` goes into converted.json."""
   directory = os.path.abspath(directory)
   os.makedirs(directory)
@@ -99,11 +104,14 @@ def load_moments(directory: str, model_config: ml_collections.ConfigDict) -> mom
     mapping.check_params(flax.traverse_util.flatten_dict(stored[name]), model_config)
   info = load_info(directory)
   if not isinstance(info.get('optimizer_updates'), int):
-    raise mapping.ConversionError(f'{directory}/{INFO_FILE} does not say how many updates the moments in '
-                                  f'{OPTIMIZER_DIR}/ have had (optimizer_updates)')
+    raise mapping.ConversionError(
+      f'{directory}/{INFO_FILE} does not say how many updates the moments in '
+      f'{OPTIMIZER_DIR}/ have had (optimizer_updates)'
+    )
   restored = restore_numpy(path, stored)
-  return moments_lib.AdamMoments(info['optimizer_updates'], restored['mu'], restored['nu'],
-                                 info.get('optimizer_hyperparameters', {}))
+  return moments_lib.AdamMoments(
+    info['optimizer_updates'], restored['mu'], restored['nu'], info.get('optimizer_hyperparameters', {})
+  )
 
 
 def metadata(path: str) -> Any:
@@ -114,8 +122,10 @@ def metadata(path: str) -> Any:
   except _DAMAGE_ERRORS as e:
     raise _damaged(path, e) from e
   if item is None:  # what Orbax makes of a _METADATA or manifest.ocdbt that is missing, empty or cut short
-    raise DamagedCheckpointError(f'{path}: damaged checkpoint, cannot be read (no readable metadata: its _METADATA '
-                                 'or manifest.ocdbt is missing, empty or cut short)')
+    raise DamagedCheckpointError(
+      f'{path}: damaged checkpoint, cannot be read (no readable metadata: its _METADATA '
+      'or manifest.ocdbt is missing, empty or cut short)'
+    )
   return item.tree
 
 
@@ -124,10 +134,14 @@ def restore_numpy(path: str, wanted: Any) -> Any:
   with None for what is not wanted) names, as numpy arrays in their stored dtype."""
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
-      return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      return checkpointer.restore(
+        path,
+        args=ocp.args.PyTreeRestore(
           item=jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted),
           restore_args=jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
-          partial_restore=True))
+          partial_restore=True,
+        ),
+      )
   except _DAMAGE_ERRORS as e:
     raise _damaged(path, e) from e
 
@@ -143,8 +157,11 @@ def _config_differences(directory: str, model_config: ml_collections.ConfigDict)
     saved = load_model_config(directory)
   except (OSError, ValueError):
     return ''
-  differing = [f'{k} ({saved[k]} there, {model_config[k]} here)' for k in saved
-               if k in model_config and saved[k] != model_config[k]]
+  differing = [
+    f'{k} ({saved[k]} there, {model_config[k]} here)'
+    for k in saved
+    if k in model_config and saved[k] != model_config[k]
+  ]
   if not differing:
     return ''
   return f'; {directory}/{config_lib.CONFIG_FILE} differs from the model config in: {", ".join(differing)}'

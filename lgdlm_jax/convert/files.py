@@ -78,8 +78,9 @@ def read_checkpoint(path: str, unsafe_pickle: bool = False, step: int | None = N
   top = contents if isinstance(contents, dict) else {}
   optimizer_state = top.get(OPTIMIZER_KEY) if isinstance(top.get(OPTIMIZER_KEY), dict) else None
   saved_config = next((top[k] for k in CONFIG_KEYS if isinstance(top.get(k), dict)), None)
-  return TorchCheckpoint(path, chosen, state_dict, unwrapped, stripped, saved_config, optimizer_state, steps_done,
-                         step_source)
+  return TorchCheckpoint(
+    path, chosen, state_dict, unwrapped, stripped, saved_config, optimizer_state, steps_done, step_source
+  )
 
 
 def resolve(path: str, step: int | None = None) -> tuple[str, str]:
@@ -95,17 +96,22 @@ def resolve(path: str, step: int | None = None) -> tuple[str, str]:
     if steps or os.path.isfile(os.path.join(directory, CYCLE_LATEST)):
       return _cycle_file(directory, steps, step)
   if step is not None:
-    raise CheckpointFileError(f'--step {step} picks step_N.pt of the cycle trainer\'s run directory; {path} has no '
-                              f'{CYCLE_CHECKPOINTS_DIR}/step_N.pt')
+    raise CheckpointFileError(
+      f"--step {step} picks step_N.pt of the cycle trainer's run directory; {path} has no "
+      f'{CYCLE_CHECKPOINTS_DIR}/step_N.pt'
+    )
   newest = os.path.join(path, LATENTDLM_NEWEST)
-  for directory, chosen in ((path, 'the file of the checkpoint directory given'),
-                            (newest, f'latentDLM\'s newest checkpoint ({LATENTDLM_NEWEST}/) of the run directory')):
+  for directory, chosen in (
+    (path, 'the file of the checkpoint directory given'),
+    (newest, f"latentDLM's newest checkpoint ({LATENTDLM_NEWEST}/) of the run directory"),
+  ):
     for name in DIRECTORY_FILES:
       if os.path.isfile(os.path.join(directory, name)):
         return os.path.join(directory, name), chosen
   raise CheckpointFileError(
-      f'{path} is a directory without a checkpoint: expected the cycle trainer\'s {CYCLE_CHECKPOINTS_DIR}/latest.pt or '
-      f'step_N.pt, latentDLM\'s {LATENTDLM_NEWEST}/checkpoint.pt, or one of {", ".join(DIRECTORY_FILES)}')
+    f"{path} is a directory without a checkpoint: expected the cycle trainer's {CYCLE_CHECKPOINTS_DIR}/latest.pt or "
+    f"step_N.pt, latentDLM's {LATENTDLM_NEWEST}/checkpoint.pt, or one of {', '.join(DIRECTORY_FILES)}"
+  )
 
 
 def _cycle_steps(directory: str) -> dict[int, str]:
@@ -116,7 +122,7 @@ def _cycle_steps(directory: str) -> dict[int, str]:
 
 
 def _cycle_file(directory: str, steps: dict[int, str], step: int | None) -> tuple[str, str]:
-  run = 'the cycle trainer\'s run directory'
+  run = "the cycle trainer's run directory"
   if step is not None:
     if step not in steps:
       raise CheckpointFileError(f'{directory} has no step_{step}.pt; it has steps {sorted(steps)}')
@@ -130,6 +136,7 @@ def _cycle_file(directory: str, steps: dict[int, str], step: int | None) -> tupl
 def to_tensor(array: np.ndarray) -> Any:
   """numpy -> torch.Tensor, bfloat16 included (torch.from_numpy does not know ml_dtypes)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   array = np.asarray(array, order='C')  # not ascontiguousarray: it makes 0-d arrays 1-d
   if array.dtype == ml_dtypes.bfloat16:
     return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
@@ -141,6 +148,7 @@ def to_numpy(tensor: Any) -> np.ndarray:
   if isinstance(tensor, np.ndarray):
     return tensor
   import torch  # pylint: disable=g-import-not-at-top
+
   tensor = tensor.detach().cpu()
   if tensor.dtype == torch.bfloat16:
     return tensor.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -152,18 +160,24 @@ def _steps_done(contents: Any) -> tuple[int | None, str]:
     return None, 'the file holds no step'
   step = contents.get('step')
   if isinstance(step, int) and not isinstance(step, bool):
-    return step + 1, (f'the cycle trainer\'s step {step}, the 0-based index of the last micro-batch applied '
-                      f'(its first update is step 0), is {step + 1} micro-batches done')
+    return step + 1, (
+      f"the cycle trainer's step {step}, the 0-based index of the last micro-batch applied "
+      f'(its first update is step 0), is {step + 1} micro-batches done'
+    )
   for key in TRAINING_STATE_KEYS:
     state = contents.get(key)
     if isinstance(state, pickles.TrainingState) and isinstance(getattr(state, 'step', None), int):
-      return state.step, f'latentDLM\'s {key}.step {state.step} counts the micro-batches done'
+      return state.step, f"latentDLM's {key}.step {state.step} counts the micro-batches done"
   return None, 'the file holds no step'
 
 
 def _is_state_dict(value: Any) -> bool:
-  return (isinstance(value, dict) and bool(value) and all(isinstance(k, str) for k in value)
-          and all(hasattr(v, 'shape') for v in value.values()))
+  return (
+    isinstance(value, dict)
+    and bool(value)
+    and all(isinstance(k, str) for k in value)
+    and all(hasattr(v, 'shape') for v in value.values())
+  )
 
 
 def _unwrap(contents: Any, path: str) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
@@ -176,8 +190,10 @@ def _unwrap(contents: Any, path: str) -> tuple[dict[str, np.ndarray], tuple[str,
     key = next((k for k in WRAPPER_KEYS if isinstance(contents, dict) and k in contents), None)
     if key is None:
       found = sorted(map(str, contents))[:12] if isinstance(contents, dict) else type(contents).__name__
-      raise CheckpointFileError(f'{path} holds no state dict: expected tensors by name or one of the '
-                                f'keys {", ".join(WRAPPER_KEYS)}; found {found}')
+      raise CheckpointFileError(
+        f'{path} holds no state dict: expected tensors by name or one of the '
+        f'keys {", ".join(WRAPPER_KEYS)}; found {found}'
+      )
     contents = contents[key]
     unwrapped.append(key)
   return {k: to_numpy(v) for k, v in contents.items()}, tuple(unwrapped)
@@ -189,5 +205,5 @@ def _strip_prefixes(state_dict: dict[str, np.ndarray]) -> tuple[dict[str, np.nda
     prefix = next((p for p in PREFIXES if all(k.startswith(p) for k in state_dict)), None)
     if prefix is None:
       return state_dict, tuple(stripped)
-    state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     stripped.append(prefix)

@@ -26,8 +26,9 @@ class Fitted:
   changed: bool  # whether any tensor was initialised or dropped
 
 
-def fit(state_dict: Mapping[str, np.ndarray], model_config: ml_collections.ConfigDict, allow: Allowances,
-        seed: int) -> Fitted:
+def fit(
+  state_dict: Mapping[str, np.ndarray], model_config: ml_collections.ConfigDict, allow: Allowances, seed: int
+) -> Fitted:
   """The state dict with exactly the model's tensors; what is missing, unexpected or mismatched is a
   ConversionError (one line, the first few named) unless its --allow-* flag says to initialise
   (missing, mismatched; from a fresh model seeded with `seed`) or drop (unexpected) it."""
@@ -36,11 +37,21 @@ def fit(state_dict: Mapping[str, np.ndarray], model_config: ml_collections.Confi
   unexpected = [k for k in state_dict if k not in expected]
   mismatched = [k for k in state_dict if k in expected and tuple(np.shape(state_dict[k])) != expected[k]]
   kinds = (
-      ('missing', missing, allow.missing, '--allow-missing initialises them', lambda k: f'{k} {expected[k]}'),
-      ('unexpected', unexpected, allow.unexpected, '--allow-unexpected drops them',
-       lambda k: f'{k} {tuple(np.shape(state_dict[k]))}'),
-      ('mismatched', mismatched, allow.mismatched, '--allow-mismatched initialises them',
-       lambda k: f'{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {expected[k]}'),
+    ('missing', missing, allow.missing, '--allow-missing initialises them', lambda k: f'{k} {expected[k]}'),
+    (
+      'unexpected',
+      unexpected,
+      allow.unexpected,
+      '--allow-unexpected drops them',
+      lambda k: f'{k} {tuple(np.shape(state_dict[k]))}',
+    ),
+    (
+      'mismatched',
+      mismatched,
+      allow.mismatched,
+      '--allow-mismatched initialises them',
+      lambda k: f'{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {expected[k]}',
+    ),
   )
   report, errors = [], []
   for kind, keys, allowed, remedy, describe in kinds:

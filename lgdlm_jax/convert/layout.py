@@ -22,16 +22,16 @@ from lgdlm_jax.objective import diffusion
 MHC = 'mhc'
 PLAIN = 'plain'
 LAYOUT_NAMES = {
-    MHC: 'manifold-constrained hyper-connections (mmdit 0.3.0, hyper_connections.mHCv2)',
-    PLAIN: 'plain residual (R = 1, any mmdit version)',
+  MHC: 'manifold-constrained hyper-connections (mmdit 0.3.0, hyper_connections.mHCv2)',
+  PLAIN: 'plain residual (R = 1, any mmdit version)',
 }
 # (model key, tensor, axis): the tensor whose shape states the size.
 _SIZE_SOURCES = (
-    ('vocab_size', 'text_encoder.token_embed.weight', 0),
-    ('hidden_size', 'text_encoder.token_embed.weight', 1),
-    ('max_seq_len', 'text_encoder.position_embed', 1),
-    ('latent_dim', 'latent_encoder.projection.0.weight', 1),
-    ('cond_dim', 'conditioning.text_sigma_map.mlp.0.weight', 0),
+  ('vocab_size', 'text_encoder.token_embed.weight', 0),
+  ('hidden_size', 'text_encoder.token_embed.weight', 1),
+  ('max_seq_len', 'text_encoder.position_embed', 1),
+  ('latent_dim', 'latent_encoder.projection.0.weight', 1),
+  ('cond_dim', 'conditioning.text_sigma_map.mlp.0.weight', 0),
 )
 _SIZE_KEYS = tuple(key for key, _, _ in _SIZE_SOURCES) + ('n_blocks', 'num_residual_streams')
 INFERRED_KEYS = _SIZE_KEYS + ('cluster_size',)
@@ -42,8 +42,18 @@ _CLUSTER_SIZE_IF_UNKNOWN = 100
 
 _BLOCK_KEY = re.compile(r'^mmdit\.blocks\.(\d+)\.')
 _RESIDUAL_KEY = re.compile(r'^mmdit\.blocks\.\d+\.(?:attn|ff)_residual_fns\.\d+\.(.+)$')
-_MHC_LEAVES = frozenset(('static_alpha', 'dynamic_alpha_fn', 'pre_branch_scale', 'residual_scale', 'static_beta',
-                         'dynamic_beta_fn', 'h_post_scale', 'norm.gamma'))
+_MHC_LEAVES = frozenset(
+  (
+    'static_alpha',
+    'dynamic_alpha_fn',
+    'pre_branch_scale',
+    'residual_scale',
+    'static_beta',
+    'dynamic_beta_fn',
+    'h_post_scale',
+    'norm.gamma',
+  )
+)
 # Parameters only hyper_connections.HyperConnections has (mmdit 0.2.x's residual for R >= 2).
 _HYPER_CONNECTIONS_LEAVES = frozenset(('dynamic_alpha_scale', 'dynamic_beta_scale'))
 
@@ -67,24 +77,27 @@ def residual_layout(state_dict: Mapping[str, np.ndarray]) -> tuple[str, int]:
   streams = int(state_dict[first_key['static_alpha']].shape[0]) if 'static_alpha' in first_key else None
   if _HYPER_CONNECTIONS_LEAVES & first_key.keys():
     raise mapping.ConversionError(
-        f'the residual parameters ({", ".join(sorted(first_key))}) are the hyper_connections.HyperConnections '
-        f'layout of mmdit 0.2.x (R={streams}), which lgdlm_jax does not implement. It mixes the streams with '
-        'static + scale * tanh(RMSNorm(x) @ W) weights, used as they are; mmdit 0.3.0\'s manifold-constrained '
-        'hyper-connections pass the same kind of logits through sigmoid, a Sinkhorn projection and '
-        '2 * sigmoid, and no choice of their parameters gives the 0.2.x weights (not even at '
-        'initialisation: a one-hot row is the limit of a sigmoid and identity the limit of Sinkhorn), so '
-        'a conversion would change the outputs. Convert only R = 1 or mmdit 0.3.0 checkpoints.')
+      f'the residual parameters ({", ".join(sorted(first_key))}) are the hyper_connections.HyperConnections '
+      f'layout of mmdit 0.2.x (R={streams}), which lgdlm_jax does not implement. It mixes the streams with '
+      "static + scale * tanh(RMSNorm(x) @ W) weights, used as they are; mmdit 0.3.0's manifold-constrained "
+      'hyper-connections pass the same kind of logits through sigmoid, a Sinkhorn projection and '
+      '2 * sigmoid, and no choice of their parameters gives the 0.2.x weights (not even at '
+      'initialisation: a one-hot row is the limit of a sigmoid and identity the limit of Sinkhorn), so '
+      'a conversion would change the outputs. Convert only R = 1 or mmdit 0.3.0 checkpoints.'
+    )
   unknown = sorted(first_key.keys() - _MHC_LEAVES)
   if unknown or streams is None:
     raise mapping.ConversionError(
-        f'unrecognised residual layout: {first_key[unknown[0]] if unknown else next(iter(first_key.values()))} '
-        f'and the other residual parameters ({", ".join(sorted(first_key))}) are neither mmdit 0.3.0\'s '
-        f'mHC ({", ".join(sorted(_MHC_LEAVES))}) nor mmdit 0.2.x\'s HyperConnections')
+      f'unrecognised residual layout: {first_key[unknown[0]] if unknown else next(iter(first_key.values()))} '
+      f"and the other residual parameters ({', '.join(sorted(first_key))}) are neither mmdit 0.3.0's "
+      f"mHC ({', '.join(sorted(_MHC_LEAVES))}) nor mmdit 0.2.x's HyperConnections"
+    )
   return MHC, streams
 
 
-def infer_model_config(state_dict: Mapping[str, np.ndarray], stated: Mapping[str, Any],
-                       saved_config: Mapping[str, Any] | None = None) -> InferredConfig:
+def infer_model_config(
+  state_dict: Mapping[str, np.ndarray], stated: Mapping[str, Any], saved_config: Mapping[str, Any] | None = None
+) -> InferredConfig:
   """The model config the tensors imply, with the `stated` values (model key -> value, user's).
 
   A stated value that contradicts the tensors is an error naming both. `saved_config` is the
@@ -119,8 +132,9 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], stated: Mapping[str
     model_config.cluster_size, sources['cluster_size'] = int(saved_model['cluster_size']), 'checkpoint config'
   else:
     model_config.cluster_size = _CLUSTER_SIZE_IF_UNKNOWN if has_head else 0
-    sources['cluster_size'] = (f'{head}; its value is not stored, so the reference model\'s default' if has_head
-                               else 'tensors')
+    sources['cluster_size'] = (
+      f"{head}; its value is not stored, so the reference model's default" if has_head else 'tensors'
+    )
 
   for key in UNINFERABLE_KEYS:
     if stated.get(key) is not None:
@@ -129,8 +143,10 @@ def infer_model_config(state_dict: Mapping[str, np.ndarray], stated: Mapping[str
       model_config[key], sources[key] = type(model_config[key])(saved_model[key]), 'checkpoint config'
     else:
       sources[key] = 'default'
-  for key, allowed in (('latent_beta_schedule', diffusion.BETA_SCHEDULES),
-                       ('latent_parameterization', diffusion.PARAMETERIZATIONS)):
+  for key, allowed in (
+    ('latent_beta_schedule', diffusion.BETA_SCHEDULES),
+    ('latent_parameterization', diffusion.PARAMETERIZATIONS),
+  ):
     if model_config[key] not in allowed:
       problems.append(f'{key}={model_config[key]!r} ({sources[key]}); expected one of {allowed}')
   if problems:

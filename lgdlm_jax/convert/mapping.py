@@ -36,13 +36,45 @@ _MAX_NAMED_PROBLEMS = 8
 # lists a module's own parameters before its children's, in registration order, so position_embed
 # (a parameter of the encoders) precedes token_embed and projection (their sub-modules).
 _REGISTRATION_ORDER = (
-    'text_encoder', 'latent_encoder', 'conditioning', 'mmdit', 'text_head', 'latent_head', 'text_head_clusters',
-    'position_embed', 'token_embed', 'projection', 'text_sigma_map', 'latent_sigma_map', 'combine', 'mlp',
-    'blocks', 'norms',
-    'attn_residual_fns', 'ff_residual_fns', 'to_post_branch_gammas', 'attn_layernorms', 'joint_attn',
-    'ff_layernorms', 'feedforwards',
-    'static_alpha', 'dynamic_alpha_fn', 'pre_branch_scale', 'residual_scale', 'static_beta', 'dynamic_beta_fn',
-    'h_post_scale', 'norm', 'gamma', 'to_cond', 'to_qkv', 'to_out', 'ff', 'weight', 'bias', 'g',
+  'text_encoder',
+  'latent_encoder',
+  'conditioning',
+  'mmdit',
+  'text_head',
+  'latent_head',
+  'text_head_clusters',
+  'position_embed',
+  'token_embed',
+  'projection',
+  'text_sigma_map',
+  'latent_sigma_map',
+  'combine',
+  'mlp',
+  'blocks',
+  'norms',
+  'attn_residual_fns',
+  'ff_residual_fns',
+  'to_post_branch_gammas',
+  'attn_layernorms',
+  'joint_attn',
+  'ff_layernorms',
+  'feedforwards',
+  'static_alpha',
+  'dynamic_alpha_fn',
+  'pre_branch_scale',
+  'residual_scale',
+  'static_beta',
+  'dynamic_beta_fn',
+  'h_post_scale',
+  'norm',
+  'gamma',
+  'to_cond',
+  'to_qkv',
+  'to_out',
+  'ff',
+  'weight',
+  'bias',
+  'g',
 )
 _REGISTRATION_RANK = {name: rank for rank, name in enumerate(_REGISTRATION_ORDER)}
 
@@ -86,11 +118,13 @@ def torch_param_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tup
 def reference_parameter_order(model_config: ml_collections.ConfigDict) -> list[str]:
   """The reference model's parameter names in the order of its `parameters()`: the order of its
   state dict and of the parameter indices in its optimizer's state."""
+
   def rank(name: str) -> tuple[int, ...]:
     try:
       return tuple(int(part) if part.isdigit() else _REGISTRATION_RANK[part] for part in name.split('.'))
     except KeyError as e:
       raise ConversionError(f'{name}: no known position in the reference model ({e} is not a module name of it)') from e
+
   return sorted(torch_param_shapes(model_config), key=rank)
 
 
@@ -206,11 +240,15 @@ def _describe_torch(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> str:
   return f'{_torch_key(path)} {_torch_shape(path, flax_shape)}'
 
 
-def _compare(flat: Mapping[tuple[str, ...], np.ndarray], expected: Mapping[tuple[str, ...], tuple[int, ...]],
-             describe) -> list[str]:
+def _compare(
+  flat: Mapping[tuple[str, ...], np.ndarray], expected: Mapping[tuple[str, ...], tuple[int, ...]], describe
+) -> list[str]:
   """Every missing, unexpected and mismatched parameter, described with its shape(s)."""
   problems = [f'missing key {describe(p, expected[p])}' for p in expected if p not in flat]
   problems += [f'unexpected key {describe(p, flat[p].shape)}' for p in flat if p not in expected]
-  problems += [f'shape mismatch: got {describe(p, flat[p].shape)}, the model config expects {describe(p, expected[p])}'
-               for p in flat if p in expected and flat[p].shape != expected[p]]
+  problems += [
+    f'shape mismatch: got {describe(p, flat[p].shape)}, the model config expects {describe(p, expected[p])}'
+    for p in flat
+    if p in expected and flat[p].shape != expected[p]
+  ]
   return problems

@@ -37,8 +37,9 @@ class AdamMoments:
   hyperparameters: dict[str, Any]  # lr, betas, eps, weight_decay of the source (for the report), if known
 
 
-def from_torch(optimizer_state: Mapping[str, Any], state_dict: Mapping[str, np.ndarray],
-               model_config: ml_collections.ConfigDict) -> AdamMoments:
+def from_torch(
+  optimizer_state: Mapping[str, Any], state_dict: Mapping[str, np.ndarray], model_config: ml_collections.ConfigDict
+) -> AdamMoments:
   """The moments of a torch AdamW state dict over the parameters of `state_dict` (in its saved
   order, prefixes stripped); ConversionError naming what does not fit."""
   groups = optimizer_state.get('param_groups')
@@ -46,8 +47,9 @@ def from_torch(optimizer_state: Mapping[str, Any], state_dict: Mapping[str, np.n
   if not isinstance(groups, list) or not groups or not isinstance(per_index, Mapping):
     raise mapping.ConversionError('the optimizer state has no param_groups/state: not a torch optimizer state dict')
   if any(group.get('amsgrad') for group in groups):
-    raise mapping.ConversionError('the optimizer state is AMSGrad\'s (amsgrad=True), which lgdlm_jax\'s AdamW does '
-                                  'not run')
+    raise mapping.ConversionError(
+      "the optimizer state is AMSGrad's (amsgrad=True), which lgdlm_jax's AdamW does not run"
+    )
   exp_avg: dict[str, np.ndarray] = {}
   exp_avg_sq: dict[str, np.ndarray] = {}
   counts: set[int] = set()
@@ -58,48 +60,76 @@ def from_torch(optimizer_state: Mapping[str, Any], state_dict: Mapping[str, np.n
       exp_avg[name] = exp_avg_sq[name] = np.zeros(shape, np.float32)
       continue
     if not {'exp_avg', 'exp_avg_sq', 'step'} <= state.keys():
-      raise mapping.ConversionError(f'the optimizer state of {name} has {sorted(state)}, not AdamW\'s exp_avg, '
-                                    'exp_avg_sq and step: only Adam/AdamW states convert')
+      raise mapping.ConversionError(
+        f"the optimizer state of {name} has {sorted(state)}, not AdamW's exp_avg, "
+        'exp_avg_sq and step: only Adam/AdamW states convert'
+      )
     for moments, key in ((exp_avg, 'exp_avg'), (exp_avg_sq, 'exp_avg_sq')):
       moments[name] = np.asarray(files.to_numpy(state[key]), np.float32)
       if moments[name].shape != shape:
-        raise mapping.ConversionError(f'the optimizer\'s {key} of parameter {index} has shape {moments[name].shape}, '
-                                      f'but that parameter, {name}, has {shape}: the state is not this model\'s')
+        raise mapping.ConversionError(
+          f"the optimizer's {key} of parameter {index} has shape {moments[name].shape}, "
+          f"but that parameter, {name}, has {shape}: the state is not this model's"
+        )
     counts.add(int(float(state['step'])))  # a 0-d tensor, or a number in older torch versions
   if not counts:
     raise mapping.ConversionError('the optimizer state holds no moments: no update was applied')
   group = groups[0]
   hyperparameters = {k: group[k] for k in ('lr', 'betas', 'eps', 'weight_decay') if k in group}
   # optax keeps one count for all parameters; torch's differ only for parameters that missed gradients.
-  return AdamMoments(max(counts), mapping.torch_to_flax(exp_avg, model_config),
-                     mapping.torch_to_flax(exp_avg_sq, model_config), hyperparameters)
+  return AdamMoments(
+    max(counts),
+    mapping.torch_to_flax(exp_avg, model_config),
+    mapping.torch_to_flax(exp_avg_sq, model_config),
+    hyperparameters,
+  )
 
 
-def to_torch(moments: AdamMoments, model_config: ml_collections.ConfigDict, *, lr: float, betas: tuple[float, float],
-             eps: float, weight_decay: float) -> dict[str, Any]:
+def to_torch(
+  moments: AdamMoments,
+  model_config: ml_collections.ConfigDict,
+  *,
+  lr: float,
+  betas: tuple[float, float],
+  eps: float,
+  weight_decay: float,
+) -> dict[str, Any]:
   """torch.optim.AdamW's state_dict() over the reference model's parameters, in its parameter order
   (what the reference trainer's `optimizer.load_state_dict` expects); `lr` is the next step's."""
   import torch  # pylint: disable=g-import-not-at-top  (a tool dependency)
+
   names = mapping.reference_parameter_order(model_config)
   exp_avg = mapping.flax_to_torch(moments.mu, model_config)
   exp_avg_sq = mapping.flax_to_torch(moments.nu, model_config)
   # The group's other settings (foreach, fused, maximize, ...) as this torch version writes them.
-  group = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=lr, betas=betas, eps=eps,
-                            weight_decay=weight_decay).state_dict()['param_groups'][0]
+  group = torch.optim.AdamW(
+    [torch.zeros(1, requires_grad=True)], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
+  ).state_dict()['param_groups'][0]
   group['params'] = list(range(len(names)))
-  state = {} if moments.updates == 0 else {
-      i: {'step': torch.tensor(float(moments.updates)),
-          'exp_avg': files.to_tensor(np.asarray(exp_avg[name], np.float32)),
-          'exp_avg_sq': files.to_tensor(np.asarray(exp_avg_sq[name], np.float32))}
-      for i, name in enumerate(names)}
+  state = (
+    {}
+    if moments.updates == 0
+    else {
+      i: {
+        'step': torch.tensor(float(moments.updates)),
+        'exp_avg': files.to_tensor(np.asarray(exp_avg[name], np.float32)),
+        'exp_avg_sq': files.to_tensor(np.asarray(exp_avg_sq[name], np.float32)),
+      }
+      for i, name in enumerate(names)
+    }
+  )
   return {'state': state, 'param_groups': [group]}
 
 
 def into_opt_state(opt_state: Any, moments: AdamMoments) -> Any:
   """`opt_state` (an optax state of lgdlm_jax.training.optimizer's chain, any nesting) holding `moments`: the
   AdamW moments and every update count set, and gradient accumulation at the start of a group."""
-  values = {'mu': moments.mu, 'nu': moments.nu, _MICRO_STEP_FIELD: np.int32(0),
-            **{field: np.int32(moments.updates) for field in _COUNT_FIELDS}}
+  values = {
+    'mu': moments.mu,
+    'nu': moments.nu,
+    _MICRO_STEP_FIELD: np.int32(0),
+    **{field: np.int32(moments.updates) for field in _COUNT_FIELDS},
+  }
   found: set[str] = set()
   opt_state = _set_fields(opt_state, values, found)
   if not set(_MOMENT_FIELDS) <= found:
@@ -114,8 +144,9 @@ def _set_fields(tree: Any, values: Mapping[str, Any], found: set[str]) -> Any:
   if isinstance(tree, tuple) and hasattr(tree, '_fields'):
     replaced = {f: values[f] for f in tree._fields if f in values}
     found.update(replaced)
-    return tree._replace(**replaced, **{f: _set_fields(getattr(tree, f), values, found)
-                                        for f in tree._fields if f not in values})
+    return tree._replace(
+      **replaced, **{f: _set_fields(getattr(tree, f), values, found) for f in tree._fields if f not in values}
+    )
   if isinstance(tree, (tuple, list)):
     return type(tree)(_set_fields(child, values, found) for child in tree)
   return tree  # arrays, and parameter trees (the moments, MultiSteps' accumulated gradient)
@@ -149,11 +180,15 @@ def _index_names(groups: list[Mapping[str, Any]], parameter_names: list[str]) ->
       raise mapping.ConversionError(f'the optimizer state names parameters the state dict lacks: {unknown[:5]}')
     return dict(zip(indices, names))
   if len(groups) > 1:
-    raise mapping.ConversionError(f'the optimizer state has {len(groups)} parameter groups without param_names, so '
-                                  'its parameters cannot be matched to the state dict (the reference uses one group)')
+    raise mapping.ConversionError(
+      f'the optimizer state has {len(groups)} parameter groups without param_names, so '
+      'its parameters cannot be matched to the state dict (the reference uses one group)'
+    )
   if len(indices) != len(parameter_names):
-    raise mapping.ConversionError(f'the optimizer state has {len(indices)} parameters, the state dict '
-                                  f'{len(parameter_names)}: they are not the same model\'s')
+    raise mapping.ConversionError(
+      f'the optimizer state has {len(indices)} parameters, the state dict '
+      f"{len(parameter_names)}: they are not the same model's"
+    )
   return dict(zip(indices, parameter_names))
 
 

@@ -55,6 +55,7 @@ _STAND_IN_PICKLE.load = pickle.load
 def load(path: str, unsafe_pickle: bool = False) -> Any:
   """The unpickled contents of a torch.save file (tensors on the CPU)."""
   import torch  # pylint: disable=g-import-not-at-top  (a tool dependency, needed only for pickles)
+
   try:
     if unsafe_pickle:
       return torch.load(path, map_location='cpu', weights_only=False, pickle_module=_STAND_IN_PICKLE)
@@ -70,8 +71,9 @@ def load(path: str, unsafe_pickle: bool = False) -> Any:
   except pickle.UnpicklingError as e:
     raise PickleError(f'cannot unpickle {path}: {_first_line(e)}') from e
   except ModuleNotFoundError as e:  # only with unsafe_pickle: the file names code that is not installed
-    raise PickleError(f'cannot unpickle {path} with --unsafe-pickle: it refers to module {e.name!r}, which is '
-                      'not importable') from e
+    raise PickleError(
+      f'cannot unpickle {path} with --unsafe-pickle: it refers to module {e.name!r}, which is not importable'
+    ) from e
   except (KeyError, IndexError) as e:  # torch's legacy unpickler on bytes that are no pickle at all
     raise PickleError(f'cannot read {path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)') from e
   except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
@@ -81,15 +83,18 @@ def load(path: str, unsafe_pickle: bool = False) -> Any:
 def _refusal(path: str, error: Exception) -> str:
   """Called inside the safe_globals context, so the stand-ins' names are not listed as unsafe."""
   import torch  # pylint: disable=g-import-not-at-top
+
   try:
     names = ', '.join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
   except Exception:  # pylint: disable=broad-except  (only detail of the message is lost)
     names = ''
   if not names:
     names = next((line.strip() for line in str(error).splitlines() if 'GLOBAL' in line), 'unknown')
-  return (f'{path} refers to code beyond tensors, plain containers and the reference\'s own classes: {names}. '
-          'Unpickling it would run that code, so it was refused and nothing of it ran; pass --unsafe-pickle '
-          'only if you trust the file.')
+  return (
+    f"{path} refers to code beyond tensors, plain containers and the reference's own classes: {names}. "
+    'Unpickling it would run that code, so it was refused and nothing of it ran; pass --unsafe-pickle '
+    'only if you trust the file.'
+  )
 
 
 def _first_line(error: BaseException) -> str:

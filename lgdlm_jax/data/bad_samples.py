@@ -33,8 +33,9 @@ _EMPTY = -1
 class BadSamples:
   """Distinct bad sample keys (dataset indices) against the allowed count."""
 
-  def __init__(self, num_samples: int, *, skip: bool, max_fraction: float, process_count: int,
-               unpaired: Iterable[str] = ()):
+  def __init__(
+    self, num_samples: int, *, skip: bool, max_fraction: float, process_count: int, unpaired: Iterable[str] = ()
+  ):
     self.num_samples = num_samples
     self.allowed = math.floor(max_fraction * num_samples) if skip else 0
     self._skip = skip
@@ -79,13 +80,14 @@ class BadSamples:
   def _exchange(self) -> tuple[jax.Array, list[int]]:
     send = self._unshared[:SLOTS]
     row = np.full(SLOTS, _EMPTY, np.int32)
-    row[:len(send)] = send
+    row[: len(send)] = send
     mesh = Mesh(np.asarray(jax.devices()), ('processes',))
     if self._gather is None:
       self._gather = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, PartitionSpec()))
     local = np.tile(row, (jax.local_device_count(), 1))
-    rows = jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec('processes')), local,
-                                                  (jax.device_count(), SLOTS))
+    rows = jax.make_array_from_process_local_data(
+      NamedSharding(mesh, PartitionSpec('processes')), local, (jax.device_count(), SLOTS)
+    )
     return self._gather(rows), send
 
   def _check(self) -> None:
@@ -95,8 +97,10 @@ class BadSamples:
     where = f'; first found here: {self._first_message}' if self._first_message else ''
     if not self._skip:
       raise DataError(f'bad sample (set data.skip_bad_files=True to replace bad samples){where}')
-    raise DataError(f'{agreed} of {self.num_samples} samples are bad, more than data.max_bad_fraction allows '
-                    f'({self.allowed}){where}; `python -m lgdlm_jax.prepare_data check` lists them')
+    raise DataError(
+      f'{agreed} of {self.num_samples} samples are bad, more than data.max_bad_fraction allows '
+      f'({self.allowed}){where}; `python -m lgdlm_jax.prepare_data check` lists them'
+    )
 
   def get_state(self) -> dict[str, Any]:
     in_flight = self._in_flight[1] if self._in_flight is not None else []

@@ -48,8 +48,9 @@ class Report:
 
   def summary(self) -> str:
     limits = ', '.join(f'{k}={v}' for k, v in dataclasses.asdict(self.limits).items())
-    lines = [f'{self.num_checked} samples checked ({limits}): {self.num_checked - self.num_bad} good, '
-             f'{self.num_bad} bad']
+    lines = [
+      f'{self.num_checked} samples checked ({limits}): {self.num_checked - self.num_bad} good, {self.num_bad} bad'
+    ]
     lines += [f'  {reason}' for reason in self.first_bad]
     if self.num_bad > len(self.first_bad):
       lines.append(f'  ... and {self.num_bad - len(self.first_bad)} more')
@@ -69,8 +70,9 @@ def check_files(token_dir: str, latent_dir: str, limits: Limits, report: Report)
   for sample_files in tqdm.tqdm(files, desc='checking', mininterval=5, disable=None):
     report.num_checked += 1
     try:
-      _, _, latent = formats.read_file_pair(sample_files, max_len=limits.seq_len, vocab_size=limits.vocab_size,
-                                            latent_dim=limits.latent_dim)
+      _, _, latent = formats.read_file_pair(
+        sample_files, max_len=limits.seq_len, vocab_size=limits.vocab_size, latent_dim=limits.latent_dim
+      )
     except CorruptSampleError as e:
       report.bad(str(e))
       continue
@@ -86,7 +88,9 @@ def _records(path: str, chunk: int = 4096):
     for start in range(0, reader.num_records(), chunk):
       # with_retries calls the lambda before the loop moves on.
       yield from formats.with_retries(
-          lambda: reader.read(list(range(start, min(start + chunk, reader.num_records())))), path)  # noqa: B023
+        lambda: reader.read(list(range(start, min(start + chunk, reader.num_records())))),  # noqa: B023
+        path,
+      )
   finally:
     reader.close()
 
@@ -101,16 +105,20 @@ def check_packed(directory: str, limits: Limits, report: Report) -> Report:
       continue
     size, crc = os.path.getsize(path), formats.with_retries(lambda: packed_writer.file_crc32(path), path)  # noqa: B023
     if (size, crc) != (shard['bytes'], shard['crc32']):
-      report.bad(f'{path}: {size} bytes with CRC-32 {crc}, the manifest says {shard["bytes"]} bytes, '
-                 f'{shard["crc32"]}: the shard is damaged')
+      report.bad(
+        f'{path}: {size} bytes with CRC-32 {crc}, the manifest says {shard["bytes"]} bytes, '
+        f'{shard["crc32"]}: the shard is damaged'
+      )
       continue
-    for i, record in enumerate(tqdm.tqdm(_records(path), desc=shard['file'], total=shard['num_samples'],
-                                         mininterval=5, disable=None)):
+    for i, record in enumerate(
+      tqdm.tqdm(_records(path), desc=shard['file'], total=shard['num_samples'], mininterval=5, disable=None)
+    ):
       report.num_checked += 1
       where = f'{path} record {i}'
       try:
-        name, ids, mask, latent = formats.decode_record(record, token_dtype=manifest.token_dtype,
-                                                        latent_dim=manifest.latent_dim)
+        name, ids, mask, latent = formats.decode_record(
+          record, token_dtype=manifest.token_dtype, latent_dim=manifest.latent_dim
+        )
       except CorruptSampleError as e:
         report.bad(f'{where}: {e}')
         continue
@@ -123,8 +131,14 @@ def check_packed(directory: str, limits: Limits, report: Report) -> Report:
   return report
 
 
-def check(directory: str | None = None, *, token_dir: str | None = None, latent_dir: str | None = None,
-          limits: Limits | None = None, max_listed: int = 20) -> Report:
+def check(
+  directory: str | None = None,
+  *,
+  token_dir: str | None = None,
+  latent_dir: str | None = None,
+  limits: Limits | None = None,
+  max_listed: int = 20,
+) -> Report:
   """Checks a data_dir, a packed directory, or token_dir + latent_dir; see the module docstring."""
   limits = limits or Limits()
   report = Report(max_listed=max_listed)

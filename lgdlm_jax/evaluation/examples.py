@@ -28,13 +28,23 @@ def eval_line(step: int, val: dict[str, float]) -> str:
   if 'l2t_onepass_acc' in val:
     parts.append(f'L2T acc {val["l2t_onepass_acc"]:.3f} (shuffled latents {val["l2t_onepass_acc_shuffled"]:.3f})')
   if 't2l_cosine' in val:
-    parts.append(f'T2L cosine {val["t2l_cosine"]:.3f} (mean latent {val["t2l_mean_latent_cosine"]:.3f}, '
-                 f'sample norm {val["t2l_norm"]:.2f})')
+    parts.append(
+      f'T2L cosine {val["t2l_cosine"]:.3f} (mean latent {val["t2l_mean_latent_cosine"]:.3f}, '
+      f'sample norm {val["t2l_norm"]:.2f})'
+    )
   return f'eval step {step}: ' + ' | '.join(parts)
 
 
-def decoded_examples(params: Params, batch: dict[str, np.ndarray], rng: jax.Array, *, model,
-                     config: ml_collections.ConfigDict, num_examples: int = 3, label: str = 'example') -> list[str]:
+def decoded_examples(
+  params: Params,
+  batch: dict[str, np.ndarray],
+  rng: jax.Array,
+  *,
+  model,
+  config: ml_collections.ConfigDict,
+  num_examples: int = 3,
+  label: str = 'example',
+) -> list[str]:
   """Printable lines for the first rows of a host batch: the reference text and both L2T decodings.
 
   Text comes from the tokenizer at config.tokenizer.json_file; with no path, token ids are shown.
@@ -45,8 +55,14 @@ def decoded_examples(params: Params, batch: dict[str, np.ndarray], rng: jax.Arra
   predicted = jax.device_get(predict(params, rows, rng))
   mask = rows['attention_mask'].astype(bool)
   pad_id = int(config.tokenizer.pad_token_id)
-  shown = {name: np.where(mask, ids, pad_id) for name, ids in
-           (('reference', rows['input_ids']), ('one pass', predicted['one_pass']), ('sampled', predicted['sampled']))}
+  shown = {
+    name: np.where(mask, ids, pad_id)
+    for name, ids in (
+      ('reference', rows['input_ids']),
+      ('one pass', predicted['one_pass']),
+      ('sampled', predicted['sampled']),
+    )
+  }
   path = config.tokenizer.json_file
   if path:
     tokenizer = text.load_tokenizer(path)

@@ -63,50 +63,65 @@ def _leave_one_out_mean(x_BxD: jax.Array) -> jax.Array:
   return (jnp.sum(x_BxD, axis=0, keepdims=True) - x_BxD) / (count - 1)
 
 
-def one_pass_l2t(params: Params, latents_BxD: jax.Array, mask_BxS: jax.Array, *, model,
-                 config: ml_collections.ConfigDict) -> jax.Array:
+def one_pass_l2t(
+  params: Params, latents_BxD: jax.Array, mask_BxS: jax.Array, *, model, config: ml_collections.ConfigDict
+) -> jax.Array:
   """Argmax tokens [B,S] of one pass on all-[MASK] text at text t = 1, as in the base L2T loss."""
   all_mask_BxS = jnp.full(mask_BxS.shape, config.tokenizer.mask_token_id, jnp.int32)
   logits_BxSxV, _ = passes.apply_model(model, params, all_mask_BxS, latents_BxD, 1.0, 0.0, mask_BxS)
   return jnp.argmax(logits_BxSxV, axis=-1).astype(jnp.int32)
 
 
-def l2t_predictions(params: Params, batch: dict[str, jax.Array], rng: jax.Array, *, model,
-                    config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def l2t_predictions(
+  params: Params, batch: dict[str, jax.Array], rng: jax.Array, *, model, config: ml_collections.ConfigDict
+) -> dict[str, jax.Array]:
   """{'one_pass': [B,S], 'sampled': [B,S]} int32 tokens decoded from the batch's latents."""
   ids_BxS, mask_BxS, latents_BxD = _batch_arrays(batch)
   sampled_BxS = samplers.sample_l2t(
-      params, latents_BxD, rng, model=model, config=config, seq_len=ids_BxS.shape[1],
-      steps=int(config.training.eval_l2t_steps), temperature=float(config.training.eval_temperature),
-      attention_mask=mask_BxS)
-  return {'one_pass': one_pass_l2t(params, latents_BxD, mask_BxS, model=model, config=config),
-          'sampled': sampled_BxS}
+    params,
+    latents_BxD,
+    rng,
+    model=model,
+    config=config,
+    seq_len=ids_BxS.shape[1],
+    steps=int(config.training.eval_l2t_steps),
+    temperature=float(config.training.eval_temperature),
+    attention_mask=mask_BxS,
+  )
+  return {'one_pass': one_pass_l2t(params, latents_BxD, mask_BxS, model=model, config=config), 'sampled': sampled_BxS}
 
 
-def evaluate_batch(params: Params, batch: dict[str, jax.Array], rng: jax.Array, *, model,
-                   config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+def evaluate_batch(
+  params: Params, batch: dict[str, jax.Array], rng: jax.Array, *, model, config: ml_collections.ConfigDict
+) -> dict[str, jax.Array]:
   """The module docstring's float32 scalars for one batch; pure, so jit it once."""
   ids_BxS, mask_BxS, latents_BxD = _batch_arrays(batch)
   l2t_key, t2l_key = jax.random.split(rng)
   predicted = l2t_predictions(params, batch, l2t_key, model=model, config=config)
 
   # T2L from the true text and from the sampled text, as one sampler call over 2B rows.
-  t2l_2BxD = samplers.sample_t2l(params, passes.interleave(ids_BxS, predicted['sampled']),
-                                 passes.interleave(mask_BxS, mask_BxS), t2l_key,
-                                 model=model, config=config, steps=int(config.training.eval_t2l_steps))
+  t2l_2BxD = samplers.sample_t2l(
+    params,
+    passes.interleave(ids_BxS, predicted['sampled']),
+    passes.interleave(mask_BxS, mask_BxS),
+    t2l_key,
+    model=model,
+    config=config,
+    steps=int(config.training.eval_t2l_steps),
+  )
   t2l_Bx2xD = t2l_2BxD.reshape(ids_BxS.shape[0], 2, -1)
   from_text_BxD, from_sampled_text_BxD = t2l_Bx2xD[:, 0], t2l_Bx2xD[:, 1]
   cycle_BxS = one_pass_l2t(params, from_text_BxD, mask_BxS, model=model, config=config)
   shuffled_BxS = one_pass_l2t(params, jnp.roll(latents_BxD, 1, axis=0), mask_BxS, model=model, config=config)
 
   metrics = dict(
-      l2t_onepass_acc=_token_accuracy(predicted['one_pass'], ids_BxS, mask_BxS),
-      l2t_onepass_acc_shuffled=_token_accuracy(shuffled_BxS, ids_BxS, mask_BxS),
-      l2t_sample_acc=_token_accuracy(predicted['sampled'], ids_BxS, mask_BxS),
-      t2l_cosine=_mean_cosine(from_text_BxD, latents_BxD),
-      t2l_mean_latent_cosine=_mean_cosine(_leave_one_out_mean(latents_BxD), latents_BxD),
-      t2l_norm=jnp.mean(jnp.linalg.norm(from_text_BxD, axis=-1)),
-      cycle_t2l2t_acc=_token_accuracy(cycle_BxS, ids_BxS, mask_BxS),
-      cycle_l2t2l_cosine=_mean_cosine(from_sampled_text_BxD, latents_BxD),
+    l2t_onepass_acc=_token_accuracy(predicted['one_pass'], ids_BxS, mask_BxS),
+    l2t_onepass_acc_shuffled=_token_accuracy(shuffled_BxS, ids_BxS, mask_BxS),
+    l2t_sample_acc=_token_accuracy(predicted['sampled'], ids_BxS, mask_BxS),
+    t2l_cosine=_mean_cosine(from_text_BxD, latents_BxD),
+    t2l_mean_latent_cosine=_mean_cosine(_leave_one_out_mean(latents_BxD), latents_BxD),
+    t2l_norm=jnp.mean(jnp.linalg.norm(from_text_BxD, axis=-1)),
+    cycle_t2l2t_acc=_token_accuracy(cycle_BxS, ids_BxS, mask_BxS),
+    cycle_l2t2l_cosine=_mean_cosine(from_sampled_text_BxD, latents_BxD),
   )
   return {k: v.astype(jnp.float32) for k, v in metrics.items()}

@@ -72,9 +72,18 @@ def _rank_BxS(scores_BxS: jax.Array) -> jax.Array:
   return jnp.argsort(order_BxS, axis=-1, stable=True)
 
 
-def sample_l2t(params: Params, latents_BxD: jax.Array, rng: jax.Array, *, model: nn.Module,
-               config: ml_collections.ConfigDict, seq_len: int, steps: int, temperature: float = 1.0,
-               attention_mask: jax.Array | None = None) -> jax.Array:
+def sample_l2t(
+  params: Params,
+  latents_BxD: jax.Array,
+  rng: jax.Array,
+  *,
+  model: nn.Module,
+  config: ml_collections.ConfigDict,
+  seq_len: int,
+  steps: int,
+  temperature: float = 1.0,
+  attention_mask: jax.Array | None = None,
+) -> jax.Array:
   """Confidence-ordered unmasking; returns int32 tokens [B, seq_len] with no [MASK] left.
 
   temperature > 0 samples each position from softmax(logits / temperature); 0 is greedy (argmax).
@@ -127,8 +136,16 @@ def t2l_start_time(config: ml_collections.ConfigDict) -> float:
   return min(config.loss.cycle_latent_t_max, diffusion.MAX_RANDOM_T)
 
 
-def sample_t2l(params: Params, tokens_BxS: jax.Array, attention_mask: jax.Array | None, rng: jax.Array, *,
-               model: nn.Module, config: ml_collections.ConfigDict, steps: int) -> jax.Array:
+def sample_t2l(
+  params: Params,
+  tokens_BxS: jax.Array,
+  attention_mask: jax.Array | None,
+  rng: jax.Array,
+  *,
+  model: nn.Module,
+  config: ml_collections.ConfigDict,
+  steps: int,
+) -> jax.Array:
   """DDIM (eta = 0) from N(0, I) at t2l_start_time(config) to 0; returns the clean estimate [B,D].
 
   The result is the last step's x0 estimate: the last DDIM update lands on table row 0, which

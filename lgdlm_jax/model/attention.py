@@ -82,8 +82,10 @@ def resolve(config: ml_collections.FrozenConfigDict, platform: str) -> ml_collec
   if backend == 'cudnn' and platform not in ('gpu', 'cuda'):
     raise ConfigError(f"model.attention='cudnn' runs on NVIDIA GPUs only, not on {platform!r}")
   if backend == 'splash' and platform != 'tpu':
-    raise ConfigError(f"model.attention='splash' runs on TPUs only, not on {platform!r} "
-                     '(its CPU emulation is for tests: jax.experimental.pallas.tpu.force_tpu_interpret_mode)')
+    raise ConfigError(
+      f"model.attention='splash' runs on TPUs only, not on {platform!r} "
+      '(its CPU emulation is for tests: jax.experimental.pallas.tpu.force_tpu_interpret_mode)'
+    )
   if backend == choice:
     return config
   updated = config.to_dict()
@@ -91,8 +93,13 @@ def resolve(config: ml_collections.FrozenConfigDict, platform: str) -> ml_collec
   return ml_collections.FrozenConfigDict(updated)
 
 
-def joint_attention(qs: tuple[jax.Array, ...], ks: tuple[jax.Array, ...], vs: tuple[jax.Array, ...],
-                    key_masks: tuple[jax.Array | None, ...], options: AttentionOptions) -> tuple[jax.Array, ...]:
+def joint_attention(
+  qs: tuple[jax.Array, ...],
+  ks: tuple[jax.Array, ...],
+  vs: tuple[jax.Array, ...],
+  key_masks: tuple[jax.Array | None, ...],
+  options: AttentionOptions,
+) -> tuple[jax.Array, ...]:
   """Attention of every modality's queries over all modalities' keys; outputs [B, N_m, H, D] in options.dtype.
 
   key_masks[m]: [B, N_m] bool, False = a padding key, or None = all valid.
@@ -101,8 +108,9 @@ def joint_attention(qs: tuple[jax.Array, ...], ks: tuple[jax.Array, ...], vs: tu
     return _xla(qs, ks, vs, key_masks, options)
   lengths = [q.shape[1] for q in qs]
   q, k, v = (jnp.concatenate(xs, axis=1) for xs in (qs, ks, vs))
-  valid_BxK = jnp.concatenate([jnp.ones(k.shape[:2], bool) if m is None else m.astype(bool)
-                               for k, m in zip(ks, key_masks)], axis=1)
+  valid_BxK = jnp.concatenate(
+    [jnp.ones(k.shape[:2], bool) if m is None else m.astype(bool) for k, m in zip(ks, key_masks)], axis=1
+  )
   if options.backend == 'blockwise':
     out = blockwise_attention.attention(q, k, v, valid_BxK, block_size=options.blockwise_block_size)
   elif options.backend == 'cudnn':
@@ -111,7 +119,7 @@ def joint_attention(qs: tuple[jax.Array, ...], ks: tuple[jax.Array, ...], vs: tu
     out = _splash(q, k, v, valid_BxK, options.splash_block_size)
   else:
     raise ValueError(f'unknown attention backend {options.backend!r}; expected one of {", ".join(BACKENDS)}')
-  splits = [sum(lengths[:i + 1]) for i in range(len(lengths) - 1)]
+  splits = [sum(lengths[: i + 1]) for i in range(len(lengths) - 1)]
   return tuple(jnp.split(out.astype(options.dtype), splits, axis=1))
 
 
@@ -135,13 +143,17 @@ def _xla(qs, ks, vs, key_masks, options):
       scores.append(s_BxKxQxN)
     # As jax.nn.softmax: the max is a constant for differentiation.
     max_BxKxQx1 = jax.lax.stop_gradient(
-        functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores]))
+      functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
+    )
     exps = [jnp.exp(s - max_BxKxQx1) for s in scores]
     total_BxKxQx1 = sum(jnp.sum(e, axis=-1, keepdims=True) for e in exps)
     # Each block's weighted values are accumulated in float32 and rounded to the compute dtype
     # once, as a single matmul over the concatenated keys would.
-    outputs.append(sum(einsum('bhqk,bkhd->bqhd', (e / total_BxKxQx1).astype(options.dtype), v)
-                       for e, v in zip(exps, vs)).astype(options.dtype))
+    outputs.append(
+      sum(einsum('bhqk,bkhd->bqhd', (e / total_BxKxQx1).astype(options.dtype), v) for e, v in zip(exps, vs)).astype(
+        options.dtype
+      )
+    )
   return tuple(outputs)
 
 
@@ -183,17 +195,27 @@ def _splash(q, k, v, valid_BxK, block_size):
   q, k, v = (jnp.swapaxes(jnp.pad(x, pad), 1, 2) for x in ((q * head_dim**-0.5).astype(q.dtype), k, v))
   kv_segments_BxL = jnp.pad(valid_BxK.astype(jnp.int32), ((0, 0), (0, padded - length)))
   q_segments_BxL = jnp.ones((batch, padded), jnp.int32)
-  sizes = kernels.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                             block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+  sizes = kernels.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
 
   def per_shard(q, k, v, q_segments, kv_segments):
     mask = masks.MultiHeadMask([masks.FullMask((padded, padded))] * heads)
-    kernel = kernels.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                     residual_checkpoint_name=RESIDUAL_NAME)
+    kernel = kernels.make_splash_mha(
+      mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, residual_checkpoint_name=RESIDUAL_NAME
+    )
     # A loop over this device's rows rather than jax.vmap: jax 0.10.2's TPU interpret mode (the
     # kernel's CPU emulation the tests use) mishandles the grid axis that vmap adds.
-    return jax.lax.map(lambda row: kernel(*row[:3], segment_ids=kernels.SegmentIds(*row[3:])),
-                       (q, k, v, q_segments, kv_segments))
+    return jax.lax.map(
+      lambda row: kernel(*row[:3], segment_ids=kernels.SegmentIds(*row[3:])), (q, k, v, q_segments, kv_segments)
+    )
 
   mesh = jax.sharding.get_abstract_mesh()
   axes = _batch_axes(mesh, batch)

@@ -56,11 +56,15 @@ def _forward(q, k, v, valid, block_size):
     correction = jnp.exp(jnp.where(jnp.isfinite(max_BxHxQ), max_BxHxQ, safe_max) - safe_max)
     total = total_BxHxQ * correction + jnp.sum(p, axis=-1)
     acc = acc_BxHxQxD * correction[..., None] + jnp.einsum(
-        'bhqk,bkhd->bhqd', p.astype(q.dtype), v_c, preferred_element_type=jnp.float32)
+      'bhqk,bkhd->bhqd', p.astype(q.dtype), v_c, preferred_element_type=jnp.float32
+    )
     return (new_max, total, acc), None
 
-  init = (jnp.full((b, h, nq), -jnp.inf, jnp.float32), jnp.zeros((b, h, nq), jnp.float32),
-          jnp.zeros((b, h, nq, d), jnp.float32))
+  init = (
+    jnp.full((b, h, nq), -jnp.inf, jnp.float32),
+    jnp.zeros((b, h, nq), jnp.float32),
+    jnp.zeros((b, h, nq, d), jnp.float32),
+  )
   blocks = (_blocks(k, block_size), _blocks(v, block_size), _blocks(valid, block_size))
   (max_BxHxQ, total_BxHxQ, acc_BxHxQxD), _ = jax.lax.scan(one_block, init, blocks)
   out_BxQxHxD = jnp.swapaxes(acc_BxHxQxD / total_BxHxQ[..., None], 1, 2).astype(q.dtype)
@@ -79,7 +83,7 @@ def _attention_fwd(q, k, v, valid, block_size):
 
 def _attention_bwd(block_size, residuals, d_out_BxQxHxD):
   q, k, v, valid, out, lse_BxHxQ = residuals
-  scale = q.shape[-1]**-0.5
+  scale = q.shape[-1] ** -0.5
   d_out = d_out_BxQxHxD.astype(q.dtype)
   # sum_k p * dp = sum_d dout * out: the softmax's backward needs only this per row.
   delta_BxHxQ = jnp.einsum('bqhd,bqhd->bhq', d_out.astype(jnp.float32), out.astype(jnp.float32))
@@ -102,8 +106,9 @@ def _attention_bwd(block_size, residuals, d_out_BxQxHxD):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def attention(q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array, v_BxKxHxD: jax.Array, valid_BxK: jax.Array, *,
-              block_size: int) -> jax.Array:
+def attention(
+  q_BxQxHxD: jax.Array, k_BxKxHxD: jax.Array, v_BxKxHxD: jax.Array, valid_BxK: jax.Array, *, block_size: int
+) -> jax.Array:
   """softmax(q k^T / sqrt(D), keys with valid = False excluded) v, in q's dtype.
 
   The keys are split into ceil(K / block_size) equal blocks of at most block_size keys, padded

@@ -17,8 +17,9 @@ def attention_flops_per_sequence(model_config: ml_collections.ConfigDict) -> flo
   return model_config.n_blocks * n * 2 * 2 * n * mmdit.ATTN_HEADS * mmdit.ATTN_HEAD_DIM
 
 
-def forward_flops_per_sequence(model_config: ml_collections.ConfigDict, *, text_logits: bool,
-                               cluster_logits: bool = False) -> float:
+def forward_flops_per_sequence(
+  model_config: ml_collections.ConfigDict, *, text_logits: bool, cluster_logits: bool = False
+) -> float:
   """Matmul FLOPs of one forward pass over one sequence of S text tokens and one latent token.
 
   text_logits / cluster_logits: whether the pass computes the text / cluster head (a caller that

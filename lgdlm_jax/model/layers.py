@@ -84,15 +84,15 @@ def _torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
 
 
 def torch_linear(
-    features: int,
-    fan_in: int,
-    *,
-    name: str,
-    dtype: Dtype,
-    use_bias: bool = True,
-    kernel_init: Callable[..., jax.Array] | None = None,
-    bias_init: Callable[..., jax.Array] | None = None,
-    dot_general: Callable[..., jax.Array] | None = None,
+  features: int,
+  fan_in: int,
+  *,
+  name: str,
+  dtype: Dtype,
+  use_bias: bool = True,
+  kernel_init: Callable[..., jax.Array] | None = None,
+  bias_init: Callable[..., jax.Array] | None = None,
+  dot_general: Callable[..., jax.Array] | None = None,
 ) -> nn.Dense:
   """A Dense layer initialised like torch.nn.Linear(fan_in, features).
 
@@ -100,15 +100,15 @@ def torch_linear(
   matmul runs in `dtype` (dot_general: e.g. one with preferred_element_type for a wider output).
   """
   return nn.Dense(
-      features,
-      use_bias=use_bias,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=kernel_init or _torch_uniform(fan_in),
-      bias_init=bias_init or _torch_uniform(fan_in),
-      precision=None,
-      dot_general=dot_general,
-      name=name,
+    features,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=kernel_init or _torch_uniform(fan_in),
+    bias_init=bias_init or _torch_uniform(fan_in),
+    precision=None,
+    dot_general=dot_general,
+    name=name,
   )
 
 

@@ -29,11 +29,12 @@ ATTN_HEAD_DIM = 64
 # 'dots' saves every matmul output: the linear layers' and, with the fused attention backends, the
 # attention's output and log-sum-exp (so its forward is not run again in the backward pass).
 REMAT_POLICIES = {
-    'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'dots': jax.checkpoint_policies.save_from_both_policies(
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(attention_lib.RESIDUAL_NAME)),
+  'none': None,
+  'full': jax.checkpoint_policies.nothing_saveable,
+  'dots': jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    jax.checkpoint_policies.save_only_these_names(attention_lib.RESIDUAL_NAME),
+  ),
 }
 
 
@@ -48,9 +49,13 @@ class AdaptiveLayerNorm(nn.Module):
   def __call__(self, x_BxNxH: jax.Array, silu_cond_BxC: jax.Array) -> jax.Array:
     # The reference zero-inits the weight and sets the bias to gamma = 1, beta = 0.
     to_cond = layers.torch_linear(
-        2 * self.dim, self.cond_dim, name='to_cond_2', dtype=self.dtype,
-        kernel_init=nn.initializers.zeros,
-        bias_init=lambda k, s, d=jnp.float32: jnp.concatenate([jnp.ones(s[0] // 2, d), jnp.zeros(s[0] // 2, d)]))
+      2 * self.dim,
+      self.cond_dim,
+      name='to_cond_2',
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros,
+      bias_init=lambda k, s, d=jnp.float32: jnp.concatenate([jnp.ones(s[0] // 2, d), jnp.zeros(s[0] // 2, d)]),
+    )
     gamma, beta = jnp.split(to_cond(silu_cond_BxC)[:, None, :].astype(jnp.float32), 2, axis=-1)
     return (layers.layer_norm(x_BxNxH) * gamma + beta).astype(self.dtype)
 
@@ -67,8 +72,7 @@ class JointAttention(nn.Module):
   attention: attention_lib.AttentionOptions
 
   @nn.compact
-  def __call__(self, inputs: tuple[jax.Array, ...],
-               key_masks: tuple[jax.Array | None, ...]) -> tuple[jax.Array, ...]:
+  def __call__(self, inputs: tuple[jax.Array, ...], key_masks: tuple[jax.Array | None, ...]) -> tuple[jax.Array, ...]:
     inner = ATTN_HEADS * ATTN_HEAD_DIM
     dtype = self.attention.dtype
     qs, ks, vs = [], [], []
@@ -110,30 +114,39 @@ class MMDiTBlock(nn.Module):
   attention: attention_lib.AttentionOptions
 
   @nn.compact
-  def __call__(self, streams: tuple[jax.Array, jax.Array], silu_cond_BxC: jax.Array,
-               key_masks: tuple[jax.Array | None, ...]) -> tuple[tuple[jax.Array, jax.Array], None]:
+  def __call__(
+    self, streams: tuple[jax.Array, jax.Array], silu_cond_BxC: jax.Array, key_masks: tuple[jax.Array | None, ...]
+  ) -> tuple[tuple[jax.Array, jax.Array], None]:
     dims = (self.dim,) * NUM_MODALITIES
     # One Linear gives the post-branch gammas of attention and feed-forward for every modality;
     # the reference initialises it to weight 0, bias 1.
     gammas = layers.torch_linear(
-        2 * sum(dims), self.cond_dim, name='to_post_branch_gammas_2', dtype=self.dtype,
-        kernel_init=nn.initializers.zeros, bias_init=nn.initializers.ones)(silu_cond_BxC)[:, None, :]
+      2 * sum(dims),
+      self.cond_dim,
+      name='to_post_branch_gammas_2',
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.ones,
+    )(silu_cond_BxC)[:, None, :]
     attn_gammas, ff_gammas = jnp.split(gammas, 2, axis=-1)
     attn_gammas = jnp.split(attn_gammas, NUM_MODALITIES, axis=-1)
     ff_gammas = jnp.split(ff_gammas, NUM_MODALITIES, axis=-1)
 
     def residuals(kind: str) -> list[nn.Module]:
-      return [hyper_connections.residual_function(self.num_streams, self.dim, f'{kind}_residual_fns_{m}')
-              for m in range(NUM_MODALITIES)]
+      return [
+        hyper_connections.residual_function(self.num_streams, self.dim, f'{kind}_residual_fns_{m}')
+        for m in range(NUM_MODALITIES)
+      ]
 
     # Attention sub-layer.
     attn_residuals = residuals('attn')
     branch_inputs, states = zip(*(res.width(s) for res, s in zip(attn_residuals, streams)))
-    normed = [AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'attn_layernorms_{m}')(x, silu_cond_BxC)
-              for m, x in enumerate(branch_inputs)]
+    normed = [
+      AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'attn_layernorms_{m}')(x, silu_cond_BxC)
+      for m, x in enumerate(branch_inputs)
+    ]
     attended = JointAttention(dims, self.attention, name='joint_attn')(tuple(normed), key_masks)
-    streams = tuple(res.depth(out * g, st)
-                    for res, out, g, st in zip(attn_residuals, attended, attn_gammas, states))
+    streams = tuple(res.depth(out * g, st) for res, out, g, st in zip(attn_residuals, attended, attn_gammas, states))
 
     # Feed-forward sub-layer.
     ff_residuals = residuals('ff')
@@ -179,8 +192,9 @@ class MMDiT(nn.Module):
   scan_unroll: int = 1
 
   @nn.compact
-  def __call__(self, text_BxSxH: jax.Array, latent_BxLxH: jax.Array, cond_BxC: jax.Array,
-               text_mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, text_BxSxH: jax.Array, latent_BxLxH: jax.Array, cond_BxC: jax.Array, text_mask_BxS: jax.Array | None
+  ) -> tuple[jax.Array, jax.Array]:
     """text_mask_BxS: False marks padding keys (None = no padding).
 
     The latent token is never masked, so no query row is ever fully masked.
@@ -189,16 +203,20 @@ class MMDiT(nn.Module):
     if self.remat_policy != 'none':
       block_cls = nn.remat(MMDiTBlock, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
     blocks = nn.scan(
-        block_cls,
-        variable_axes={'params': 0},
-        split_rngs={'params': True},
-        in_axes=(nn.broadcast, nn.broadcast),
-        length=self.depth,
-        unroll=min(self.scan_unroll or auto_scan_unroll(self.depth, jax.default_backend()), self.depth),
+      block_cls,
+      variable_axes={'params': 0},
+      split_rngs={'params': True},
+      in_axes=(nn.broadcast, nn.broadcast),
+      length=self.depth,
+      unroll=min(self.scan_unroll or auto_scan_unroll(self.depth, jax.default_backend()), self.depth),
     )(self.dim, self.cond_dim, self.num_streams, self.dtype, self.attention, name='blocks')
 
-    streams = tuple(hyper_connections.expand_streams(x.astype(self.residual_dtype), self.num_streams)
-                    for x in (text_BxSxH, latent_BxLxH))
+    streams = tuple(
+      hyper_connections.expand_streams(x.astype(self.residual_dtype), self.num_streams)
+      for x in (text_BxSxH, latent_BxLxH)
+    )
     streams, _ = blocks(streams, nn.silu(cond_BxC), (text_mask_BxS, None))
-    return tuple(layers.RMSNorm(name=f'norms_{m}')(hyper_connections.reduce_streams(s, self.num_streams))
-                 for m, s in enumerate(streams))
+    return tuple(
+      layers.RMSNorm(name=f'norms_{m}')(hyper_connections.reduce_streams(s, self.num_streams))
+      for m, s in enumerate(streams)
+    )

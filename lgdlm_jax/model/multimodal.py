@@ -37,6 +37,8 @@ _FLOAT32_OUTPUT_DOT = functools.partial(jax.lax.dot_general, preferred_element_t
 
 
 TIMESTEP_FREQUENCY_DIM = 256
+
+
 def timestep_features(t_B: jax.Array, dim: int = TIMESTEP_FREQUENCY_DIM, max_period: float = 10000.0) -> jax.Array:
   """Sinusoidal features [cos(t f), sin(t f)] with f_i = exp(-ln(max_period) i / (dim/2)).
 
@@ -56,8 +58,9 @@ class TimestepEmbedder(nn.Module):
 
   @nn.compact
   def __call__(self, t_B: jax.Array) -> jax.Array:
-    x = layers.torch_linear(self.cond_dim, TIMESTEP_FREQUENCY_DIM, name='mlp_0',
-                            dtype=self.dtype)(timestep_features(t_B))
+    x = layers.torch_linear(self.cond_dim, TIMESTEP_FREQUENCY_DIM, name='mlp_0', dtype=self.dtype)(
+      timestep_features(t_B)
+    )
     return layers.torch_linear(self.cond_dim, self.cond_dim, name='mlp_2', dtype=self.dtype)(nn.silu(x))
 
 
@@ -87,10 +90,15 @@ class TextEncoder(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxS: jax.Array) -> jax.Array:
     # torch.nn.Embedding initialises from N(0, 1).
-    embed = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=nn.initializers.normal(1.0),
-                     param_dtype=jnp.float32, name='token_embed')
+    embed = nn.Embed(
+      self.vocab_size,
+      self.hidden_size,
+      embedding_init=nn.initializers.normal(1.0),
+      param_dtype=jnp.float32,
+      name='token_embed',
+    )
     position_1xLxH = self.param('position_embed', layers.normal_002, (1, self.max_seq_len, self.hidden_size))
-    return embed(tokens_BxS) + position_1xLxH[:, :tokens_BxS.shape[1]]
+    return embed(tokens_BxS) + position_1xLxH[:, : tokens_BxS.shape[1]]
 
 
 class LatentEncoder(nn.Module):
@@ -137,35 +145,56 @@ class MultimodalMMDiT(nn.Module):
     self.latent_encoder = LatentEncoder(h, dtype, name='latent_encoder')
     self.conditioning = MultimodalConditioning(c, dtype, name='conditioning')
     self.mmdit = mmdit.MMDiT(
-        cfg.n_blocks, h, c, cfg.num_residual_streams, dtype, attention_lib.options_from_config(cfg, dtype),
-        COMPUTE_DTYPES[cfg.residual_dtype], cfg.remat_policy, cfg.scan_unroll, name='mmdit')
+      cfg.n_blocks,
+      h,
+      c,
+      cfg.num_residual_streams,
+      dtype,
+      attention_lib.options_from_config(cfg, dtype),
+      COMPUTE_DTYPES[cfg.residual_dtype],
+      cfg.remat_policy,
+      cfg.scan_unroll,
+      name='mmdit',
+    )
     self.text_head = self._text_head('text_head', dtype)
     if cfg.cluster_size > 0:
       self.text_head_clusters = self._text_head('text_head_clusters', dtype)
     self.latent_head_0 = layers.torch_linear(2 * h, h, name='latent_head_0', dtype=dtype)
     self.latent_dropout = nn.Dropout(cfg.dropout)
-    self.latent_head_3 = layers.torch_linear(cfg.latent_dim, 2 * h, name='latent_head_3', dtype=dtype,
-                                             kernel_init=layers.normal_002, bias_init=nn.initializers.zeros)
+    self.latent_head_3 = layers.torch_linear(
+      cfg.latent_dim,
+      2 * h,
+      name='latent_head_3',
+      dtype=dtype,
+      kernel_init=layers.normal_002,
+      bias_init=nn.initializers.zeros,
+    )
 
   def __call__(
-      self,
-      text_tokens: jax.Array,
-      latents: jax.Array,
-      text_timesteps: jax.Array | None = None,
-      latent_timesteps: jax.Array | None = None,
-      attention_mask: jax.Array | None = None,
-      deterministic: bool = True,
+    self,
+    text_tokens: jax.Array,
+    latents: jax.Array,
+    text_timesteps: jax.Array | None = None,
+    latent_timesteps: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+    deterministic: bool = True,
   ) -> tuple[jax.Array, ...]:
     """(text_logits [B,S,V], latent_pred [B,1,D][, cluster_logits [B,S,V]])."""
-    text_out_BxSxH, latent_out_Bx1xH = self.backbone(text_tokens, latents, text_timesteps, latent_timesteps,
-                                                     attention_mask)
+    text_out_BxSxH, latent_out_Bx1xH = self.backbone(
+      text_tokens, latents, text_timesteps, latent_timesteps, attention_mask
+    )
     latent_pred = self.latent_head(latent_out_Bx1xH, deterministic)
     cluster = (self.cluster_logits(text_out_BxSxH),) if self.config.cluster_size > 0 else ()
     return (self.text_logits(text_out_BxSxH), latent_pred) + cluster
 
-  def backbone(self, text_tokens: jax.Array, latents: jax.Array, text_timesteps: jax.Array | None = None,
-               latent_timesteps: jax.Array | None = None,
-               attention_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def backbone(
+    self,
+    text_tokens: jax.Array,
+    latents: jax.Array,
+    text_timesteps: jax.Array | None = None,
+    latent_timesteps: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+  ) -> tuple[jax.Array, jax.Array]:
     """The text [B,S,H] and latent [B,1,H] streams after the last block, before any head."""
     cfg = self.config
     batch, seq_len = text_tokens.shape
@@ -173,8 +202,9 @@ class MultimodalMMDiT(nn.Module):
       raise ValueError(f'text_tokens has sequence length {seq_len} > model.max_seq_len={cfg.max_seq_len}')
     latents_Bx1xD = as_one_latent_token(latents)
     if latents_Bx1xD.shape[0] != batch or latents_Bx1xD.shape[-1] != cfg.latent_dim:
-      raise ValueError(f'latents shape {latents.shape} does not fit batch {batch} and '
-                       f'model.latent_dim={cfg.latent_dim}')
+      raise ValueError(
+        f'latents shape {latents.shape} does not fit batch {batch} and model.latent_dim={cfg.latent_dim}'
+      )
     zeros_B = jnp.zeros((batch,), jnp.float32)
     text_t_B = zeros_B if text_timesteps is None else jnp.broadcast_to(text_timesteps, (batch,))
     latent_t_B = zeros_B if latent_timesteps is None else jnp.broadcast_to(latent_timesteps, (batch,))
@@ -211,6 +241,12 @@ class MultimodalMMDiT(nn.Module):
   def _text_head(self, name: str, dtype: Any) -> nn.Dense:
     # Logits are accumulated into float32 (never rounded to bfloat16): the cross-entropy and the
     # samplers' argmax read them at full precision.
-    return layers.torch_linear(self.config.vocab_size, self.config.hidden_size, name=name, dtype=dtype,
-                               kernel_init=layers.normal_002, bias_init=nn.initializers.zeros,
-                               dot_general=_FLOAT32_OUTPUT_DOT)
+    return layers.torch_linear(
+      self.config.vocab_size,
+      self.config.hidden_size,
+      name=name,
+      dtype=dtype,
+      kernel_init=layers.normal_002,
+      bias_init=nn.initializers.zeros,
+      dot_general=_FLOAT32_OUTPUT_DOT,
+    )

@@ -21,6 +21,7 @@ Params = Mapping[str, Any]
 
 class ModelPass(NamedTuple):
   """The inputs of one model pass over the batch."""
+
   tokens_BxS: jax.Array
   latents_BxD: jax.Array
   text_t_B: jax.Array
@@ -33,8 +34,9 @@ def interleave(*xs_B: jax.Array) -> jax.Array:
   return jnp.stack(xs_B, axis=1).reshape((-1,) + xs_B[0].shape[1:])
 
 
-def text_logits(model: nn.Module, params: Params, text_out_BxSxH: jax.Array,
-                heads_on: jax.Array | None = None) -> jax.Array:
+def text_logits(
+  model: nn.Module, params: Params, text_out_BxSxH: jax.Array, heads_on: jax.Array | None = None
+) -> jax.Array:
   """The token logits [B,S,V] of the backbone's text stream.
 
   heads_on (a traced bool) decides at run time whether the vocabulary projection runs at all
@@ -48,10 +50,16 @@ def text_logits(model: nn.Module, params: Params, text_out_BxSxH: jax.Array,
   return jax.lax.cond(heads_on, project, zeros)
 
 
-def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *, deterministic: bool,
-               dropout_key: jax.Array | None,
-               text_logits_wanted: Sequence[bool] | None = None,
-               text_heads_on: jax.Array | None = None) -> list[tuple[jax.Array | None, jax.Array]]:
+def run_passes(
+  model: nn.Module,
+  params: Params,
+  passes: Sequence[ModelPass],
+  *,
+  deterministic: bool,
+  dropout_key: jax.Array | None,
+  text_logits_wanted: Sequence[bool] | None = None,
+  text_heads_on: jax.Array | None = None,
+) -> list[tuple[jax.Array | None, jax.Array]]:
   """Independent passes of equal batch size B as ONE model call on a batch of P*B.
 
   Returns (text_logits [B,S,V], latent_pred [B,D]) per pass, in order; the model's single latent
@@ -77,8 +85,15 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
     raise ValueError(f'text_logits_wanted has {len(wanted)} entries for {num_passes} passes')
   joined = jax.tree.map(interleave, *passes)
   variables = {'params': params}
-  text_out, latent_out = model.apply(variables, joined.tokens_BxS, joined.latents_BxD, joined.text_t_B,
-                                     joined.latent_t_B, joined.mask_BxS, method=MultimodalMMDiT.backbone)
+  text_out, latent_out = model.apply(
+    variables,
+    joined.tokens_BxS,
+    joined.latents_BxD,
+    joined.text_t_B,
+    joined.latent_t_B,
+    joined.mask_BxS,
+    method=MultimodalMMDiT.backbone,
+  )
   rngs = {} if deterministic else {'dropout': dropout_key}
   latent_pred = model.apply(variables, latent_out, deterministic, rngs=rngs, method=MultimodalMMDiT.latent_head)
   latent_pred_BxPxD = latent_pred[:, 0, :].reshape(batch_size, num_passes, -1)
@@ -93,15 +108,28 @@ def run_passes(model: nn.Module, params: Params, passes: Sequence[ModelPass], *,
   return [(logits[p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
 
 
-def apply_model(model: nn.Module, params: Params, tokens_BxS: jax.Array, latents_BxD: jax.Array,
-                text_t: float | jax.Array, latent_t: float | jax.Array,
-                mask_BxS: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def apply_model(
+  model: nn.Module,
+  params: Params,
+  tokens_BxS: jax.Array,
+  latents_BxD: jax.Array,
+  text_t: float | jax.Array,
+  latent_t: float | jax.Array,
+  mask_BxS: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
   """One deterministic pass of the whole model with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D]).
 
   Under jit XLA drops the work of an output the caller discards (e.g. a T2L sampler's text logits).
   """
   batch = tokens_BxS.shape[0]
   full_B = lambda t: jnp.full((batch,), t, jnp.float32)
-  outputs = model.apply({'params': params}, tokens_BxS, latents_BxD, full_B(text_t), full_B(latent_t),
-                        attention_mask=mask_BxS, deterministic=True)
+  outputs = model.apply(
+    {'params': params},
+    tokens_BxS,
+    latents_BxD,
+    full_B(text_t),
+    full_B(latent_t),
+    attention_mask=mask_BxS,
+    deterministic=True,
+  )
   return outputs[0], outputs[1][:, 0, :]

@@ -23,6 +23,7 @@ CYCLE_TERMS = ('cycle_text', 'cycle_latent')
 
 class TermSet(NamedTuple):
   """The cycle terms one program computes; the base T2L and base L2T terms always run."""
+
   cycle_text: bool
   cycle_latent: bool
 
@@ -64,6 +65,7 @@ def ramp_is_positive(step: int, base: float, warmup_steps: int, ramp_steps: int)
 class CycleSchedule:
   """The cycle terms' base weights, warmups and ramps (in micro-batches), `loss.cycle_every`, and the
   micro-batches per optimizer update (training.gradient_accumulation_steps)."""
+
   text_weight: float
   text_warmup_steps: int
   text_ramp_steps: int
@@ -79,8 +81,10 @@ class CycleSchedule:
 
   def weights(self, step: int | jax.Array | None) -> dict[str, jax.Array]:
     """{'cycle_text': w, 'cycle_latent': w}: each ramped weight at `step` (None = the base weights)."""
-    return dict(cycle_text=ramp_weight(step, self.text_weight, self.text_warmup_steps, self.text_ramp_steps),
-                cycle_latent=ramp_weight(step, self.latent_weight, self.latent_warmup_steps, self.latent_ramp_steps))
+    return dict(
+      cycle_text=ramp_weight(step, self.text_weight, self.text_warmup_steps, self.text_ramp_steps),
+      cycle_latent=ramp_weight(step, self.latent_weight, self.latent_warmup_steps, self.latent_ramp_steps),
+    )
 
   def terms_at(self, step: int) -> TermSet:
     """The cycle terms the micro-batch `step` (a host int, counted from 0) computes.
@@ -95,8 +99,10 @@ class CycleSchedule:
     if update % self.cycle_every:
       return BASE_ONLY
     last = update * accumulation + accumulation - 1
-    return TermSet(ramp_is_positive(last, self.text_weight, self.text_warmup_steps, self.text_ramp_steps),
-                   ramp_is_positive(last, self.latent_weight, self.latent_warmup_steps, self.latent_ramp_steps))
+    return TermSet(
+      ramp_is_positive(last, self.text_weight, self.text_warmup_steps, self.text_ramp_steps),
+      ramp_is_positive(last, self.latent_weight, self.latent_warmup_steps, self.latent_ramp_steps),
+    )
 
   def term_sets_between(self, start: int, stop: int) -> dict[TermSet, int]:
     """{term set: micro-batches in [start, stop) that run it}, in order of first use: the train-step
@@ -111,7 +117,12 @@ class CycleSchedule:
 def from_config(config: ml_collections.ConfigDict) -> CycleSchedule:
   loss = config.loss
   return CycleSchedule(
-      text_weight=loss.cycle_text_weight, text_warmup_steps=loss.cycle_text_warmup_steps,
-      text_ramp_steps=loss.cycle_text_ramp_steps, latent_weight=loss.cycle_latent_weight,
-      latent_warmup_steps=loss.cycle_latent_warmup_steps, latent_ramp_steps=loss.cycle_latent_ramp_steps,
-      cycle_every=loss.cycle_every, micro_batches_per_update=config.training.gradient_accumulation_steps)
+    text_weight=loss.cycle_text_weight,
+    text_warmup_steps=loss.cycle_text_warmup_steps,
+    text_ramp_steps=loss.cycle_text_ramp_steps,
+    latent_weight=loss.cycle_latent_weight,
+    latent_warmup_steps=loss.cycle_latent_warmup_steps,
+    latent_ramp_steps=loss.cycle_latent_ramp_steps,
+    cycle_every=loss.cycle_every,
+    micro_batches_per_update=config.training.gradient_accumulation_steps,
+  )

@@ -68,74 +68,119 @@ class CycleInputs(NamedTuple):
   """What the cycle round reads of the base round: the x0 estimate (a constant unless
   loss.cycle_stop_grad_latent is False) for cycle text, and pseudo tokens (never differentiable)
   for cycle latent; None for a term that does not run."""
+
   x0_cycle_BxD: jax.Array | None
   pseudo_tokens_BxS: jax.Array | None
 
 
-def _run_round(params: Params, round_: tuple[PlannedPass, ...], inputs: Mapping[str, ModelPass], *,
-               model: nn.Module, dropout_key: jax.Array | None, deterministic: bool) -> Outputs:
+def _run_round(
+  params: Params,
+  round_: tuple[PlannedPass, ...],
+  inputs: Mapping[str, ModelPass],
+  *,
+  model: nn.Module,
+  dropout_key: jax.Array | None,
+  deterministic: bool,
+) -> Outputs:
   """One joint model call on the passes of `round_`; {term: (text_logits or None, latent_pred)}."""
-  outputs = run_passes(model, params, [inputs[p.term] for p in round_], deterministic=deterministic,
-                       dropout_key=dropout_key, text_logits_wanted=[p.text_logits for p in round_])
+  outputs = run_passes(
+    model,
+    params,
+    [inputs[p.term] for p in round_],
+    deterministic=deterministic,
+    dropout_key=dropout_key,
+    text_logits_wanted=[p.text_logits for p in round_],
+  )
   return {p.term: out for p, out in zip(round_, outputs)}
 
 
-def _values(round_: tuple[PlannedPass, ...], outputs: Outputs, view: BatchView,
-            targets: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def _values(
+  round_: tuple[PlannedPass, ...], outputs: Outputs, view: BatchView, targets: Mapping[str, jax.Array]
+) -> dict[str, jax.Array]:
   """Each pass's clamped term: the text term of an L2T pass, the latent term (against `targets`) of a T2L pass."""
-  return {p.value: terms_lib.text_term(outputs[p.term][0], view.input_ids_BxS) if p.text_logits
-          else terms_lib.latent_term(outputs[p.term][1], targets[p.term]) for p in round_}
+  return {
+    p.value: terms_lib.text_term(outputs[p.term][0], view.input_ids_BxS)
+    if p.text_logits
+    else terms_lib.latent_term(outputs[p.term][1], targets[p.term])
+    for p in round_
+  }
 
 
-def _base_round(params: Params, view: BatchView, draws: Mapping[str, jax.Array], round_: tuple[PlannedPass, ...],
-                *, model: nn.Module, options: ObjectiveOptions, terms: TermSet, dropout_key: jax.Array | None,
-                deterministic: bool) -> tuple[dict[str, jax.Array], dict[str, jax.Array], CycleInputs]:
+def _base_round(
+  params: Params,
+  view: BatchView,
+  draws: Mapping[str, jax.Array],
+  round_: tuple[PlannedPass, ...],
+  *,
+  model: nn.Module,
+  options: ObjectiveOptions,
+  terms: TermSet,
+  dropout_key: jax.Array | None,
+  deterministic: bool,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array], CycleInputs]:
   """Round 1, one model call: base T2L (clean text -> noised latent) and base L2T (all-[MASK]
   text, clean latent). Returns its terms, the diagnostics and what the cycle round reads."""
   t_lat_B, z_t_BxD, target_BxD = terms_lib.noised_latents(view, draws['t_lat'], draws['noise'], options)
-  inputs = dict(base_t2l=terms_lib.t2l_pass(view, view.input_ids_BxS, z_t_BxD, t_lat_B),
-                base_l2t=terms_lib.l2t_pass(view, view.latents_BxD))
+  inputs = dict(
+    base_t2l=terms_lib.t2l_pass(view, view.input_ids_BxS, z_t_BxD, t_lat_B),
+    base_l2t=terms_lib.l2t_pass(view, view.latents_BxD),
+  )
   outputs = _run_round(params, round_, inputs, model=model, dropout_key=dropout_key, deterministic=deterministic)
   values = _values(round_, outputs, view, dict(base_t2l=target_BxD))
   latent_pred_BxD, l2t_logits_BxSxV = outputs['base_t2l'][1], outputs['base_l2t'][0]
   x0_pred_BxD = diffusion.predict_x0(options.schedule, z_t_BxD, t_lat_B, latent_pred_BxD, options.parameterization)
-  diagnostics = dict(t_lat_mean=jnp.mean(t_lat_B), latent_pred_norm=terms_lib.mean_l2_norm(latent_pred_BxD),
-                     x0_pred_norm=terms_lib.mean_l2_norm(x0_pred_BxD))
+  diagnostics = dict(
+    t_lat_mean=jnp.mean(t_lat_B),
+    latent_pred_norm=terms_lib.mean_l2_norm(latent_pred_BxD),
+    x0_pred_norm=terms_lib.mean_l2_norm(x0_pred_BxD),
+  )
   x0_cycle_BxD = None
   if terms.cycle_text:
     x0_cycle_BxD = jax.lax.stop_gradient(x0_pred_BxD) if options.cycle_stop_grad_latent else x0_pred_BxD
   pseudo_tokens_BxS = None
   if terms.cycle_latent:
-    pseudo_tokens_BxS = terms_lib.sample_pseudo_tokens(l2t_logits_BxSxV, options.cycle_latent_sampling,
-                                                       draws['sample_key'])
+    pseudo_tokens_BxS = terms_lib.sample_pseudo_tokens(
+      l2t_logits_BxSxV, options.cycle_latent_sampling, draws['sample_key']
+    )
   return values, diagnostics, CycleInputs(x0_cycle_BxD, pseudo_tokens_BxS)
 
 
-def _cycle_round(params: Params, view: BatchView, draws: Mapping[str, jax.Array], round_: tuple[PlannedPass, ...],
-                 cycle_inputs: CycleInputs, *, model: nn.Module, options: ObjectiveOptions, terms: TermSet,
-                 dropout_key: jax.Array | None, deterministic: bool) -> dict[str, jax.Array]:
+def _cycle_round(
+  params: Params,
+  view: BatchView,
+  draws: Mapping[str, jax.Array],
+  round_: tuple[PlannedPass, ...],
+  cycle_inputs: CycleInputs,
+  *,
+  model: nn.Module,
+  options: ObjectiveOptions,
+  terms: TermSet,
+  dropout_key: jax.Array | None,
+  deterministic: bool,
+) -> dict[str, jax.Array]:
   """Round 2, one model call: cycle text (L2T on round 1's x0 estimate) and cycle latent (T2L on
   round 1's pseudo tokens with fresh t2 and noise2), each when `terms` runs it."""
   inputs, targets = {}, {}
   if terms.cycle_text:
     inputs['cycle_text'] = terms_lib.l2t_pass(view, cycle_inputs.x0_cycle_BxD)
   if terms.cycle_latent:
-    t_lat2_B, z_t2_BxD, targets['cycle_latent'] = terms_lib.noised_latents(view, draws['t_lat2'], draws['noise2'],
-                                                                           options)
+    t_lat2_B, z_t2_BxD, targets['cycle_latent'] = terms_lib.noised_latents(
+      view, draws['t_lat2'], draws['noise2'], options
+    )
     inputs['cycle_latent'] = terms_lib.t2l_pass(view, cycle_inputs.pseudo_tokens_BxS, z_t2_BxD, t_lat2_B)
   outputs = _run_round(params, round_, inputs, model=model, dropout_key=dropout_key, deterministic=deterministic)
   return _values(round_, outputs, view, targets)
 
 
 def cycle_vae_terms(
-    params: Params,
-    batch: Mapping[str, jax.Array],
-    draws: Mapping[str, jax.Array],
-    *,
-    model: nn.Module,
-    options: ObjectiveOptions,
-    terms: TermSet,
-    deterministic: bool,
+  params: Params,
+  batch: Mapping[str, jax.Array],
+  draws: Mapping[str, jax.Array],
+  *,
+  model: nn.Module,
+  options: ObjectiveOptions,
+  terms: TermSet,
+  deterministic: bool,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """(values, diagnostics) of one batch: {'<term>_loss': the clamped, unweighted term} for the base
   terms and the cycle terms `terms` selects (differentiable: the gradient-flow test takes each
@@ -152,15 +197,21 @@ def cycle_vae_terms(
 
 def term_weights(options: ObjectiveOptions, step: int | jax.Array | None, terms: TermSet) -> dict[str, jax.Array]:
   """The weight of each term `terms` runs at `step` (the cycle ramps; None = their base weights)."""
-  weights = dict(base_t2l_latent_loss=jnp.asarray(options.latent_loss_weight, jnp.float32),
-                 base_l2t_text_loss=jnp.ones((), jnp.float32))
+  weights = dict(
+    base_t2l_latent_loss=jnp.asarray(options.latent_loss_weight, jnp.float32),
+    base_l2t_text_loss=jnp.ones((), jnp.float32),
+  )
   cycle_weights = options.cycle.weights(step)
   weights.update({f'{term}_loss': cycle_weights[term] for term, on in zip(CYCLE_TERMS, terms) if on})
   return weights
 
 
-def metrics(loss: jax.Array, values: Mapping[str, jax.Array], diagnostics: Mapping[str, jax.Array],
-            weights: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def metrics(
+  loss: jax.Array,
+  values: Mapping[str, jax.Array],
+  diagnostics: Mapping[str, jax.Array],
+  weights: Mapping[str, jax.Array],
+) -> dict[str, jax.Array]:
   """The loss, the terms, the diagnostics and each computed cycle term's weight, as float32 without gradient."""
   named = dict(loss=loss, **values, **diagnostics)
   for term in CYCLE_TERMS:
@@ -176,15 +227,15 @@ def resolve(options: ObjectiveOptions, terms: TermSet | None, deterministic: boo
 
 
 def cycle_vae_loss(
-    params: Params,
-    batch: Mapping[str, jax.Array],
-    draws: Mapping[str, jax.Array],
-    *,
-    step: int | jax.Array | None,
-    model: nn.Module,
-    options: ObjectiveOptions,
-    terms: TermSet | None = None,
-    deterministic: bool | None = None,
+  params: Params,
+  batch: Mapping[str, jax.Array],
+  draws: Mapping[str, jax.Array],
+  *,
+  step: int | jax.Array | None,
+  model: nn.Module,
+  options: ObjectiveOptions,
+  terms: TermSet | None = None,
+  deterministic: bool | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The cycle_vae loss of one batch, and its metrics (float32 scalars, no gradient).
 
@@ -199,8 +250,9 @@ def cycle_vae_loss(
   (`cycle_text_weight`, `cycle_latent_weight`), and the diagnostics of `cycle_vae_terms`.
   """
   terms, deterministic = resolve(options, terms, deterministic)
-  values, diagnostics = cycle_vae_terms(params, batch, draws, model=model, options=options, terms=terms,
-                                        deterministic=deterministic)
+  values, diagnostics = cycle_vae_terms(
+    params, batch, draws, model=model, options=options, terms=terms, deterministic=deterministic
+  )
   weights = term_weights(options, step, terms)
   loss = sum(weights[name] * value for name, value in values.items())
   return loss, metrics(loss, values, diagnostics, weights)

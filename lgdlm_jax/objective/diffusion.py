@@ -34,14 +34,13 @@ COSINE_BETA_MAX = 0.9999
 
 def _check_parameterization(parameterization: str) -> None:
   if parameterization not in PARAMETERIZATIONS:
-    raise ValueError(
-        f'Unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}.')
+    raise ValueError(f'Unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}.')
 
 
 def _cosine_betas(num_timesteps: int) -> np.ndarray:
   steps_T1 = np.linspace(0.0, num_timesteps, num_timesteps + 1, dtype=np.float64)
   angle_T1 = (steps_T1 / num_timesteps + COSINE_S) / (1.0 + COSINE_S) * math.pi * 0.5
-  abar_T1 = np.cos(angle_T1)**2
+  abar_T1 = np.cos(angle_T1) ** 2
   abar_T1 = abar_T1 / abar_T1[0]
   betas_T = 1.0 - abar_T1[1:] / abar_T1[:-1]
   return np.clip(betas_T, COSINE_BETA_MIN, COSINE_BETA_MAX)
@@ -52,10 +51,7 @@ def _sigmoid_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np
   return 1.0 / (1.0 + np.exp(-logits_T)) * (beta_end - beta_start) + beta_start
 
 
-def beta_schedule(name: str,
-                  num_timesteps: int = 1000,
-                  beta_start: float = 1e-4,
-                  beta_end: float = 0.02) -> np.ndarray:
+def beta_schedule(name: str, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
   """Returns the float64 betas [T] of a named schedule, computed on the host.
 
   beta_start / beta_end are used by 'linear' and 'sigmoid'; 'cosine' ignores them (as the
@@ -76,6 +72,7 @@ def beta_schedule(name: str,
 @flax.struct.dataclass
 class DiffusionSchedule:
   """Precomputed per-step tables, float32 [T]; num_timesteps is static so shapes stay static."""
+
   betas: jax.Array
   alphas_cumprod: jax.Array
   sqrt_alphas_cumprod: jax.Array
@@ -83,10 +80,9 @@ class DiffusionSchedule:
   num_timesteps: int = flax.struct.field(pytree_node=False)
 
 
-def make_schedule(name: str,
-                  num_timesteps: int = 1000,
-                  beta_start: float = 1e-4,
-                  beta_end: float = 0.02) -> DiffusionSchedule:
+def make_schedule(
+  name: str, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> DiffusionSchedule:
   """Builds the schedule tables in float64 on the host, then casts each to float32.
 
   The reference does the whole computation in float32 torch; doing it in float64 first gives
@@ -97,11 +93,12 @@ def make_schedule(name: str,
   abar_T = np.cumprod(1.0 - betas_T)
   as_f32 = lambda a: jnp.asarray(a, dtype=jnp.float32)
   return DiffusionSchedule(
-      betas=as_f32(betas_T),
-      alphas_cumprod=as_f32(abar_T),
-      sqrt_alphas_cumprod=as_f32(np.sqrt(abar_T)),
-      sqrt_one_minus_alphas_cumprod=as_f32(np.sqrt(1.0 - abar_T)),
-      num_timesteps=int(num_timesteps))
+    betas=as_f32(betas_T),
+    alphas_cumprod=as_f32(abar_T),
+    sqrt_alphas_cumprod=as_f32(np.sqrt(abar_T)),
+    sqrt_one_minus_alphas_cumprod=as_f32(np.sqrt(1.0 - abar_T)),
+    num_timesteps=int(num_timesteps),
+  )
 
 
 def schedule_from_config(model_config) -> DiffusionSchedule:
@@ -122,16 +119,13 @@ def timestep_index(t: jax.Array, num_timesteps: int) -> jax.Array:
   return jnp.clip(scaled.astype(jnp.int32), 0, num_timesteps - 1)
 
 
-def schedule_values_at_index(schedule: DiffusionSchedule,
-                             index_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+def schedule_values_at_index(schedule: DiffusionSchedule, index_B: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sqrt(abar), sqrt(1 - abar)) at integer rows, clamped to [0, T - 1] like the reference."""
   index_B = jnp.clip(jnp.asarray(index_B).astype(jnp.int32), 0, schedule.num_timesteps - 1)
-  return (schedule.sqrt_alphas_cumprod[index_B],
-          schedule.sqrt_one_minus_alphas_cumprod[index_B])
+  return (schedule.sqrt_alphas_cumprod[index_B], schedule.sqrt_one_minus_alphas_cumprod[index_B])
 
 
-def schedule_values(schedule: DiffusionSchedule,
-                    t_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+def schedule_values(schedule: DiffusionSchedule, t_B: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sqrt(abar), sqrt(1 - abar)) for continuous t in [0, 1], each shaped like t_B."""
   return schedule_values_at_index(schedule, timestep_index(t_B, schedule.num_timesteps))
 
@@ -145,14 +139,14 @@ def _per_sample(values_B: jax.Array, x: jax.Array) -> jax.Array:
   return values_B.reshape(values_B.shape + (1,) * (x.ndim - 1))
 
 
-def _coefficients(schedule: DiffusionSchedule, t_B: jax.Array,
-                  x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _coefficients(schedule: DiffusionSchedule, t_B: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   sqrt_abar_B, sqrt_one_minus_abar_B = schedule_values(schedule, t_B)
   return _per_sample(sqrt_abar_B, x), _per_sample(sqrt_one_minus_abar_B, x)
 
 
-def add_noise(schedule: DiffusionSchedule, x0: jax.Array, t_B: jax.Array, noise: jax.Array,
-              parameterization: str) -> tuple[jax.Array, jax.Array]:
+def add_noise(
+  schedule: DiffusionSchedule, x0: jax.Array, t_B: jax.Array, noise: jax.Array, parameterization: str
+) -> tuple[jax.Array, jax.Array]:
   """Forward process z_t = sqrt(abar) x0 + sqrt(1 - abar) noise, and the training target.
 
   Target: epsilon -> noise; x0 -> x0; v_param -> sqrt(abar) noise - sqrt(1 - abar) x0.
@@ -170,8 +164,9 @@ def add_noise(schedule: DiffusionSchedule, x0: jax.Array, t_B: jax.Array, noise:
   return z_t, target
 
 
-def predict_x0(schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array,
-               model_output: jax.Array, parameterization: str) -> jax.Array:
+def predict_x0(
+  schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array, model_output: jax.Array, parameterization: str
+) -> jax.Array:
   """Clean-sample estimate from a model output of the given parameterization.
 
   For epsilon the division by sqrt(abar) amplifies errors by up to 1 / 1.56e-5 at t = 1 with
@@ -186,8 +181,9 @@ def predict_x0(schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array,
   return sqrt_abar * z_t - sqrt_one_minus_abar * model_output
 
 
-def predict_eps(schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array,
-                model_output: jax.Array, parameterization: str) -> jax.Array:
+def predict_eps(
+  schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array, model_output: jax.Array, parameterization: str
+) -> jax.Array:
   """Noise estimate from a model output of the given parameterization."""
   _check_parameterization(parameterization)
   if parameterization == 'epsilon':
@@ -198,8 +194,9 @@ def predict_eps(schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array,
   return sqrt_abar * model_output + sqrt_one_minus_abar * z_t
 
 
-def ddim_step(schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array, t_prev_B: jax.Array,
-              eps_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
+def ddim_step(
+  schedule: DiffusionSchedule, z_t: jax.Array, t_B: jax.Array, t_prev_B: jax.Array, eps_hat: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Deterministic (eta = 0) DDIM update from t to t_prev. Returns (x_prev, x0_hat).
 
   x0_hat = (z_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t);

@@ -32,10 +32,10 @@ def sample_draws(rng: jax.Array, batch_size: int, latent_dim: int, options: Obje
   """
   t_key, noise_key, t2_key, noise2_key, sample_key, dropout_key = jax.random.split(rng, 6)
   return dict(
-      t_lat=sample_latent_t(t_key, batch_size, options),
-      noise=jax.random.normal(noise_key, (batch_size, latent_dim), jnp.float32),
-      t_lat2=sample_latent_t(t2_key, batch_size, options),
-      noise2=jax.random.normal(noise2_key, (batch_size, latent_dim), jnp.float32),
-      sample_key=sample_key,
-      dropout_key=dropout_key,
+    t_lat=sample_latent_t(t_key, batch_size, options),
+    noise=jax.random.normal(noise_key, (batch_size, latent_dim), jnp.float32),
+    t_lat2=sample_latent_t(t2_key, batch_size, options),
+    noise2=jax.random.normal(noise2_key, (batch_size, latent_dim), jnp.float32),
+    sample_key=sample_key,
+    dropout_key=dropout_key,
   )

@@ -18,6 +18,7 @@ from lgdlm_jax.objective import diffusion
 @dataclasses.dataclass(frozen=True)
 class ObjectiveOptions:
   """The static (trace-time) choices of the cycle_vae objective."""
+
   latent_loss_weight: float
   cycle: cycle_schedule.CycleSchedule
   cycle_latent_sampling: str  # 'argmax' or a categorical sample
@@ -37,17 +38,17 @@ def from_config(config: ml_collections.ConfigDict) -> ObjectiveOptions:
   """The options of config.loss, the model's diffusion keys and dropout, and tokenizer.mask_token_id."""
   loss, model = config.loss, config.model
   return ObjectiveOptions(
-      latent_loss_weight=loss.latent_loss_weight,
-      cycle=cycle_schedule.from_config(config),
-      cycle_latent_sampling=loss.cycle_latent_sampling,
-      cycle_stop_grad_latent=loss.cycle_stop_grad_latent,
-      mask_token_id=config.tokenizer.mask_token_id,
-      parameterization=model.latent_parameterization,
-      latent_t_mode=loss.latent_t_mode,
-      latent_t_min=loss.cycle_latent_t_min,
-      latent_t_max=loss.cycle_latent_t_max,
-      dropout=model.dropout > 0.0,
-      beta_schedule=model.latent_beta_schedule,
-      num_timesteps=model.latent_timesteps,
-      schedule=diffusion.schedule_from_config(model),
+    latent_loss_weight=loss.latent_loss_weight,
+    cycle=cycle_schedule.from_config(config),
+    cycle_latent_sampling=loss.cycle_latent_sampling,
+    cycle_stop_grad_latent=loss.cycle_stop_grad_latent,
+    mask_token_id=config.tokenizer.mask_token_id,
+    parameterization=model.latent_parameterization,
+    latent_t_mode=loss.latent_t_mode,
+    latent_t_min=loss.cycle_latent_t_min,
+    latent_t_max=loss.cycle_latent_t_max,
+    dropout=model.dropout > 0.0,
+    beta_schedule=model.latent_beta_schedule,
+    num_timesteps=model.latent_timesteps,
+    schedule=diffusion.schedule_from_config(model),
   )

@@ -12,8 +12,12 @@ from lgdlm_jax.objective.cycle_schedule import TermSet
 from lgdlm_jax.objective.options import ObjectiveOptions
 
 # term -> the name of its value in the metrics.
-VALUE_NAMES = {'base_t2l': 'base_t2l_latent_loss', 'base_l2t': 'base_l2t_text_loss',
-               'cycle_text': 'cycle_text_loss', 'cycle_latent': 'cycle_latent_loss'}
+VALUE_NAMES = {
+  'base_t2l': 'base_t2l_latent_loss',
+  'base_l2t': 'base_l2t_text_loss',
+  'cycle_text': 'cycle_text_loss',
+  'cycle_latent': 'cycle_latent_loss',
+}
 
 
 class PlannedPass(NamedTuple):
@@ -22,6 +26,7 @@ class PlannedPass(NamedTuple):
   A pass that reads its text logits is an L2T pass (all-[MASK] text, text t = 1, its latent the
   condition); the others are T2L passes (clean text, a noised latent at its t).
   """
+
   term: str
   text_logits: bool
 
@@ -49,7 +54,8 @@ def pass_plan(options: ObjectiveOptions, terms: TermSet | None = None) -> Plan:
   terms = options.cycle.configured_terms() if terms is None else terms
   round1 = (PlannedPass('base_t2l', False), PlannedPass('base_l2t', True))
   round2 = ((PlannedPass('cycle_text', True),) if terms.cycle_text else ()) + (
-      (PlannedPass('cycle_latent', False),) if terms.cycle_latent else ())
+    (PlannedPass('cycle_latent', False),) if terms.cycle_latent else ()
+  )
   return (round1, round2) if round2 else (round1,)
 
 

@@ -21,8 +21,9 @@ TEXT_LOSS_MAX = 100.0
 
 def normalized_mse(pred_BxD: jax.Array, target_BxD: jax.Array) -> jax.Array:
   """Mean squared error between the l2-normalised prediction and target (mean over B and D)."""
-  return jnp.mean(jnp.square(layers.l2_normalize(pred_BxD, eps=NORMALIZE_EPS)
-                             - layers.l2_normalize(target_BxD, eps=NORMALIZE_EPS)))
+  return jnp.mean(
+    jnp.square(layers.l2_normalize(pred_BxD, eps=NORMALIZE_EPS) - layers.l2_normalize(target_BxD, eps=NORMALIZE_EPS))
+  )
 
 
 def text_cross_entropy(logits_BxSxV: jax.Array, targets_BxS: jax.Array) -> jax.Array:
@@ -61,6 +62,7 @@ def mean_l2_norm(x_BxD: jax.Array) -> jax.Array:
 
 class BatchView(NamedTuple):
   """The batch as every pass reads it."""
+
   input_ids_BxS: jax.Array
   latents_BxD: jax.Array
   mask_BxS: jax.Array | None  # None: no padding, the model skips masking
@@ -82,20 +84,23 @@ def batch_view(batch: Mapping[str, jax.Array], mask_token_id: int) -> BatchView:
   mask = batch.get('attention_mask')
   batch_size = input_ids_BxS.shape[0]
   return BatchView(
-      input_ids_BxS=input_ids_BxS,
-      latents_BxD=_latents_2d(jnp.asarray(batch['latent'])),
-      mask_BxS=None if mask is None else jnp.asarray(mask).astype(bool),
-      all_mask_tokens_BxS=jnp.full_like(input_ids_BxS, mask_token_id),
-      zeros_B=jnp.zeros((batch_size,), jnp.float32),
-      ones_B=jnp.ones((batch_size,), jnp.float32))
+    input_ids_BxS=input_ids_BxS,
+    latents_BxD=_latents_2d(jnp.asarray(batch['latent'])),
+    mask_BxS=None if mask is None else jnp.asarray(mask).astype(bool),
+    all_mask_tokens_BxS=jnp.full_like(input_ids_BxS, mask_token_id),
+    zeros_B=jnp.zeros((batch_size,), jnp.float32),
+    ones_B=jnp.ones((batch_size,), jnp.float32),
+  )
 
 
-def noised_latents(view: BatchView, t_lat_B: jax.Array, noise_BxD: jax.Array,
-                   options: ObjectiveOptions) -> tuple[jax.Array, jax.Array, jax.Array]:
+def noised_latents(
+  view: BatchView, t_lat_B: jax.Array, noise_BxD: jax.Array, options: ObjectiveOptions
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(t_lat [B] float32, z_t [B,D], the prediction's target [B,D]): a T2L pass's noised input."""
   t_lat_B = jnp.asarray(t_lat_B, jnp.float32)
-  z_t_BxD, target_BxD = diffusion.add_noise(options.schedule, view.latents_BxD, t_lat_B, noise_BxD,
-                                            options.parameterization)
+  z_t_BxD, target_BxD = diffusion.add_noise(
+    options.schedule, view.latents_BxD, t_lat_B, noise_BxD, options.parameterization
+  )
   return t_lat_B, z_t_BxD, target_BxD
 
 

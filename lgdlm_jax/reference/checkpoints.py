@@ -34,15 +34,35 @@ class CycleTrainer(torch.nn.Module):
 
 def cycle_cfg(model_config, **sections) -> dict:
   """The plain dict the cycle trainer saves as `cfg` (its YAML after overrides), model section first."""
-  model = {k: model_config[k] for k in ('hidden_size', 'n_blocks', 'cond_dim', 'max_seq_len', 'latent_dim',
-                                         'num_residual_streams', 'cluster_size', 'dropout')}
+  model = {
+    k: model_config[k]
+    for k in (
+      'hidden_size',
+      'n_blocks',
+      'cond_dim',
+      'max_seq_len',
+      'latent_dim',
+      'num_residual_streams',
+      'cluster_size',
+      'dropout',
+    )
+  }
   return {'model': dict(model, n_heads=4, qk_rmsnorm=True, use_stub_if_no_mmdit=True), **sections}
 
 
 def save_cycle_checkpoint(path, trainer: CycleTrainer, optimizer, step: int, cfg: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  torch.save({'model_state_dict': trainer.state_dict(), 'optimizer_state_dict': optimizer.state_dict(),
-              'step': int(step), 'cfg': cfg, 'rng_torch': torch.get_rng_state(), 'rng_cuda': None}, path)
+  torch.save(
+    {
+      'model_state_dict': trainer.state_dict(),
+      'optimizer_state_dict': optimizer.state_dict(),
+      'step': int(step),
+      'cfg': cfg,
+      'rng_torch': torch.get_rng_state(),
+      'rng_cuda': None,
+    },
+    path,
+  )
 
 
 def save_cycle_run(run_dir, trainer: CycleTrainer, optimizer, step: int, cfg: dict) -> None:
@@ -83,8 +103,15 @@ def save_latentdlm_checkpoint(directory, trainer: torch.nn.Module, optimizer, st
   sys.modules.update({'latentDLM_mmdit': package, module_name: module})
   try:
     os.makedirs(directory, exist_ok=True)
-    torch.save({'model_state_dict': trainer.state_dict(), 'optimizer_state_dict': optimizer.state_dict(),
-                'state': TrainingState(step=step), 'config': config}, os.path.join(directory, 'checkpoint.pt'))
+    torch.save(
+      {
+        'model_state_dict': trainer.state_dict(),
+        'optimizer_state_dict': optimizer.state_dict(),
+        'state': TrainingState(step=step),
+        'config': config,
+      },
+      os.path.join(directory, 'checkpoint.pt'),
+    )
   finally:
     del sys.modules['latentDLM_mmdit'], sys.modules[module_name]
 
@@ -100,6 +127,7 @@ def load_like_latentdlm_sampler(path, model_config_defaults) -> torch.nn.Module:
   model_config = model_config_defaults.copy_and_resolve_references()
   model_config.update({k: v for k, v in model_section.items() if k in model_config}, cluster_size=0)
   model = reference_model.ReferenceMultimodalMMDiT(model_config)
-  model.load_state_dict({k[len('model.'):] if k.startswith('model.') else k: v for k, v in state_dict.items()},
-                        strict=True)
+  model.load_state_dict(
+    {k[len('model.') :] if k.startswith('model.') else k: v for k, v in state_dict.items()}, strict=True
+  )
   return model

@@ -85,11 +85,13 @@ def cycle_vae_loss(model, batch, draws, step, loss_cfg, mask_token_id: int, para
   x0_cycle = x0_pred.detach() if loss_cfg.cycle_stop_grad_latent else x0_pred
   cycle_logits = model(all_mask, x0_cycle.unsqueeze(1), ones, zeros, mask)[0]
   cycle_text = torch.clamp(_text_ce(cycle_logits, input_ids), 0.0, 100.0)
-  w_text = ramp_weight(step, loss_cfg.cycle_text_weight, loss_cfg.cycle_text_warmup_steps,
-                       loss_cfg.cycle_text_ramp_steps)
+  w_text = ramp_weight(
+    step, loss_cfg.cycle_text_weight, loss_cfg.cycle_text_warmup_steps, loss_cfg.cycle_text_ramp_steps
+  )
 
-  w_latent = ramp_weight(step, loss_cfg.cycle_latent_weight, loss_cfg.cycle_latent_warmup_steps,
-                         loss_cfg.cycle_latent_ramp_steps)
+  w_latent = ramp_weight(
+    step, loss_cfg.cycle_latent_weight, loss_cfg.cycle_latent_warmup_steps, loss_cfg.cycle_latent_ramp_steps
+  )
   cycle_latent = torch.zeros(())
   if w_latent > 0.0:
     assert loss_cfg.cycle_latent_sampling == 'argmax'
@@ -99,11 +101,19 @@ def cycle_vae_loss(model, batch, draws, step, loss_cfg, mask_token_id: int, para
     latent_pred2 = model(pseudo, z_t2.unsqueeze(1), zeros, draws['t_lat2'], mask)[1].squeeze(1)
     cycle_latent = torch.clamp(_normalized_mse(latent_pred2, target2), 0.0, 10.0)
 
-  total = (loss_cfg.latent_loss_weight * base_t2l + base_l2t + float(w_text) * cycle_text
-           + float(w_latent) * cycle_latent)
+  total = (
+    loss_cfg.latent_loss_weight * base_t2l + base_l2t + float(w_text) * cycle_text + float(w_latent) * cycle_latent
+  )
   terms = dict(
-      loss=total, base_t2l_latent_loss=base_t2l, base_l2t_text_loss=base_l2t, cycle_text_loss=cycle_text,
-      cycle_text_weight=w_text, cycle_latent_loss=cycle_latent, cycle_latent_weight=w_latent,
-      t_lat_mean=t_lat.mean(), latent_pred_norm=latent_pred.norm(dim=-1).mean(),
-      x0_pred_norm=x0_pred.norm(dim=-1).mean())
+    loss=total,
+    base_t2l_latent_loss=base_t2l,
+    base_l2t_text_loss=base_l2t,
+    cycle_text_loss=cycle_text,
+    cycle_text_weight=w_text,
+    cycle_latent_loss=cycle_latent,
+    cycle_latent_weight=w_latent,
+    t_lat_mean=t_lat.mean(),
+    latent_pred_norm=latent_pred.norm(dim=-1).mean(),
+    x0_pred_norm=x0_pred.norm(dim=-1).mean(),
+  )
   return total, terms

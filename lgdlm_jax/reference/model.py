@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 
 class TimestepEmbedder(nn.Module):
-
   def __init__(self, cond_dim: int, frequency_dim: int = 256):
     super().__init__()
     self.frequency_dim = frequency_dim
@@ -28,7 +27,6 @@ class TimestepEmbedder(nn.Module):
 
 
 class Conditioning(nn.Module):
-
   def __init__(self, cond_dim: int):
     super().__init__()
     self.text_sigma_map = TimestepEmbedder(cond_dim)
@@ -41,22 +39,21 @@ class Conditioning(nn.Module):
 
 
 class TextEncoder(nn.Module):
-
   def __init__(self, vocab_size: int, hidden: int, max_len: int):
     super().__init__()
     self.token_embed = nn.Embedding(vocab_size, hidden)
     self.position_embed = nn.Parameter(torch.randn(1, max_len, hidden) * 0.02)
 
   def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-    return self.token_embed(tokens) + self.position_embed[:, :tokens.shape[1]]
+    return self.token_embed(tokens) + self.position_embed[:, : tokens.shape[1]]
 
 
 class LatentEncoder(nn.Module):
-
   def __init__(self, latent_dim: int, hidden: int):
     super().__init__()
     self.projection = nn.Sequential(
-        nn.Linear(latent_dim, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
+      nn.Linear(latent_dim, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden)
+    )
     self.position_embed = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
 
   def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -74,11 +71,17 @@ class ReferenceMultimodalMMDiT(nn.Module):
     self.latent_encoder = LatentEncoder(cfg.latent_dim, h)
     self.conditioning = Conditioning(cfg.cond_dim)
     # Exactly the reference's call: n_heads is not passed, qk_rmsnorm is ignored by the block.
-    self.mmdit = MMDiT(depth=cfg.n_blocks, dim_modalities=(h, h), dim_cond=cfg.cond_dim, qk_rmsnorm=True,
-                       num_residual_streams=cfg.num_residual_streams)
+    self.mmdit = MMDiT(
+      depth=cfg.n_blocks,
+      dim_modalities=(h, h),
+      dim_cond=cfg.cond_dim,
+      qk_rmsnorm=True,
+      num_residual_streams=cfg.num_residual_streams,
+    )
     self.text_head = nn.Linear(h, cfg.vocab_size)
-    self.latent_head = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(cfg.dropout),
-                                     nn.Linear(2 * h, cfg.latent_dim))
+    self.latent_head = nn.Sequential(
+      nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * h, cfg.latent_dim)
+    )
     if cfg.cluster_size > 0:
       self.text_head_clusters = nn.Linear(h, cfg.vocab_size)
 
@@ -95,8 +98,9 @@ class ReferenceMultimodalMMDiT(nn.Module):
     c = self.conditioning(text_t, latent_t)
     text_mask = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     latent_mask = torch.ones(latent_emb.shape[:2], dtype=torch.bool, device=latent_emb.device)
-    text_out, latent_out = self.mmdit(modality_tokens=(text_emb, latent_emb), modality_masks=(text_mask, latent_mask),
-                                      time_cond=c)
+    text_out, latent_out = self.mmdit(
+      modality_tokens=(text_emb, latent_emb), modality_masks=(text_mask, latent_mask), time_cond=c
+    )
     outputs = (self.text_head(text_out), self.latent_head(latent_out))
     if self.cluster_size > 0:
       outputs += (self.text_head_clusters(text_out),)

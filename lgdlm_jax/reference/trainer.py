@@ -37,8 +37,13 @@ def synchronize(device: torch.device) -> None:
 class TorchTrainer:
   """The reference train step: cycle loss over four model calls, backward, clip, AdamW."""
 
-  def __init__(self, config: ml_collections.ConfigDict, host_batch: dict[str, np.ndarray],
-               device: str = 'cpu', precision: str = 'float32'):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    host_batch: dict[str, np.ndarray],
+    device: str = 'cpu',
+    precision: str = 'float32',
+  ):
     if precision not in PRECISIONS:
       raise ValueError(f'precision={precision!r} is not one of {PRECISIONS}')
     torch.manual_seed(0)
@@ -49,14 +54,19 @@ class TorchTrainer:
     self.dtype = torch.bfloat16 if precision == 'bfloat16' else torch.float32
     self.model = reference_model.ReferenceMultimodalMMDiT(config.model).to(self.device, self.dtype).train()
     opt = config.optimizer
-    self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2),
-                                       eps=opt.eps, weight_decay=opt.weight_decay)
+    self.optimizer = torch.optim.AdamW(
+      self.model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, weight_decay=opt.weight_decay
+    )
     schedule = diffusion.make_schedule(config.model.latent_beta_schedule, config.model.latent_timesteps)
-    self.tables = tuple(torch.tensor(np.asarray(table), device=self.device, dtype=self.dtype)
-                        for table in (schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod))
-    self.batch = dict(input_ids=torch.from_numpy(host_batch['input_ids']).long().to(self.device),
-                      attention_mask=torch.from_numpy(host_batch['attention_mask']).to(self.device),
-                      latent=torch.from_numpy(host_batch['latent']).to(self.device, self.dtype))
+    self.tables = tuple(
+      torch.tensor(np.asarray(table), device=self.device, dtype=self.dtype)
+      for table in (schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod)
+    )
+    self.batch = dict(
+      input_ids=torch.from_numpy(host_batch['input_ids']).long().to(self.device),
+      attention_mask=torch.from_numpy(host_batch['attention_mask']).to(self.device),
+      latent=torch.from_numpy(host_batch['latent']).to(self.device, self.dtype),
+    )
     self.generator = torch.Generator(self.device).manual_seed(1)
     self.step = 0
     self.loss = float('nan')
@@ -73,11 +83,13 @@ class TorchTrainer:
       if loss_cfg.latent_t_mode == 'full':
         return torch.ones(b, device=self.device)
       uniform = torch.rand(b, **options)
-      return (loss_cfg.cycle_latent_t_min + (loss_cfg.cycle_latent_t_max - loss_cfg.cycle_latent_t_min)
-              * uniform).clamp(max=diffusion.MAX_RANDOM_T)
+      return (
+        loss_cfg.cycle_latent_t_min + (loss_cfg.cycle_latent_t_max - loss_cfg.cycle_latent_t_min) * uniform
+      ).clamp(max=diffusion.MAX_RANDOM_T)
 
-    draws = dict(t_lat=latent_t(), noise=torch.randn(b, d, **options),
-                 t_lat2=latent_t(), noise2=torch.randn(b, d, **options))
+    draws = dict(
+      t_lat=latent_t(), noise=torch.randn(b, d, **options), t_lat2=latent_t(), noise2=torch.randn(b, d, **options)
+    )
     return {k: v.to(self.dtype) for k, v in draws.items()}
 
   def autocast(self) -> contextlib.AbstractContextManager:
@@ -89,9 +101,16 @@ class TorchTrainer:
   def _forward(self) -> torch.Tensor:
     cfg = self.config
     with self.autocast():
-      total, _ = cycle_loss.cycle_vae_loss(self.model, self.batch, self._draws(), self.step, cfg.loss,
-                                           cfg.tokenizer.mask_token_id, cfg.model.latent_parameterization,
-                                           self.tables)
+      total, _ = cycle_loss.cycle_vae_loss(
+        self.model,
+        self.batch,
+        self._draws(),
+        self.step,
+        cfg.loss,
+        cfg.tokenizer.mask_token_id,
+        cfg.model.latent_parameterization,
+        self.tables,
+      )
     return total
 
   def _update(self) -> None:

@@ -24,11 +24,11 @@ from lgdlm_jax.errors import InputError
 GIB = 2**30
 # High-bandwidth memory per device, by jax device_kind (the longest matching prefix wins).
 CHIP_MEMORY_BYTES = {
-    'TPU v4': 32 * GIB,
-    'TPU v5 lite': 16 * GIB,
-    'TPU v5': 95 * GIB,  # v5p
-    'TPU v6 lite': 32 * GIB,
-    'NVIDIA H100': 84_942_979_072,  # H100 SXM 80 GB, as its target description states
+  'TPU v4': 32 * GIB,
+  'TPU v5 lite': 16 * GIB,
+  'TPU v5': 95 * GIB,  # v5p
+  'TPU v6 lite': 32 * GIB,
+  'NVIDIA H100': 84_942_979_072,  # H100 SXM 80 GB, as its target description states
 }
 _GPU_TARGETS = {'h100': 'h100_sxm.txtpb'}
 _GPU_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gpu_targets')
@@ -45,11 +45,15 @@ def target_devices(topology: str) -> tuple[list[Any], str]:
       raise InputError(f'--topology={topology!r}: expected {gpu} or {gpu}:N (N GPUs in one node)')
     return _gpu_devices(topology, _GPU_TARGETS[gpu], int(count or 1)), 'gpu'
   if not _TPU_NAME.match(name):
-    raise InputError(f'--topology={topology!r}: expected a TPU slice such as v5e:2x4 or v5p:2x2x1, or a GPU '
-                     f'node such as {", ".join(_GPU_TARGETS)} or h100:8')
+    raise InputError(
+      f'--topology={topology!r}: expected a TPU slice such as v5e:2x4 or v5p:2x2x1, or a GPU '
+      f'node such as {", ".join(_GPU_TARGETS)} or h100:8'
+    )
   if importlib.util.find_spec('libtpu') is None:
-    raise InputError(f'--topology={topology!r} needs libtpu: pip install -e ".[tpu]" (in a separate '
-                     'environment: it changes how JAX starts on every run)')
+    raise InputError(
+      f'--topology={topology!r} needs libtpu: pip install -e ".[tpu]" (in a separate '
+      'environment: it changes how JAX starts on every run)'
+    )
   try:
     return list(topologies.get_topology_desc(topology_name=name, platform='tpu').devices), 'tpu'
   except Exception as e:  # libtpu's own message says what is wrong with the name
@@ -58,16 +62,21 @@ def target_devices(topology: str) -> tuple[list[Any], str]:
 
 def _gpu_devices(topology: str, target_file: str, count: int) -> list[Any]:
   if importlib.util.find_spec('jax_plugins') is None or importlib.util.find_spec('jax_plugins.xla_cuda12') is None:
-    raise InputError(f'--topology={topology!r} needs the CUDA plugin: pip install -e ".[cuda]" (in a '
-                     'separate environment), and JAX_PLATFORMS=cpu on a machine without a GPU')
+    raise InputError(
+      f'--topology={topology!r} needs the CUDA plugin: pip install -e ".[cuda]" (in a '
+      'separate environment), and JAX_PLATFORMS=cpu on a machine without a GPU'
+    )
   with open(os.path.join(_GPU_DIR, target_file)) as f:
     target_config = f.read()
   try:
-    topo = topologies.get_topology_desc(platform='cuda', topology_name='', target_config=target_config,
-                                        topology=f'1x1x{count}')
+    topo = topologies.get_topology_desc(
+      platform='cuda', topology_name='', target_config=target_config, topology=f'1x1x{count}'
+    )
   except Exception as e:
-    raise InputError(f'--topology={topology!r}: the CUDA compiler could not start ({str(e).splitlines()[0]}); '
-                     'run with JAX_PLATFORMS=cpu') from e
+    raise InputError(
+      f'--topology={topology!r}: the CUDA compiler could not start ({str(e).splitlines()[0]}); '
+      'run with JAX_PLATFORMS=cpu'
+    ) from e
   return list(topo.devices)
 
 
@@ -88,14 +97,18 @@ def memory_report(memory: Any, device: Any) -> dict[str, Any]:
   peak = argument + output - alias + temp
   chip = chip_memory_bytes(device)
   return {
-      'argument_bytes': argument, 'output_bytes': output, 'alias_bytes': alias, 'temp_bytes': temp,
-      'peak_bytes': peak, 'argument_plus_temp_gib': round((argument + temp) / GIB, 2),
-      'peak_gib': round(peak / GIB, 2), 'chip_memory_gib': None if chip is None else round(chip / GIB, 2),
-      'fits': None if chip is None else peak <= chip,
+    'argument_bytes': argument,
+    'output_bytes': output,
+    'alias_bytes': alias,
+    'temp_bytes': temp,
+    'peak_bytes': peak,
+    'argument_plus_temp_gib': round((argument + temp) / GIB, 2),
+    'peak_gib': round(peak / GIB, 2),
+    'chip_memory_gib': None if chip is None else round(chip / GIB, 2),
+    'fits': None if chip is None else peak <= chip,
   }
 
 
 def processes(devices: list[Any]) -> int:
   """How many hosts the devices belong to (each process reads its own rows of the batch)."""
   return len({getattr(d, 'process_index', 0) for d in devices}) or 1
-

@@ -31,8 +31,11 @@ def use(config: ml_collections.ConfigDict, workdir: str) -> None:
   """
   path = cache_dir(config, workdir)
   if path is not None and jax.process_count() > 1 and jax.default_backend() == 'cpu':
-    logging.warning('Compilation cache off: this run has %d CPU processes, of which only process 0 would '
-                    'load its compiled steps from the cache', jax.process_count())
+    logging.warning(
+      'Compilation cache off: this run has %d CPU processes, of which only process 0 would '
+      'load its compiled steps from the cache',
+      jax.process_count(),
+    )
     path = None
   # The cache is set up once per process on first use: reset it so that a second run in the same
   # process (tests, notebooks) uses its own directory.

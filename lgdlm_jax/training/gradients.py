@@ -51,18 +51,28 @@ def round_gradients(config: ml_collections.ConfigDict) -> str:
   return mode
 
 
-def value_and_grad(params: Params, batch: Mapping[str, jax.Array], draws: Mapping[str, jax.Array], *,
-                   step: int | jax.Array | None, model: nn.Module, options: ObjectiveOptions,
-                   terms: TermSet | None = None, mode: str) -> Result:
+def value_and_grad(
+  params: Params,
+  batch: Mapping[str, jax.Array],
+  draws: Mapping[str, jax.Array],
+  *,
+  step: int | jax.Array | None,
+  model: nn.Module,
+  options: ObjectiveOptions,
+  terms: TermSet | None = None,
+  mode: str,
+) -> Result:
   """((loss, metrics), gradient) of `cycle_vae_loss` with dropout as in training, taken `mode`-wise
   ('joint' or 'sequential', see `round_gradients`)."""
   terms, deterministic = cycle_vae.resolve(options, terms, None)
   if mode == 'joint':
-    loss_fn = functools.partial(cycle_vae.cycle_vae_loss, step=step, model=model, options=options, terms=terms,
-                                deterministic=deterministic)
+    loss_fn = functools.partial(
+      cycle_vae.cycle_vae_loss, step=step, model=model, options=options, terms=terms, deterministic=deterministic
+    )
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, draws)
-  return _sequential_value_and_grad(params, batch, draws, step=step, model=model, options=options, terms=terms,
-                                    deterministic=deterministic)
+  return _sequential_value_and_grad(
+    params, batch, draws, step=step, model=model, options=options, terms=terms, deterministic=deterministic
+  )
 
 
 class _ScannedPass(NamedTuple):
@@ -72,6 +82,7 @@ class _ScannedPass(NamedTuple):
   latent) or latents_BxD (cycle text) are placeholders, replaced in the scan by the pseudo tokens
   or the x0 estimate that the base passes leave in the carry.
   """
+
   tokens_BxS: jax.Array
   latents_BxD: jax.Array
   text_t_B: jax.Array
@@ -84,8 +95,14 @@ class _ScannedPass(NamedTuple):
   dropout_key: jax.Array
 
 
-def _scanned_passes(view: BatchView, draws: Mapping[str, jax.Array], weights: Mapping[str, jax.Array],
-                    options: ObjectiveOptions, terms: TermSet, deterministic: bool) -> _ScannedPass:
+def _scanned_passes(
+  view: BatchView,
+  draws: Mapping[str, jax.Array],
+  weights: Mapping[str, jax.Array],
+  options: ObjectiveOptions,
+  terms: TermSet,
+  deterministic: bool,
+) -> _ScannedPass:
   """The rows of the plan's passes, in the plan's order."""
   zero = jnp.zeros((), jnp.float32)
 
@@ -94,25 +111,42 @@ def _scanned_passes(view: BatchView, draws: Mapping[str, jax.Array], weights: Ma
     return terms_lib.t2l_pass(view, view.input_ids_BxS, z_t_BxD, t_lat_B), target_BxD
 
   l2t = lambda: (terms_lib.l2t_pass(view, view.latents_BxD), jnp.zeros_like(view.latents_BxD))
-  inputs = dict(base_t2l=lambda: t2l('t_lat', 'noise'), base_l2t=l2t, cycle_text=l2t,
-                cycle_latent=lambda: t2l('t_lat2', 'noise2'))
+  inputs = dict(
+    base_t2l=lambda: t2l('t_lat', 'noise'), base_l2t=l2t, cycle_text=l2t, cycle_latent=lambda: t2l('t_lat2', 'noise2')
+  )
   rows = []
   for planned in in_order(pass_plan(options, terms)):
     model_pass, target_BxD = inputs[planned.term]()
     weight = weights[planned.value]
-    rows.append(dict(
-        tokens_BxS=model_pass.tokens_BxS, latents_BxD=model_pass.latents_BxD, text_t_B=model_pass.text_t_B,
-        latent_t_B=model_pass.latent_t_B, target_BxD=target_BxD,
-        latent_weight=zero if planned.text_logits else weight, text_weight=weight if planned.text_logits else zero,
-        is_l2t=jnp.array(planned.text_logits), is_base=jnp.array(planned.is_base)))
+    rows.append(
+      dict(
+        tokens_BxS=model_pass.tokens_BxS,
+        latents_BxD=model_pass.latents_BxD,
+        text_t_B=model_pass.text_t_B,
+        latent_t_B=model_pass.latent_t_B,
+        target_BxD=target_BxD,
+        latent_weight=zero if planned.text_logits else weight,
+        text_weight=weight if planned.text_logits else zero,
+        is_l2t=jnp.array(planned.text_logits),
+        is_base=jnp.array(planned.is_base),
+      )
+    )
   # Deterministic passes never read their key; the placeholder keeps the scan's inputs one structure.
   keys = jax.random.split(jax.random.key(0) if deterministic else draws['dropout_key'], len(rows))
   return _ScannedPass(**jax.tree.map(lambda *xs: jnp.stack(xs), *rows), dropout_key=keys)
 
 
-def _sequential_value_and_grad(params: Params, batch: Mapping[str, jax.Array], draws: Mapping[str, jax.Array], *,
-                               step: int | jax.Array | None, model: nn.Module, options: ObjectiveOptions,
-                               terms: TermSet, deterministic: bool) -> Result:
+def _sequential_value_and_grad(
+  params: Params,
+  batch: Mapping[str, jax.Array],
+  draws: Mapping[str, jax.Array],
+  *,
+  step: int | jax.Array | None,
+  model: nn.Module,
+  options: ObjectiveOptions,
+  terms: TermSet,
+  deterministic: bool,
+) -> Result:
   """The objective's value and gradient as a `lax.scan` over its passes (see `_scanned_passes`),
   whose body takes one pass's value_and_grad and adds it to the gradient in the carry.
 
@@ -126,17 +160,20 @@ def _sequential_value_and_grad(params: Params, batch: Mapping[str, jax.Array], d
 
   def pass_loss(p, this: _ScannedPass, tokens_BxS, latents_BxD):
     [(logits_BxSxV, latent_pred_BxD)] = run_passes(
-        model, p, [ModelPass(tokens_BxS, latents_BxD, this.text_t_B, this.latent_t_B, view.mask_BxS)],
-        deterministic=deterministic, dropout_key=None if deterministic else this.dropout_key,
-        text_heads_on=this.is_l2t)
+      model,
+      p,
+      [ModelPass(tokens_BxS, latents_BxD, this.text_t_B, this.latent_t_B, view.mask_BxS)],
+      deterministic=deterministic,
+      dropout_key=None if deterministic else this.dropout_key,
+      text_heads_on=this.is_l2t,
+    )
     latent_term = terms_lib.latent_term(latent_pred_BxD, this.target_BxD)
     # Under the same switch as the text heads: a T2L pass's zero logits would otherwise cost the
     # cross-entropy's reductions over [B,S,V] at run time, and XLA would constant-fold them at
     # compile time, which makes a large model's compile much slower.
     text_term = jax.lax.cond(
-        this.is_l2t,
-        lambda: terms_lib.text_term(logits_BxSxV, view.input_ids_BxS),
-        lambda: jnp.zeros((), jnp.float32))
+      this.is_l2t, lambda: terms_lib.text_term(logits_BxSxV, view.input_ids_BxS), lambda: jnp.zeros((), jnp.float32)
+    )
     loss = this.latent_weight * latent_term + this.text_weight * text_term
     term = jnp.where(this.is_l2t, text_term, latent_term)
     return loss, (term, jax.lax.stop_gradient((logits_BxSxV, latent_pred_BxD)))
@@ -146,15 +183,18 @@ def _sequential_value_and_grad(params: Params, batch: Mapping[str, jax.Array], d
     # A cycle pass reads round 1: cycle latent (T2L) its pseudo tokens, cycle text (L2T) its x0 estimate.
     tokens_BxS = jnp.where(~this.is_base & ~this.is_l2t, pseudo_tokens_BxS, this.tokens_BxS)
     latents_BxD = jnp.where(~this.is_base & this.is_l2t, x0_BxD, this.latents_BxD)
-    (loss, (term, (logits_BxSxV, latent_pred_BxD))), pass_grads = jax.value_and_grad(
-        pass_loss, has_aux=True)(params, this, tokens_BxS, latents_BxD)
-    pass_x0_BxD = diffusion.predict_x0(options.schedule, latents_BxD, this.latent_t_B, latent_pred_BxD,
-                                       options.parameterization)
+    (loss, (term, (logits_BxSxV, latent_pred_BxD))), pass_grads = jax.value_and_grad(pass_loss, has_aux=True)(
+      params, this, tokens_BxS, latents_BxD
+    )
+    pass_x0_BxD = diffusion.predict_x0(
+      options.schedule, latents_BxD, this.latent_t_B, latent_pred_BxD, options.parameterization
+    )
     if terms.cycle_latent:
       pseudo_tokens_BxS = jax.lax.cond(
-          this.is_base & this.is_l2t,
-          lambda: terms_lib.sample_pseudo_tokens(logits_BxSxV, options.cycle_latent_sampling, draws['sample_key']),
-          lambda: pseudo_tokens_BxS)
+        this.is_base & this.is_l2t,
+        lambda: terms_lib.sample_pseudo_tokens(logits_BxSxV, options.cycle_latent_sampling, draws['sample_key']),
+        lambda: pseudo_tokens_BxS,
+      )
     x0_BxD = jnp.where(this.is_base & ~this.is_l2t, pass_x0_BxD, x0_BxD)
     carry = (jax.tree.map(jnp.add, grads, pass_grads), pseudo_tokens_BxS, x0_BxD)
     return carry, (loss, term, terms_lib.mean_l2_norm(latent_pred_BxD), terms_lib.mean_l2_norm(pass_x0_BxD))
@@ -165,7 +205,10 @@ def _sequential_value_and_grad(params: Params, batch: Mapping[str, jax.Array], d
   order = in_order(pass_plan(options, terms))
   values = {planned.value: pass_terms[i] for i, planned in enumerate(order)}
   base_t2l = [planned.term for planned in order].index('base_t2l')
-  diagnostics = dict(t_lat_mean=jnp.mean(passes.latent_t_B[base_t2l]), latent_pred_norm=pred_norms[base_t2l],
-                     x0_pred_norm=x0_norms[base_t2l])
+  diagnostics = dict(
+    t_lat_mean=jnp.mean(passes.latent_t_B[base_t2l]),
+    latent_pred_norm=pred_norms[base_t2l],
+    x0_pred_norm=x0_norms[base_t2l],
+  )
   loss = jnp.sum(pass_losses)
   return (loss, cycle_vae.metrics(loss, values, diagnostics, weights)), grads

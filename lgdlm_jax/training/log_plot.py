@@ -18,19 +18,19 @@ COLUMNS = 4
 # (title, keys, log scale). A training key k is drawn with its validation counterpart val_k, if any;
 # validation values (val_*) as dots joined by dashes.
 PANELS = (
-    ('total loss', ('loss',), False),
-    ('base T2L latent loss', ('base_t2l_latent_loss',), False),
-    ('base L2T text loss', ('base_l2t_text_loss',), False),
-    ('cycle text loss', ('cycle_text_loss',), False),
-    ('cycle latent loss', ('cycle_latent_loss',), False),
-    # The training weights only: validation weighs every term at its base weight.
-    ('cycle weights', ('cycle_text_weight', 'cycle_latent_weight'), False),
-    ('L2T token accuracy (val)', ('val_l2t_onepass_acc', 'val_l2t_sample_acc'), False),
-    ('T2L cosine with the true latent (val)', ('val_t2l_cosine',), False),
-    ('cycle reconstructions (val)', ('val_cycle_t2l2t_acc', 'val_cycle_l2t2l_cosine'), False),
-    ('learning rate', ('lr',), False),
-    ('gradient norm', ('grad_norm',), True),
-    ('non-finite steps (total so far)', ('nonfinite_steps',), False),
+  ('total loss', ('loss',), False),
+  ('base T2L latent loss', ('base_t2l_latent_loss',), False),
+  ('base L2T text loss', ('base_l2t_text_loss',), False),
+  ('cycle text loss', ('cycle_text_loss',), False),
+  ('cycle latent loss', ('cycle_latent_loss',), False),
+  # The training weights only: validation weighs every term at its base weight.
+  ('cycle weights', ('cycle_text_weight', 'cycle_latent_weight'), False),
+  ('L2T token accuracy (val)', ('val_l2t_onepass_acc', 'val_l2t_sample_acc'), False),
+  ('T2L cosine with the true latent (val)', ('val_t2l_cosine',), False),
+  ('cycle reconstructions (val)', ('val_cycle_t2l2t_acc', 'val_cycle_l2t2l_cosine'), False),
+  ('learning rate', ('lr',), False),
+  ('gradient norm', ('grad_norm',), True),
+  ('non-finite steps (total so far)', ('nonfinite_steps',), False),
 )
 VAL_PREFIX = 'val_'
 
@@ -54,8 +54,9 @@ def _labels(workdirs: Sequence[str]) -> list[str]:
 def draw(runs: dict[str, list[dict]]) -> Figure:
   """One figure of the PANELS that any run has values for; `runs` maps a label to its log records."""
   colours = [f'C{i % 10}' for i in range(len(runs))]
-  has_values = lambda title, keys: any(_series(records, name)[0] for records in runs.values()
-                                       for key in keys for name in _names(key, title))
+  has_values = lambda title, keys: any(
+    _series(records, name)[0] for records in runs.values() for key in keys for name in _names(key, title)
+  )
   panels = [panel for panel in PANELS if has_values(*panel[:2])]
   if not panels:
     raise errors.InputError(f'no plottable records in {", ".join(runs)}')
@@ -72,16 +73,28 @@ def draw(runs: dict[str, list[dict]]) -> Figure:
             continue
           val = name.startswith(VAL_PREFIX)
           text = name if len(runs) == 1 else f'{label}: {name}'
-          axes.plot(steps, values, ('--', '-.')[key_index % 2] if val else style, color=colour,
-                    marker=('o', 's')[key_index % 2] if val else None, markersize=3,
-                    linewidth=1.0 if val else 1.2, label=text)
+          axes.plot(
+            steps,
+            values,
+            ('--', '-.')[key_index % 2] if val else style,
+            color=colour,
+            marker=('o', 's')[key_index % 2] if val else None,
+            markersize=3,
+            linewidth=1.0 if val else 1.2,
+            label=text,
+          )
       if title == 'total loss':
         bad = [r['step'] for r in records if r.get('step_was_finite') == 0.0]
         for step in bad:
           axes.axvline(step, color='red', linewidth=0.6, alpha=0.5)
         if bad:
-          axes.plot([], [], color='red', linewidth=0.6, label=f'{label}: non-finite step' if len(runs) > 1
-                    else 'non-finite step')
+          axes.plot(
+            [],
+            [],
+            color='red',
+            linewidth=0.6,
+            label=f'{label}: non-finite step' if len(runs) > 1 else 'non-finite step',
+          )
     axes.set_title(title, fontsize=10)
     axes.set_xlabel('step', fontsize=8)
     axes.tick_params(labelsize=7)

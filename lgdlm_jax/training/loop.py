@@ -67,8 +67,9 @@ def _print_decoded_examples(state, val_batches, train_iter, rng, *, model, confi
   if val_batches is not None:
     sources.insert(0, ('validation example', next(iter(val_batches(1)))))
   for label, batch in sources:
-    lines = eval_examples.decoded_examples(params, batch, rng, model=model, config=config,
-                                           num_examples=num_examples, label=label)
+    lines = eval_examples.decoded_examples(
+      params, batch, rng, model=model, config=config, num_examples=num_examples, label=label
+    )
     print('\n'.join(lines), flush=True)
 
 
@@ -77,8 +78,11 @@ def _print_outputs(workdir: str) -> None:
   if jax.process_index() != 0:
     return
   plot_path = os.path.join(workdir, metrics_log.PLOT_FILE)
-  print(f'Training log: {os.path.join(workdir, metrics_log.LOG_FILE)}'
-        + (f'; plot: {plot_path}' if os.path.exists(plot_path) else ''), flush=True)
+  print(
+    f'Training log: {os.path.join(workdir, metrics_log.LOG_FILE)}'
+    + (f'; plot: {plot_path}' if os.path.exists(plot_path) else ''),
+    flush=True,
+  )
 
 
 def _write_plot(workdir: str) -> None:
@@ -86,25 +90,34 @@ def _write_plot(workdir: str) -> None:
   if jax.process_index() != 0:
     return
   from lgdlm_jax.training import log_plot  # pylint: disable=g-import-not-at-top  (matplotlib takes seconds to import)
+
   log_plot.write_plot([workdir], os.path.join(workdir, metrics_log.PLOT_FILE))
 
 
 def _log_programs(programs: train.TrainPrograms, start: int, stop: int) -> None:
   uses = programs.schedule.term_sets_between(start, stop)
-  logging.info('Train-step programs for steps %d to %d: %s', start, stop,
-               ', '.join(f'{terms.name} ({count} steps)' for terms, count in uses.items()) or 'none')
+  logging.info(
+    'Train-step programs for steps %d to %d: %s',
+    start,
+    stop,
+    ', '.join(f'{terms.name} ({count} steps)' for terms, count in uses.items()) or 'none',
+  )
 
 
-def _starting_state(setup: training_setup.Setup, manager, train_iter, initial, key: jax.Array,
-                    workdir: str) -> tuple[train.TrainState, Any, bool]:
+def _starting_state(
+  setup: training_setup.Setup, manager, train_iter, initial, key: jax.Array, workdir: str
+) -> tuple[train.TrainState, Any, bool]:
   """(state, its shardings, whether it was resumed): the workdir's newest checkpoint, else the
   weights of init_from, else a fresh state."""
   config, mesh = setup.config, setup.mesh
   state, state_shardings = setup.create_state(key)
   min_shard = config.mesh.min_shard_size
-  logging.info('Per device: parameters %.3f GiB, optimizer state %.3f GiB (mesh %s)',
-               sharding.per_device_bytes(state.params, mesh.shape['fsdp'], min_shard) / 2**30,
-               sharding.per_device_bytes(state.opt_state, mesh.shape['fsdp'], min_shard) / 2**30, dict(mesh.shape))
+  logging.info(
+    'Per device: parameters %.3f GiB, optimizer state %.3f GiB (mesh %s)',
+    sharding.per_device_bytes(state.params, mesh.shape['fsdp'], min_shard) / 2**30,
+    sharding.per_device_bytes(state.opt_state, mesh.shape['fsdp'], min_shard) / 2**30,
+    dict(mesh.shape),
+  )
   restored = checkpoint.restore_latest(manager, checkpoint.abstract_with_shardings(state, state_shardings), train_iter)
   if restored is not None:
     state = ema_lib.after_restore(restored, config)
@@ -181,22 +194,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       elapsed = time.perf_counter() - started
       train_iter.agree_on_bad_samples()  # every process, every step: a stop for bad data is taken by all
       if int(metrics['consecutive_nonfinite']) > 0:
-        logging.warning('step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update skipped',
-                        step, metrics['loss'], metrics['grad_norm'])
+        logging.warning(
+          'step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update skipped',
+          step,
+          metrics['loss'],
+          metrics['grad_norm'],
+        )
       if step % log_every == 0 or step == num_steps:
         record = {k: float(v) for k, v in metrics.items()}
-        record.update(step_time=elapsed, tokens_per_sec=tokens_per_step / elapsed, data_wait_time=data_wait,
-                      data_skipped_samples=train_iter.num_skipped)
+        record.update(
+          step_time=elapsed,
+          tokens_per_sec=tokens_per_step / elapsed,
+          data_wait_time=data_wait,
+          data_skipped_samples=train_iter.num_skipped,
+        )
         log.write(step, record)
         progress.logged(step, record['loss'])
       if int(metrics['consecutive_nonfinite']) >= max_bad:
         raise NonFiniteError(
-            f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
-            f'The newest checkpoint in {workdir} holds the last good parameters.')
+          f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
+          f'The newest checkpoint in {workdir} holds the last good parameters.'
+        )
 
     def evaluate(step: int) -> dict[str, float]:
-      val = _evaluate((eval_fn, sample_eval_fn), ema_lib.evaluation_params(state, config), val_batches, mesh,
-                      eval_key, tcfg.eval_batches, tcfg.eval_sample_batches)
+      val = _evaluate(
+        (eval_fn, sample_eval_fn),
+        ema_lib.evaluation_params(state, config),
+        val_batches,
+        mesh,
+        eval_key,
+        tcfg.eval_batches,
+        tcfg.eval_sample_batches,
+      )
       log.write(step, val, prefix='val_')
       if jax.process_index() == 0:
         tqdm.tqdm.write(eval_examples.eval_line(step, val), file=sys.stdout)  # above the progress bar, never across it

@@ -43,8 +43,9 @@ class MetricsLog:
     truncate_log(path, -1 if resume_step is None else resume_step)
     self._jsonl = open(path, 'a')
     # TensorBoard discards the events of earlier runs at steps >= purge_step.
-    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR),
-                                                   purge_step=None if resume_step is None else resume_step + 1)
+    self._tensorboard = tensorboardX.SummaryWriter(
+      os.path.join(workdir, TENSORBOARD_DIR), purge_step=None if resume_step is None else resume_step + 1
+    )
 
   def write(self, step: int, record: dict[str, Any], prefix: str = '') -> None:
     if not self._active:
@@ -58,8 +59,10 @@ class MetricsLog:
           if key != 'step' and isinstance(value, (int, float)):
             self._tensorboard.add_scalar(key, value, step)
     except OSError as e:  # a full disk, a workdir made read-only
-      raise errors.StorageError(f'could not write the log of step {step} to {os.path.dirname(self._path)} '
-                                f'({e.strerror or e}); the checkpoints saved before it are intact') from e
+      raise errors.StorageError(
+        f'could not write the log of step {step} to {os.path.dirname(self._path)} '
+        f'({e.strerror or e}); the checkpoints saved before it are intact'
+      ) from e
 
   def close(self) -> None:
     try:
@@ -68,8 +71,11 @@ class MetricsLog:
       if self._tensorboard is not None:
         self._tensorboard.close()
     except OSError as e:  # on the way out of a run stopped by the same full disk: its error is the one to see
-      logging.warning('Could not finish writing the logs in %s: %s; lines written before are kept',
-                      os.path.dirname(self._path), e.strerror or e)
+      logging.warning(
+        'Could not finish writing the logs in %s: %s; lines written before are kept',
+        os.path.dirname(self._path),
+        e.strerror or e,
+      )
 
 
 def truncate_log(path: str, last_step: int) -> None:
@@ -92,8 +98,13 @@ def truncate_log(path: str, last_step: int) -> None:
       else:
         dropped += 1
   if dropped or torn:
-    logging.warning('%s: dropped %d record(s) of steps after %d (this run logs them again) and %d unreadable '
-                    'line(s)', path, dropped, last_step, torn)
+    logging.warning(
+      '%s: dropped %d record(s) of steps after %d (this run logs them again) and %d unreadable line(s)',
+      path,
+      dropped,
+      last_step,
+      torn,
+    )
   staged = path + '.tmp'
   with open(staged, 'w') as f:
     f.writelines(kept)
@@ -126,6 +137,10 @@ def read_log(workdir: str) -> list[dict[str, Any]]:
       else:
         unreadable.append(number)
   if unreadable:
-    logging.warning('%s: left out %d unreadable line(s) (line %s)', path, len(unreadable),
-                    ', '.join(map(str, unreadable[:5])) + (', ...' if len(unreadable) > 5 else ''))
+    logging.warning(
+      '%s: left out %d unreadable line(s) (line %s)',
+      path,
+      len(unreadable),
+      ', '.join(map(str, unreadable[:5])) + (', ...' if len(unreadable) > 5 else ''),
+    )
   return records

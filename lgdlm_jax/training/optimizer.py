@@ -76,9 +76,9 @@ def clip_by_global_norm_like_torch(max_norm: float) -> optax.GradientTransformat
     del params
     return optax.EmptyState()
 
-  def update_fn(updates: optax.Updates,
-                state: optax.EmptyState,
-                params: optax.Params | None = None) -> tuple[optax.Updates, optax.EmptyState]:
+  def update_fn(
+    updates: optax.Updates, state: optax.EmptyState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.EmptyState]:
     del params
     norm = optax.global_norm(updates)
     scale = jnp.minimum(1.0, max_norm / (norm + TORCH_CLIP_EPS))
@@ -106,12 +106,11 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     return micro_lr(update_count * accumulation + accumulation - 1)
 
   # No decay mask: the reference decays all parameters.
-  adamw = optax.adamw(learning_rate=update_lr, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, eps_root=0.0,
-                      weight_decay=opt.weight_decay)
+  adamw = optax.adamw(
+    learning_rate=update_lr, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, eps_root=0.0, weight_decay=opt.weight_decay
+  )
   # Clipping sees the averaged gradient of the whole accumulation group, before Adam.
-  inner = adamw if clip_norm is None else optax.chain(
-      clip_by_global_norm_like_torch(clip_norm), adamw)
+  inner = adamw if clip_norm is None else optax.chain(clip_by_global_norm_like_torch(clip_norm), adamw)
   if accumulation == 1:
     return inner
-  return optax.MultiSteps(inner, every_k_schedule=accumulation,
-                          use_grad_mean=True).gradient_transformation()
+  return optax.MultiSteps(inner, every_k_schedule=accumulation, use_grad_mean=True).gradient_transformation()

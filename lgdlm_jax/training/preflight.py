@@ -23,16 +23,21 @@ def check_paths(config: ml_collections.FrozenConfigDict, workdir: str) -> None:
     raise NotADirectoryError(f'--workdir {workdir}: is a file, not a directory')
   _check_writable(workdir)
   data = config.data
-  for key, path in (('data.data_dir', data.data_dir), ('data.token_dir', data.token_dir),
-                    ('data.latent_dir', data.latent_dir)):
+  for key, path in (
+    ('data.data_dir', data.data_dir),
+    ('data.token_dir', data.token_dir),
+    ('data.latent_dir', data.latent_dir),
+  ):
     if path and not os.path.isdir(path):
       raise FileNotFoundError(f'{key}={path!r}: no such directory')
   if data.data_dir and not packed_reader.is_packed(data.data_dir):
     for kind in ('tokens', 'latents'):
       folder = os.path.join(data.data_dir, kind, 'train')
       if not os.path.isdir(folder):
-        raise FileNotFoundError(f'data.data_dir={data.data_dir!r}: no {packed_reader.MANIFEST} (packed data) and no '
-                                f'{os.path.join(kind, "train")}/ (per-sample files)')
+        raise FileNotFoundError(
+          f'data.data_dir={data.data_dir!r}: no {packed_reader.MANIFEST} (packed data) and no '
+          f'{os.path.join(kind, "train")}/ (per-sample files)'
+        )
   # init_from is read only by a fresh run; a workdir with checkpoints resumes from them instead.
   if config.init_from and not os.path.exists(config.init_from) and not workdirs.saved_steps(workdir):
     raise FileNotFoundError(f'init_from={config.init_from!r}: no such file or directory')
@@ -52,8 +57,9 @@ def _check_writable(workdir: str) -> None:
   if not os.path.isdir(existing):
     raise NotADirectoryError(f'--workdir {workdir}: {existing} is a file, not a directory')
   if not os.access(existing, os.W_OK | os.X_OK):
-    raise errors.InputError(f'--workdir {workdir}: {existing} is not writable (a read-only file system, or no '
-                            'permission)')
+    raise errors.InputError(
+      f'--workdir {workdir}: {existing} is not writable (a read-only file system, or no permission)'
+    )
 
 
 def finished_step(config: ml_collections.FrozenConfigDict, workdir: str) -> int | None:

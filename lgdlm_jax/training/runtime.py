@@ -50,8 +50,10 @@ def maybe_initialize(group: ProcessGroup) -> None:
   """Calls jax.distributed.initialize when this run spans several processes; else does nothing."""
   if group.explicit:
     if group.num_processes is None or group.process_id is None:
-      raise ValueError('a coordinator address needs the process count and this process id as well '
-                       f'(got num_processes={group.num_processes}, process_id={group.process_id})')
+      raise ValueError(
+        'a coordinator address needs the process count and this process id as well '
+        f'(got num_processes={group.num_processes}, process_id={group.process_id})'
+      )
     if not 0 <= group.process_id < group.num_processes:
       raise ValueError(f'process_id={group.process_id} is not in [0, num_processes={group.num_processes})')
     _use_gloo_on_cpu()
@@ -61,8 +63,13 @@ def maybe_initialize(group: ProcessGroup) -> None:
     jax.distributed.initialize()
   else:
     return
-  logging.info('Process %d of %d; %d local and %d global devices', jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+    'Process %d of %d; %d local and %d global devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def _use_gloo_on_cpu() -> None:

@@ -63,9 +63,20 @@ def build(config: ml_collections.ConfigDict, topology: str = '') -> Setup:
   config_lib.check_devices(config, len(devices), process_count)
   resolved = model_platform.resolve(config, platform)
   model_config = resolved.model
-  logging.info('Attention: %s (model.attention=%s); %d of %d blocks per scan iteration (model.scan_unroll=%d)',
-               model_config.attention, config.model.attention, min(model_config.scan_unroll, model_config.n_blocks),
-               model_config.n_blocks, config.model.scan_unroll)
-  return Setup(config=config, resolved=resolved, devices=devices, platform=platform,
-               model=model_lib.MultimodalMMDiT(model_config), optimizer=optimizer_lib.make_optimizer(config),
-               mesh=sharding.make_mesh(config, devices))
+  logging.info(
+    'Attention: %s (model.attention=%s); %d of %d blocks per scan iteration (model.scan_unroll=%d)',
+    model_config.attention,
+    config.model.attention,
+    min(model_config.scan_unroll, model_config.n_blocks),
+    model_config.n_blocks,
+    config.model.scan_unroll,
+  )
+  return Setup(
+    config=config,
+    resolved=resolved,
+    devices=devices,
+    platform=platform,
+    model=model_lib.MultimodalMMDiT(model_config),
+    optimizer=optimizer_lib.make_optimizer(config),
+    mesh=sharding.make_mesh(config, devices),
+  )

@@ -45,7 +45,8 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, min_size: int = 2**14) -> Any
   """NamedShardings for every array of a (possibly abstract) pytree, by param_spec."""
   fsdp_size = mesh.shape['fsdp']
   return jax.tree_util.tree_map(
-      lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp_size, min_size)), abstract_tree)
+    lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp_size, min_size)), abstract_tree
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -40,15 +40,25 @@ class TrainState:
   ema_params: Any = None  # the parameters' moving average (lgdlm_jax.training.ema); None when training.ema_decay = 0
 
 
-def init_state(config: ml_collections.ConfigDict, model: model_lib.MultimodalMMDiT,
-               optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+def init_state(
+  config: ml_collections.ConfigDict,
+  model: model_lib.MultimodalMMDiT,
+  optimizer: optax.GradientTransformation,
+  rng: jax.Array,
+) -> TrainState:
   cfg = config.model
   tokens = jnp.zeros((1, cfg.max_seq_len), jnp.int32)
   latents = jnp.zeros((1, cfg.latent_dim), jnp.float32)
   params = model.init(rng, tokens, latents)['params']
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, opt_state=optimizer.init(params), nonfinite_steps=zero,
-                    consecutive_nonfinite=zero, ema_params=ema_lib.initial(params, config))
+  return TrainState(
+    step=zero,
+    params=params,
+    opt_state=optimizer.init(params),
+    nonfinite_steps=zero,
+    consecutive_nonfinite=zero,
+    ema_params=ema_lib.initial(params, config),
+  )
 
 
 def abstract_state_and_shardings(config, model, optimizer, mesh, rng) -> tuple[TrainState, Any]:
@@ -69,10 +79,17 @@ def _debug_check_finite(named: dict[str, Any]) -> None:
     chex.assert_tree_all_finite(value, custom_message=f'non-finite {name}')
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               model: model_lib.MultimodalMMDiT, config: ml_collections.ConfigDict,
-               options: options_lib.ObjectiveOptions, optimizer: optax.GradientTransformation,
-               terms: cycle_schedule.TermSet) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  model: model_lib.MultimodalMMDiT,
+  config: ml_collections.ConfigDict,
+  options: options_lib.ObjectiveOptions,
+  optimizer: optax.GradientTransformation,
+  terms: cycle_schedule.TermSet,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One micro-batch: the loss with the cycle terms `terms`, its gradient, and (if all finite) one
   optimizer update and EMA update."""
   check = config.debug.check_finite
@@ -81,9 +98,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   key = jax.random.fold_in(rng, state.step)
   batch_size = batch['input_ids'].shape[0]
   draws = draws_lib.sample_draws(key, batch_size, config.model.latent_dim, options)
-  (loss, metrics), grads = gradients.value_and_grad(state.params, batch, draws, step=state.step, model=model,
-                                                    options=options, terms=terms,
-                                                    mode=gradients.round_gradients(config))
+  (loss, metrics), grads = gradients.value_and_grad(
+    state.params,
+    batch,
+    draws,
+    step=state.step,
+    model=model,
+    options=options,
+    terms=terms,
+    mode=gradients.round_gradients(config),
+  )
   grad_norm = optax.global_norm(grads)
   if check:
     _debug_check_finite({**{f'metrics.{k}': v for k, v in metrics.items()}, 'gradients': grads})
@@ -96,39 +120,54 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   params = keep_if_bad(new_params, state.params)
   applied = finite & ema_lib.update_was_applied(state.opt_state, new_opt_state)
   new_state = TrainState(
-      step=state.step + 1,
-      params=params,
-      opt_state=keep_if_bad(new_opt_state, state.opt_state),
-      nonfinite_steps=state.nonfinite_steps + bad,
-      consecutive_nonfinite=(state.consecutive_nonfinite + bad) * bad,
-      ema_params=ema_lib.update(state.ema_params, params, config.training.ema_decay, applied),
+    step=state.step + 1,
+    params=params,
+    opt_state=keep_if_bad(new_opt_state, state.opt_state),
+    nonfinite_steps=state.nonfinite_steps + bad,
+    consecutive_nonfinite=(state.consecutive_nonfinite + bad) * bad,
+    ema_params=ema_lib.update(state.ema_params, params, config.training.ema_decay, applied),
   )
   # The learning rate of this micro-batch, as the reference logs it; returned so that the loop never
   # evaluates the schedule on the device itself (which would wait for the step in flight).
   lr = optimizer_lib.learning_rate_schedule(config)(state.step)
-  metrics = dict(metrics, grad_norm=grad_norm, step_was_finite=finite, lr=lr,
-                 nonfinite_steps=new_state.nonfinite_steps,
-                 consecutive_nonfinite=new_state.consecutive_nonfinite)
+  metrics = dict(
+    metrics,
+    grad_norm=grad_norm,
+    step_was_finite=finite,
+    lr=lr,
+    nonfinite_steps=new_state.nonfinite_steps,
+    consecutive_nonfinite=new_state.consecutive_nonfinite,
+  )
   return new_state, metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], rng: jax.Array, *, model: model_lib.MultimodalMMDiT,
-              options: options_lib.ObjectiveOptions, latent_dim: int) -> dict[str, jax.Array]:
+def eval_step(
+  params: Any,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  model: model_lib.MultimodalMMDiT,
+  options: options_lib.ObjectiveOptions,
+  latent_dim: int,
+) -> dict[str, jax.Array]:
   """Validation metrics with fixed draws (the same at every evaluation), no dropout: every term,
   at the base weights, so that runs with different cycle settings report the same terms."""
   draws = draws_lib.sample_draws(rng, batch['input_ids'].shape[0], latent_dim, options)
-  _, metrics = cycle_vae.cycle_vae_loss(params, batch, draws, step=None, model=model, options=options,
-                                        terms=cycle_schedule.ALL_TERMS, deterministic=True)
+  _, metrics = cycle_vae.cycle_vae_loss(
+    params, batch, draws, step=None, model=model, options=options, terms=cycle_schedule.ALL_TERMS, deterministic=True
+  )
   return metrics
 
 
 def _traced_under(mesh, fn):
   """fn, traced with `mesh` as the ambient mesh: layers that must know it (the splash attention's
   shard_map) read it there instead of having it passed through every module."""
+
   @functools.wraps(fn)
   def traced(*args, **kwargs):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return fn(*args, **kwargs)
+
   return traced
 
 
@@ -155,10 +194,21 @@ class TrainPrograms:
   def for_terms(self, terms: cycle_schedule.TermSet):
     if terms not in self._programs:
       step_fn = jax.jit(
-          _traced_under(self._mesh, functools.partial(train_step, model=self._model, config=self._config,
-                                                      options=self.options, optimizer=self._optimizer,
-                                                      terms=terms)),
-          in_shardings=self._shardings, out_shardings=self._outputs, donate_argnums=(0,))
+        _traced_under(
+          self._mesh,
+          functools.partial(
+            train_step,
+            model=self._model,
+            config=self._config,
+            options=self.options,
+            optimizer=self._optimizer,
+            terms=terms,
+          ),
+        ),
+        in_shardings=self._shardings,
+        out_shardings=self._outputs,
+        donate_argnums=(0,),
+      )
       if self._config.debug.check_finite:
         step_fn = chex.chexify(step_fn, async_check=False)
       self._programs[terms] = step_fn
@@ -177,10 +227,16 @@ def compile_steps(config, model, optimizer, mesh, state_shardings):
   replicated = sharding.replicated(mesh)
   eval_in_shardings = (state_shardings.params, batch_sharding, replicated)
   programs = TrainPrograms(config, model, optimizer, mesh, state_shardings)
-  eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_step, model=model, options=programs.options,
-                                                          latent_dim=config.model.latent_dim)),
-                    in_shardings=eval_in_shardings, out_shardings=replicated)
-  sample_eval_fn = jax.jit(_traced_under(mesh, functools.partial(eval_metrics.evaluate_batch, model=model,
-                                                                 config=config)),
-                           in_shardings=eval_in_shardings, out_shardings=replicated)
+  eval_fn = jax.jit(
+    _traced_under(
+      mesh, functools.partial(eval_step, model=model, options=programs.options, latent_dim=config.model.latent_dim)
+    ),
+    in_shardings=eval_in_shardings,
+    out_shardings=replicated,
+  )
+  sample_eval_fn = jax.jit(
+    _traced_under(mesh, functools.partial(eval_metrics.evaluate_batch, model=model, config=config)),
+    in_shardings=eval_in_shardings,
+    out_shardings=replicated,
+  )
   return programs, eval_fn, sample_eval_fn

@@ -18,7 +18,6 @@ Clock = Callable[[], float]
 
 
 class TimedSaves:
-
   def __init__(self, minutes: float, clock: Clock = time.monotonic):
     self._seconds = 60.0 * minutes
     self._clock = clock

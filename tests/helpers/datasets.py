@@ -19,7 +19,7 @@ def sample_arrays(i: int, length: int = SEQ_LEN):
   ids = rng.integers(1, VOCAB, size=length).astype(np.int64)
   ids[0] = i + 1
   mask = np.ones(length, np.int64)
-  mask[length - 2:] = 0  # some padding inside the file, as tokenizers write it
+  mask[length - 2 :] = 0  # some padding inside the file, as tokenizers write it
   latent = rng.standard_normal(LATENT_DIM).astype(np.float32)
   latent[0] = i
   return ids, mask, latent
@@ -47,14 +47,37 @@ def make_dirs(root, num, *, layout='split'):
   return token_dir, latent_dir
 
 
-def make_config(token_dir='', latent_dir='', data_dir='', *, val_ratio=0.0, batch=4, eval_batch=2, skip=False,
-                seed=7, prefetch=2, workers=0, max_samples=0, max_bad_fraction=0.5, synthetic=64):
+def make_config(
+  token_dir='',
+  latent_dir='',
+  data_dir='',
+  *,
+  val_ratio=0.0,
+  batch=4,
+  eval_batch=2,
+  skip=False,
+  seed=7,
+  prefetch=2,
+  workers=0,
+  max_samples=0,
+  max_bad_fraction=0.5,
+  synthetic=64,
+):
   config = config_lib.default_config()
   config.model.update(vocab_size=VOCAB, max_seq_len=SEQ_LEN, latent_dim=LATENT_DIM)
   config.tokenizer.update(vocab_size=VOCAB, pad_token_id=0, mask_token_id=3)
-  config.data.update(token_dir=token_dir, latent_dir=latent_dir, data_dir=data_dir, val_ratio=val_ratio,
-                     max_samples=max_samples, skip_bad_files=skip, max_bad_fraction=max_bad_fraction,
-                     prefetch_batches=prefetch, num_workers=workers, synthetic_num_samples=synthetic)
+  config.data.update(
+    token_dir=token_dir,
+    latent_dir=latent_dir,
+    data_dir=data_dir,
+    val_ratio=val_ratio,
+    max_samples=max_samples,
+    skip_bad_files=skip,
+    max_bad_fraction=max_bad_fraction,
+    prefetch_batches=prefetch,
+    num_workers=workers,
+    synthetic_num_samples=synthetic,
+  )
   config.training.update(seed=seed, train_batch_size=batch, eval_batch_size=eval_batch)
   return config_lib.finalize(config)
 
@@ -82,14 +105,14 @@ def assert_batches_equal(a, b):
 # ----------------------------------------------------------------------------- prepare_data
 
 TEXTS = [
-    'In the beginning God created the heaven and the earth.',
-    'And God said, Let there be light: and there was light.',
-    'Jesus wept.',
-    'The LORD is my shepherd; I shall not want.',
-    'A soft answer turneth away wrath: but grievous words stir up anger.',
-    'Rejoice evermore.',
-    'Pray without ceasing.',
-    'And the evening and the morning were the first day.',
+  'In the beginning God created the heaven and the earth.',
+  'And God said, Let there be light: and there was light.',
+  'Jesus wept.',
+  'The LORD is my shepherd; I shall not want.',
+  'A soft answer turneth away wrath: but grievous words stir up anger.',
+  'Rejoice evermore.',
+  'Pray without ceasing.',
+  'And the evening and the morning were the first day.',
 ]
 ENCODER_DIM = 16
 

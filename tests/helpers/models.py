@@ -13,8 +13,19 @@ from lgdlm_jax.reference import model as reference_model
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   cfg = config_lib.default_config().model
-  cfg.update(vocab_size=97, hidden_size=64, n_blocks=2, cond_dim=48, max_seq_len=16, latent_dim=8,
-             num_residual_streams=2, cluster_size=0, dropout=0.0, dtype='float32', remat_policy='none')
+  cfg.update(
+    vocab_size=97,
+    hidden_size=64,
+    n_blocks=2,
+    cond_dim=48,
+    max_seq_len=16,
+    latent_dim=8,
+    num_residual_streams=2,
+    cluster_size=0,
+    dropout=0.0,
+    dtype='float32',
+    remat_policy='none',
+  )
   with cfg.ignore_type():
     cfg.update(overrides)
   return cfg

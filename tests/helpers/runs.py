@@ -12,12 +12,21 @@ SMOKE = os.path.join(REPO, 'configs', 'smoke.py')
 # (plain residual), because mHC's streams make the train step markedly slower to compile; the 8-device
 # FSDP test keeps mHC, whose odd-shaped parameters are the interesting ones to shard.
 TINY_OVERRIDES = {
-    'model.vocab_size': 97, 'tokenizer.vocab_size': 97, 'tokenizer.mask_token_id': 3,
-    'model.hidden_size': 32, 'model.n_blocks': 1, 'model.cond_dim': 32, 'model.max_seq_len': 12,
-    'model.num_residual_streams': 1,
-    'model.latent_dim': 8, 'training.train_batch_size': 8, 'training.eval_batch_size': 8,
-    'training.eval_every': 0, 'loss.cycle_latent_weight': 0.5, 'data.synthetic_num_samples': 256,
-    'optimizer.lr': 3e-3,
+  'model.vocab_size': 97,
+  'tokenizer.vocab_size': 97,
+  'tokenizer.mask_token_id': 3,
+  'model.hidden_size': 32,
+  'model.n_blocks': 1,
+  'model.cond_dim': 32,
+  'model.max_seq_len': 12,
+  'model.num_residual_streams': 1,
+  'model.latent_dim': 8,
+  'training.train_batch_size': 8,
+  'training.eval_batch_size': 8,
+  'training.eval_every': 0,
+  'loss.cycle_latent_weight': 0.5,
+  'data.synthetic_num_samples': 256,
+  'optimizer.lr': 3e-3,
 }
 
 

@@ -24,10 +24,18 @@ def make_workdir(workdir: str):
   tokenizer.save(tokenizer_path)
   vocab = tokenizer.get_vocab_size()
   config = config_lib.default_config()
-  config.model.update(vocab_size=vocab, hidden_size=32, n_blocks=1, cond_dim=32, max_seq_len=SEQ_LEN,
-                      latent_dim=LATENT_DIM, num_residual_streams=1)
-  config.tokenizer.update(vocab_size=vocab, mask_token_id=text.token_id(tokenizer, '[MASK]'), pad_token_id=0,
-                          json_file=tokenizer_path)
+  config.model.update(
+    vocab_size=vocab,
+    hidden_size=32,
+    n_blocks=1,
+    cond_dim=32,
+    max_seq_len=SEQ_LEN,
+    latent_dim=LATENT_DIM,
+    num_residual_streams=1,
+  )
+  config.tokenizer.update(
+    vocab_size=vocab, mask_token_id=text.token_id(tokenizer, '[MASK]'), pad_token_id=0, json_file=tokenizer_path
+  )
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2))
   model = model_lib.MultimodalMMDiT(config.model)
