@@ -48,6 +48,17 @@ def _convert(capsys, *argv) -> str:
   return out
 
 
+def _converted_cycle_run(tmp_path, capsys, model_config, *, seed: int, updates: int, step: int, **cfg_extra):
+  """A reference trainer after `updates` updates, saved as the cycle trainer's run directory at `step`
+  (tmp_path/run) and converted (tmp_path/converted); returns the trainer and its AdamW."""
+  trainer, adamw = _trained(model_config, seed=seed, updates=updates)
+  reference_checkpoints.save_cycle_run(
+    tmp_path / 'run', trainer, adamw, step, reference_checkpoints.cycle_cfg(model_config, **cfg_extra)
+  )
+  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
+  return trainer, adamw
+
+
 def _assert_same_weights(state_dict, torch_model) -> None:
   expected = torch_model.state_dict()
   assert list(state_dict) == list(expected)  # the reference's order, too
@@ -103,11 +114,9 @@ def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, c
   """Reference checkpoint -> converted directory -> each --to-torch layout, loaded as the reference
   loads it (strict); AdamW's state comes back exactly, in the reference's parameter order."""
   model_config = models.tiny_config(cluster_size=3)
-  trainer, adamw = _trained(model_config, seed=3)
-  reference_checkpoints.save_cycle_run(
-    tmp_path / 'run', trainer, adamw, 6, reference_checkpoints.cycle_cfg(model_config, tokenizer={'mask_token_id': 5})
+  trainer, adamw = _converted_cycle_run(
+    tmp_path, capsys, model_config, seed=3, updates=2, step=6, tokenizer={'mask_token_id': 5}
   )
-  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
   assert json.loads((tmp_path / 'converted' / converted.INFO_FILE).read_text())['tokenizer'] == {'mask_token_id': 5}
 
   _convert(capsys, '--to-torch', '--input', tmp_path / 'converted', '--output', tmp_path / 'cycle.pt')
@@ -160,11 +169,7 @@ def test_exports_load_the_reference_way_and_keep_the_optimizer_state(tmp_path, c
 
 def test_latentdlm_samplers_load_the_export_strictly(tmp_path, capsys):
   model_config = models.tiny_config()
-  trainer, adamw = _trained(model_config, seed=5)
-  reference_checkpoints.save_cycle_run(
-    tmp_path / 'run', trainer, adamw, 2, reference_checkpoints.cycle_cfg(model_config)
-  )
-  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
+  trainer, adamw = _converted_cycle_run(tmp_path, capsys, model_config, seed=5, updates=2, step=2)
   _convert(
     capsys,
     '--to-torch',
@@ -203,15 +208,7 @@ def test_chain_reference_run_to_lgdlm_jax_and_back(tmp_path, capsys):
       'training.warmup_steps': 2,
     }
   )
-  trainer, adamw = _trained(config.model, seed=6, updates=4)
-  reference_checkpoints.save_cycle_run(
-    tmp_path / 'run',
-    trainer,
-    adamw,
-    3,  # after micro-batches 0..3
-    reference_checkpoints.cycle_cfg(config.model),
-  )
-  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
+  _converted_cycle_run(tmp_path, capsys, config.model, seed=6, updates=4, step=3)  # after micro-batches 0..3
   config.update(init_from=str(tmp_path / 'converted'), init_from_optimizer=True)
   workdir = tmp_path / 'jax_run'
   state = loop.run(config, str(workdir))
@@ -251,15 +248,7 @@ def test_readme_chain_with_the_reference_yaml_and_its_data_workers(tmp_path, cap
     section, name = key.split('.')
     config[section][name] = value
   assert config.data.num_workers == 2
-  trainer, adamw = _trained(config.model, seed=3, updates=3)
-  reference_checkpoints.save_cycle_run(
-    tmp_path / 'run',
-    trainer,
-    adamw,
-    2,  # after micro-batches 0..2
-    reference_checkpoints.cycle_cfg(config.model),
-  )
-  _convert(capsys, '--input', tmp_path / 'run', '--output', tmp_path / 'converted')
+  _converted_cycle_run(tmp_path, capsys, config.model, seed=3, updates=3, step=2)  # after micro-batches 0..2
   workdir = tmp_path / 'jax_run'
   code = main.main(
     [
