@@ -197,3 +197,49 @@ def test_worker_processes_give_the_same_batches(tmp_path):
   workers, state = _batches(_config(token_dir, latent_dir, workers=2), 5)
   datasets.assert_batches_equal(workers, in_process)
   assert state['next_batch'] == 5
+
+
+class _Lengths:
+  """A source of lengths alone: what the planner reads."""
+
+  def __init__(self, lengths):
+    self.lengths = lengths
+
+  def __len__(self):
+    return len(self.lengths)
+
+  def sample_length(self, index):
+    return int(self.lengths[index])
+
+  def name(self, index):
+    return f'sample {index}'
+
+
+@pytest.mark.parametrize('rows,max_segments', [(1, 1), (3, 2), (5, 4), (8, 3)])
+def test_planned_rows_are_first_fit_on_any_row_count(rows, max_segments):
+  lengths = np.random.default_rng(rows).integers(1, 11, size=200)
+  planner = packing.Planner(
+    _Lengths(lengths),
+    np.arange(200),
+    seed=3,
+    global_batch_size=rows,
+    seq_len=10,
+    max_segments=max_segments,
+    truncate=False,
+    replace=False,
+  )
+  start = 0
+  for _ in range(30):  # across epochs
+    plan = planner.plan(start)
+    room, count, want, position = [10] * rows, [0] * rows, [], start
+    while True:
+      length = int(lengths[planner.index_at(position)])
+      row = next((r for r in range(rows) if room[r] >= length and count[r] < max_segments), None)
+      if row is None:
+        break
+      room[row], count[row] = room[row] - length, count[row] + 1
+      want.append(row)
+      position += 1
+    assert plan.rows.tolist() == want and plan.next_start == position == start + len(want)
+    assert set(plan.rows.tolist()) == set(range(rows))  # no row left empty
+    start = position

@@ -57,6 +57,44 @@ class Plan:
   bad: BadFound  # token files found bad while planning this batch
 
 
+class _OpenRows:
+  """First-fit over the rows of one global batch: the first row with room for a sample, in O(log B).
+
+  A max-tree over the rows' room (-1 once a row holds max_segments samples): the search goes left
+  wherever the left subtree has room enough, which is the first such row.
+  """
+
+  def __init__(self, rows: int, seq_len: int, max_segments: int):
+    self._leaves = 1 << max(rows - 1, 0).bit_length()
+    self._tree = [-1] * (2 * self._leaves)
+    self._tree[self._leaves : self._leaves + rows] = [seq_len] * rows
+    for node in range(self._leaves - 1, 0, -1):
+      self._tree[node] = max(self._tree[2 * node], self._tree[2 * node + 1])
+    self._count = [0] * rows
+    self._max_segments = max_segments
+
+  def place(self, length: int) -> int | None:
+    """The row the sample goes to (its room and count taken), or None when no row has room for it."""
+    tree = self._tree
+    if tree[1] < length:
+      return None
+    node = 1
+    while node < self._leaves:
+      node = 2 * node if tree[2 * node] >= length else 2 * node + 1
+    row = node - self._leaves
+    self._count[row] += 1
+    tree[node] = tree[node] - length if self._count[row] < self._max_segments else -1
+    node //= 2
+    while node:
+      left, right = tree[2 * node], tree[2 * node + 1]
+      room = left if left >= right else right
+      if tree[node] == room:
+        break  # nothing above changes
+      tree[node] = room
+      node //= 2
+    return row
+
+
 class Planner:
   """Plans global batches from stream positions; thread-safe (grain's reader threads share it)."""
 
@@ -81,9 +119,11 @@ class Planner:
     self._max_segments = max_segments
     self._truncate = truncate
     self.replaceable = replace
-    self._lengths = np.full(self.num_samples, _UNKNOWN, np.int64)  # filled as the packer reaches samples
+    # Known up front for shards (their lengths arrays), else filled as the packer reaches each sample.
+    known = getattr(source, 'load_lengths', None)
+    self._lengths = np.array(known(), np.int64) if known else np.full(self.num_samples, _UNKNOWN, np.int64)
     self._bad_messages: dict[int, str] = {}
-    self._order: tuple[int, np.ndarray] | None = None
+    self._order: tuple[int, list[int]] | None = None
     self._lock = threading.Lock()
 
   def __getstate__(self) -> dict[str, Any]:  # grain's worker processes get their own lock
@@ -95,8 +135,8 @@ class Planner:
   def index_at(self, position: int) -> int:
     epoch, offset = divmod(position, self.num_samples)
     if self._order is None or self._order[0] != epoch:
-      self._order = (epoch, shuffled_order(self.num_samples, self._seed, epoch))
-    return int(self._order[1][offset])
+      self._order = (epoch, shuffled_order(self.num_samples, self._seed, epoch).tolist())
+    return self._order[1][offset]
 
   def length(self, index: int) -> int:
     """The sample's real length, or _BAD; read from the source the first time (per process)."""
@@ -127,8 +167,7 @@ class Planner:
       return self._plan(start)
 
   def _plan(self, start: int) -> Plan:
-    room = np.full(self._rows, self.seq_len, np.int64)
-    count = np.zeros(self._rows, np.int64)
+    open_rows = _OpenRows(self._rows, self.seq_len, self._max_segments)
     positions, indices, rows, lengths, bad = [], [], [], [], []
     position = start
     while True:
@@ -140,12 +179,9 @@ class Planner:
           raise DataError(f'all {self.num_samples} samples are bad; the first: {bad[0][1]}')
         position += 1
         continue
-      fits = np.flatnonzero((room >= length) & (count < self._max_segments))
-      if not fits.size:
+      row = open_rows.place(length)
+      if row is None:
         break
-      row = int(fits[0])
-      room[row] -= length
-      count[row] += 1
       positions.append(position)
       indices.append(index)
       rows.append(row)
