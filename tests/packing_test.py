@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import data
+from lgdlm_jax.data import check
 from lgdlm_jax.data import packed_writer
 from lgdlm_jax.data import packing
 from tests.helpers import datasets
@@ -118,6 +119,10 @@ def test_a_too_long_sample_is_an_error_naming_it_or_is_truncated_when_allowed(tm
   assert segments, 'the truncated sample is trained on'
   for _, _, _, ids, _ in segments:
     np.testing.assert_array_equal(ids, datasets.sample_arrays(5, 14)[0][:10])
+  unpacked = _config(token_dir, latent_dir, seq_len=10, batch=8, packing=False, truncate_long_samples=True)
+  (batch,), _ = _batches(unpacked, 1)  # the key applies to unpacked rows too
+  row = int(np.flatnonzero(batch['latent'][:, 0] == 5)[0])
+  np.testing.assert_array_equal(batch['input_ids'][row], datasets.sample_arrays(5, 14)[0][:10])
 
 
 def test_shards_give_the_batches_of_the_files_and_old_shards_ask_for_a_repack(tmp_path):
@@ -127,6 +132,12 @@ def test_shards_give_the_batches_of_the_files_and_old_shards_ask_for_a_repack(tm
   from_files, _ = _batches(_config(token_dir, latent_dir), 6)
   from_shards, _ = _batches(_config(data_dir=out), 6)
   datasets.assert_batches_equal(from_shards, from_files)
+  lengths_file = os.path.join(out, 'shard-00001.lengths.npy')
+  lengths = np.load(lengths_file)
+  assert check.check(out).num_bad == 0
+  np.save(lengths_file, lengths + 1)
+  assert check.check(out).num_bad == 7  # `prepare_data check` compares every record with its stored length
+  np.save(lengths_file, lengths)
   path = os.path.join(out, 'manifest.json')
   with open(path) as f:
     manifest = json.load(f)
