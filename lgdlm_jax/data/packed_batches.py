@@ -18,7 +18,9 @@ import sys
 import threading
 from typing import Any
 
+from absl import logging
 import grain
+import ml_collections
 import numpy as np
 
 from lgdlm_jax.data import formats
@@ -127,3 +129,47 @@ class DecodeRows(grain.transforms.Map):
       position, index, length = self._planner.replacement(position, length)
       (raw,) = self._source.read_many([index])
     raise DataError(f'all {self._planner.num_samples} samples are bad; the first: {bad[0][1]}')
+
+
+class PackedStream:
+  """The packed-rows dataset of one process: planned global batches from any stream position, its rows decoded."""
+
+  def __init__(self, planner: Planner, decode: DecodeRows):
+    self.planner = planner
+    self.num_samples = planner.num_samples
+    self._decode = decode
+
+  def from_position(self, position: int) -> grain.MapDataset:
+    return PackedPlans(self.planner, position).map(self._decode)
+
+
+def packed_stream(
+  config: ml_collections.ConfigDict,
+  source: sources_lib.Source,
+  keys: np.ndarray,
+  process_index: int,
+  process_count: int,
+  replace: bool,
+) -> PackedStream:
+  """This process's packed rows (data.packing); a shard's lengths are read (and checked) here, before any work."""
+  global_batch_size, max_segments = config.training.train_batch_size, config.data.max_segments_per_row
+  if global_batch_size % process_count:
+    raise ValueError(f'global batch {global_batch_size} is not a multiple of process_count {process_count}')
+  planner = Planner(
+    source,
+    keys,
+    seed=config.training.seed,
+    global_batch_size=global_batch_size,
+    seq_len=config.model.max_seq_len,
+    max_segments=max_segments,
+    truncate=config.data.truncate_long_samples,
+    replace=replace,
+  )
+  rows = global_batch_size // process_count
+  decode = DecodeRows(source, keys, planner, rows=(process_index * rows, rows), max_segments=max_segments)
+  logging.info(
+    'Packed rows: first-fit, up to %d samples per row of %d tokens; validation batches stay one sample per row',
+    max_segments,
+    config.model.max_seq_len,
+  )
+  return PackedStream(planner, decode)

@@ -160,18 +160,6 @@ def local_batches(
   return order.map(DecodeBatch(source, keys, order, replace))
 
 
-class PackedStream:
-  """The packed-rows dataset of one process: planned global batches from any stream position, its rows decoded."""
-
-  def __init__(self, planner: packing.Planner, decode: packed_batches.DecodeRows):
-    self.planner = planner
-    self.num_samples = planner.num_samples
-    self._decode = decode
-
-  def from_position(self, position: int) -> grain.MapDataset:
-    return packed_batches.PackedPlans(self.planner, position).map(self._decode)
-
-
 class TrainIterator(grain.DatasetIterator):
   """Infinite iterator over this process's batches; its state is the next global batch plus the bad-sample tally.
 
@@ -184,7 +172,7 @@ class TrainIterator(grain.DatasetIterator):
 
   def __init__(
     self,
-    batches: grain.MapDataset | PackedStream,
+    batches: grain.MapDataset | packed_batches.PackedStream,
     bad_samples: BadSamples,
     *,
     num_workers: int,
@@ -203,8 +191,8 @@ class TrainIterator(grain.DatasetIterator):
     self._iterator: grain.DatasetIterator | None = None  # built at _next_batch on first use
 
   @property
-  def _packed(self) -> PackedStream | None:
-    return self._batches if isinstance(self._batches, PackedStream) else None
+  def _packed(self) -> packed_batches.PackedStream | None:
+    return self._batches if isinstance(self._batches, packed_batches.PackedStream) else None
 
   def _started(self) -> grain.DatasetIterator:
     if self._iterator is None:
@@ -296,41 +284,6 @@ class TrainIterator(grain.DatasetIterator):
     self.close()
 
 
-def _packed_stream(
-  config: ml_collections.ConfigDict,
-  source: sources_lib.Source,
-  keys: np.ndarray,
-  process_index: int,
-  process_count: int,
-  replace: bool,
-) -> PackedStream:
-  global_batch_size, max_segments = config.training.train_batch_size, config.data.max_segments_per_row
-  if global_batch_size % process_count:
-    raise ValueError(f'global batch {global_batch_size} is not a multiple of process_count {process_count}')
-  if hasattr(source, 'load_lengths'):
-    source.load_lengths()  # shards: their lengths arrays, read (and checked) before any work
-  planner = packing.Planner(
-    source,
-    keys,
-    seed=config.training.seed,
-    global_batch_size=global_batch_size,
-    seq_len=config.model.max_seq_len,
-    max_segments=max_segments,
-    truncate=config.data.truncate_long_samples,
-    replace=replace,
-  )
-  rows = global_batch_size // process_count
-  decode = packed_batches.DecodeRows(
-    source, keys, planner, rows=(process_index * rows, rows), max_segments=max_segments
-  )
-  logging.info(
-    'Packed rows: first-fit, up to %d samples per row of %d tokens; validation batches stay one sample per row',
-    max_segments,
-    config.model.max_seq_len,
-  )
-  return PackedStream(planner, decode)
-
-
 def _log_truncation(found: sources_lib.Sources, seq_len: int) -> None:
   counts = [
     int(np.count_nonzero(source.load_lengths() > seq_len))
@@ -377,7 +330,7 @@ def make_datasets(
     _log_truncation(found, config.model.max_seq_len)
   if data.packing:
     layout.update(packing=True, seq_len=config.model.max_seq_len, max_segments_per_row=data.max_segments_per_row)
-    batches = _packed_stream(config, found.train, train_keys, process_index, process_count, replace)
+    batches = packed_batches.packed_stream(config, found.train, train_keys, process_index, process_count, replace)
   else:
     layout['steps_per_epoch'] = len(found.train) // training.train_batch_size
     batches = local_batches(
