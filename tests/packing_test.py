@@ -192,6 +192,9 @@ def test_a_bad_sample_is_replaced_in_its_row_and_counted(tmp_path):
     assert train.num_skipped == 2
   samples = {s[2] for batch in batches for s in _segments(batch)}
   assert 4 not in samples and 9 not in samples and len(samples) == NUM - 2
+  few = _config(token_dir, latent_dir, skip=True, max_samples=10, batch=64, max_bad_fraction=0.5)
+  (batch,), _ = _batches(few, 1)  # a batch spanning several epochs meets s009 several times: still one bad
+  assert 9 not in {s[2] for s in _segments(batch)}
 
 
 def test_validation_batches_stay_one_sample_per_row(tmp_path):

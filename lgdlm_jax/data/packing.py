@@ -169,16 +169,18 @@ class Planner:
   def _plan(self, start: int) -> Plan:
     open_rows = _OpenRows(self._rows, self.seq_len, self._max_segments)
     positions, indices, rows, lengths, bad = [], [], [], [], []
-    position = start
+    position, bad_in_a_row = start, 0
     while True:
       index = self.index_at(position)
       length = self.usable_length(index)
       if length == _BAD:
         bad.append((int(self._keys[index]), self._bad_messages[index]))
-        if len(bad) >= self.num_samples:
+        bad_in_a_row += 1
+        if bad_in_a_row >= self.num_samples:
           raise DataError(f'all {self.num_samples} samples are bad; the first: {bad[0][1]}')
         position += 1
         continue
+      bad_in_a_row = 0
       row = open_rows.place(length)
       if row is None:
         break
