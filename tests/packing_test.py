@@ -4,10 +4,12 @@ import collections
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from lgdlm_jax import data
+from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.data import check
 from lgdlm_jax.data import packed_writer
 from lgdlm_jax.data import packing
@@ -163,6 +165,28 @@ def test_resume_from_a_state_or_from_a_step_alone_continues_the_same_batches(tmp
   with train:
     train.start_at_step(4)  # a converted checkpoint: the packing of steps 0-3 is replayed from lengths
     datasets.assert_batches_equal(datasets.take(train, 5), straight[4:])
+
+
+def test_the_checkpoint_saves_and_restores_the_packed_position(tmp_path):
+  config = _config(*_files(str(tmp_path / 'data')))
+  straight, _ = _batches(config, 5)
+  state = {'w': np.zeros(2, np.float32)}
+  manager = checkpoint.make_manager(str(tmp_path / 'run'), config)
+  train, _ = datasets.datasets(config)
+  with train:
+    datasets.take(train, 3)
+    checkpoint.save(manager, 3, state, train)
+    saved = train.get_state()
+  manager.wait_until_finished()
+  manager.close()
+  with open(tmp_path / 'run' / 'checkpoints' / '3' / checkpoint.DATA_ITEM / 'process_0-of-1.json') as f:
+    assert json.load(f) == saved  # the stream position itself, not a replay from step 3
+  manager = checkpoint.make_manager(str(tmp_path / 'run'), config)
+  train, _ = datasets.datasets(config)
+  with train:
+    checkpoint.restore_latest(manager, {'w': jax.ShapeDtypeStruct((2,), np.float32)}, train)
+    datasets.assert_batches_equal(datasets.take(train, 2), straight[3:])
+  manager.close()
 
 
 def test_two_processes_split_the_global_batch_and_share_its_position(tmp_path):
