@@ -146,12 +146,21 @@ def _wandb_config(project='lgdlm-test', mode='offline'):
 
 def test_disabled_or_no_project_needs_no_package(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'wandb', None)  # `import wandb` raises ImportError
-  for config in (_wandb_config(mode='disabled'), _wandb_config(project='')):
+  for config in (_wandb_config(mode='disabled'), _wandb_config(project='', mode='online')):
     tracking.check(config)
     log = metrics_log.MetricsLog(str(tmp_path / config.logging.wandb_mode), config)
     log.write(1, {'loss': 1.0})
     log.close()
   assert not os.path.exists(tmp_path / 'disabled' / 'wandb')
+
+
+def test_only_process_0_writes_logs(tmp_path, monkeypatch):
+  _offline(monkeypatch, tmp_path)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  log = metrics_log.MetricsLog(str(tmp_path / 'run'), _wandb_config())
+  log.write(1, {'loss': 1.0})
+  log.close()
+  assert not os.path.exists(tmp_path / 'run') and not os.path.exists(tmp_path / 'wandb')
 
 
 def test_a_project_without_the_package_stops_before_any_work(tmp_path, monkeypatch):
@@ -168,6 +177,8 @@ def test_bad_logging_values_are_one_line_errors():
     _wandb_config(mode='sometimes')
   with pytest.raises(ConfigError, match=r"^logging\.wandb_entity='me' needs logging\.wandb_project"):
     config_lib.finalize(tiny_config(**{'logging.wandb_entity': 'me'}))
+  with pytest.raises(ConfigError, match=r"^logging\.wandb_mode='offline' needs logging\.wandb_project"):
+    _wandb_config(project='', mode='offline')
 
 
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
