@@ -9,7 +9,7 @@ and tells TensorBoard to drop its events past S, so that no step appears twice.
 
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from absl import logging
 import jax
@@ -23,6 +23,14 @@ from lgdlm_jax.training import tracking
 LOG_FILE = 'training_log.jsonl'
 PLOT_FILE = 'training_log.png'  # lgdlm_jax.training.log_plot of LOG_FILE, rewritten at each evaluation
 TENSORBOARD_DIR = 'tensorboard'
+
+
+class Sink(Protocol):
+  """Where records go: each gets every record, as {name: number} at its step."""
+
+  def write(self, step: int, record: dict[str, Any]) -> None: ...
+
+  def close(self) -> None: ...
 
 
 class _Jsonl:
@@ -61,7 +69,7 @@ class MetricsLog:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, resume_step: int | None = None):
     self._workdir = workdir
-    self._sinks: list[Any] = []
+    self._sinks: list[Sink] = []
     if jax.process_index() != 0:
       return
     os.makedirs(workdir, exist_ok=True)

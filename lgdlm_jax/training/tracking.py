@@ -71,7 +71,8 @@ class WandbSink:
       mode=logs.wandb_mode,
       id=run_id,
       resume='allow',
-      dir=None if os.environ.get('WANDB_DIR') else workdir,
+      # Given each time: wandb reads WANDB_DIR once per process, at its first run.
+      dir=os.environ.get('WANDB_DIR') or workdir,
     )
     # On resume the config may differ in the keys a resume may change; W&B shows this session's.
     self._run.config.update(config.to_dict(), allow_val_change=True)
