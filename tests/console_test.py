@@ -151,9 +151,11 @@ def test_a_run_to_a_file_shows_our_lines_and_progress_then_a_rerun_has_nothing_t
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr
-  # One line per logged step, then where the log is (no evaluation here, so no plot and no examples).
+  # One line per logged step, where the time went, then where the log is (no evaluation here, so no
+  # plot and no examples).
   assert [line.split(':')[0] for line in first.stdout.splitlines()] == [f'step {s}/4' for s in range(1, 5)] + [
-    'Training log'
+    'Time',
+    'Training log',
   ]
   assert 'Attention: xla' in first.stderr
   assert 'orbax' not in first.stderr.lower() and 'grain' not in first.stderr.lower(), first.stderr

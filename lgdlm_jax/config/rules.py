@@ -98,6 +98,12 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
       f'training.best_checkpoint_metric={training.best_checkpoint_metric!r} is a sampler metric; it '
       'needs training.eval_sample_batches > 0'
     )
+  logs = config.logging
+  for key in ('wandb_entity', 'wandb_run_name'):
+    if logs[key] and not logs.wandb_project:
+      raise ConfigError(f'logging.{key}={logs[key]!r} needs logging.wandb_project (W&B is off without one)')
+  if logs.wandb_mode == 'offline' and not logs.wandb_project:
+    raise ConfigError("logging.wandb_mode='offline' needs logging.wandb_project (W&B is off without one)")
   _, stop = training.profile_steps
   if stop > training.num_train_steps:
     raise ConfigError(

@@ -1,4 +1,4 @@
-"""The keys of every other section: the starting weights, data, loss, optimizer, tokenizer, mesh and debug."""
+"""The keys of every other section: the starting weights, data, loss, optimizer, logging, tokenizer, mesh and debug."""
 
 from lgdlm_jax.config.declare import NON_NEGATIVE
 from lgdlm_jax.config.declare import POSITIVE
@@ -227,6 +227,41 @@ OPTIMIZER = (
     number(0.0, optional=True),
     'Clip the global gradient norm; 0 or None = off.',
     reference='optimizer.grad_clip_norm',
+  ),
+)
+
+_TRACKING = 'where the run is tracked, not what it trains'
+
+# Where the logs go besides WORKDIR/training_log.jsonl and TensorBoard (lgdlm_jax.training.tracking).
+LOGGING = (
+  Key(
+    'logging.wandb_project',
+    '',
+    string,
+    "Weights & Biases project to log to ('' = no W&B; needs the `tracking` extra).",
+    reference='logging.wandb_project',
+    resume=_TRACKING,
+  ),
+  Key(
+    'logging.wandb_entity', '', string, "W&B entity (team or user) of the project; '' = your default.", resume=_TRACKING
+  ),
+  Key('logging.wandb_run_name', '', string, "W&B run name; '' = the workdir's folder name.", resume=_TRACKING),
+  # offline writes the run under WANDB_DIR (else WORKDIR/wandb) for `wandb sync` later; no network.
+  Key(
+    'logging.wandb_mode',
+    'online',
+    one_of('online', 'offline', 'disabled'),
+    "W&B mode: 'online', 'offline' (no network; `wandb sync` later) or 'disabled'.",
+    lower_case=True,
+    resume=_TRACKING,
+  ),
+  # Computed inside the train step only when on: a few reductions over every parameter, gradient and update.
+  Key(
+    'logging.block_norms',
+    False,
+    boolean,
+    'Log the gradient, parameter and update norms of each MMDiT block and of the other parts.',
+    resume='what is logged, not what is trained',
   ),
 )
 

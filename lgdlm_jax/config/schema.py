@@ -1,6 +1,6 @@
 """The configuration schema: every key lgdlm_jax reads, declared once, and what is derived from the declarations.
 
-Keys follow the reference's YAML sections (model, data, training, loss, optimizer, tokenizer) so users
+Keys follow the reference's YAML sections (model, data, training, loss, logging, optimizer, tokenizer) so users
 moving from it recognise them; mesh and debug are ours. Each key is declared in one of
 model_keys.py, training_keys.py and run_keys.py (lgdlm_jax.config.declare.Key: default, rule, help,
 may it change on resume, the reference's YAML key); a key declared twice is an error at import.
@@ -30,6 +30,7 @@ KEYS: dict[str, Key] = declare(
     *training_keys.KEYS,
     *run_keys.LOSS,
     *run_keys.OPTIMIZER,
+    *run_keys.LOGGING,
     *run_keys.OTHER,
   )
 )

@@ -3,7 +3,8 @@
 Sharded state creation, resume from the workdir (its config compared first), one train-step
 program per cycle term set picked on the host, logging one step late (dispatch never waits),
 evaluation (with the EMA parameters when on) and a plot of the log at each evaluation, checkpoints
-(newest and best), profiling, preemption.
+(newest and best), profiling, preemption; where the wall time went (lgdlm_jax.training.timing)
+in each log record and at the end.
 """
 
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from lgdlm_jax.training import setup as training_setup
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
 from lgdlm_jax.training import timed_saves
+from lgdlm_jax.training import timing
+from lgdlm_jax.training import tracking
 
 
 class NonFiniteError(RuntimeError):
@@ -92,6 +95,13 @@ def _write_plot(workdir: str) -> None:
   from lgdlm_jax.training import log_plot  # pylint: disable=g-import-not-at-top  (matplotlib takes seconds to import)
 
   log_plot.write_plot([workdir], os.path.join(workdir, metrics_log.PLOT_FILE))
+
+
+def _report_time(totals: dict[str, float], log: metrics_log.MetricsLog, step: int) -> None:
+  """Where the run's wall time went: a record at its last step and a console line (process 0)."""
+  log.write(step, totals)
+  if jax.process_index() == 0:
+    print(timing.summary_line(totals), flush=True)
 
 
 def _log_programs(programs: train.TrainPrograms, start: int, stop: int) -> None:
@@ -156,12 +166,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
 
   `config` is validated and frozen here unless it already is (lgdlm_jax.config.finalize).
   """
+  clock = timing.PhaseClock()
   setup = training_setup.build(config)
   config, mesh = setup.config, setup.mesh
   initial = init_from.load(config, workdir)  # every check of init_from, before any work
+  tracking.check(config)  # W&B's package, before any work
   compile_cache.use(config, workdir)
   init_key, step_key, eval_key = jax.random.split(jax.random.key(config.training.seed), 3)
   with contextlib.ExitStack() as stack:
+    stack.enter_context(clock.compiles())
     manager = checkpoint.make_manager(workdir, config)
     stack.callback(checkpoint.close, manager)
     if manager.latest_step() is not None:
@@ -190,7 +203,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     stack.callback(checkpoint.finish, manager)  # first on the way out: every save is whole before anything closes
 
     def report(step: int, device_metrics, started: float, data_wait: float) -> None:
-      metrics = jax.device_get(device_metrics)
+      with clock.phase('step'):  # blocks until the step is done
+        metrics = jax.device_get(device_metrics)
       elapsed = time.perf_counter() - started
       train_iter.agree_on_bad_samples()  # every process, every step: a stop for bad data is taken by all
       if int(metrics['consecutive_nonfinite']) > 0:
@@ -208,7 +222,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
           data_wait_time=data_wait,
           data_skipped_samples=train_iter.num_skipped,
         )
-        log.write(step, record)
+        record.update(clock.interval())
+        with clock.phase('log'):
+          log.write(step, record)
         progress.logged(step, record['loss'])
       if int(metrics['consecutive_nonfinite']) >= max_bad:
         raise NonFiniteError(
@@ -234,16 +250,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
 
     late = _LateReport(report)
     if eval_every and val_batches is not None and start == 0:
-      evaluate(0)  # the starting point of every validation curve
+      with clock.phase('eval'):
+        evaluate(0)  # the starting point of every validation curve
+    clock.settle('other')
     for step in range(start, num_steps):
       started = time.perf_counter()
-      local_batch = next(train_iter)
-      data_wait = time.perf_counter() - started  # the loader's share of the step
-      batch = sharding.global_batch(local_batch, mesh)
+      with clock.phase('data_wait'):
+        local_batch = next(train_iter)
+        data_wait = time.perf_counter() - started  # the loader's share of the step
+        batch = sharding.global_batch(local_batch, mesh)
       terms = programs.schedule.terms_at(step)
       if terms not in programs.made:
         logging.info('Step %d: the first with the terms %s, a train-step program of its own', step, terms.name)
-      with profiler.step(step):
+      with profiler.step(step), clock.phase('step'):
         state, metrics = programs.for_terms(terms)(state, batch, step_key)
       profiler.after(step, state)
       late.hold(step + 1, metrics, started, data_wait)
@@ -252,14 +271,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       val = None
       if eval_every and val_batches is not None and done % eval_every == 0:
         late.flush()  # the step's report before the evaluation's
-        val = evaluate(done)
+        with clock.phase('eval'):
+          val = evaluate(done)
       preempted = watch.reached(done)
       time_due = timed.due()  # every step on every process: with several, a collective
       # With best checkpoints kept, every evaluated step is saved, so that it can be among them.
       best_candidate = val is not None and checkpoint.keeps_best(config)
       if (save_every and done % save_every == 0) or done == num_steps or preempted or best_candidate or time_due:
         late.flush()  # never checkpoint past a step that should have stopped the run
-        checkpoint.save(manager, done, state, train_iter, checkpoint.ranking_metrics(val, config))
+        with clock.phase('checkpoint'):
+          checkpoint.save(manager, done, state, train_iter, checkpoint.ranking_metrics(val, config))
         timed.saved()
       if preempted:
         logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.', done, workdir)
@@ -267,6 +288,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     late.flush()
     progress.close()  # the examples below the finished bar
     if int(state.step) == num_steps:
-      _print_decoded_examples(state, val_batches, train_iter, eval_key, model=setup.model, config=config)
+      with clock.phase('eval'):
+        _print_decoded_examples(state, val_batches, train_iter, eval_key, model=setup.model, config=config)
+    if int(state.step) > start:
+      with clock.phase('checkpoint'):
+        checkpoint.finish(manager)  # the last save's writes, in the time it took
+      _report_time(clock.totals(), log, int(state.step))
+    if int(state.step) == num_steps:
       _print_outputs(workdir)
   return state

@@ -1,4 +1,6 @@
-"""Run logs in the workdir, written by process 0: training_log.jsonl, TensorBoard events, config.json.
+"""Run logs, written by process 0: training_log.jsonl, TensorBoard events, config.json in the workdir,
+and W&B where logging.wandb_project is set (lgdlm_jax.training.tracking). Every sink gets the same
+records, so a metric has one name everywhere.
 
 A run that resumes from the checkpoint of step S first cuts the log back to the records of steps
 <= S (a killed run may have logged steps past its last checkpoint, which the resumed run logs again)
@@ -7,7 +9,7 @@ and tells TensorBoard to drop its events past S, so that no step appears twice.
 
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from absl import logging
 import jax
@@ -16,66 +18,89 @@ import tensorboardX
 
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import errors
+from lgdlm_jax.training import tracking
 
 LOG_FILE = 'training_log.jsonl'
 PLOT_FILE = 'training_log.png'  # lgdlm_jax.training.log_plot of LOG_FILE, rewritten at each evaluation
 TENSORBOARD_DIR = 'tensorboard'
 
 
+class Sink(Protocol):
+  """Where records go: each gets every record, as {name: number} at its step."""
+
+  def write(self, step: int, record: dict[str, Any]) -> None: ...
+
+  def close(self) -> None: ...
+
+
+class _Jsonl:
+  def __init__(self, path: str, resume_step: int | None):
+    truncate_log(path, -1 if resume_step is None else resume_step)
+    self._file = open(path, 'a')
+
+  def write(self, step: int, record: dict[str, Any]) -> None:
+    self._file.write(json.dumps({'step': step, **record}) + '\n')
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class _TensorBoard:
+  def __init__(self, path: str, resume_step: int | None):
+    # TensorBoard discards the events of earlier runs at steps >= purge_step.
+    self._writer = tensorboardX.SummaryWriter(path, purge_step=None if resume_step is None else resume_step + 1)
+
+  def write(self, step: int, record: dict[str, Any]) -> None:
+    for key, value in record.items():
+      if isinstance(value, (int, float)):
+        self._writer.add_scalar(key, value, step)
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 class MetricsLog:
-  """Appends one JSON line per record and mirrors the scalars to TensorBoard.
+  """Writes each record to every sink: one JSON line, TensorBoard scalars, and W&B when it is on.
 
   resume_step: the step of the checkpoint this run resumed from (None = a fresh run, whose log
   starts empty).
   """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, resume_step: int | None = None):
-    self._active = jax.process_index() == 0
-    self._path = os.path.join(workdir, LOG_FILE)
-    self._jsonl = None
-    self._tensorboard = None
-    if not self._active:
+    self._workdir = workdir
+    self._sinks: list[Sink] = []
+    if jax.process_index() != 0:
       return
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, config_lib.CONFIG_FILE), 'w') as f:
       f.write(config.to_json(indent=2))
-    path = os.path.join(workdir, LOG_FILE)
-    truncate_log(path, -1 if resume_step is None else resume_step)
-    self._jsonl = open(path, 'a')
-    # TensorBoard discards the events of earlier runs at steps >= purge_step.
-    self._tensorboard = tensorboardX.SummaryWriter(
-      os.path.join(workdir, TENSORBOARD_DIR), purge_step=None if resume_step is None else resume_step + 1
-    )
+    self._sinks.append(_Jsonl(os.path.join(workdir, LOG_FILE), resume_step))
+    self._sinks.append(_TensorBoard(os.path.join(workdir, TENSORBOARD_DIR), resume_step))
+    wandb = tracking.wandb_sink(workdir, config, resumed=resume_step is not None)
+    if wandb is not None:
+      self._sinks.append(wandb)
 
   def write(self, step: int, record: dict[str, Any], prefix: str = '') -> None:
-    if not self._active:
-      return
-    line = {'step': step, **{prefix + k: _plain(v) for k, v in record.items()}}
+    line = {prefix + k: _plain(v) for k, v in record.items()}
     try:
-      self._jsonl.write(json.dumps(line) + '\n')
-      self._jsonl.flush()
-      if self._tensorboard is not None:
-        for key, value in line.items():
-          if key != 'step' and isinstance(value, (int, float)):
-            self._tensorboard.add_scalar(key, value, step)
+      for sink in self._sinks:
+        sink.write(step, line)
     except OSError as e:  # a full disk, a workdir made read-only
       raise errors.StorageError(
-        f'could not write the log of step {step} to {os.path.dirname(self._path)} '
+        f'could not write the log of step {step} to {self._workdir} '
         f'({e.strerror or e}); the checkpoints saved before it are intact'
       ) from e
 
   def close(self) -> None:
-    try:
-      if self._jsonl is not None:
-        self._jsonl.close()
-      if self._tensorboard is not None:
-        self._tensorboard.close()
-    except OSError as e:  # on the way out of a run stopped by the same full disk: its error is the one to see
-      logging.warning(
-        'Could not finish writing the logs in %s: %s; lines written before are kept',
-        os.path.dirname(self._path),
-        e.strerror or e,
-      )
+    for sink in self._sinks:
+      try:
+        sink.close()
+      except OSError as e:  # on the way out of a run stopped by the same full disk: its error is the one to see
+        logging.warning(
+          'Could not finish writing the logs in %s: %s; lines written before are kept', self._workdir, e.strerror or e
+        )
+    self._sinks = []
 
 
 def truncate_log(path: str, last_step: int) -> None:

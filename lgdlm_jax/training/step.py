@@ -24,6 +24,7 @@ from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax.objective import cycle_vae
 from lgdlm_jax.objective import draws as draws_lib
 from lgdlm_jax.objective import options as options_lib
+from lgdlm_jax.training import block_norms
 from lgdlm_jax.training import ema as ema_lib
 from lgdlm_jax.training import gradients
 from lgdlm_jax.training import optimizer as optimizer_lib
@@ -138,6 +139,8 @@ def train_step(
     nonfinite_steps=new_state.nonfinite_steps,
     consecutive_nonfinite=new_state.consecutive_nonfinite,
   )
+  if config.logging.block_norms:
+    metrics.update(block_norms.norm_metrics(grads, params, updates))
   return new_state, metrics
 
 
