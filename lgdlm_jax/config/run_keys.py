@@ -79,6 +79,15 @@ DATA = (
 )
 
 LOSS = (
+  # Every name but cycle_vae is one of latentDLM's pretraining objectives (lgdlm_jax.objective.latentdlm).
+  Key(
+    'loss.loss_type',
+    'cycle_vae',
+    one_of('cycle_vae', 'unconditional', 'l2t', 't2l', 'sequential', 'random'),
+    'The objective: cycle_vae, or a latentDLM pretraining mode (unconditional, l2t, t2l) or schedule of modes '
+    '(sequential: training.sequential_schedule; random: training.mode_weights).',
+    lower_case=True,
+  ),
   Key(
     'loss.latent_loss_weight',
     0.1,
