@@ -25,9 +25,12 @@ from lgdlm_jax.objective import latentdlm
 from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.objective.mode_schedule import ModeSchedule
 from lgdlm_jax.reference import stable_loss
+from lgdlm_jax.training import loop
+from lgdlm_jax.training import metrics_log
 from lgdlm_jax.training import modes as modes_lib
 from tests.helpers import models
 from tests.helpers.runs import REPO
+from tests.helpers.runs import tiny_config
 
 BATCH, SEQ_LEN = 3, 12
 MASK_TOKEN_ID = 96
@@ -239,3 +242,27 @@ class ConfigErrorTest(parameterized.TestCase):
     config.training.gradient_accumulation_steps = 2
     with pytest.raises(ConfigError, match='training.gradient_accumulation_steps=2'):
       config_lib.finalize(config)
+
+
+@pytest.mark.slow
+def test_a_sequential_run_trains_and_validates_each_mode(tmp_path):
+  config = tiny_config(
+    **{
+      'tokenizer.mask_token_id': MASK_TOKEN_ID,
+      'loss.loss_type': 'sequential',
+      'training.sequential_schedule': (('l2t', 1), ('t2l', 1)),
+      'training.num_train_steps': 3,
+      'training.save_every': 0,
+      'training.eval_every': 3,
+      'training.eval_batches': 1,
+      'training.eval_sample_batches': 0,
+    }
+  )
+  loop.run(config, str(tmp_path))
+  records = metrics_log.read_log(str(tmp_path))
+  steps = [r for r in records if 'mode' in r]
+  assert [r['mode'] for r in steps] == [1.0, 2.0, 1.0]
+  assert 'latent_loss' not in steps[0] and 'text_loss' not in steps[1]
+  val = [r for r in records if 'val_loss' in r][-1]
+  assert {'val_l2t_text_loss', 'val_t2l_latent_loss'} <= set(val)
+  assert 'val_unconditional_loss' not in val
