@@ -84,8 +84,7 @@ LOSS = (
     'loss.loss_type',
     'cycle_vae',
     one_of('cycle_vae', 'unconditional', 'l2t', 't2l', 'sequential', 'random'),
-    'The objective: cycle_vae, or a latentDLM pretraining mode (unconditional, l2t, t2l) or schedule of modes '
-    '(sequential: training.sequential_schedule; random: training.mode_weights).',
+    'The objective: cycle_vae, a latentDLM pretraining mode, or a schedule of modes (sequential, random).',
     lower_case=True,
   ),
   Key(

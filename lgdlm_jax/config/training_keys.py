@@ -253,8 +253,7 @@ KEYS = (
     'training.sequential_schedule',
     (),
     _sequential_schedule,
-    "loss.loss_type='sequential': ((mode, steps), ...) run in turn and repeated, e.g. "
-    "(('unconditional', 5000), ('l2t', 10000), ('t2l', 10000)).",
+    "loss.loss_type='sequential': ((mode, steps), ...) run in turn and repeated, e.g. (('l2t', 100), ('t2l', 50)).",
   ),
   Key(
     'training.mode_weights',
