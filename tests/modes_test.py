@@ -23,6 +23,7 @@ from lgdlm_jax.errors import ConfigError
 from lgdlm_jax.objective import diffusion
 from lgdlm_jax.objective import latentdlm
 from lgdlm_jax.objective import options as options_lib
+from lgdlm_jax.objective import terms as terms_lib
 from lgdlm_jax.objective.mode_schedule import ModeSchedule
 from lgdlm_jax.reference import stable_loss
 from lgdlm_jax.training import loop
@@ -162,6 +163,52 @@ class MaskingTest(parameterized.TestCase):
     np.testing.assert_allclose(term, (ce[0, 0] + ce[0, 2] + ce[1, 2]) / (3 + 1e-8), rtol=1e-6)
     term, accuracy = latentdlm.text_term(logits, targets, jnp.zeros_like(weights))
     self.assertEqual((float(term), float(accuracy)), (0.0, 0.0))
+
+
+class ConditionDropoutTest(parameterized.TestCase):
+  def test_null_rows_get_the_null_condition_and_no_text_term(self):
+    config = make_config()
+    config.loss.condition_dropout = 0.5
+    options = options_lib.from_config(config)
+    batch = make_batch()
+    draws = dict(latentdlm.sample_draws(jax.random.key(0), BATCH, SEQ_LEN, 8), null_uniform=jnp.array([0.1, 0.7, 0.3]))
+    view = terms_lib.batch_view(batch, MASK_TOKEN_ID)
+    for mode in ('unconditional', 't2l'):
+      model_pass, weights, _ = latentdlm._inputs(view, draws, mode, options)  # pylint: disable=protected-access
+      null = np.array([True, False, True])
+      np.testing.assert_array_equal(np.asarray(model_pass.tokens_BxS)[null], config.tokenizer.pad_token_id)
+      np.testing.assert_array_equal(np.asarray(model_pass.mask_BxS)[null], False)
+      np.testing.assert_array_equal(np.asarray(model_pass.mask_BxS)[~null], batch['attention_mask'][~null])
+      self.assertEqual(float(np.asarray(weights)[null].sum()), 0.0)
+    plain = options_lib.from_config(make_config())
+    model_pass, _, _ = latentdlm._inputs(view, draws, 't2l', plain)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(model_pass.tokens_BxS, batch['input_ids'])
+
+  @pytest.mark.slow  # two eager model calls
+  def test_a_t2l_step_on_the_null_condition_is_the_loss_of_the_null_batch(self):
+    config = make_config()
+    config.loss.condition_dropout = 1.0
+    model = model_lib.MultimodalMMDiT(config.model)
+    batch = make_batch()
+    null_batch = dict(
+      batch,
+      input_ids=np.full_like(batch['input_ids'], config.tokenizer.pad_token_id),
+      attention_mask=np.zeros_like(batch['attention_mask']),
+    )
+    draws = latentdlm.sample_draws(jax.random.key(4), BATCH, SEQ_LEN, 8)
+    _, params = torch_pair()
+    loss = functools.partial(latentdlm.latentdlm_loss, params, mode='t2l', model=model)
+    with jax.default_matmul_precision('highest'):
+      dropped, _ = loss(batch, draws, options=options_lib.from_config(config))
+      expected, _ = loss(null_batch, draws, options=options_lib.from_config(make_config()))
+    self.assertEqual(float(dropped), float(expected))
+
+  def test_condition_dropout_outside_t2l_and_unconditional_is_an_error(self):
+    for loss_type in ('cycle_vae', 'l2t'):
+      config = make_config(loss_type=loss_type, condition_dropout=0.1)
+      with pytest.raises(ConfigError, match='loss.condition_dropout=0.1'):
+        config_lib.finalize(config)
+    config_lib.finalize(make_config(loss_type='t2l', condition_dropout=0.1))
 
 
 def reference_sequential_mode(schedule: list[tuple[str, int]], step: int) -> str:

@@ -110,6 +110,11 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
 def _check_latentdlm(config: ml_collections.ConfigDict) -> None:
   """latentDLM's modes: a schedule to follow, and one mode (one frozen set) per optimizer update."""
   loss_type, training = config.loss.loss_type, config.training
+  if config.loss.condition_dropout > 0 and loss_type in ('cycle_vae', 'l2t'):
+    raise ConfigError(
+      f'loss.condition_dropout={config.loss.condition_dropout}: applies to the t2l and unconditional modes only, '
+      f'not to loss.loss_type={loss_type!r}'
+    )
   if loss_type == 'sequential' and not training.sequential_schedule:
     raise ConfigError("loss.loss_type='sequential' needs training.sequential_schedule ((mode, steps), ...)")
   if loss_type != 'cycle_vae' and config.init_from_optimizer:

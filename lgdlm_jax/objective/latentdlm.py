@@ -15,6 +15,10 @@ term is the clamped normalised MSE of the cycle objective, against the target of
 model.latent_parameterization under model.latent_beta_schedule (the reference ignores both and always
 trains epsilon on the cosine schedule). Total = text + loss.latent_loss_weight * latent.
 
+With loss.condition_dropout p > 0, each row of a t2l or unconditional step is, with probability p, trained on
+the null condition the reference's T2L guidance uses (all-[PAD] text with every text key masked out), so that
+guidance has an unconditional prediction that was trained.
+
 All randomness enters through `draws`, so a test can feed the reference's statement the same numbers;
 nothing is substituted for non-finite values (the train step reports and skips them).
 """
@@ -44,14 +48,16 @@ LATENT_MODES = ('unconditional', 't2l')
 
 def sample_draws(rng: jax.Array, batch_size: int, seq_len: int, latent_dim: int) -> dict[str, jax.Array]:
   """Every random input of one latentdlm_loss call, in the reference's order: t_text [B], t_latent [B]
-  (both U[0,1)), mask_uniform [B,S] (U[0,1)), noise [B,D] (N(0,1)); and the model's dropout_key.
-  Every mode takes the same draws (l2t and t2l read only some), so the draws have one structure."""
-  t_key, tz_key, mask_key, noise_key, dropout_key = jax.random.split(rng, 5)
+  (both U[0,1)), mask_uniform [B,S] (U[0,1)), noise [B,D] (N(0,1)); then null_uniform [B] (U[0,1), the
+  rows loss.condition_dropout puts on the null condition) and the model's dropout_key. Every mode takes
+  the same draws (l2t and t2l read only some), so the draws have one structure."""
+  t_key, tz_key, mask_key, noise_key, null_key, dropout_key = jax.random.split(rng, 6)
   return dict(
     t_text=jax.random.uniform(t_key, (batch_size,), jnp.float32),
     t_latent=jax.random.uniform(tz_key, (batch_size,), jnp.float32),
     mask_uniform=jax.random.uniform(mask_key, (batch_size, seq_len), jnp.float32),
     noise=jax.random.normal(noise_key, (batch_size, latent_dim), jnp.float32),
+    null_uniform=jax.random.uniform(null_key, (batch_size,), jnp.float32),
     dropout_key=dropout_key,
   )
 
@@ -95,8 +101,15 @@ def _inputs(
   z_t_BxD, target_BxD = diffusion.add_noise(
     options.schedule, view.latents_BxD, t_latent_B, draws['noise'], options.parameterization
   )
+  mask_BxS = view.mask_BxS
+  if options.condition_dropout > 0:
+    # The reference's null condition (its T2L guidance pass): all-[PAD] text, every text key masked out;
+    # such a row has no [MASK] position, so it adds nothing to the text term.
+    null_Bx1 = (draws['null_uniform'] < options.condition_dropout)[:, None]
+    tokens_BxS = jnp.where(null_Bx1, options.pad_token_id, tokens_BxS)
+    mask_BxS = ~null_Bx1 & (True if mask_BxS is None else mask_BxS)
   weights_BxS = (tokens_BxS == options.mask_token_id).astype(jnp.float32)
-  return ModelPass(tokens_BxS, z_t_BxD, t_text_B, t_latent_B, view.mask_BxS), weights_BxS, target_BxD
+  return ModelPass(tokens_BxS, z_t_BxD, t_text_B, t_latent_B, mask_BxS), weights_BxS, target_BxD
 
 
 def latentdlm_loss(
