@@ -313,3 +313,12 @@ def test_a_sequential_run_trains_and_validates_each_mode(tmp_path):
   val = [r for r in records if 'val_loss' in r][-1]
   assert {'val_l2t_text_loss', 'val_t2l_latent_loss'} <= set(val)
   assert 'val_unconditional_loss' not in val
+
+
+def test_bench_counts_one_model_pass_per_mode_step():
+  from lgdlm_jax import bench  # pylint: disable=g-import-not-at-top
+
+  flops = {
+    t: bench.train_flops_per_step(make_config(loss_type=t)) for t in ('cycle_vae', 'l2t', 't2l', 'unconditional')
+  }
+  assert flops['t2l'] < flops['l2t'] == flops['unconditional'] < flops['cycle_vae'] / 2
