@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
@@ -31,6 +32,7 @@ from lgdlm_jax.training import metrics_log
 from lgdlm_jax.training import modes as modes_lib
 from tests.helpers import models
 from tests.helpers.runs import REPO
+from tests.helpers.runs import losses_of
 from tests.helpers.runs import tiny_config
 
 BATCH, SEQ_LEN = 3, 12
@@ -316,9 +318,28 @@ def test_a_sequential_run_trains_and_validates_each_mode(tmp_path):
 
 
 def test_bench_counts_one_model_pass_per_mode_step():
-  from lgdlm_jax import bench  # pylint: disable=g-import-not-at-top
-
   flops = {
     t: bench.train_flops_per_step(make_config(loss_type=t)) for t in ('cycle_vae', 'l2t', 't2l', 'unconditional')
   }
   assert flops['t2l'] < flops['l2t'] == flops['unconditional'] < flops['cycle_vae'] / 2
+
+
+@pytest.mark.slow
+def test_an_interrupted_sequential_run_resumes_exactly(tmp_path):
+  def config(steps):
+    return tiny_config(
+      **{
+        'loss.loss_type': 'sequential',
+        'training.sequential_schedule': (('unconditional', 1), ('l2t', 1), ('t2l', 1)),
+        'training.num_train_steps': steps,
+        'training.save_every': 2,
+        'training.eval_every': 0,
+      }
+    )
+
+  loop.run(config(5), str(tmp_path / 'full'))
+  loop.run(config(2), str(tmp_path / 'interrupted'))
+  loop.run(config(5), str(tmp_path / 'interrupted'))  # resumes at step 2, in t2l, with l2t's frozen counts
+  expected, got = losses_of(str(tmp_path / 'full')), losses_of(str(tmp_path / 'interrupted'))
+  assert sorted(got) == list(range(1, 6))
+  assert got == expected
