@@ -53,8 +53,16 @@ def train_flops_per_step(config: ml_collections.ConfigDict, terms: cycle_schedul
   cycle terms `terms` (default: every term with a base weight above 0).
 
   The passes come from lgdlm_jax.objective.plan.pass_plan, the plan the objective itself runs. The
-  objective never runs the cluster head, so it is not counted.
+  objective never runs the cluster head, so it is not counted. A latentDLM mode (loss.loss_type) is one
+  pass, with the text head except in t2l (a schedule of modes is counted as if every step read the text).
   """
+  if config.loss.loss_type != 'cycle_vae':
+    text_logits = config.loss.loss_type != 't2l'
+    return (
+      3
+      * config.training.train_batch_size
+      * model_flops.forward_flops_per_sequence(config.model, text_logits=text_logits)
+    )
   per_sequence = sum(
     model_flops.forward_flops_per_sequence(config.model, text_logits=planned.text_logits)
     for planned in plan_lib.in_order(plan_lib.pass_plan(options_lib.from_config(config), terms))
@@ -83,7 +91,9 @@ def _describe(config: ml_collections.ConfigDict, devices: list[jax.Device], plat
     'model': {k: config.model[k] for k in config_lib.SUMMARY_MODEL_KEYS},
     'batch': config.training.train_batch_size,
     'mesh': {'fsdp': config.mesh.fsdp, 'data': len(devices) // config.mesh.fsdp},
-    'cycle_terms': cycle_schedule.from_config(config).configured_terms().name,
+    'cycle_terms': cycle_schedule.from_config(config).configured_terms().name
+    if config.loss.loss_type == 'cycle_vae'
+    else config.loss.loss_type,
     'round_gradients': gradients.round_gradients(config),
     'backend': platform,
     'device': devices[0].device_kind,

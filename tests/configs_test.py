@@ -23,7 +23,7 @@ def load(name, *args):
   return module.get_config(*args)
 
 
-@pytest.mark.parametrize('name', ['smoke', 'base', 'cluster'])
+@pytest.mark.parametrize('name', ['smoke', 'base', 'cluster', 'pretrain'])
 def test_config_builds(name):
   config = load(name)
   config = config_lib.finalize(config)
@@ -86,3 +86,11 @@ def test_cluster_state_fits_a_16_gib_chip_with_fsdp():
   # Parameters, AdamW moments and gradients take under a quarter of a 16 GiB chip. Whether one
   # 4096-token sequence's activations fit in the rest is not known (configs/cluster.py).
   assert 2 * params + opt < 4 * 2**30
+
+
+def test_pretrain_follows_the_reference_schedule_and_optimizer():
+  config = config_lib.finalize(load('pretrain'))
+  assert config.loss.loss_type == 'sequential'
+  assert config.training.sequential_schedule == (('unconditional', 5000), ('l2t', 10_000), ('t2l', 10_000))
+  assert (config.optimizer.beta1, config.optimizer.beta2, config.loss.latent_loss_weight) == (0.9, 0.99, 1.0)
+  assert config_lib.finalize(load('pretrain', 'unconditional')).loss.loss_type == 'unconditional'

@@ -30,6 +30,7 @@ import ml_collections
 import yaml
 
 from lgdlm_jax import text
+from lgdlm_jax.config import latentdlm_yaml
 from lgdlm_jax.config import schema
 from lgdlm_jax.errors import ConfigError
 
@@ -206,8 +207,18 @@ _SPECIAL_KEYS = frozenset(
     'data.initial_scan_limit',
   )
 )
+
+
+def _set_loss_type(config: ml_collections.ConfigDict, flat: dict[str, Any], key: str) -> None:
+  """cycle_vae, or one of latentDLM's modes (lgdlm_jax.config.latentdlm_yaml); anything else is refused."""
+  choices = schema.CHOICES['loss.loss_type']
+  if flat[key] not in choices:
+    raise ConfigError(f'{key}={flat[key]!r}: expected one of {", ".join(choices)}')
+  _assign(config, key, flat[key])
+
+
 _REFUSED_OTHERWISE = {
-  'loss.loss_type': _refuse_unless('cycle_vae', "only 'cycle_vae' exists (the reference trainer refuses others too)"),
+  'loss.loss_type': _set_loss_type,
   'data.use_preprocessed': _refuse_unless(
     True, "lgdlm_jax reads only preprocessed token/latent files (the reference's JSON loader is not supported)"
   ),
@@ -239,23 +250,36 @@ def _apply_reference(flat: dict[str, Any], config: ml_collections.ConfigDict) ->
   return ignored
 
 
-def read_reference_yaml(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-  """Our config from a reference YAML file, and the reference keys that have no effect here."""
-  flat = _flatten(_read_yaml(path))
-  config = schema.default_config()
-  for key, value in schema.REFERENCE_DEFAULTS.items():
-    if key not in flat:
-      _assign(config, key, value)
+def read_with_notes(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...], tuple[str, ...]]:
+  """Our config from a reference YAML file, the reference keys that have no effect here, and, for latentDLM's
+  Hydra YAMLs, lines saying what its trainer really runs with where the file says otherwise."""
+  tree, unused, notes = _read_yaml(path), [], []
   try:
+    if latentdlm_yaml.is_hydra(tree):
+      tree, unused, notes = latentdlm_yaml.translate(latentdlm_yaml.merge_defaults(tree, path, _read_yaml))
+    flat = _flatten(tree)
+    config = schema.default_config()
+    for key, value in schema.REFERENCE_DEFAULTS.items():
+      if key not in flat:
+        _assign(config, key, value)
     ignored = _apply_reference(flat, config)
   except ConfigError as e:
     raise ConfigError(f'{path}: {e}') from e
-  return config, tuple(ignored)
+  return config, tuple(unused + ignored), tuple(notes)
+
+
+def read_reference_yaml(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+  """Our config from a reference YAML file, and the reference keys that have no effect here."""
+  config, ignored, _ = read_with_notes(path)
+  return config, ignored
 
 
 def load_reference_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  """Our config from a reference YAML file; what has no effect, and the sample cap, are logged."""
-  config, ignored = read_reference_yaml(path)
+  """Our config from a reference YAML file; what has no effect, what its trainer really runs with, and the
+  sample cap, are logged."""
+  config, ignored, notes = read_with_notes(path)
+  for note in notes:
+    logging.warning('%s: %s', path, note)
   if ignored:
     logging.warning('%s: reference keys with no effect in lgdlm_jax: %s', path, ', '.join(ignored))
   if config.data.max_samples:

@@ -78,6 +78,7 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
       "training.round_gradients='sequential' needs loss.cycle_stop_grad_latent=True: without it the "
       "cycle-text gradient flows back into the base T2L pass (use 'joint' or 'auto')"
     )
+  _check_latentdlm(config)
   if model.attention == 'cudnn' and model.dtype != 'bfloat16':
     raise ConfigError(
       f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention takes "
@@ -109,6 +110,28 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'training.profile_steps={tuple(training.profile_steps)!r} ends after '
       f'training.num_train_steps={training.num_train_steps}'
+    )
+
+
+def _check_latentdlm(config: ml_collections.ConfigDict) -> None:
+  """latentDLM's modes: a schedule to follow, and one mode (one frozen set) per optimizer update."""
+  loss_type, training = config.loss.loss_type, config.training
+  if config.loss.condition_dropout > 0 and loss_type in ('cycle_vae', 'l2t'):
+    raise ConfigError(
+      f'loss.condition_dropout={config.loss.condition_dropout}: applies to the t2l and unconditional modes only, '
+      f'not to loss.loss_type={loss_type!r}'
+    )
+  if loss_type == 'sequential' and not training.sequential_schedule:
+    raise ConfigError("loss.loss_type='sequential' needs training.sequential_schedule ((mode, steps), ...)")
+  if loss_type != 'cycle_vae' and config.init_from_optimizer:
+    raise ConfigError(
+      f'init_from_optimizer=True: loss.loss_type={loss_type!r} keeps an update count per frozen unit, which '
+      'init_from does not restore yet; take the weights alone (init_from_optimizer=False)'
+    )
+  if loss_type != 'cycle_vae' and training.gradient_accumulation_steps > 1:
+    raise ConfigError(
+      f'training.gradient_accumulation_steps={training.gradient_accumulation_steps}: '
+      f'loss.loss_type={loss_type!r} updates once per batch (as the reference); use 1'
     )
 
 

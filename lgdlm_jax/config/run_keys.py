@@ -93,6 +93,21 @@ DATA = (
 )
 
 LOSS = (
+  # Every name but cycle_vae is one of latentDLM's pretraining objectives (lgdlm_jax.objective.latentdlm).
+  Key(
+    'loss.loss_type',
+    'cycle_vae',
+    one_of('cycle_vae', 'unconditional', 'l2t', 't2l', 'sequential', 'random'),
+    'The objective: cycle_vae, a latentDLM pretraining mode, or a schedule of modes (sequential, random).',
+    lower_case=True,
+  ),
+  # The reference's T2L sampler guides with this null condition, which none of its modes trains.
+  Key(
+    'loss.condition_dropout',
+    0.0,
+    number(0.0, 1.0),
+    'latentDLM t2l/unconditional rows trained on the null condition (all-[PAD] text, no mask), for guidance.',
+  ),
   Key(
     'loss.latent_loss_weight',
     0.1,

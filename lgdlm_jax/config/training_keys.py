@@ -1,5 +1,7 @@
 """The training section's keys: batches, schedule, evaluation, checkpoints, logs and the train step."""
 
+from typing import Any
+
 from lgdlm_jax.config.declare import NON_NEGATIVE
 from lgdlm_jax.config.declare import POSITIVE
 from lgdlm_jax.config.declare import Key
@@ -8,10 +10,41 @@ from lgdlm_jax.config.declare import number
 from lgdlm_jax.config.declare import one_of
 from lgdlm_jax.config.declare import step_range
 from lgdlm_jax.config.declare import string
+from lgdlm_jax.errors import ConfigError
 
 _EVALUATION = 'evaluation only'
 _KEPT = 'which checkpoints are kept, not what they hold'
 _CACHE = 'where compiled programs are cached, not what they compute'
+_MODES = ('unconditional', 'l2t', 't2l')
+
+
+def _sequential_schedule(key: str, value: Any) -> None:
+  """((mode, steps), ...): each mode one of _MODES, each steps an integer >= 1."""
+  pairs = value if isinstance(value, (tuple, list)) else None
+  for pair in pairs or ():
+    if (
+      not isinstance(pair, (tuple, list))
+      or len(pair) != 2
+      or pair[0] not in _MODES
+      or isinstance(pair[1], bool)
+      or not isinstance(pair[1], int)
+      or pair[1] < 1
+    ):
+      raise ConfigError(f'{key}: entry {pair!r} is not (mode, steps) with a mode in {", ".join(_MODES)} and steps >= 1')
+  if pairs is None:
+    raise ConfigError(f'{key}={value!r}: expected a list of (mode, steps) pairs')
+
+
+def _mode_weights(key: str, value: Any) -> None:
+  """(unconditional, l2t, t2l): three finite numbers >= 0, not all 0."""
+  if (
+    not isinstance(value, (tuple, list))
+    or len(value) != 3
+    or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float('inf') for w in value)
+    or not sum(value) > 0
+  ):
+    raise ConfigError(f'{key}={value!r}: expected three weights >= 0 (unconditional, l2t, t2l), not all 0')
+
 
 KEYS = (
   Key(
@@ -215,6 +248,20 @@ KEYS = (
   # over the passes, one pass's forward and backward at a time (about a quarter of the activations
   # with both cycle terms on, the same gradient, the model compiled once; needs
   # loss.cycle_stop_grad_latent); 'auto': sequential whenever loss.cycle_stop_grad_latent.
+  # latentDLM's mode schedules (loss.loss_type 'sequential' and 'random'; lgdlm_jax.objective.mode_schedule).
+  Key(
+    'training.sequential_schedule',
+    (),
+    _sequential_schedule,
+    "loss.loss_type='sequential': ((mode, steps), ...) run in turn and repeated, e.g. (('l2t', 100), ('t2l', 50)).",
+  ),
+  Key(
+    'training.mode_weights',
+    (1.0, 1.0, 1.0),
+    _mode_weights,
+    "loss.loss_type='random': the odds of unconditional, l2t and t2l; one mode per step, drawn from (seed, step).",
+    reference='training.mode_weights',
+  ),
   Key(
     'training.round_gradients',
     'auto',

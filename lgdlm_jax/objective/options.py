@@ -32,6 +32,9 @@ class ObjectiveOptions:
   beta_schedule: str
   num_timesteps: int
   schedule: diffusion.DiffusionSchedule = dataclasses.field(compare=False, repr=False)
+  # latentDLM's modes: the odds of a row trained on the null condition (all-[PAD] text, no attention mask).
+  condition_dropout: float = 0.0
+  pad_token_id: int = 0
 
 
 def from_config(config: ml_collections.ConfigDict) -> ObjectiveOptions:
@@ -51,4 +54,6 @@ def from_config(config: ml_collections.ConfigDict) -> ObjectiveOptions:
     beta_schedule=model.latent_beta_schedule,
     num_timesteps=model.latent_timesteps,
     schedule=diffusion.schedule_from_config(model),
+    condition_dropout=loss.condition_dropout,
+    pad_token_id=config.tokenizer.pad_token_id,
   )

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lgdlm_jax.training import freezing
+
 # Cosine decays to this fraction of the peak learning rate, as in the reference.
 COSINE_FINAL_FRACTION = 0.1
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing.
@@ -105,6 +107,10 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
   def update_lr(update_count: chex.Numeric) -> chex.Array:
     return micro_lr(update_count * accumulation + accumulation - 1)
 
+  if config.loss.loss_type != 'cycle_vae':
+    # latentDLM's modes freeze parameters per step (no accumulation there; config validation says so).
+    adam = freezing.freezable_adamw(update_lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay)
+    return adam if clip_norm is None else optax.chain(clip_by_global_norm_like_torch(clip_norm), adam)
   # No decay mask: the reference decays all parameters.
   adamw = optax.adamw(
     learning_rate=update_lr, b1=opt.beta1, b2=opt.beta2, eps=opt.eps, eps_root=0.0, weight_decay=opt.weight_decay

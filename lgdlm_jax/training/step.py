@@ -23,10 +23,12 @@ from lgdlm_jax.evaluation import metrics as eval_metrics
 from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax.objective import cycle_vae
 from lgdlm_jax.objective import draws as draws_lib
+from lgdlm_jax.objective import mode_schedule
 from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.training import block_norms
 from lgdlm_jax.training import ema as ema_lib
 from lgdlm_jax.training import gradients
+from lgdlm_jax.training import modes as modes_lib
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 
@@ -89,32 +91,38 @@ def train_step(
   config: ml_collections.ConfigDict,
   options: options_lib.ObjectiveOptions,
   optimizer: optax.GradientTransformation,
-  terms: cycle_schedule.TermSet,
+  terms: cycle_schedule.TermSet | mode_schedule.Mode,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One micro-batch: the loss with the cycle terms `terms`, its gradient, and (if all finite) one
-  optimizer update and EMA update."""
+  """One micro-batch: the loss with the cycle terms `terms` (or in the latentDLM mode `terms`), its
+  gradient, and (if all finite) one optimizer update and EMA update."""
   check = config.debug.check_finite
   if check:
     _debug_check_finite({'batch.latent': batch['latent']})
   key = jax.random.fold_in(rng, state.step)
   batch_size = batch['input_ids'].shape[0]
-  draws = draws_lib.sample_draws(key, batch_size, config.model.latent_dim, options)
-  (loss, metrics), grads = gradients.value_and_grad(
-    state.params,
-    batch,
-    draws,
-    step=state.step,
-    model=model,
-    options=options,
-    terms=terms,
-    mode=gradients.round_gradients(config),
-  )
+  extra = {}
+  if isinstance(terms, mode_schedule.Mode):
+    (loss, metrics), grads, extra['frozen'] = modes_lib.value_and_grad(
+      state.params, batch, key, mode=terms.name, model=model, options=options, latent_dim=config.model.latent_dim
+    )
+  else:
+    draws = draws_lib.sample_draws(key, batch_size, config.model.latent_dim, options)
+    (loss, metrics), grads = gradients.value_and_grad(
+      state.params,
+      batch,
+      draws,
+      step=state.step,
+      model=model,
+      options=options,
+      terms=terms,
+      mode=gradients.round_gradients(config),
+    )
   grad_norm = optax.global_norm(grads)
   if check:
     _debug_check_finite({**{f'metrics.{k}': v for k, v in metrics.items()}, 'gradients': grads})
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-  updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+  updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
   new_params = optax.apply_updates(state.params, updates)
   keep_if_bad = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
   bad = (~finite).astype(jnp.int32)
@@ -191,10 +199,11 @@ class TrainPrograms:
     self.options = options_lib.from_config(config)
     self._shardings = (state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
     self._outputs = (state_shardings, sharding.replicated(mesh))
-    self.schedule = self.options.cycle
-    self._programs: dict[cycle_schedule.TermSet, Any] = {}
+    # What each step runs: its cycle terms, or its latentDLM mode.
+    self.schedule = modes_lib.schedule_from_config(config) if modes_lib.is_latentdlm(config) else self.options.cycle
+    self._programs: dict[cycle_schedule.TermSet | mode_schedule.Mode, Any] = {}
 
-  def for_terms(self, terms: cycle_schedule.TermSet):
+  def for_terms(self, terms: cycle_schedule.TermSet | mode_schedule.Mode):
     if terms not in self._programs:
       step_fn = jax.jit(
         _traced_under(
@@ -218,7 +227,7 @@ class TrainPrograms:
     return self._programs[terms]
 
   @property
-  def made(self) -> tuple[cycle_schedule.TermSet, ...]:
+  def made(self) -> tuple[cycle_schedule.TermSet | mode_schedule.Mode, ...]:
     return tuple(self._programs)
 
 
@@ -230,13 +239,16 @@ def compile_steps(config, model, optimizer, mesh, state_shardings):
   replicated = sharding.replicated(mesh)
   eval_in_shardings = (state_shardings.params, batch_sharding, replicated)
   programs = TrainPrograms(config, model, optimizer, mesh, state_shardings)
-  eval_fn = jax.jit(
-    _traced_under(
-      mesh, functools.partial(eval_step, model=model, options=programs.options, latent_dim=config.model.latent_dim)
-    ),
-    in_shardings=eval_in_shardings,
-    out_shardings=replicated,
-  )
+  evaluate = functools.partial(eval_step, model=model, options=programs.options, latent_dim=config.model.latent_dim)
+  if modes_lib.is_latentdlm(config):
+    evaluate = functools.partial(
+      modes_lib.eval_step,
+      model=model,
+      options=programs.options,
+      latent_dim=config.model.latent_dim,
+      modes=programs.schedule.modes(),
+    )
+  eval_fn = jax.jit(_traced_under(mesh, evaluate), in_shardings=eval_in_shardings, out_shardings=replicated)
   sample_eval_fn = jax.jit(
     _traced_under(mesh, functools.partial(eval_metrics.evaluate_batch, model=model, config=config)),
     in_shardings=eval_in_shardings,
