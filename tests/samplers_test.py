@@ -8,30 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.evaluation import samplers
 from lgdlm_jax.objective import diffusion
+from tests.helpers.models import MASK_ID
+from tests.helpers.models import VOCAB
+from tests.helpers.models import sampler_config
 
-MASK_ID = 3
-VOCAB = 40
 FIRST_ROUND_ID = 10  # the schedule stub proposes token FIRST_ROUND_ID + i in round i
-
-
-def tiny_config(**model_overrides):
-  config = config_lib.default_config()
-  config.model.update(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    n_blocks=1,
-    cond_dim=32,
-    max_seq_len=12,
-    latent_dim=8,
-    num_residual_streams=1,
-    **model_overrides,
-  )
-  config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID)
-  return config
 
 
 def reference_counts(seq_len, steps):
@@ -75,7 +59,7 @@ class ScheduleStub(nn.Module):
 
 @pytest.mark.parametrize('seq_len,steps', [(12, 4), (12, 12), (5, 8), (30, 6)])
 def test_l2t_decodes_in_schedule_order_and_never_rewrites(seq_len, steps):
-  config = tiny_config()
+  config = sampler_config()
   sample = jax.jit(
     functools.partial(
       samplers.sample_l2t, model=ScheduleStub(steps), config=config, seq_len=seq_len, steps=steps, temperature=0.0
@@ -87,7 +71,7 @@ def test_l2t_decodes_in_schedule_order_and_never_rewrites(seq_len, steps):
 
 
 def test_l2t_with_a_real_model_is_deterministic_for_a_seed_and_fully_decoded():
-  config = tiny_config()
+  config = sampler_config()
   config.tokenizer.vocab_size = VOCAB - 8  # a tokenizer smaller than the model: stay inside it
   model = model_lib.MultimodalMMDiT(config.model)
   params = model.init(jax.random.key(0), jnp.zeros((1, 12), jnp.int32), jnp.zeros((1, 8)))['params']
@@ -123,7 +107,7 @@ class TrueNoiseStub(nn.Module):
 @pytest.mark.parametrize('parameterization', diffusion.PARAMETERIZATIONS)
 @pytest.mark.parametrize('latent_t_mode,steps', [('random', 10), ('random', 1), ('full', 4)])
 def test_ddim_with_the_true_noise_recovers_the_clean_latent(parameterization, latent_t_mode, steps):
-  config = tiny_config(latent_parameterization=parameterization)
+  config = sampler_config(latent_parameterization=parameterization)
   config.loss.latent_t_mode = latent_t_mode
   x0 = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
   sample = jax.jit(
@@ -136,7 +120,7 @@ def test_ddim_with_the_true_noise_recovers_the_clean_latent(parameterization, la
 
 
 def test_t2l_starts_where_training_stopped():
-  config = tiny_config()
+  config = sampler_config()
   assert samplers.t2l_start_time(config) == pytest.approx(0.98)
   config.loss.latent_t_mode = 'full'
   assert samplers.t2l_start_time(config) == 1.0

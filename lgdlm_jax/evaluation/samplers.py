@@ -1,7 +1,9 @@
-"""The two samplers, as pure jittable functions of (params, inputs, rng).
+"""The two conditional samplers, as pure jittable functions of (params, inputs, rng).
 
-    tokens_BxS = sample_l2t(params, latents_BxD, rng, model=model, config=config, seq_len=S, steps=N)
+    tokens_BxS = sample_l2t(params, latents_BxD, rng, model=model, config=config, seq_len=S, steps=N, top_p=0.9)
     latents_BxD = sample_t2l(params, tokens_BxS, mask_BxS, rng, model=model, config=config, steps=N)
+
+(The unconditional sampler, text and latent together, is lgdlm_jax.evaluation.joint_sampler.)
 
 L2T (the reference's `sample_l2t_fixed.py`): start from all-[MASK] text conditioned on the clean
 latent (latent t = 0) and, in round i of `steps` with text t = 1 - i/steps, let the model predict
@@ -16,18 +18,21 @@ Deliberate differences from the reference:
   * Decoded positions are tracked by a flag, not by `token == mask_token_id`, and the mask token
     (and ids past `tokenizer.vocab_size`, as the reference truncates to its tokenizer) is never
     sampled, so a decoded token can never be changed again.
+  * Each position's distribution may be truncated by top-k, top-p and min-p (the reference has none).
 Note that the cycle_vae objective trains L2T only at text t = 1 on all-[MASK] input: every round
-after the first shows the model partly decoded text at t < 1, which it never saw in training.
+after the first shows the model partly decoded text at t < 1, which it never saw in training
+(latentDLM's unconditional pretraining, which masks text at random rates, does show it).
 
 T2L: DDIM with eta = 0 from pure noise, conditioned on the clean text (text t = 0), over `steps`
 equal steps from `t2l_start_time(config)` to 0, using the model's parameterization. The reference's
 `sample_t2l_fixed.py` instead treats the model output as the clean latent whatever the
-parameterization and uses a linear "alpha = 1 - t"; its classifier-free guidance needs a null
-condition that the cycle_vae objective never trains, so guidance is not offered here.
+parameterization and uses a linear "alpha = 1 - t". Classifier-free guidance uses the reference's
+null condition (all [PAD], nothing visible); only a model trained on it (loss.condition_dropout > 0)
+has learned what that condition means.
 """
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -35,6 +40,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lgdlm_jax.errors import ConfigError
+from lgdlm_jax.evaluation import filters
 from lgdlm_jax.model.passes import apply_model
 from lgdlm_jax.objective import diffusion
 
@@ -59,7 +66,7 @@ def unmask_counts(seq_len: int, steps: int) -> np.ndarray:
   return counts
 
 
-def _banned_ids(config: ml_collections.ConfigDict) -> jax.Array:
+def banned_ids(config: ml_collections.ConfigDict) -> jax.Array:
   """[V] bool: ids the L2T sampler never emits (the mask token, ids the tokenizer lacks)."""
   vocab = config.model.vocab_size
   ids_V = jnp.arange(vocab)
@@ -70,6 +77,49 @@ def _rank_BxS(scores_BxS: jax.Array) -> jax.Array:
   """Rank of each position within its row, 0 = highest score; ties go to the earlier position."""
   order_BxS = jnp.argsort(-scores_BxS, axis=-1, stable=True)
   return jnp.argsort(order_BxS, axis=-1, stable=True)
+
+
+class TokenSampling(NamedTuple):
+  """How a token is drawn at a position: temperature (0 = greedy), then top-k, top-p, min-p
+  (lgdlm_jax.evaluation.filters)."""
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+
+  def check(self) -> None:
+    if self.temperature < 0:
+      raise ConfigError(f'temperature={self.temperature} must be >= 0 (0 = greedy)')
+    filters.check_filters(self.top_k, self.top_p, self.min_p)
+
+
+def unmask_round(
+  tokens_BxS: jax.Array,
+  decoded_BxS: jax.Array,
+  logits_BxSxV: jax.Array,
+  count: jax.Array,
+  key: jax.Array,
+  options: TokenSampling,
+  banned_V: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """One round of confidence-ordered unmasking: (tokens, decoded) with the `count` most confident
+  still-masked positions of every row decoded from `logits_BxSxV`."""
+  logits_BxSxV = jnp.where(banned_V, -jnp.inf, logits_BxSxV)
+  if options.temperature > 0:
+    logits_BxSxV = logits_BxSxV / options.temperature
+  logits_BxSxV = filters.filter_logits(logits_BxSxV, top_k=options.top_k, top_p=options.top_p, min_p=options.min_p)
+  if options.temperature > 0:
+    proposal_BxS = jax.random.categorical(key, logits_BxSxV, axis=-1)
+  else:
+    proposal_BxS = jnp.argmax(logits_BxSxV, axis=-1)
+  confidence_BxS = jnp.max(jax.nn.softmax(logits_BxSxV, axis=-1), axis=-1)
+  confidence_BxS = jnp.where(decoded_BxS, -jnp.inf, confidence_BxS)
+  # Decoded positions rank last and `count` never exceeds the masked positions left, so only
+  # masked positions are chosen.
+  chosen_BxS = _rank_BxS(confidence_BxS) < count
+  tokens_BxS = jnp.where(chosen_BxS, proposal_BxS.astype(jnp.int32), tokens_BxS)
+  return tokens_BxS, decoded_BxS | chosen_BxS
 
 
 def sample_l2t(
@@ -83,41 +133,32 @@ def sample_l2t(
   steps: int,
   temperature: float = 1.0,
   attention_mask: jax.Array | None = None,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  min_p: float = 0.0,
 ) -> jax.Array:
   """Confidence-ordered unmasking; returns int32 tokens [B, seq_len] with no [MASK] left.
 
-  temperature > 0 samples each position from softmax(logits / temperature); 0 is greedy (argmax).
-  Confidence is the largest probability at the position, as in the reference. attention_mask
+  temperature > 0 samples each position from softmax(logits / temperature), truncated by top_k,
+  top_p and min_p (lgdlm_jax.evaluation.filters); 0 is greedy (argmax). Confidence is the largest
+  probability at the position (of the truncated distribution), as in the reference. attention_mask
   [B,S] (None = all true, as the reference) is passed to every model call; all S positions are
   decoded either way. A fixed rng gives fixed tokens.
   """
-  if temperature < 0:
-    raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
+  options = TokenSampling(temperature, top_k, top_p, min_p)
+  options.check()
   batch = latents_BxD.shape[0]
   counts = jnp.asarray(unmask_counts(seq_len, steps))
   text_t = 1.0 - jnp.arange(steps, dtype=jnp.float32) / steps
   keys = jax.random.split(rng, steps)
-  banned_V = _banned_ids(config)
+  banned_V = banned_ids(config)
   tokens_BxS = jnp.full((batch, seq_len), config.tokenizer.mask_token_id, jnp.int32)
   decoded_BxS = jnp.zeros((batch, seq_len), bool)
 
   def round_(carry, inputs):
-    tokens_BxS, decoded_BxS = carry
     t, count, key = inputs
-    logits_BxSxV, _ = apply_model(model, params, tokens_BxS, latents_BxD, t, 0.0, attention_mask)
-    logits_BxSxV = jnp.where(banned_V, -jnp.inf, logits_BxSxV)
-    if temperature > 0:
-      logits_BxSxV = logits_BxSxV / temperature
-      proposal_BxS = jax.random.categorical(key, logits_BxSxV, axis=-1)
-    else:
-      proposal_BxS = jnp.argmax(logits_BxSxV, axis=-1)
-    confidence_BxS = jnp.max(jax.nn.softmax(logits_BxSxV, axis=-1), axis=-1)
-    confidence_BxS = jnp.where(decoded_BxS, -jnp.inf, confidence_BxS)
-    # Decoded positions rank last and `count` never exceeds the masked positions left, so only
-    # masked positions are chosen.
-    chosen_BxS = _rank_BxS(confidence_BxS) < count
-    tokens_BxS = jnp.where(chosen_BxS, proposal_BxS.astype(jnp.int32), tokens_BxS)
-    return (tokens_BxS, decoded_BxS | chosen_BxS), None
+    logits_BxSxV, _ = apply_model(model, params, carry[0], latents_BxD, t, 0.0, attention_mask)
+    return unmask_round(*carry, logits_BxSxV, count, key, options, banned_V), None
 
   (tokens_BxS, _), _ = jax.lax.scan(round_, (tokens_BxS, decoded_BxS), (text_t, counts, keys))
   return tokens_BxS
@@ -136,6 +177,16 @@ def t2l_start_time(config: ml_collections.ConfigDict) -> float:
   return min(config.loss.cycle_latent_t_max, diffusion.MAX_RANDOM_T)
 
 
+def null_condition(batch: int, seq_len: int, pad_token_id: int) -> tuple[jax.Array, jax.Array]:
+  """The reference's unconditional text for T2L guidance: all [PAD], nothing visible (mask all False)."""
+  return jnp.full((batch, seq_len), pad_token_id, jnp.int32), jnp.zeros((batch, seq_len), bool)
+
+
+def guided(conditional_BxD: jax.Array, unconditional_BxD: jax.Array, scale: float) -> jax.Array:
+  """Classifier-free guidance on the model's output: u + scale * (c - u) (scale 1 = c)."""
+  return unconditional_BxD + scale * (conditional_BxD - unconditional_BxD)
+
+
 def sample_t2l(
   params: Params,
   tokens_BxS: jax.Array,
@@ -145,22 +196,30 @@ def sample_t2l(
   model: nn.Module,
   config: ml_collections.ConfigDict,
   steps: int,
+  guidance_scale: float = 1.0,
 ) -> jax.Array:
   """DDIM (eta = 0) from N(0, I) at t2l_start_time(config) to 0; returns the clean estimate [B,D].
 
   The result is the last step's x0 estimate: the last DDIM update lands on table row 0, which
-  is still very slightly noised (ddim_step's docstring).
+  is still very slightly noised (ddim_step's docstring). guidance_scale != 1 runs a second pass
+  per step on the null condition (`null_condition`, as the reference) and combines the two
+  outputs with `guided`; it helps only a model trained with loss.condition_dropout > 0.
   """
   if steps < 1:
     raise ValueError(f'steps={steps} must be positive')
   parameterization = config.model.latent_parameterization
   schedule = diffusion.schedule_from_config(config.model)
   times = jnp.linspace(t2l_start_time(config), 0.0, steps + 1, dtype=jnp.float32)
-  z_BxD = jax.random.normal(rng, (tokens_BxS.shape[0], config.model.latent_dim), jnp.float32)
+  batch, seq_len = tokens_BxS.shape
+  z_BxD = jax.random.normal(rng, (batch, config.model.latent_dim), jnp.float32)
+  null_tokens_BxS, null_mask_BxS = null_condition(batch, seq_len, config.tokenizer.pad_token_id)
 
   def step(z_BxD, ts):
     t, t_prev = ts[0], ts[1]
     _, output_BxD = apply_model(model, params, tokens_BxS, z_BxD, 0.0, t, attention_mask)
+    if guidance_scale != 1.0:
+      _, null_output_BxD = apply_model(model, params, null_tokens_BxS, z_BxD, 0.0, t, null_mask_BxS)
+      output_BxD = guided(output_BxD, null_output_BxD, guidance_scale)
     eps_BxD = diffusion.predict_eps(schedule, z_BxD, t, output_BxD, parameterization)
     z_prev_BxD, x0_BxD = diffusion.ddim_step(schedule, z_BxD, t, t_prev, eps_BxD)
     return z_prev_BxD, x0_BxD

@@ -31,6 +31,28 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
+# The samplers' tiny vocabulary and its [MASK] id.
+MASK_ID = 3
+VOCAB = 40
+
+
+def sampler_config(**model_overrides) -> ml_collections.ConfigDict:
+  """A whole config with a tiny model and tokenizer ids, for the samplers (model keys overridable)."""
+  config = config_lib.default_config()
+  config.model.update(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    n_blocks=1,
+    cond_dim=32,
+    max_seq_len=12,
+    latent_dim=8,
+    num_residual_streams=1,
+    **model_overrides,
+  )
+  config.tokenizer.update(vocab_size=VOCAB, mask_token_id=MASK_ID)
+  return config
+
+
 def perturb_(module: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
   """Moves every parameter away from its init: several start at exactly 0 or 1, hiding mapping bugs."""
   generator = torch.Generator().manual_seed(seed)
