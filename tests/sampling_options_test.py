@@ -91,11 +91,28 @@ def test_t2l_guidance_combines_conditional_and_null_outputs(scale):
   np.testing.assert_allclose(latents, np.broadcast_to(expected, (2, 8)), atol=1e-4)
 
 
+@pytest.mark.parametrize(
+  'loss_type,start', [('cycle_vae', 0.98), ('t2l', 1.0), ('unconditional', 1.0), ('sequential', 1.0)]
+)
+def test_t2l_starts_where_each_mode_trained(loss_type, start):
+  config = sampler_config()
+  config.loss.loss_type = loss_type
+  assert samplers.t2l_start_time(config) == pytest.approx(start)
+
+
+def test_t2l_is_refused_for_a_model_trained_in_l2t_mode_only():
+  config = sampler_config()
+  config.loss.loss_type = 'l2t'
+  with pytest.raises(ConfigError, match="loss_type='l2t'"):
+    samplers.t2l_start_time(config)
+
+
 @pytest.fixture(scope='module')
 def tiny_model():
   from lgdlm_jax import model as model_lib
 
   config = sampler_config()
+  config.loss.loss_type = 'unconditional'
   model = model_lib.MultimodalMMDiT(config.model)
   params = model.init(jax.random.key(0), jnp.zeros((1, 12), jnp.int32), jnp.zeros((1, 8)))['params']
   return config, model, params

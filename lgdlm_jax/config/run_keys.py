@@ -203,12 +203,6 @@ LOSS = (
     POSITIVE,
     'Run the cycle terms on every N-th optimizer update only (1 = every update, as the reference).',
   ),
-  Key(
-    'loss.condition_dropout',
-    0.0,
-    number(0.0, 1.0),
-    'Probability of training a t2l or unconditional row on the null condition (for T2L guidance).',
-  ),
 )
 
 # The reference builds torch.optim.AdamW (decoupled decay) for both names; where its YAML leaves a key

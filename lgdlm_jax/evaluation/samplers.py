@@ -164,15 +164,24 @@ def sample_l2t(
   return tokens_BxS
 
 
+# latentDLM's pretraining modes that train the latent head, all up to latent t = 1.
+MODES_TRAINED_TO_T1 = ('t2l', 'unconditional', 'sequential', 'random')
+
+
 def t2l_start_time(config: ml_collections.ConfigDict) -> float:
   """The largest latent t the objective trained on: where T2L sampling starts from noise.
 
-  `full` mode trains only at t = 1 (so a 1-step sampler is what it learned); `random` mode draws
-  t up to loss.cycle_latent_t_max (clamped to 0.9999) and never shows the model t = 1, where the
-  cosine schedule's sqrt(abar) = 1.56e-5 would turn any error in an epsilon prediction into a
-  ~6e4 times larger error of the clean estimate.
+  cycle_vae: `full` mode trains only at t = 1 (so a 1-step sampler is what it learned); `random`
+  mode draws t up to loss.cycle_latent_t_max (clamped to 0.9999) and never shows the model t = 1,
+  where the cosine schedule's sqrt(abar) = 1.56e-5 would turn any error in an epsilon prediction
+  into a ~6e4 times larger error of the clean estimate. latentDLM's t2l and unconditional modes
+  (and schedules of modes) train up to t = 1; its l2t mode never trains the latent head, so a
+  model trained only that way has no T2L to sample.
   """
-  if config.loss.latent_t_mode == 'full':
+  loss_type = config.loss.loss_type
+  if loss_type == 'l2t':
+    raise ConfigError("loss.loss_type='l2t' never trains the latent head: this model has no T2L to sample")
+  if loss_type in MODES_TRAINED_TO_T1 or config.loss.latent_t_mode == 'full':
     return 1.0
   return min(config.loss.cycle_latent_t_max, diffusion.MAX_RANDOM_T)
 
