@@ -27,7 +27,6 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-import tqdm
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
@@ -89,21 +88,6 @@ def read_token_dir(path: str, config: config_lib.Config) -> tuple[list[str], np.
   return names, np.stack(ids), np.stack(masks)
 
 
-def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc: str) -> np.ndarray:
-  """fn(*batch_inputs, key) over fixed-size batches (the last padded by repeating its last row).
-
-  fn is a partial of a jitted sampler with the params bound as its first argument, so the params
-  stay a jit argument rather than being baked into the compiled program as constants.
-  """
-  num = len(inputs[0])
-  outputs = []
-  for k, start in enumerate(tqdm.trange(0, num, batch_size, desc=desc)):
-    rows = np.minimum(np.arange(start, start + batch_size), num - 1)
-    out = fn(*(x[rows] for x in inputs), jax.random.fold_in(jax.random.key(seed), k))
-    outputs.append(np.asarray(out)[: min(batch_size, num - start)])
-  return np.concatenate(outputs)
-
-
 def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   names, latents = read_latents(args.latents, int(config.model.latent_dim))
   if args.num_samples:
@@ -119,7 +103,7 @@ def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
       temperature=args.temperature,
     )
   )
-  tokens = batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
+  tokens = samplers.batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
   token_dir = os.path.join(args.out, 'tokens')
   os.makedirs(token_dir, exist_ok=True)
   mask = (tokens != int(config.tokenizer.pad_token_id)).astype(np.uint8)
@@ -151,7 +135,9 @@ def run_t2l(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   sampler = jax.jit(
     functools.partial(samplers.sample_t2l, model=model, config=config, steps=args.steps or _DEFAULT_STEPS['t2l'])
   )
-  latents = batched(functools.partial(sampler, params), (ids, mask.astype(bool)), args.batch_size, args.seed, 't2l')
+  latents = samplers.batched(
+    functools.partial(sampler, params), (ids, mask.astype(bool)), args.batch_size, args.seed, 't2l'
+  )
   latent_dir = os.path.join(args.out, 'latents')
   os.makedirs(latent_dir, exist_ok=True)
   for name, latent in zip(names, latents):

@@ -2,6 +2,7 @@
 
     tokens_BxS = sample_l2t(params, latents_BxD, rng, model=model, config=config, seq_len=S, steps=N)
     latents_BxD = sample_t2l(params, tokens_BxS, mask_BxS, rng, model=model, config=config, steps=N)
+    outputs_N = batched(functools.partial(jitted_sampler, params), inputs, batch_size, seed, 'desc')
 
 L2T (the reference's `sample_l2t_fixed.py`): start from all-[MASK] text conditioned on the clean
 latent (latent t = 0) and, in round i of `steps` with text t = 1 - i/steps, let the model predict
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from lgdlm_jax.model.passes import apply_model
 from lgdlm_jax.objective import diffusion
@@ -145,8 +147,12 @@ def sample_t2l(
   model: nn.Module,
   config: ml_collections.ConfigDict,
   steps: int,
+  same_noise: bool = False,
 ) -> jax.Array:
   """DDIM (eta = 0) from N(0, I) at t2l_start_time(config) to 0; returns the clean estimate [B,D].
+
+  same_noise: every row starts from one draw, so rows differ by their text alone (and a text's
+  latent does not depend on its row or batch).
 
   The result is the last step's x0 estimate: the last DDIM update lands on table row 0, which
   is still very slightly noised (ddim_step's docstring).
@@ -156,7 +162,10 @@ def sample_t2l(
   parameterization = config.model.latent_parameterization
   schedule = diffusion.schedule_from_config(config.model)
   times = jnp.linspace(t2l_start_time(config), 0.0, steps + 1, dtype=jnp.float32)
-  z_BxD = jax.random.normal(rng, (tokens_BxS.shape[0], config.model.latent_dim), jnp.float32)
+  rows = 1 if same_noise else tokens_BxS.shape[0]
+  z_BxD = jnp.broadcast_to(
+    jax.random.normal(rng, (rows, config.model.latent_dim), jnp.float32), (tokens_BxS.shape[0], config.model.latent_dim)
+  )
 
   def step(z_BxD, ts):
     t, t_prev = ts[0], ts[1]
@@ -167,3 +176,18 @@ def sample_t2l(
 
   _, x0_NxBxD = jax.lax.scan(step, z_BxD, jnp.stack([times[:-1], times[1:]], axis=1))
   return x0_NxBxD[-1]
+
+
+def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc: str) -> np.ndarray:
+  """fn(*batch_inputs, key) over fixed-size batches (the last padded by repeating its last row).
+
+  fn is a partial of a jitted sampler with the params bound as its first argument, so the params
+  stay a jit argument rather than being baked into the compiled program as constants.
+  """
+  num = len(inputs[0])
+  outputs = []
+  for k, start in enumerate(tqdm.trange(0, num, batch_size, desc=desc)):
+    rows = np.minimum(np.arange(start, start + batch_size), num - 1)
+    out = fn(*(x[rows] for x in inputs), jax.random.fold_in(jax.random.key(seed), k))
+    outputs.append(np.asarray(out)[: min(batch_size, num - start)])
+  return np.concatenate(outputs)
