@@ -51,7 +51,6 @@ from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import flops as model_flops
-from lgdlm_jax.model import mmdit
 from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.objective import plan as plan_lib
 from lgdlm_jax.reference import trainer as reference_trainer
@@ -166,7 +165,7 @@ def jax_attention(config, rows: int, iters: int) -> dict:
   implementation = jax_attention_implementation(config)
   n, dtype = config.model.max_seq_len + 1, jnp.dtype(config.model.dtype)
   q, k, v = (
-    jax.random.normal(key, (rows, n, mmdit.ATTN_HEADS, mmdit.ATTN_HEAD_DIM), dtype)
+    jax.random.normal(key, (rows, n, config.model.num_heads, config.model.head_dim), dtype)
     for key in jax.random.split(jax.random.key(0), 3)
   )
   attend = functools.partial(jax.nn.dot_product_attention, implementation=implementation)
@@ -319,7 +318,7 @@ def torch_step(config, precision: str, steps: int, warmup: int) -> tuple[dict, r
 def torch_attention(trainer: reference_trainer.TorchTrainer, config, rows: int, iters: int) -> dict:
   attend = trainer.model.mmdit.blocks[0].joint_attn.attend
   n = config.model.max_seq_len + 1
-  shape = (rows, mmdit.ATTN_HEADS, n, mmdit.ATTN_HEAD_DIM)
+  shape = (rows, config.model.num_heads, n, config.model.head_dim)
   options = dict(device=trainer.device, dtype=torch_dtype(trainer))
   q, k, v = (torch.randn(*shape, **options).requires_grad_() for _ in range(3))
   d_out = torch.randn(*shape, **options)

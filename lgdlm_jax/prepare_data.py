@@ -113,6 +113,7 @@ def _make_from_text(args: flags.FlagValues) -> None:
     latent_dtype=args.latent_dtype,
     batch_size=args.batch_size,
     packed=args.packed,
+    encoder_name=args.encoder,
   )
   if info['num_truncated']:
     logging.warning('%d of %d texts were truncated to %d tokens', info['num_truncated'], len(texts), seq_len)

@@ -34,7 +34,6 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-import tqdm
 
 from lgdlm_jax import cli
 from lgdlm_jax import config as config_lib
@@ -98,23 +97,6 @@ def read_token_dir(path: str, config: config_lib.Config) -> tuple[list[str], np.
   return names, np.stack(ids), np.stack(masks)
 
 
-def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc: str):
-  """fn(*batch_inputs, key) over fixed-size batches (the last padded by repeating its last row); its
-  outputs (an array or a tuple of arrays) concatenated over the batches, padding rows dropped.
-
-  fn is a partial of a jitted sampler with the params bound as its first argument, so the params
-  stay a jit argument rather than being baked into the compiled program as constants.
-  """
-  num = len(inputs[0])
-  results = []
-  for k, start in enumerate(tqdm.trange(0, num, batch_size, desc=desc)):
-    rows = np.minimum(np.arange(start, start + batch_size), num - 1)
-    out = fn(*(x[rows] for x in inputs), jax.random.fold_in(jax.random.key(seed), k))
-    kept = min(batch_size, num - start)
-    results.append(jax.tree.map(lambda o, kept=kept: np.asarray(o)[:kept], out))
-  return jax.tree.map(lambda *parts: np.concatenate(parts), *results)
-
-
 def token_sampling(args: flags.FlagValues) -> samplers.TokenSampling:
   sampling = samplers.TokenSampling(args.temperature, args.top_k, args.top_p, args.min_p)
   try:
@@ -142,7 +124,7 @@ def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
       **token_sampling(args)._asdict(),
     )
   )
-  tokens = batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
+  tokens = samplers.batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
   texts = outputs.write_tokens(args.out, names, tokens, int(config.tokenizer.pad_token_id), tokenizer)
   outputs.write_results(
     args.out, results_header(args, 'l2t'), names, texts, {'tokens_file': 'tokens/{name}_tokens.npz'}
@@ -189,7 +171,7 @@ def run_t2l(args: flags.FlagValues, config, params, model, tokenizer) -> None:
       guidance_scale=args.guidance_scale,
     )
   )
-  latents = batched(functools.partial(sampler, params), (ids, mask), args.batch_size, args.seed, 't2l')
+  latents = samplers.batched(functools.partial(sampler, params), (ids, mask), args.batch_size, args.seed, 't2l')
   outputs.write_latents(args.out, names, latents)
   outputs.write_results(args.out, results_header(args, 't2l'), names, texts, {'latent_file': 'latents/{name}.npy'})
 
@@ -209,7 +191,9 @@ def run_unconditional(args: flags.FlagValues, config, params, model, tokenizer) 
   sampler = jax.jit(lambda params, rows, key: draw(params, key))
   names = [f'{i:06d}' for i in range(args.num_samples)]
   rows = (np.arange(args.num_samples),)
-  tokens, latents = batched(functools.partial(sampler, params), rows, args.batch_size, args.seed, 'unconditional')
+  tokens, latents = samplers.batched(
+    functools.partial(sampler, params), rows, args.batch_size, args.seed, 'unconditional'
+  )
   texts = outputs.write_tokens(args.out, names, tokens, int(config.tokenizer.pad_token_id), tokenizer)
   outputs.write_latents(args.out, names, latents)
   outputs.write_results(

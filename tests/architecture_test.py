@@ -32,7 +32,7 @@ ALLOWED = {
   'training': {'objective', 'data', 'evaluation', 'checkpoints', 'model', 'config', 'errors', 'text', 'console'},
 }
 # The entry points (python -m ...): no room imports them.
-ENTRY_POINTS = {'main', 'sample', 'bench', 'prepare_data', 'plot', 'convert.__main__'}
+ENTRY_POINTS = {'main', 'sample', 'bench', 'evaluate', 'prepare_data', 'plot', 'convert.__main__'}
 FORBIDDEN = {'*': ENTRY_POINTS, 'evaluation': {'training'}}
 
 

@@ -24,8 +24,10 @@ def small_config():
   return config
 
 
-def test_forward_flops_match_xlas_count():
+@pytest.mark.parametrize('num_heads, head_dim', [(8, 64), (4, 32)])
+def test_forward_flops_match_xlas_count(num_heads, head_dim):
   config = small_config()
+  config.model.update(num_heads=num_heads, head_dim=head_dim)
   model = model_lib.MultimodalMMDiT(config.model)
   batch, seq_len = 2, config.model.max_seq_len
   tokens, latents = jnp.zeros((batch, seq_len), jnp.int32), jnp.zeros((batch, config.model.latent_dim))

@@ -9,6 +9,7 @@ import pytest
 
 from lgdlm_jax import bench
 from lgdlm_jax import config as config_lib
+from lgdlm_jax import evaluate
 from lgdlm_jax import main
 from lgdlm_jax import plot
 from lgdlm_jax import prepare_data
@@ -24,6 +25,7 @@ ENTRY_POINTS = {
   'prepare_data': prepare_data.main,
   'convert': convert.main,
   'plot': plot.main,
+  'evaluate': evaluate.main,
 }
 # A flag of each entry point's own, and a misspelling of it.
 OWN_FLAG = {
@@ -33,6 +35,7 @@ OWN_FLAG = {
   'prepare_data': ('out', 'outt'),
   'convert': ('output', 'outptu'),
   'plot': ('out', 'otu'),
+  'evaluate': ('workdir', 'wrokdir'),
 }
 
 
@@ -100,6 +103,24 @@ def test_a_missing_config_file_is_one_line(capsys):
 )
 def test_sample_checks_its_arguments_first(argv, code, message, capsys):
   got, _, err = _run('sample', argv, capsys)
+  assert got == code and err.strip().count('\n') == 0 and message in err, err
+
+
+@pytest.mark.parametrize(
+  'argv, code, message',
+  [
+    ([], 2, 'expected one mode, text or sts; got none'),
+    (['text'], 2, '--workdir is required'),
+    (['text', '--workdir', '/no/such/run'], 1, '--workdir /no/such/run: no such directory'),
+    (['text', '--workdir', '.', '--split', 'test'], 2, 'value should be one of <val|train>'),
+    (['text', '--workdir', '.'], 2, '--workdir . is not a training workdir'),
+    (['sts', '--workdir', '.'], 2, 'sts needs --pairs FILE.tsv'),
+    (['text', '--workdir', '.', '--pairs', 'p.tsv'], 2, '--pairs applies to sts, not text'),
+    (['text', '--workdir', '.', '--max_batches', '-1'], 2, '--max_batches=-1: expected an integer >= 0'),
+  ],
+)
+def test_evaluate_checks_its_arguments_first(argv, code, message, capsys):
+  got, _, err = _run('evaluate', argv, capsys)
   assert got == code and err.strip().count('\n') == 0 and message in err, err
 
 

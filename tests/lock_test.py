@@ -10,8 +10,9 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # The extras the main environment installs (CI, the README's commands); tpu and cuda get side
-# environments of their own and data is optional, each pinned exactly in pyproject.toml itself.
-LOCKED_EXTRAS = ('reference', 'test')
+# environments of their own and data is optional, each pinned exactly in pyproject.toml itself. The test
+# extra includes tracking and eval.
+LOCKED_EXTRAS = ('reference', 'tracking', 'eval', 'test')
 
 
 def locked_versions(text: str) -> dict[str, str]:

@@ -126,6 +126,21 @@ HOW = (
     files=(('my_sentences.txt', 'In the beginning was the word.\nAnd the light shone.\n'),),
   ),
   How(r'python3 -m lgdlm_jax\.sample l2t ', 'run', '2 samples, 2 steps', extra=SHORT_SAMPLING),
+  How(r'python3 -m lgdlm_jax\.evaluate text ', 'run', 'one batch', extra=('--max_batches=1',)),
+  How(
+    r'python3 -m lgdlm_jax\.evaluate sts ',
+    'run',
+    'three made-up pairs in the STS Benchmark layout; 2 steps',
+    extra=('--steps=2',),
+    files=(
+      (
+        'sts-test.csv',
+        'main-captions\tMSRvid\t2012test\t0001\t5.000\tA plane is taking off.\tAn air plane is taking off.\n'
+        'main-captions\tMSRvid\t2012test\t0004\t3.800\tA man is playing a flute.\tA man plays a flute.\n'
+        'main-captions\tMSRvid\t2012test\t0005\t0.500\tA cat sleeps.\tThe king sent his army.\n',
+      ),
+    ),
+  ),
   How(
     r'python3 -m lgdlm_jax\.prepare_data --texts ',
     'run',

@@ -29,6 +29,16 @@ KEYS = (
     reference='model.cond_dim',
     summary=True,
   ),
+  # The reference's mmdit never receives its YAML's n_heads: its attention is always 8 x 64, so
+  # these defaults are what every reference checkpoint holds.
+  Key(
+    'model.num_heads',
+    8,
+    POSITIVE,
+    'Attention heads per block (inner width num_heads x head_dim; the reference has 8).',
+    summary=True,
+  ),
+  Key('model.head_dim', 64, POSITIVE, 'Width of each attention head (the reference has 64).', summary=True),
   Key('model.max_seq_len', 128, POSITIVE, 'Tokens per text sequence.', reference='model.max_seq_len', summary=True),
   Key('model.latent_dim', 32, POSITIVE, 'Size of the latent vector.', reference='model.latent_dim', summary=True),
   Key(

@@ -282,6 +282,14 @@ def load_reference_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
     logging.warning('%s: %s', path, note)
   if ignored:
     logging.warning('%s: reference keys with no effect in lgdlm_jax: %s', path, ', '.join(ignored))
+  if 'model.n_heads' in ignored:
+    logging.warning(
+      '%s: model.n_heads has no effect, as in the reference (its mmdit never receives it): attention is '
+      'model.num_heads x model.head_dim = %d x %d',
+      path,
+      config.model.num_heads,
+      config.model.head_dim,
+    )
   if config.data.max_samples:
     logging.warning(
       '%s: at most %d file pairs are read, min(data.max_samples, data.initial_scan_limit) as '

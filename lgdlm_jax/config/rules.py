@@ -88,6 +88,12 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'training.eval_sample_batches={training.eval_sample_batches} > training.eval_batches={training.eval_batches}'
     )
+  if training.eval_text_metrics and not (training.eval_every and training.eval_sample_batches):
+    raise ConfigError(
+      'training.eval_text_metrics=True runs on the sampler batches of each evaluation; it needs '
+      f'training.eval_every > 0 and training.eval_sample_batches > 0 (they are {training.eval_every} '
+      f'and {training.eval_sample_batches})'
+    )
   if training.keep_best_checkpoints and not training.eval_every:
     raise ConfigError(
       f'training.keep_best_checkpoints={training.keep_best_checkpoints} needs evaluations to rank '

@@ -142,6 +142,14 @@ KEYS = (
     'Of those batches, the first N also get the sampler metrics (lgdlm_jax.evaluation).',
     resume=_EVALUATION,
   ),
+  # Off by default: decoding text and re-encoding it on the host slows every evaluation.
+  Key(
+    'training.eval_text_metrics',
+    False,
+    boolean,
+    'Also log the evaluation suite (BLEU, token F1, re-encoded round trip, T2L recall) over the sampler batches.',
+    resume=_EVALUATION,
+  ),
   Key('training.eval_l2t_steps', 8, POSITIVE, 'L2T unmasking rounds of the sampler metrics.', resume=_EVALUATION),
   Key('training.eval_t2l_steps', 10, POSITIVE, 'T2L DDIM steps of the sampler metrics.', resume=_EVALUATION),
   # 0 keeps the metric deterministic.

@@ -67,8 +67,11 @@ def is_converted(directory: str) -> bool:
 
 
 def load_model_config(directory: str) -> ml_collections.ConfigDict:
+  """The directory's model config; keys it predates (e.g. model.num_heads) take the schema's default."""
   with open(os.path.join(directory, config_lib.CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  defaults = config_lib.default_config().model.to_dict()
+  return ml_collections.ConfigDict({**{k: v for k, v in defaults.items() if k not in saved}, **saved})
 
 
 def load_info(directory: str) -> dict[str, Any]:

@@ -47,6 +47,9 @@ REFERENCE_MODEL_KEYS = (
   'latent_beta_schedule',
   'latent_parameterization',
 )
+# Written beside them, though the reference ignores them (its attention is always 8 x 64), so that
+# reading the file back knows how the attention's inner width splits into heads.
+ATTENTION_KEYS = ('num_heads', 'head_dim')
 REFERENCE_TRAINING_KEYS = ('seed', 'num_train_steps', 'gradient_accumulation_steps', 'lr_schedule', 'warmup_steps')
 
 
@@ -123,7 +126,7 @@ def reference_config(weights: Weights) -> dict[str, Any]:
   """The reference's config sections (plain values) that describe these weights and, for a
   training workdir, its run."""
   model_config = weights.model_config
-  cfg: dict[str, Any] = {'model': {k: model_config[k] for k in REFERENCE_MODEL_KEYS}}
+  cfg: dict[str, Any] = {'model': {k: model_config[k] for k in REFERENCE_MODEL_KEYS + ATTENTION_KEYS}}
   if weights.tokenizer:
     cfg['tokenizer'] = dict(weights.tokenizer)
   config = weights.config

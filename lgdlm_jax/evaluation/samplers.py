@@ -2,6 +2,7 @@
 
     tokens_BxS = sample_l2t(params, latents_BxD, rng, model=model, config=config, seq_len=S, steps=N, top_p=0.9)
     latents_BxD = sample_t2l(params, tokens_BxS, mask_BxS, rng, model=model, config=config, steps=N)
+    outputs_N = batched(functools.partial(jitted_sampler, params), inputs, batch_size, seed, 'desc')
 
 (The unconditional sampler, text and latent together, is lgdlm_jax.evaluation.joint_sampler.)
 
@@ -39,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from lgdlm_jax.errors import ConfigError
 from lgdlm_jax.evaluation import filters
@@ -206,8 +208,12 @@ def sample_t2l(
   config: ml_collections.ConfigDict,
   steps: int,
   guidance_scale: float = 1.0,
+  same_noise: bool = False,
 ) -> jax.Array:
   """DDIM (eta = 0) from N(0, I) at t2l_start_time(config) to 0; returns the clean estimate [B,D].
+
+  same_noise: every row starts from one draw, so rows differ by their text alone (and a text's
+  latent does not depend on its row or batch).
 
   The result is the last step's x0 estimate: the last DDIM update lands on table row 0, which
   is still very slightly noised (ddim_step's docstring). guidance_scale != 1 runs a second pass
@@ -220,7 +226,10 @@ def sample_t2l(
   schedule = diffusion.schedule_from_config(config.model)
   times = jnp.linspace(t2l_start_time(config), 0.0, steps + 1, dtype=jnp.float32)
   batch, seq_len = tokens_BxS.shape
-  z_BxD = jax.random.normal(rng, (batch, config.model.latent_dim), jnp.float32)
+  rows = 1 if same_noise else batch
+  z_BxD = jnp.broadcast_to(
+    jax.random.normal(rng, (rows, config.model.latent_dim), jnp.float32), (batch, config.model.latent_dim)
+  )
   null_tokens_BxS, null_mask_BxS = null_condition(batch, seq_len, config.tokenizer.pad_token_id)
 
   def step(z_BxD, ts):
@@ -235,3 +244,20 @@ def sample_t2l(
 
   _, x0_NxBxD = jax.lax.scan(step, z_BxD, jnp.stack([times[:-1], times[1:]], axis=1))
   return x0_NxBxD[-1]
+
+
+def batched(fn, inputs: tuple[np.ndarray, ...], batch_size: int, seed: int, desc: str):
+  """fn(*batch_inputs, key) over fixed-size batches (the last padded by repeating its last row); its
+  outputs (an array or a tuple of arrays) concatenated over the batches, padding rows dropped.
+
+  fn is a partial of a jitted sampler with the params bound as its first argument, so the params
+  stay a jit argument rather than being baked into the compiled program as constants.
+  """
+  num = len(inputs[0])
+  results = []
+  for k, start in enumerate(tqdm.trange(0, num, batch_size, desc=desc)):
+    rows = np.minimum(np.arange(start, start + batch_size), num - 1)
+    out = fn(*(x[rows] for x in inputs), jax.random.fold_in(jax.random.key(seed), k))
+    kept = min(batch_size, num - start)
+    results.append(jax.tree.map(lambda o, kept=kept: np.asarray(o)[:kept], out))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *results)

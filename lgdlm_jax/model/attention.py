@@ -1,9 +1,9 @@
 """The joint attention of the MMDiT behind one config key, `model.attention`.
 
-    outs = joint_attention(qs, ks, vs, key_masks, options)    # per modality: q/k/v [B, N_m, 8, 64]
+    outs = joint_attention(qs, ks, vs, key_masks, options)    # per modality: q/k/v [B, N_m, heads, head_dim]
     config = resolve(config, platform)                        # 'auto' -> a concrete backend
 
-Every backend computes softmax(q k^T / sqrt(64)) v over the tokens of all modalities together,
+Every backend computes softmax(q k^T / sqrt(head_dim)) v over the tokens of all modalities together,
 with padded text keys (key_masks[m] False) excluded and the latent token always visible:
 - `xla`: the plain computation, exactly as the model has always run it; the reference every other
   backend is tested against. It holds the [B, 8, Q, K] scores, so memory grows with S^2.
@@ -49,6 +49,9 @@ class AttentionOptions(NamedTuple):
   dtype: Any
   blockwise_block_size: int = 512
   splash_block_size: int = 512
+  # model.num_heads / model.head_dim: the width of the q, k, v the joint attention projects.
+  num_heads: int = 8
+  head_dim: int = 64
 
 
 def options_from_config(model_config: ml_collections.ConfigDict, dtype: Any) -> AttentionOptions:
@@ -57,7 +60,14 @@ def options_from_config(model_config: ml_collections.ConfigDict, dtype: Any) -> 
   backend = model_config.attention
   if backend == 'auto':
     backend = auto_backend(model_config, jax.default_backend())
-  return AttentionOptions(backend, dtype, model_config.blockwise_block_size, model_config.splash_block_size)
+  return AttentionOptions(
+    backend,
+    dtype,
+    model_config.blockwise_block_size,
+    model_config.splash_block_size,
+    model_config.num_heads,
+    model_config.head_dim,
+  )
 
 
 def auto_backend(model_config: ml_collections.ConfigDict, platform: str) -> str:

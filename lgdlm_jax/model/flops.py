@@ -2,8 +2,6 @@
 
 import ml_collections
 
-from lgdlm_jax.model import mmdit
-
 
 def _text_head_flops(model_config: ml_collections.ConfigDict) -> float:
   """One vocabulary projection (text or cluster head) over S tokens."""
@@ -14,7 +12,7 @@ def attention_flops_per_sequence(model_config: ml_collections.ConfigDict) -> flo
   """The attention core's matmuls (scores and weighted values, every query over all S + 1 keys)
   in one forward pass over one sequence, all blocks."""
   n = model_config.max_seq_len + 1
-  return model_config.n_blocks * n * 2 * 2 * n * mmdit.ATTN_HEADS * mmdit.ATTN_HEAD_DIM
+  return model_config.n_blocks * n * 2 * 2 * n * model_config.num_heads * model_config.head_dim
 
 
 def forward_flops_per_sequence(
@@ -26,7 +24,7 @@ def forward_flops_per_sequence(
   reads neither, e.g. a pass whose text logits are unused, lets XLA drop them).
   """
   h, s = model_config.hidden_size, model_config.max_seq_len
-  inner = mmdit.ATTN_HEADS * mmdit.ATTN_HEAD_DIM
+  inner = model_config.num_heads * model_config.head_dim
   n = s + 1
   qkv, out, mlp = 2 * h * 3 * inner, 2 * inner * h, 2 * 2 * h * 4 * h  # per token
   latent = 2 * (model_config.latent_dim * 2 * h + 2 * h * h) * 2  # encoder + head

@@ -20,10 +20,6 @@ from lgdlm_jax.model import hyper_connections
 from lgdlm_jax.model import layers
 
 NUM_MODALITIES = 2
-# mmdit's generalized MMDiT never forwards the reference config's n_heads, so attention is always
-# 8 heads of 64 dims (inner width 512) whatever the config says.
-ATTN_HEADS = 8
-ATTN_HEAD_DIM = 64
 
 # The names are lgdlm_jax.config.schema.CHOICES['model.remat_policy'].
 # 'dots' saves every matmul output: the linear layers' and, with the fused attention backends, the
@@ -63,7 +59,9 @@ class AdaptiveLayerNorm(nn.Module):
 class JointAttention(nn.Module):
   """Softmax attention over the tokens of all modalities together (text first), per modality.
 
-  Each modality has its own qkv and output projections (no biases); the attention itself is
+  Each modality has its own qkv and output projections (no biases) of inner width
+  `attention.num_heads` x `attention.head_dim` (model.num_heads / head_dim; the reference's mmdit
+  never receives its config's n_heads, so its checkpoints are all 8 x 64); the attention itself is
   lgdlm_jax.model.attention.joint_attention with the backend `attention.backend`. Masked keys are
   excluded; the latent token is never masked, so no query row is ever fully masked.
   """
@@ -73,13 +71,14 @@ class JointAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: tuple[jax.Array, ...], key_masks: tuple[jax.Array | None, ...]) -> tuple[jax.Array, ...]:
-    inner = ATTN_HEADS * ATTN_HEAD_DIM
+    heads, head_dim = self.attention.num_heads, self.attention.head_dim
+    inner = heads * head_dim
     dtype = self.attention.dtype
     qs, ks, vs = [], [], []
     for m, (x_BxNxH, dim) in enumerate(zip(inputs, self.dims)):
       qkv = layers.torch_linear(3 * inner, dim, name=f'to_qkv_{m}', dtype=dtype, use_bias=False)(x_BxNxH)
       # Features are laid out (qkv, heads, head_dim) in that order.
-      q, k, v = jnp.split(qkv.reshape(*qkv.shape[:2], 3, ATTN_HEADS, ATTN_HEAD_DIM), 3, axis=2)
+      q, k, v = jnp.split(qkv.reshape(*qkv.shape[:2], 3, heads, head_dim), 3, axis=2)
       qs.append(q[:, :, 0])
       ks.append(k[:, :, 0])
       vs.append(v[:, :, 0])

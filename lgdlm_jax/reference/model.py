@@ -70,13 +70,16 @@ class ReferenceMultimodalMMDiT(nn.Module):
     self.text_encoder = TextEncoder(cfg.vocab_size, h, cfg.max_seq_len)
     self.latent_encoder = LatentEncoder(cfg.latent_dim, h)
     self.conditioning = Conditioning(cfg.cond_dim)
-    # Exactly the reference's call: n_heads is not passed, qk_rmsnorm is ignored by the block.
+    # The reference's call (qk_rmsnorm is ignored by the block) plus the attention width, which the
+    # reference never passes: at the defaults 8 x 64 (mmdit's own) the call is exactly the reference's.
     self.mmdit = MMDiT(
       depth=cfg.n_blocks,
       dim_modalities=(h, h),
       dim_cond=cfg.cond_dim,
       qk_rmsnorm=True,
       num_residual_streams=cfg.num_residual_streams,
+      heads=cfg.num_heads,
+      dim_head=cfg.head_dim,
     )
     self.text_head = nn.Linear(h, cfg.vocab_size)
     self.latent_head = nn.Sequential(

@@ -24,7 +24,9 @@ from lgdlm_jax import data as data_lib
 from lgdlm_jax.checkpoints import init_from
 from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.checkpoints import resume_check as resume
+from lgdlm_jax.data import text_dataset
 from lgdlm_jax.evaluation import examples as eval_examples
+from lgdlm_jax.evaluation import suite as eval_suite
 from lgdlm_jax.training import compile_cache
 from lgdlm_jax.training import ema as ema_lib
 from lgdlm_jax.training import metrics_log
@@ -74,6 +76,17 @@ def _print_decoded_examples(state, val_batches, train_iter, rng, *, model, confi
       params, batch, rng, model=model, config=config, num_examples=num_examples, label=label
     )
     print('\n'.join(lines), flush=True)
+
+
+def _text_suite(model, config: ml_collections.ConfigDict) -> eval_suite.TextSuite:
+  """The evaluation suite for training.eval_text_metrics; says once what it leaves out. With several
+  processes, each scores its own rows of the sampler batches."""
+  encoder, note = text_dataset.dataset_encoder(config.data)
+  suite = eval_suite.TextSuite(model, config, encoder)
+  (logging.info if encoder is not None else logging.warning)('training.eval_text_metrics: %s', note)
+  for line in suite.notes:
+    logging.warning('training.eval_text_metrics: %s', line)
+  return suite
 
 
 def _print_outputs(workdir: str) -> None:
@@ -232,16 +245,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
           f'The newest checkpoint in {workdir} holds the last good parameters.'
         )
 
+    text_suite = _text_suite(setup.model, config) if tcfg.eval_text_metrics and val_batches is not None else None
+
     def evaluate(step: int) -> dict[str, float]:
+      params = ema_lib.evaluation_params(state, config)
       val = _evaluate(
-        (eval_fn, sample_eval_fn),
-        ema_lib.evaluation_params(state, config),
-        val_batches,
-        mesh,
-        eval_key,
-        tcfg.eval_batches,
-        tcfg.eval_sample_batches,
+        (eval_fn, sample_eval_fn), params, val_batches, mesh, eval_key, tcfg.eval_batches, tcfg.eval_sample_batches
       )
+      if text_suite is not None:  # names the validation already has keep its values
+        val = {**text_suite.run(params, val_batches(tcfg.eval_sample_batches), eval_key)[0], **val}
       log.write(step, val, prefix='val_')
       if jax.process_index() == 0:
         tqdm.tqdm.write(eval_examples.eval_line(step, val), file=sys.stdout)  # above the progress bar, never across it
