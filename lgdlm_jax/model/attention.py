@@ -17,15 +17,24 @@ with padded text keys (key_masks[m] False) excluded and the latent token always 
   kernel runs under shard_map over the axes of the ambient mesh (jax.set_mesh), because jit does
   not partition a pallas_call.
 - `auto` (the default) is replaced by `resolve` once the platform is known (after jax.distributed
-  start-up, before the model is built): TPU -> splash; GPU -> cudnn in bfloat16, else blockwise;
-  CPU -> xla below CPU_BLOCKWISE_FROM joint tokens (max_seq_len + 1), blockwise from there. xla
-  was the faster of the two on CPU up to 2048 tokens (README, "Attention backends and ahead-of-time
-  compiles"); from 4096 tokens its scores take GBs per layer, so blockwise.
+  start-up, before the model is built): TPU -> splash; GPU -> cudnn in bfloat16, else blockwise,
+  and blockwise with data.packing (see below); CPU -> xla below CPU_BLOCKWISE_FROM joint tokens
+  (max_seq_len + 1), blockwise from there. xla was the faster of the two on CPU up to 2048 tokens
+  (README, "Attention backends and ahead-of-time compiles"); from 4096 tokens its scores take GBs
+  per layer, so blockwise.
+
+Packed rows (data.packing; lgdlm_jax.model.segments) pass per-token segment ids: a query attends
+exactly the keys of its own segment. xla, blockwise and splash take them; cudnn cannot: jax 0.10.2's
+jax.nn.dot_product_attention(implementation='cudnn') takes key lengths and dense masks, no segment
+ids (its packed-sequence offsets are private, and our segments are not contiguous: each one's
+latent token sits after all text tokens). So auto picks blockwise on GPU with packing, and an
+explicit cudnn with packing is a ConfigError.
 """
 
 import functools
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -60,12 +69,15 @@ def options_from_config(model_config: ml_collections.ConfigDict, dtype: Any) -> 
   return AttentionOptions(backend, dtype, model_config.blockwise_block_size, model_config.splash_block_size)
 
 
-def auto_backend(model_config: ml_collections.ConfigDict, platform: str) -> str:
-  """The backend 'auto' stands for on `platform` ('cpu', 'gpu'/'cuda'/'rocm', 'tpu'); see the module doc."""
+def auto_backend(model_config: ml_collections.ConfigDict, platform: str, packing: bool = False) -> str:
+  """The backend 'auto' stands for on `platform` ('cpu', 'gpu'/'cuda'/'rocm', 'tpu'); see the module doc.
+
+  packing: data.packing (the rows carry segment ids, which cudnn cannot take).
+  """
   if platform == 'tpu':
     return 'splash'
   if platform in ('gpu', 'cuda'):
-    return 'cudnn' if model_config.dtype == 'bfloat16' else 'blockwise'
+    return 'cudnn' if model_config.dtype == 'bfloat16' and not packing else 'blockwise'
   if platform == 'cpu':
     return 'xla' if model_config.max_seq_len + 1 < CPU_BLOCKWISE_FROM else 'blockwise'
   return 'blockwise'
@@ -78,9 +90,18 @@ def resolve(config: ml_collections.FrozenConfigDict, platform: str) -> ml_collec
   the benchmark do); `platform` is jax.default_backend() or the target of an ahead-of-time compile.
   """
   choice = config.model.attention
-  backend = auto_backend(config.model, platform) if choice == 'auto' else choice
+  # Read with a default: data.packing is declared with the packed data pipeline.
+  packing = bool(config.data.get('packing', False))
+  backend = auto_backend(config.model, platform, packing) if choice == 'auto' else choice
   if backend == 'cudnn' and platform not in ('gpu', 'cuda'):
     raise ConfigError(f"model.attention='cudnn' runs on NVIDIA GPUs only, not on {platform!r}")
+  if backend == 'cudnn' and packing:
+    raise ConfigError(
+      "model.attention='cudnn' cannot run data.packing=True: jax's cuDNN attention takes no segment ids; "
+      "use model.attention='blockwise' (or 'auto', which picks it)"
+    )
+  if choice == 'auto' and packing and platform in ('gpu', 'cuda') and auto_backend(config.model, platform) == 'cudnn':
+    logging.info("model.attention='auto' picks 'blockwise' on GPU, not 'cudnn': data.packing needs segment ids")
   if backend == 'splash' and platform != 'tpu':
     raise ConfigError(
       f"model.attention='splash' runs on TPUs only, not on {platform!r} "
