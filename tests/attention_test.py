@@ -181,8 +181,7 @@ def test_a_backend_the_platform_cannot_run_is_named(backend, platform, message):
 def packed_config(**model):
   config = config_lib.default_config()
   config.model.update(dtype='bfloat16', **model)
-  with config.ignore_type():
-    config.data.packing = True  # declared with the packed data pipeline; set by hand where it is not yet
+  config.data.packing = True
   return config
 
 

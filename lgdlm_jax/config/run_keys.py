@@ -76,6 +76,13 @@ DATA = (
     resume='how many processes decode the data, not which data',
   ),
   Key('data.prefetch_batches', 2, NON_NEGATIVE, 'Batches read ahead of the train step.'),
+  # Off: the reference's layout, one sample per row padded to model.max_seq_len (lgdlm_jax.data.packing).
+  Key(
+    'data.packing',
+    False,
+    boolean,
+    'Pack several samples into each training row (first-fit, each with its own latent); validation stays unpacked.',
+  ),
 )
 
 LOSS = (

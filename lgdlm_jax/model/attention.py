@@ -90,8 +90,7 @@ def resolve(config: ml_collections.FrozenConfigDict, platform: str) -> ml_collec
   the benchmark do); `platform` is jax.default_backend() or the target of an ahead-of-time compile.
   """
   choice = config.model.attention
-  # Read with a default: data.packing is declared with the packed data pipeline.
-  packing = bool(config.data.get('packing', False))
+  packing = config.data.packing
   backend = auto_backend(config.model, platform, packing) if choice == 'auto' else choice
   if backend == 'cudnn' and platform not in ('gpu', 'cuda'):
     raise ConfigError(f"model.attention='cudnn' runs on NVIDIA GPUs only, not on {platform!r}")
