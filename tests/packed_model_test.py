@@ -131,6 +131,7 @@ def unpacked_xla():
   return params, data, value_and_grads(cfg, params, unpacked_pass(data))
 
 
+@pytest.mark.slow  # a model gradient's compile each (~20 s)
 @pytest.mark.parametrize('layout', sorted(LAYOUTS))
 @pytest.mark.parametrize('backend, extra', [('xla', {}), ('blockwise', {'blockwise_block_size': 4})])
 def test_packed_rows_equal_samples_alone_in_outputs_and_gradients(unpacked_xla, layout, backend, extra):
@@ -159,10 +160,13 @@ def test_a_segment_sees_nothing_outside_itself(backend):
   data = samples(cfg, seed=3)
   model = model_lib.MultimodalMMDiT(cfg)
   rows = LAYOUTS['one_row_k_segments']
-  run = lambda d: per_sample(
-    passes.run_passes(model, params, [packed_pass(d, rows)[0]], deterministic=True, dropout_key=None)[0],
-    packed_pass(d, rows)[1],
-  )
+  forward = jax.jit(lambda p, mp: passes.run_passes(model, p, [mp], deterministic=True, dropout_key=None)[0])
+
+  def run(d):
+    model_pass, where = packed_pass(d, rows)
+    with jax.default_matmul_precision('highest'):
+      return per_sample(forward(params, model_pass), where)
+
   base = run(data)
   # Segment 2 (the middle one) gets other tokens, another latent and other timesteps.
   toks, latent, tt, lt = data[1]
