@@ -153,6 +153,7 @@ def test_packed_rows_on_splash_equal_samples_alone(unpacked_xla):
   assert_close(grads, expected_grads, GRAD_TOL, relative=True)
 
 
+@pytest.mark.slow  # two compiles of a forward and an init (~20 s)
 @pytest.mark.parametrize('backend', ['xla', 'blockwise'])
 def test_a_segment_sees_nothing_outside_itself(backend):
   cfg = config(attention=backend, blockwise_block_size=4)
