@@ -178,6 +178,26 @@ def test_a_backend_the_platform_cannot_run_is_named(backend, platform, message):
     attention.resolve(config_lib.finalize(config), platform)
 
 
+def packed_config(**model):
+  config = config_lib.default_config()
+  config.model.update(dtype='bfloat16', **model)
+  config.data.packing = True
+  return config
+
+
+@pytest.mark.parametrize('platform, expected', [('gpu', 'blockwise'), ('tpu', 'splash'), ('cpu', 'xla')])
+def test_auto_with_packing_picks_a_backend_that_takes_segment_ids(platform, expected):
+  config = packed_config()
+  resolved = attention.resolve(ml_collections.FrozenConfigDict(config), platform)
+  assert resolved.model.attention == expected
+
+
+def test_cudnn_with_packing_is_a_config_error_naming_both_keys():
+  config = packed_config(attention='cudnn')
+  with pytest.raises(ConfigError, match=r"model.attention='cudnn' cannot run data.packing=True"):
+    attention.resolve(ml_collections.FrozenConfigDict(config), 'gpu')
+
+
 def test_cudnn_in_float32_is_a_config_error():
   config = config_lib.default_config()
   config.model.attention = 'cudnn'

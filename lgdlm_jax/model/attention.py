@@ -17,15 +17,24 @@ with padded text keys (key_masks[m] False) excluded and the latent token always 
   kernel runs under shard_map over the axes of the ambient mesh (jax.set_mesh), because jit does
   not partition a pallas_call.
 - `auto` (the default) is replaced by `resolve` once the platform is known (after jax.distributed
-  start-up, before the model is built): TPU -> splash; GPU -> cudnn in bfloat16, else blockwise;
-  CPU -> xla below CPU_BLOCKWISE_FROM joint tokens (max_seq_len + 1), blockwise from there. xla
-  was the faster of the two on CPU up to 2048 tokens (README, "Attention backends and ahead-of-time
-  compiles"); from 4096 tokens its scores take GBs per layer, so blockwise.
+  start-up, before the model is built): TPU -> splash; GPU -> cudnn in bfloat16, else blockwise,
+  and blockwise with data.packing (see below); CPU -> xla below CPU_BLOCKWISE_FROM joint tokens
+  (max_seq_len + 1), blockwise from there. xla was the faster of the two on CPU up to 2048 tokens
+  (README, "Attention backends and ahead-of-time compiles"); from 4096 tokens its scores take GBs
+  per layer, so blockwise.
+
+Packed rows (data.packing; lgdlm_jax.model.segments) pass per-token segment ids: a query attends
+exactly the keys of its own segment. xla, blockwise and splash take them; cudnn cannot: jax 0.10.2's
+jax.nn.dot_product_attention(implementation='cudnn') takes key lengths and dense masks, no segment
+ids (its packed-sequence offsets are private, and our segments are not contiguous: each one's
+latent token sits after all text tokens). So auto picks blockwise on GPU with packing, and an
+explicit cudnn with packing is a ConfigError.
 """
 
 import functools
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -70,12 +79,15 @@ def options_from_config(model_config: ml_collections.ConfigDict, dtype: Any) -> 
   )
 
 
-def auto_backend(model_config: ml_collections.ConfigDict, platform: str) -> str:
-  """The backend 'auto' stands for on `platform` ('cpu', 'gpu'/'cuda'/'rocm', 'tpu'); see the module doc."""
+def auto_backend(model_config: ml_collections.ConfigDict, platform: str, packing: bool = False) -> str:
+  """The backend 'auto' stands for on `platform` ('cpu', 'gpu'/'cuda'/'rocm', 'tpu'); see the module doc.
+
+  packing: data.packing (the rows carry segment ids, which cudnn cannot take).
+  """
   if platform == 'tpu':
     return 'splash'
   if platform in ('gpu', 'cuda'):
-    return 'cudnn' if model_config.dtype == 'bfloat16' else 'blockwise'
+    return 'cudnn' if model_config.dtype == 'bfloat16' and not packing else 'blockwise'
   if platform == 'cpu':
     return 'xla' if model_config.max_seq_len + 1 < CPU_BLOCKWISE_FROM else 'blockwise'
   return 'blockwise'
@@ -88,9 +100,17 @@ def resolve(config: ml_collections.FrozenConfigDict, platform: str) -> ml_collec
   the benchmark do); `platform` is jax.default_backend() or the target of an ahead-of-time compile.
   """
   choice = config.model.attention
-  backend = auto_backend(config.model, platform) if choice == 'auto' else choice
+  packing = config.data.packing
+  backend = auto_backend(config.model, platform, packing) if choice == 'auto' else choice
   if backend == 'cudnn' and platform not in ('gpu', 'cuda'):
     raise ConfigError(f"model.attention='cudnn' runs on NVIDIA GPUs only, not on {platform!r}")
+  if backend == 'cudnn' and packing:
+    raise ConfigError(
+      "model.attention='cudnn' cannot run data.packing=True: jax's cuDNN attention takes no segment ids; "
+      "use model.attention='blockwise' (or 'auto', which picks it)"
+    )
+  if choice == 'auto' and packing and platform in ('gpu', 'cuda') and auto_backend(config.model, platform) == 'cudnn':
+    logging.info("model.attention='auto' picks 'blockwise' on GPU, not 'cudnn': data.packing needs segment ids")
   if backend == 'splash' and platform != 'tpu':
     raise ConfigError(
       f"model.attention='splash' runs on TPUs only, not on {platform!r} "
@@ -109,46 +129,60 @@ def joint_attention(
   vs: tuple[jax.Array, ...],
   key_masks: tuple[jax.Array | None, ...],
   options: AttentionOptions,
+  segment_ids: tuple[jax.Array, ...] | None = None,
 ) -> tuple[jax.Array, ...]:
   """Attention of every modality's queries over all modalities' keys; outputs [B, N_m, H, D] in options.dtype.
 
   key_masks[m]: [B, N_m] bool, False = a padding key, or None = all valid.
+  segment_ids[m] (packed rows): [B, N_m] int32; query i attends key j iff their ids are equal, and
+  key_masks are ignored (padding is segment 0, which attends only itself).
   """
   if options.backend == 'xla':
-    return _xla(qs, ks, vs, key_masks, options)
+    return _xla(qs, ks, vs, key_masks, options, segment_ids)
   lengths = [q.shape[1] for q in qs]
   q, k, v = (jnp.concatenate(xs, axis=1) for xs in (qs, ks, vs))
-  valid_BxK = jnp.concatenate(
-    [jnp.ones(k.shape[:2], bool) if m is None else m.astype(bool) for k, m in zip(ks, key_masks)], axis=1
-  )
+  if segment_ids is None:
+    # Unpacked rows as segments: valid keys 1, padding 0; the queries need no ids (they see every valid key).
+    q_ids_BxQ = None
+    kv_ids_BxK = jnp.concatenate(
+      [jnp.ones(k.shape[:2], jnp.int32) if m is None else m.astype(jnp.int32) for k, m in zip(ks, key_masks)], axis=1
+    )
+  else:
+    q_ids_BxQ = kv_ids_BxK = jnp.concatenate([ids.astype(jnp.int32) for ids in segment_ids], axis=1)
   if options.backend == 'blockwise':
-    out = blockwise_attention.attention(q, k, v, valid_BxK, block_size=options.blockwise_block_size)
+    out = blockwise_attention.attention(q, k, v, kv_ids_BxK, q_ids_BxQ, block_size=options.blockwise_block_size)
   elif options.backend == 'cudnn':
-    out = _cudnn(q, k, v, valid_BxK)
+    if segment_ids is not None:
+      raise ValueError("model.attention='cudnn' cannot run packed rows (data.packing); use 'blockwise'")
+    out = _cudnn(q, k, v, kv_ids_BxK.astype(bool))
   elif options.backend == 'splash':
-    out = _splash(q, k, v, valid_BxK, options.splash_block_size)
+    out = _splash(q, k, v, kv_ids_BxK, q_ids_BxQ, options.splash_block_size)
   else:
     raise ValueError(f'unknown attention backend {options.backend!r}; expected one of {", ".join(BACKENDS)}')
   splits = [sum(lengths[: i + 1]) for i in range(len(lengths) - 1)]
   return tuple(jnp.split(out.astype(options.dtype), splits, axis=1))
 
 
-def _xla(qs, ks, vs, key_masks, options):
+def _xla(qs, ks, vs, key_masks, options, segment_ids):
   """Per (query modality, key modality) block, never concatenating the modalities' tokens.
 
   scores[m][j] = q_m k_j^T, one max and one normaliser over all j, then out_m = sum_j weights[m][j] v_j:
   the same attention as over the concatenated sequence (up to float rounding), without the copies
   into and out of a joint tensor, which are a large share of the layer's time on CPU (README, "What
-  moved the CPU figure"). Masked keys get the most negative finite value, as x_transformers does.
+  moved the CPU figure"). Masked keys get the most negative finite value, as x_transformers does;
+  with segment_ids, every key of another segment is masked so.
   """
   head_dim = qs[0].shape[-1]
   einsum = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
   outputs = []
-  for q_BxQxKxD in qs:
+  for i, q_BxQxKxD in enumerate(qs):
     scores = []
-    for k_BxNxKxD, mask_BxN in zip(ks, key_masks):
+    for j, (k_BxNxKxD, mask_BxN) in enumerate(zip(ks, key_masks)):
       s_BxKxQxN = einsum('bqhd,bkhd->bhqk', q_BxQxKxD, k_BxNxKxD) * (head_dim**-0.5)
-      if mask_BxN is not None:
+      if segment_ids is not None:
+        mask_Bx1xQxN = segment_ids[i][:, None, :, None] == segment_ids[j][:, None, None, :]
+        s_BxKxQxN = jnp.where(mask_Bx1xQxN, s_BxKxQxN, jnp.finfo(jnp.float32).min)
+      elif mask_BxN is not None:
         s_BxKxQxN = jnp.where(mask_BxN[:, None, None, :], s_BxKxQxN, jnp.finfo(jnp.float32).min)
       scores.append(s_BxKxQxN)
     # As jax.nn.softmax: the max is a constant for differentiation.
@@ -193,7 +227,7 @@ def splash_block_size(length: int, block_size: int) -> tuple[int, int]:
   return padded, block
 
 
-def _splash(q, k, v, valid_BxK, block_size):
+def _splash(q, k, v, kv_ids_BxK, q_ids_BxQ, block_size):
   # Imported here: the Pallas TPU modules are only needed (and only importable everywhere) on demand.
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -203,8 +237,12 @@ def _splash(q, k, v, valid_BxK, block_size):
   pad = ((0, 0), (0, padded - length), (0, 0), (0, 0))
   # [B, H, L, D] as the kernel takes it; the kernel does not scale the scores itself.
   q, k, v = (jnp.swapaxes(jnp.pad(x, pad), 1, 2) for x in ((q * head_dim**-0.5).astype(q.dtype), k, v))
-  kv_segments_BxL = jnp.pad(valid_BxK.astype(jnp.int32), ((0, 0), (0, padded - length)))
-  q_segments_BxL = jnp.ones((batch, padded), jnp.int32)
+  # The tail that pads to the block size is segment 0: no key of a real query's segment.
+  kv_segments_BxL = jnp.pad(kv_ids_BxK, ((0, 0), (0, padded - length)))
+  if q_ids_BxQ is None:
+    q_segments_BxL = jnp.ones((batch, padded), jnp.int32)
+  else:
+    q_segments_BxL = jnp.pad(q_ids_BxQ, ((0, 0), (0, padded - length)))
   sizes = kernels.BlockSizes(
     block_q=block,
     block_kv=block,
