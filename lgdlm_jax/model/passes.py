@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lgdlm_jax.model.multimodal import MultimodalMMDiT
+from lgdlm_jax.model.segments import PackedSegments
 
 Params = Mapping[str, Any]
 
@@ -27,6 +28,7 @@ class ModelPass(NamedTuple):
   text_t_B: jax.Array
   latent_t_B: jax.Array
   mask_BxS: jax.Array | None  # None: no padding (every pass of one run_passes call alike)
+  segments: PackedSegments | None = None  # a packed batch: latents [B,K,D], timesteps [B,K]
 
 
 def interleave(*xs_B: jax.Array) -> jax.Array:
@@ -63,7 +65,8 @@ def run_passes(
   """Independent passes of equal batch size B as ONE model call on a batch of P*B.
 
   Returns (text_logits [B,S,V], latent_pred [B,D]) per pass, in order; the model's single latent
-  token is squeezed away. Examples never interact inside the model, so this equals separate calls.
+  token is squeezed away (packed passes: latent_pred [B,K,D], one per segment).
+  Examples never interact inside the model, so this equals separate calls.
   The passes are interleaved per example (row b*P + p) rather than laid end to end: with the
   batch axis sharded over devices, each device's rows of the joint batch are then exactly its own
   rows of every pass, so joining and splitting are local reshapes, never cross-device copies.
@@ -85,6 +88,7 @@ def run_passes(
     raise ValueError(f'text_logits_wanted has {len(wanted)} entries for {num_passes} passes')
   joined = jax.tree.map(interleave, *passes)
   variables = {'params': params}
+  packed = {} if joined.segments is None else {'segments': joined.segments}
   text_out, latent_out = model.apply(
     variables,
     joined.tokens_BxS,
@@ -92,11 +96,14 @@ def run_passes(
     joined.text_t_B,
     joined.latent_t_B,
     joined.mask_BxS,
+    **packed,
     method=MultimodalMMDiT.backbone,
   )
   rngs = {} if deterministic else {'dropout': dropout_key}
   latent_pred = model.apply(variables, latent_out, deterministic, rngs=rngs, method=MultimodalMMDiT.latent_head)
-  latent_pred_BxPxD = latent_pred[:, 0, :].reshape(batch_size, num_passes, -1)
+  # Unpacked: the single latent token squeezed away; packed: one per segment, [B,K,D].
+  latent_pred = latent_pred[:, 0, :] if joined.segments is None else latent_pred
+  latent_pred_BxPxD = latent_pred.reshape((batch_size, num_passes) + latent_pred.shape[1:])
   logits = [None] * num_passes
   if sum(wanted) == 1:
     only = wanted.index(True)
@@ -106,6 +113,11 @@ def run_passes(
     every_BxPxSxV = every_BxSxV.reshape((batch_size, num_passes) + every_BxSxV.shape[1:])
     logits = [every_BxPxSxV[:, p] if wanted[p] else None for p in range(num_passes)]
   return [(logits[p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
+
+
+def length_logits(model: nn.Module, params: Params, latents_BxD: jax.Array) -> jax.Array:
+  """The length head's logits [..., S] (class i = length i + 1) of clean latents [..., D]."""
+  return model.apply({'params': params}, latents_BxD, method=MultimodalMMDiT.length_logits)
 
 
 def apply_model(
