@@ -108,8 +108,14 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_text_positions(config: ml_collections.ConfigDict) -> None:
-  """loss.text_positions='valid' learns the length with model.length_head, and only it does."""
+  """Packed rows need loss.text_positions='valid', which learns the length with model.length_head, and
+  only it does."""
   valid = config.loss.text_positions == 'valid'
+  if config.data.packing and not valid:
+    raise ConfigError(
+      f"data.packing=True needs loss.text_positions='valid', not {config.loss.text_positions!r}: a packed row has "
+      'no pad tail for the L2T loss to learn the length from (set model.length_head=True too)'
+    )
   if config.model.length_head != valid:
     raise ConfigError(
       f'model.length_head={config.model.length_head} with loss.text_positions={config.loss.text_positions!r}: '
