@@ -8,7 +8,7 @@ real tokens (loss.text_positions='valid'), so each term equals that of the same 
 """
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -74,7 +74,7 @@ def text_term(logits_BxSxV: jax.Array, targets_BxS: jax.Array, valid_BxS: jax.Ar
   return jnp.clip(text_cross_entropy(logits_BxSxV, targets_BxS, valid_BxS), 0.0, TEXT_LOSS_MAX)
 
 
-def length_term(params, view: 'BatchView', *, model: nn.Module) -> jax.Array:
+def length_term(params: Mapping[str, Any], view: 'BatchView', *, model: nn.Module) -> jax.Array:
   """The length head's cross-entropy over lengths 1..S from each sample's CLEAN latent, averaged over
   samples (valid segments of a packed batch); not clamped, it has no counterpart in the reference.
 
