@@ -3,7 +3,9 @@
   l2t: latents -> text. --latents is a directory of NAME.npy files (the training layout) or one
        .npy file of shape [D] or [N,D]. Writes OUT/tokens/NAME_tokens.npz (input_ids int32,
        attention_mask uint8 = id != [PAD]) and, with a tokenizer, OUT/texts.txt (NAME<TAB>text).
-       --temperature, --top_k, --top_p, --min_p shape each position's distribution.
+       --temperature, --top_k, --top_p, --min_p shape each position's distribution. Every --seq_len
+       position is decoded, or, for a model with a length head (trained with
+       loss.text_positions='valid'), as many as it predicts from each latent; --length N decodes N.
   t2l: text -> latents. --texts is a text file (one text per non-empty line; needs a tokenizer) or
        a directory of NAME[_tokens].npz token files, or --text_prompt one text (--num_samples
        samples of it). Texts are tokenised to --max_length (default model.max_seq_len) tokens.
@@ -33,6 +35,7 @@ import os
 from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lgdlm_jax import cli
@@ -114,17 +117,29 @@ def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   names, latents = read_latents(args.latents, int(config.model.latent_dim))
   if args.num_samples:
     names, latents = names[: args.num_samples], latents[: args.num_samples]
-  sampler = jax.jit(
-    functools.partial(
-      samplers.sample_l2t,
-      model=model,
-      config=config,
-      seq_len=args.seq_len or int(config.model.max_seq_len),
-      steps=args.steps or _DEFAULT_STEPS['l2t'],
-      **token_sampling(args)._asdict(),
-    )
+  seq_len = args.seq_len or int(config.model.max_seq_len)
+  if args.length is not None and not 1 <= args.length <= seq_len:
+    raise cli.UsageError(f'--length {args.length}: expected 1..{seq_len} (the decoded text length, --seq_len)')
+  sample = functools.partial(
+    samplers.sample_l2t,
+    model=model,
+    config=config,
+    seq_len=seq_len,
+    steps=args.steps or _DEFAULT_STEPS['l2t'],
+    **token_sampling(args)._asdict(),
   )
-  tokens = samplers.batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
+
+  def sampler(params, latents_BxD, rng):
+    lengths_B = None
+    if args.length is not None:
+      lengths_B = jnp.full(latents_BxD.shape[:1], args.length, jnp.int32)
+    elif config.model.length_head:
+      lengths_B = samplers.predicted_lengths(params, latents_BxD, model=model)
+    return sample(params, latents_BxD, rng, lengths_B=lengths_B)
+
+  if args.length is None and config.model.length_head:
+    print("Each text's length: the length head's prediction from its latent (--length N overrides it)")
+  tokens = samplers.batched(functools.partial(jax.jit(sampler), params), (latents,), args.batch_size, args.seed, 'l2t')
   texts = outputs.write_tokens(args.out, names, tokens, int(config.tokenizer.pad_token_id), tokenizer)
   outputs.write_results(
     args.out, results_header(args, 'l2t'), names, texts, {'tokens_file': 'tokens/{name}_tokens.npz'}
@@ -226,6 +241,13 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_float, 'min_p', 0.0, 'Sample among tokens at least this fraction as probable as the top one.')
   define(flags.DEFINE_integer, 'seq_len', None, 'l2t / unconditional text length; default model.max_seq_len.')
   define(
+    flags.DEFINE_integer,
+    'length',
+    None,
+    'l2t: decode N tokens of each text (padding after them); default: all --seq_len positions, or the '
+    "length head's prediction for a model that has one (model.length_head).",
+  )
+  define(
     flags.DEFINE_boolean, 'two_stage', False, "unconditional: the reference's T2L on the null condition, then L2T."
   )
   define(flags.DEFINE_integer, 'latent_steps', 50, 'unconditional --two_stage: T2L steps of the first stage.')
@@ -246,12 +268,12 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
 _TOKEN_FLAGS = ('temperature', 'top_k', 'top_p', 'min_p', 'seq_len')
 # The flags each mode reads besides the common ones; any other mode's flag given is an error.
 _MODE_FLAGS = {
-  'l2t': ('latents',) + _TOKEN_FLAGS,
+  'l2t': ('latents', 'length') + _TOKEN_FLAGS,
   't2l': ('texts', 'text_prompt', 'max_length', 'guidance_scale'),
   'unconditional': _TOKEN_FLAGS + ('two_stage', 'latent_steps'),
 }
 _RESULT_FLAGS = {
-  'l2t': ('steps', 'seed', 'temperature', 'top_k', 'top_p', 'min_p', 'seq_len', 'params', 'step'),
+  'l2t': ('steps', 'seed', 'temperature', 'top_k', 'top_p', 'min_p', 'seq_len', 'length', 'params', 'step'),
   't2l': ('steps', 'seed', 'max_length', 'guidance_scale', 'params', 'step'),
   'unconditional': (
     'steps',

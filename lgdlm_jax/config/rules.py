@@ -72,6 +72,7 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'data.data_dir={data.data_dir!r} and data.token_dir/latent_dir are both set; set one')
   if bool(data.token_dir) != bool(data.latent_dir):
     raise ConfigError(f'data.token_dir={data.token_dir!r} and data.latent_dir={data.latent_dir!r}: set both or neither')
+  _check_text_positions(config)
   training = config.training
   if training.round_gradients == 'sequential' and not loss.cycle_stop_grad_latent:
     raise ConfigError(
@@ -127,6 +128,11 @@ def _check_latentdlm(config: ml_collections.ConfigDict) -> None:
       f'loss.condition_dropout={config.loss.condition_dropout}: applies to the t2l and unconditional modes only, '
       f'not to loss.loss_type={loss_type!r}'
     )
+  if loss_type != 'cycle_vae' and (config.data.packing or config.loss.text_positions != 'all'):
+    raise ConfigError(
+      f"loss.loss_type={loss_type!r} trains on unpacked rows with the reference's text positions: "
+      "data.packing=True and loss.text_positions='valid' apply to cycle_vae only"
+    )
   if loss_type == 'sequential' and not training.sequential_schedule:
     raise ConfigError("loss.loss_type='sequential' needs training.sequential_schedule ((mode, steps), ...)")
   if loss_type != 'cycle_vae' and config.init_from_optimizer:
@@ -138,6 +144,27 @@ def _check_latentdlm(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'training.gradient_accumulation_steps={training.gradient_accumulation_steps}: '
       f'loss.loss_type={loss_type!r} updates once per batch (as the reference); use 1'
+    )
+
+
+def _check_text_positions(config: ml_collections.ConfigDict) -> None:
+  """Packed rows need loss.text_positions='valid', which learns the length with model.length_head, and
+  only it does."""
+  valid = config.loss.text_positions == 'valid'
+  if config.data.packing and not valid:
+    raise ConfigError(
+      f"data.packing=True needs loss.text_positions='valid', not {config.loss.text_positions!r}: a packed row has "
+      'no pad tail for the L2T loss to learn the length from (set model.length_head=True too)'
+    )
+  if config.model.length_head != valid:
+    raise ConfigError(
+      f'model.length_head={config.model.length_head} with loss.text_positions={config.loss.text_positions!r}: '
+      "the length head is trained exactly when the L2T loss skips padding (set both, or neither: 'all' learns "
+      'the length from the pad tail)'
+    )
+  if not valid and config.loss.length_loss_weight != 1.0:
+    raise ConfigError(
+      f"loss.length_loss_weight={config.loss.length_loss_weight!r} is read only with loss.text_positions='valid'"
     )
 
 

@@ -44,7 +44,9 @@ import tqdm
 
 from lgdlm_jax.errors import ConfigError
 from lgdlm_jax.evaluation import filters
+from lgdlm_jax.model import length_head
 from lgdlm_jax.model.passes import apply_model
+from lgdlm_jax.model.passes import length_logits
 from lgdlm_jax.objective import diffusion
 
 Params = Any
@@ -105,8 +107,8 @@ def unmask_round(
   options: TokenSampling,
   banned_V: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-  """One round of confidence-ordered unmasking: (tokens, decoded) with the `count` most confident
-  still-masked positions of every row decoded from `logits_BxSxV`."""
+  """One round of confidence-ordered unmasking: (tokens, decoded) with the `count` (one for every
+  row, or [B]) most confident still-masked positions of each row decoded from `logits_BxSxV`."""
   logits_BxSxV = jnp.where(banned_V, -jnp.inf, logits_BxSxV)
   if options.temperature > 0:
     logits_BxSxV = logits_BxSxV / options.temperature
@@ -119,7 +121,7 @@ def unmask_round(
   confidence_BxS = jnp.where(decoded_BxS, -jnp.inf, confidence_BxS)
   # Decoded positions rank last and `count` never exceeds the masked positions left, so only
   # masked positions are chosen.
-  chosen_BxS = _rank_BxS(confidence_BxS) < count
+  chosen_BxS = _rank_BxS(confidence_BxS) < jnp.reshape(count, (-1, 1))
   tokens_BxS = jnp.where(chosen_BxS, proposal_BxS.astype(jnp.int32), tokens_BxS)
   return tokens_BxS, decoded_BxS | chosen_BxS
 
@@ -138,6 +140,7 @@ def sample_l2t(
   top_k: int = 0,
   top_p: float = 1.0,
   min_p: float = 0.0,
+  lengths_B: jax.Array | None = None,
 ) -> jax.Array:
   """Confidence-ordered unmasking; returns int32 tokens [B, seq_len] with no [MASK] left.
 
@@ -145,17 +148,34 @@ def sample_l2t(
   top_p and min_p (lgdlm_jax.evaluation.filters); 0 is greedy (argmax). Confidence is the largest
   probability at the position (of the truncated distribution), as in the reference. attention_mask
   [B,S] (None = all true, as the reference) is passed to every model call; all S positions are
-  decoded either way. A fixed rng gives fixed tokens.
+  decoded either way. lengths_B (int [B], 1..seq_len; e.g. `predicted_lengths`) instead decodes
+  the first lengths_B[b] positions of row b only, with the attention mask they imply and
+  unmask_counts(length, steps) as its schedule, never emits tokenizer.pad_token_id there, and leaves
+  it after them.
+  A fixed rng gives fixed tokens.
   """
   options = TokenSampling(temperature, top_k, top_p, min_p)
   options.check()
+  if lengths_B is not None and attention_mask is not None:
+    raise ValueError('give sample_l2t attention_mask or lengths_B, not both (the lengths imply the mask)')
   batch = latents_BxD.shape[0]
-  counts = jnp.asarray(unmask_counts(seq_len, steps))
   text_t = 1.0 - jnp.arange(steps, dtype=jnp.float32) / steps
   keys = jax.random.split(rng, steps)
   banned_V = banned_ids(config)
   tokens_BxS = jnp.full((batch, seq_len), config.tokenizer.mask_token_id, jnp.int32)
   decoded_BxS = jnp.zeros((batch, seq_len), bool)
+  if lengths_B is None:
+    counts = jnp.broadcast_to(jnp.asarray(unmask_counts(seq_len, steps))[:, None], (steps, batch))
+  else:
+    lengths_B = jnp.clip(jnp.asarray(lengths_B, jnp.int32), 1, seq_len)
+    table_SxT = np.stack([unmask_counts(length, steps) for length in range(1, seq_len + 1)])
+    counts = jnp.asarray(table_SxT)[lengths_B - 1].T
+    attention_mask = jnp.arange(seq_len)[None] < lengths_B[:, None]
+    # A text of a known length holds no [PAD].
+    banned_V = banned_V | (jnp.arange(banned_V.shape[0]) == config.tokenizer.pad_token_id)
+    # Past its length a row is padding from the start: decoded, so never chosen.
+    decoded_BxS = ~attention_mask
+    tokens_BxS = jnp.where(attention_mask, tokens_BxS, config.tokenizer.pad_token_id)
 
   def round_(carry, inputs):
     t, count, key = inputs
@@ -164,6 +184,11 @@ def sample_l2t(
 
   (tokens_BxS, _), _ = jax.lax.scan(round_, (tokens_BxS, decoded_BxS), (text_t, counts, keys))
   return tokens_BxS
+
+
+def predicted_lengths(params: Params, latents_BxD: jax.Array, *, model: nn.Module) -> jax.Array:
+  """The length head's most likely token count (1..S) of each latent, int32 [B]; model.length_head only."""
+  return length_head.predicted_lengths(length_logits(model, params, latents_BxD))
 
 
 # latentDLM's pretraining modes that train the latent head, all up to latent t = 1.

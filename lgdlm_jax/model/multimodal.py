@@ -34,6 +34,7 @@ from lgdlm_jax.model import attention as attention_lib
 from lgdlm_jax.model import layers
 from lgdlm_jax.model import mmdit
 from lgdlm_jax.model import segments as segments_lib
+from lgdlm_jax.model.length_head import LengthHead
 
 # The names are lgdlm_jax.config.schema.CHOICES['model.dtype'].
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -178,6 +179,8 @@ class MultimodalMMDiT(nn.Module):
       kernel_init=layers.normal_002,
       bias_init=nn.initializers.zeros,
     )
+    if cfg.length_head:
+      self.length_head = LengthHead(cfg.max_seq_len, h, dtype, name='length_head')
 
   def __call__(
     self,
@@ -195,6 +198,8 @@ class MultimodalMMDiT(nn.Module):
     )
     latent_pred = self.latent_head(latent_out_Bx1xH, deterministic)
     cluster = (self.cluster_logits(text_out_BxSxH),) if self.config.cluster_size > 0 else ()
+    if self.config.length_head and self.is_initializing():
+      self.length_logits(latents)  # creates its parameters; callers read it through `length_logits`
     return (self.text_logits(text_out_BxSxH), latent_pred) + cluster
 
   def backbone(
@@ -257,6 +262,12 @@ class MultimodalMMDiT(nn.Module):
     with self._precision():
       x = layers.gelu(self.latent_head_0(latent_out_Bx1xH))
       return self.latent_head_3(self.latent_dropout(x, deterministic=deterministic)).astype(jnp.float32)
+
+  def length_logits(self, latents_BxD: jax.Array) -> jax.Array:
+    """The length head's logits [..., S] over lengths 1..S from clean latents [..., D]; only where
+    model.length_head (lgdlm_jax.model.length_head)."""
+    with self._precision():
+      return self.length_head(latents_BxD)
 
   def _precision(self) -> contextlib.AbstractContextManager:
     precision = self.config.matmul_precision

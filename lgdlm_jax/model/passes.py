@@ -119,6 +119,11 @@ def run_passes(
   return [(logits[p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
 
 
+def length_logits(model: nn.Module, params: Params, latents_BxD: jax.Array) -> jax.Array:
+  """The length head's logits [..., S] (class i = length i + 1) of clean latents [..., D]."""
+  return model.apply({'params': params}, latents_BxD, method=MultimodalMMDiT.length_logits)
+
+
 def apply_model(
   model: nn.Module,
   params: Params,

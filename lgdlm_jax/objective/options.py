@@ -31,6 +31,9 @@ class ObjectiveOptions:
   dropout: bool  # model.dropout > 0: the training passes draw dropout masks
   beta_schedule: str
   num_timesteps: int
+  text_positions: str  # 'all': the L2T cross-entropy over B*S positions (the reference's); 'valid': real tokens
+  length_head: bool  # model.length_head: the length term runs
+  length_loss_weight: float
   schedule: diffusion.DiffusionSchedule = dataclasses.field(compare=False, repr=False)
   # latentDLM's modes: the odds of a row trained on the null condition (all-[PAD] text, no attention mask).
   condition_dropout: float = 0.0
@@ -53,6 +56,9 @@ def from_config(config: ml_collections.ConfigDict) -> ObjectiveOptions:
     dropout=model.dropout > 0.0,
     beta_schedule=model.latent_beta_schedule,
     num_timesteps=model.latent_timesteps,
+    text_positions=loss.text_positions,
+    length_head=model.length_head,
+    length_loss_weight=loss.length_loss_weight,
     schedule=diffusion.schedule_from_config(model),
     condition_dropout=loss.condition_dropout,
     pad_token_id=config.tokenizer.pad_token_id,

@@ -99,14 +99,13 @@ def train_step(
   if check:
     _debug_check_finite({'batch.latent': batch['latent']})
   key = jax.random.fold_in(rng, state.step)
-  batch_size = batch['input_ids'].shape[0]
   extra = {}
   if isinstance(terms, mode_schedule.Mode):
     (loss, metrics), grads, extra['frozen'] = modes_lib.value_and_grad(
       state.params, batch, key, mode=terms.name, model=model, options=options, latent_dim=config.model.latent_dim
     )
   else:
-    draws = draws_lib.sample_draws(key, batch_size, config.model.latent_dim, options)
+    draws = draws_lib.draws_for_batch(key, batch, config.model.latent_dim, options)
     (loss, metrics), grads = gradients.value_and_grad(
       state.params,
       batch,
@@ -163,7 +162,7 @@ def eval_step(
 ) -> dict[str, jax.Array]:
   """Validation metrics with fixed draws (the same at every evaluation), no dropout: every term,
   at the base weights, so that runs with different cycle settings report the same terms."""
-  draws = draws_lib.sample_draws(rng, batch['input_ids'].shape[0], latent_dim, options)
+  draws = draws_lib.draws_for_batch(rng, batch, latent_dim, options)
   _, metrics = cycle_vae.cycle_vae_loss(
     params, batch, draws, step=None, model=model, options=options, terms=cycle_schedule.ALL_TERMS, deterministic=True
   )
