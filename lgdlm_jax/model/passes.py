@@ -141,6 +141,8 @@ def apply_model(
   """
   shape = tokens_BxS.shape[:1] if segments is None else latents_BxD.shape[:2]
   full_B = lambda t: jnp.full(shape, t, jnp.float32)
+  # Packed rows only: an unpacked call is exactly the model's plain call.
+  packed = {} if segments is None else {'segments': segments}
   outputs = model.apply(
     {'params': params},
     tokens_BxS,
@@ -149,6 +151,6 @@ def apply_model(
     full_B(latent_t),
     attention_mask=mask_BxS,
     deterministic=True,
-    segments=segments,
+    **packed,
   )
   return outputs[0], outputs[1][:, 0, :] if segments is None else outputs[1]
