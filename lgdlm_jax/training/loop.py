@@ -32,6 +32,7 @@ from lgdlm_jax.training import runtime
 from lgdlm_jax.training import setup as training_setup
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
+from lgdlm_jax.training import throughput
 from lgdlm_jax.training import timed_saves
 
 
@@ -175,7 +176,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     num_steps = int(tcfg.num_train_steps)
     save_every, eval_every, log_every = int(tcfg.save_every), int(tcfg.eval_every), tcfg.log_every
     max_bad = int(tcfg.max_consecutive_nonfinite)
-    tokens_per_step = int(tcfg.train_batch_size) * int(config.model.max_seq_len)
     start = int(state.step)
     log = metrics_log.MetricsLog(workdir, config, resume_step=start if resumed else None)
     stack.callback(log.close)
@@ -189,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     timed = timed_saves.TimedSaves(tcfg.save_every_minutes)
     stack.callback(checkpoint.finish, manager)  # first on the way out: every save is whole before anything closes
 
-    def report(step: int, device_metrics, started: float, data_wait: float) -> None:
+    def report(step: int, device_metrics, started: float, data_wait: float, tokens: throughput.Tokens) -> None:
       metrics = jax.device_get(device_metrics)
       elapsed = time.perf_counter() - started
       train_iter.agree_on_bad_samples()  # every process, every step: a stop for bad data is taken by all
@@ -204,12 +204,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
         record = {k: float(v) for k, v in metrics.items()}
         record.update(
           step_time=elapsed,
-          tokens_per_sec=tokens_per_step / elapsed,
+          **throughput.rates(tokens, elapsed, per='sec'),
           data_wait_time=data_wait,
           data_skipped_samples=train_iter.num_skipped,
         )
         log.write(step, record)
-        progress.logged(step, record['loss'])
+        progress.logged(step, record['loss'], tokens.padding_fraction)
       if int(metrics['consecutive_nonfinite']) >= max_bad:
         raise NonFiniteError(
           f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
@@ -239,6 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       started = time.perf_counter()
       local_batch = next(train_iter)
       data_wait = time.perf_counter() - started  # the loader's share of the step
+      tokens = throughput.count_tokens(local_batch, jax.process_count())  # on the host: the step never waits
       batch = sharding.global_batch(local_batch, mesh)
       terms = programs.schedule.terms_at(step)
       if terms not in programs.made:
@@ -246,8 +247,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       with profiler.step(step):
         state, metrics = programs.for_terms(terms)(state, batch, step_key)
       profiler.after(step, state)
-      late.hold(step + 1, metrics, started, data_wait)
-      progress.update(step + 1)
+      late.hold(step + 1, metrics, started, data_wait, tokens)
+      progress.update(step + 1, tokens.real)
       done = step + 1
       val = None
       if eval_every and val_batches is not None and done % eval_every == 0:
