@@ -76,6 +76,20 @@ DATA = (
     resume='how many processes decode the data, not which data',
   ),
   Key('data.prefetch_batches', 2, NON_NEGATIVE, 'Batches read ahead of the train step.'),
+  # Off: the reference's layout, one sample per row padded to model.max_seq_len (lgdlm_jax.data.packing).
+  Key(
+    'data.packing',
+    False,
+    boolean,
+    'Pack several samples into each training row (first-fit, each with its own latent); validation stays unpacked.',
+  ),
+  Key('data.max_segments_per_row', 8, POSITIVE, 'With data.packing: at most this many samples (latents) per row.'),
+  Key(
+    'data.truncate_long_samples',
+    False,
+    boolean,
+    'Cut samples longer than model.max_seq_len to it (stated in the log) instead of stopping with an error.',
+  ),
 )
 
 LOSS = (

@@ -3,6 +3,8 @@
     formats        one sample of each layout, read and validated (DataError naming the file)
     sources        random access to a dataset: per-sample files, packed ArrayRecord shards, synthetic
     pipeline       grain: per-epoch shuffle, whole global batches, this process's rows, checkpointable
+    packing        packed rows (data.packing): which samples share each row, planned from their lengths
+    packed_batches packed rows in grain: the plans, this process's rows decoded
     bad_samples    bad samples counted once, the stop decision shared by all processes
     text_dataset   raw text -> per-sample files or packed shards
     packed_writer  per-sample files -> packed shards + manifest

@@ -95,6 +95,22 @@ def _records(path: str, chunk: int = 4096):
     reader.close()
 
 
+def _stored_lengths(directory: str, shard: dict, report: Report) -> np.ndarray | None:
+  """The shard's lengths array (packed rows read it), or None: absent (packed before it existed) or bad."""
+  if 'lengths' not in shard:
+    return None
+  path = os.path.join(directory, shard['lengths'])
+  try:
+    lengths = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    report.bad(f'{path}: cannot read the lengths array ({type(e).__name__}: {e})')
+    return None
+  if lengths.shape != (shard['num_samples'],):
+    report.bad(f'{path}: {lengths.shape[0] if lengths.ndim else 0} lengths for {shard["num_samples"]} records')
+    return None
+  return lengths
+
+
 def check_packed(directory: str, limits: Limits, report: Report) -> Report:
   manifest = packed_reader.read_manifest(directory)
   limits = report.limits = _fill(limits, {'vocab_size': manifest.vocab_size, 'latent_dim': manifest.latent_dim})
@@ -110,6 +126,7 @@ def check_packed(directory: str, limits: Limits, report: Report) -> Report:
         f'{shard["crc32"]}: the shard is damaged'
       )
       continue
+    lengths = _stored_lengths(directory, shard, report)
     for i, record in enumerate(
       tqdm.tqdm(_records(path), desc=shard['file'], total=shard['num_samples'], mininterval=5, disable=None)
     ):
@@ -123,6 +140,9 @@ def check_packed(directory: str, limits: Limits, report: Report) -> Report:
         report.bad(f'{where}: {e}')
         continue
       where = f'{where} ({name})'
+      if lengths is not None and lengths[i] != formats.real_length(mask):
+        report.bad(f'{where}: {formats.real_length(mask)} tokens, its lengths array says {lengths[i]}')
+        continue
       try:
         formats.check_tokens(ids, mask.view(np.uint8), where, max_len=limits.seq_len, vocab_size=limits.vocab_size)
         formats.check_latent(latent, where, limits.latent_dim)

@@ -2,7 +2,10 @@
 
 A sample is `{'input_ids': int32 [S], 'attention_mask': bool [S], 'latent': float32 [D]}`, with
 S = `model.max_seq_len`: shorter sequences are right-padded with `tokenizer.pad_token_id` and mask
-False; longer ones are an error, never silently truncated.
+False; longer ones are an error naming the file, or cut to S where `data.truncate_long_samples`
+says so (SampleSpec.truncate; the pipeline states it in the log). A sample's length for packed rows
+(`real_length`) is the position of its last real token + 1: the padding a file carries after its
+sentence is not part of it.
 
 Errors: `CorruptSampleError` for a sample that can be read but is wrong, or cannot be parsed
 (`data.skip_bad_files` may skip it); `DataIOError` when the storage fails after retries (never
@@ -55,6 +58,13 @@ class SampleSpec:
   latent_dim: int
   vocab_size: int
   pad_id: int = 0
+  truncate: bool = False  # data.truncate_long_samples: cut samples longer than seq_len instead of failing
+
+
+def real_length(mask: np.ndarray) -> int:
+  """The position of the last real token + 1 (0 for an all-padding mask)."""
+  real = np.flatnonzero(mask)
+  return int(real[-1]) + 1 if real.size else 0
 
 
 def with_retries(read: Callable[[], T], path: str) -> T:

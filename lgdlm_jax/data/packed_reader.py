@@ -1,7 +1,10 @@
 """Reading a packed directory (written by lgdlm_jax.data.packed_writer): its manifest, and its samples.
 
 A packed directory holds `shard-NNNNN.array_record` files, one record per sample (see
-lgdlm_jax.data.formats.encode_record), and `manifest.json`, which lists them in sample order.
+lgdlm_jax.data.formats.encode_record), beside each a `shard-NNNNN.lengths.npy` (uint32, each
+record's formats.real_length, for packed rows: read at start-up, so nothing scans the records), and
+`manifest.json`, which lists them in sample order. Directories packed before the lengths arrays
+existed still train unpacked; `data.packing` asks for a re-pack.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def check_manifest_fits(manifest: Manifest, spec: SampleSpec, directory: str, ma
   problems = []
   if manifest.latent_dim != spec.latent_dim:
     problems.append(f'latent size {manifest.latent_dim} != model.latent_dim {spec.latent_dim}')
-  if manifest.max_length > spec.seq_len:
+  if manifest.max_length > spec.seq_len and not spec.truncate:
     problems.append(f'longest sample has {manifest.max_length} tokens > model.max_seq_len {spec.seq_len}')
   if manifest.max_token_id >= spec.vocab_size:
     problems.append(f'token id {manifest.max_token_id} outside model.vocab_size {spec.vocab_size}')
@@ -100,6 +103,41 @@ class PackedSource:
     self._paths = [os.path.join(directory, shard['file']) for shard in manifest.shards]
     self._shard_starts = np.cumsum([0] + [s['num_samples'] for s in manifest.shards])
     self._readers: dict[int, Any] = {}  # opened on first use, in the process that reads
+    self._lengths: np.ndarray | None = None  # load_lengths
+
+  def load_lengths(self) -> np.ndarray:
+    """The real length of each sample of this split, from the shards' lengths arrays (DataError if absent)."""
+    if self._lengths is None:
+      manifest_path = os.path.join(self._directory, MANIFEST)
+      parts = []
+      for shard, path in zip(self._manifest.shards, self._paths):
+        if 'lengths' not in shard:
+          raise DataError(
+            f'{manifest_path}: packed before per-sample lengths were stored (data.packing needs them); '
+            're-pack it with `python -m lgdlm_jax.prepare_data pack`'
+          )
+        lengths_path = os.path.join(self._directory, shard['lengths'])
+        try:
+          lengths = np.load(lengths_path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+          raise DataError(f'{lengths_path}: cannot read the lengths array ({type(e).__name__}: {e})') from e
+        if lengths.shape != (shard['num_samples'],) or not np.issubdtype(lengths.dtype, np.integer):
+          raise DataError(
+            f'{lengths_path}: lengths {lengths.dtype}{list(lengths.shape)}, expected [{shard["num_samples"]}] '
+            f'integers for {path}'
+          )
+        parts.append(lengths)
+      self._lengths = np.concatenate(parts).astype(np.int64)[self._indices]
+    return self._lengths
+
+  def has_lengths(self) -> bool:
+    return all('lengths' in shard for shard in self._manifest.shards)
+
+  def sample_length(self, index: int) -> int:
+    return int(self.load_lengths()[index])
+
+  def name(self, index: int) -> str:
+    return self._where(int(self._indices[index]))
 
   def __getstate__(self) -> dict[str, Any]:  # grain's worker processes open their own readers
     return {**self.__dict__, '_readers': {}}
@@ -137,6 +175,8 @@ class PackedSource:
       )
     except CorruptSampleError as e:
       raise CorruptSampleError(f'{self._where(record_index)}: {e}') from None
+    if self.spec.truncate:
+      return ids[: self.spec.seq_len], mask[: self.spec.seq_len], latent
     if len(ids) > self.spec.seq_len:  # the manifest's max_length was checked; a record may still lie
       raise CorruptSampleError(
         f'{self._where(record_index)}: {len(ids)} tokens > model.max_seq_len {self.spec.seq_len}'

@@ -5,7 +5,8 @@
 
 A packed directory holds `shard-NNNNN.array_record` files (one record per sample, group size 1 for
 random access, in the sorted-name order the per-sample loader uses, so sample i is the same in
-both layouts), and `manifest.json`: counts, the token dtype, the latent size, the longest sample,
+both layouts), beside each `shard-NNNNN.lengths.npy` (each record's real length, which packed rows
+read at start-up), and `manifest.json`: counts, the token dtype, the latent size, the longest sample,
 the largest token id, the vocabulary and special ids when known (from `--vocab_size` or the
 source's `dataset.json`), a CRC-32 and size per shard, and the samples left out. Every sample is
 validated on the way; a bad one fails the pack (all of them are listed) unless `skip_bad_files`,
@@ -44,6 +45,10 @@ def shard_name(index: int) -> str:
   return f'shard-{index:05d}.array_record'
 
 
+def lengths_name(shard_file: str) -> str:
+  return shard_file.removesuffix('.array_record') + '.lengths.npy'
+
+
 def file_crc32(path: str, chunk: int = 1 << 22) -> str:
   crc = 0
   with open(path, 'rb') as f:
@@ -68,7 +73,7 @@ class ShardWriter:
     os.makedirs(self.out_dir, exist_ok=True)
     self._shards: list[dict] = []
     self._writer = None
-    self._in_shard = 0
+    self._lengths: list[int] = []  # real lengths of the open shard's records
     self._max_length = 0
     self._max_token_id = -1
     self.excluded: list[dict[str, str]] = []
@@ -80,6 +85,7 @@ class ShardWriter:
       self._writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
       self._shards.append({'file': os.path.basename(path), 'num_samples': 0})
     self._writer.write(formats.encode_record(name, ids, mask, latent, self.token_dtype))
+    self._lengths.append(formats.real_length(mask))
     self._shards[-1]['num_samples'] += 1
     self._max_length = max(self._max_length, len(ids))
     self._max_token_id = max(self._max_token_id, int(ids.max()))
@@ -97,7 +103,9 @@ class ShardWriter:
     self._writer = None
     shard = self._shards[-1]
     path = os.path.join(self.out_dir, shard['file'])
-    shard.update(crc32=file_crc32(path), bytes=os.path.getsize(path))
+    shard.update(crc32=file_crc32(path), bytes=os.path.getsize(path), lengths=lengths_name(shard['file']))
+    np.save(os.path.join(self.out_dir, shard['lengths']), np.asarray(self._lengths, np.uint32))
+    self._lengths = []
 
   def close(self) -> packed_reader.Manifest:
     if self._writer is not None:
@@ -128,7 +136,9 @@ class ShardWriter:
       self._writer.close()
       self._writer = None
     for shard in self._shards:
-      os.remove(os.path.join(self.out_dir, shard['file']))
+      for file in (shard['file'], shard.get('lengths')):
+        if file and os.path.exists(os.path.join(self.out_dir, file)):
+          os.remove(os.path.join(self.out_dir, file))
 
 
 def token_dtype_for(vocab_size: int | None) -> str:

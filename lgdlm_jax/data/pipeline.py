@@ -17,6 +17,9 @@ every process line up with the global batch, and the position stays a function o
 bad sample is counted once (lgdlm_jax.data.bad_samples). Without `data.skip_bad_files` a single
 process stops at the first one; several processes replace it and all stop at the same step.
 
+Packed rows (`data.packing`): lgdlm_jax.data.packing says how global batches are composed then;
+the position is a stream position (epoch, position in its order), saved with the next global batch.
+
 Reading and decoding run in grain: `data.num_workers` worker processes (0 = in the training
 process, on grain's reader threads), `data.prefetch_batches` batches ahead. The iterator state of
 every process (the next global batch plus the bad-sample tally; no per-worker state, so a resume
@@ -31,12 +34,15 @@ import sys
 from typing import Any
 
 from absl import flags
+from absl import logging
 import grain
 import jax
 import ml_collections
 import numpy as np
 
 from lgdlm_jax.data import formats
+from lgdlm_jax.data import packed_batches
+from lgdlm_jax.data import packing
 from lgdlm_jax.data import sources as sources_lib
 from lgdlm_jax.data.bad_samples import BadSamples
 from lgdlm_jax.data.formats import CorruptSampleError
@@ -78,12 +84,7 @@ class GlobalOrder(grain.MapDataset):
   def epoch_order(self, epoch: int) -> np.ndarray:
     cached = self._cached  # one read: grain's reader threads share this object
     if cached is None or cached[0] != epoch:
-      order = (
-        np.arange(self._num_samples)
-        if self._seed is None
-        else np.random.default_rng((self._seed, sources_lib.SHUFFLE_TAG, epoch)).permutation(self._num_samples)
-      )
-      cached = self._cached = (epoch, order)
+      cached = self._cached = (epoch, packing.shuffled_order(self._num_samples, self._seed, epoch))
     return cached[1]
 
   def __getitem__(self, index):
@@ -170,24 +171,35 @@ class TrainIterator(grain.DatasetIterator):
   """
 
   def __init__(
-    self, batches: grain.MapDataset, bad_samples: BadSamples, *, num_workers: int, prefetch: int, layout: dict[str, int]
+    self,
+    batches: grain.MapDataset | packed_batches.PackedStream,
+    bad_samples: BadSamples,
+    *,
+    num_workers: int,
+    prefetch: int,
+    layout: dict[str, Any],
   ):
     super().__init__()
-    self.steps_per_epoch = layout['steps_per_epoch']
+    self.steps_per_epoch = layout.get('steps_per_epoch')  # None for packed rows: it varies by epoch
     self._batches = batches
     self._bad_samples = bad_samples
     self._layout = layout
     self._num_workers = num_workers
     self._prefetch = prefetch
     self._next_batch = 0  # batches returned: the global batch the next one is
+    self._position = 0  # packed rows: the stream position global batch _next_batch starts at
     self._iterator: grain.DatasetIterator | None = None  # built at _next_batch on first use
+
+  @property
+  def _packed(self) -> packed_batches.PackedStream | None:
+    return self._batches if isinstance(self._batches, packed_batches.PackedStream) else None
 
   def _started(self) -> grain.DatasetIterator:
     if self._iterator is None:
       prefetch = self._prefetch
-      dataset = self._batches[self._next_batch :].to_iter_dataset(
-        grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=prefetch)
-      )
+      packed = self._packed
+      batches = self._batches[self._next_batch :] if packed is None else packed.from_position(self._position)
+      dataset = batches.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch), prefetch_buffer_size=prefetch))
       if self._num_workers:
         if not flags.FLAGS.is_parsed():  # grain's worker start-up reads its absl flags (library use, tests)
           flags.FLAGS.mark_as_parsed()
@@ -205,13 +217,20 @@ class TrainIterator(grain.DatasetIterator):
     self._bad_samples.agree()
 
   def __next__(self) -> Batch:
-    batch, bad = next(self._started())
+    element = next(self._started())
+    if self._packed is None:
+      batch, bad = element
+    else:
+      batch, bad, self._position = element
     self._next_batch += 1
     self._bad_samples.found(bad)
     return batch
 
   def get_state(self) -> dict[str, Any]:
-    return {'bad_samples': self._bad_samples.get_state(), 'next_batch': self._next_batch, **self._layout}
+    state = {'bad_samples': self._bad_samples.get_state(), 'next_batch': self._next_batch, **self._layout}
+    if self._packed is not None:
+      state['epoch'], state['position'] = divmod(self._position, self._packed.num_samples)
+    return state
 
   def set_state(self, state: dict[str, Any]) -> None:
     for key, ours in self._layout.items():
@@ -222,19 +241,36 @@ class TrainIterator(grain.DatasetIterator):
         )
     # A state written before the position alone was saved also holds grain's per-worker 'pipeline'
     # state; its next_batch is the same position.
-    self._seek(int(state['next_batch']))
+    self._seek(int(state['next_batch']), self._saved_position(state))
     self._bad_samples.set_state(state['bad_samples'])
 
   def start_at_step(self, step: int, other_state: dict[str, Any] | None = None) -> None:
-    """Reads from global batch `step` on (see order_position); keeps the agreed bad samples of other_state."""
-    self._seek(step)
+    """Reads from global batch `step` on (see order_position); keeps the agreed bad samples of other_state.
+
+    Packed rows: another process count's state holds the same stream position, which is used; without
+    one, the packing decisions of steps 0..step-1 are replayed from the samples' lengths.
+    """
+    packed, position = self._packed, None
+    if packed is not None:
+      if other_state is not None and other_state.get('next_batch') == step and 'position' in other_state:
+        position = self._saved_position(other_state)
+      else:
+        logging.info('Packed rows: replaying the packing of %d global batches from sample lengths', step)
+        position = packed.planner.replay(step)
+    self._seek(step, position)
     if other_state is not None:
       self._bad_samples.set_state(other_state['bad_samples'], agreed_only=True)
 
-  def _seek(self, step: int) -> None:
-    if step != self._next_batch:
+  def _saved_position(self, state: dict[str, Any]) -> int | None:
+    if self._packed is None:
+      return None
+    return int(state['epoch']) * self._packed.num_samples + int(state['position'])
+
+  def _seek(self, step: int, position: int | None = None) -> None:
+    position = self._position if position is None else position
+    if step != self._next_batch or position != self._position:
       self.close()  # the next batch starts a new grain iterator (and its workers) there
-    self._next_batch = step
+    self._next_batch, self._position = step, position
 
   def close(self) -> None:
     if self._iterator is not None:
@@ -246,6 +282,16 @@ class TrainIterator(grain.DatasetIterator):
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def _log_truncation(found: sources_lib.Sources, seq_len: int) -> None:
+  counts = [
+    int(np.count_nonzero(source.load_lengths() > seq_len))
+    for source in (found.train, found.val)
+    if source is not None and hasattr(source, 'load_lengths') and source.has_lengths()
+  ]
+  count = f'{sum(counts)} samples, by the stored lengths' if counts else 'per-sample files: not counted in advance'
+  logging.info('data.truncate_long_samples: samples longer than %d tokens are cut to it (%s)', seq_len, count)
 
 
 def make_datasets(
@@ -273,20 +319,25 @@ def make_datasets(
   replace = data.skip_bad_files or process_count > 1
   common = dict(process_index=process_index, process_count=process_count, replace=replace)
   train_keys, val_keys = found.keys
-  layout = dict(
+  layout: dict[str, Any] = dict(
     process_count=process_count,
     process_index=process_index,
     num_samples=len(found.train),
     global_batch_size=training.train_batch_size,
     seed=training.seed,
-    steps_per_epoch=len(found.train) // training.train_batch_size,
   )
+  if data.truncate_long_samples:
+    _log_truncation(found, config.model.max_seq_len)
+  if data.packing:
+    layout.update(packing=True, seq_len=config.model.max_seq_len, max_segments_per_row=data.max_segments_per_row)
+    batches = packed_batches.packed_stream(config, found.train, train_keys, process_index, process_count, replace)
+  else:
+    layout['steps_per_epoch'] = len(found.train) // training.train_batch_size
+    batches = local_batches(
+      found.train, train_keys, global_batch_size=training.train_batch_size, seed=training.seed, **common
+    )
   train = TrainIterator(
-    local_batches(found.train, train_keys, global_batch_size=training.train_batch_size, seed=training.seed, **common),
-    bad_samples,
-    num_workers=data.num_workers,
-    prefetch=data.prefetch_batches,
-    layout=layout,
+    batches, bad_samples, num_workers=data.num_workers, prefetch=data.prefetch_batches, layout=layout
   )
   eval_batch_size = training.eval_batch_size
   if found.val is None or len(found.val) < eval_batch_size:

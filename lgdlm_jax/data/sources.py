@@ -16,7 +16,10 @@ positions `permutation(n)[:n_val]` of `np.random.default_rng((training.seed, 0))
 
 A source has `__len__`, `read_many(indices)` (the raw records of a batch: file names, or bytes
 read in one call per shard), `decode(raw)` (the parsing and validation: the sample's unpadded
-(ids, mask, latent), at most `spec.seq_len` tokens; both run in grain's workers).
+(ids, mask, latent), at most `spec.seq_len` tokens; both run in grain's workers), and for packed
+rows (lgdlm_jax.data.packing) `sample_length(i)` (formats.real_length of sample i, before any
+truncation: from the shards' lengths arrays, read at start-up; from a per-sample token file, read
+when the packer first reaches the sample) and `name(i)` (what an error calls it).
 """
 
 from __future__ import annotations
@@ -101,6 +104,12 @@ def discover_samples(
   return [pairs[name] for name in sorted(pairs)], unpaired
 
 
+def truncated(sample: formats.Unpadded, spec: SampleSpec) -> formats.Unpadded:
+  """A sample cut to spec.seq_len tokens (the caller allowed it: spec.truncate)."""
+  ids, mask, latent = sample
+  return ids[: spec.seq_len], mask[: spec.seq_len], latent
+
+
 @dataclasses.dataclass(frozen=True)
 class FileSource:
   files: Sequence[SampleFiles]
@@ -113,9 +122,20 @@ class FileSource:
     return [self.files[i] for i in indices]
 
   def decode(self, raw: SampleFiles) -> formats.Unpadded:
-    return formats.read_file_pair(
-      raw, max_len=self.spec.seq_len, vocab_size=self.spec.vocab_size, latent_dim=self.spec.latent_dim
+    max_len = None if self.spec.truncate else self.spec.seq_len
+    sample = formats.read_file_pair(
+      raw, max_len=max_len, vocab_size=self.spec.vocab_size, latent_dim=self.spec.latent_dim
     )
+    return truncated(sample, self.spec)
+
+  def sample_length(self, index: int) -> int:
+    """Reads the token file (CorruptSampleError naming it when it is bad); the packer caches the answer."""
+    path = self.files[index].token_path
+    _, mask = formats.check_tokens(*formats.read_token_file(path), path, max_len=None, vocab_size=self.spec.vocab_size)
+    return formats.real_length(mask)
+
+  def name(self, index: int) -> str:
+    return self.files[index].token_path
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -143,6 +163,12 @@ class SyntheticSource:
       np.ones(self.spec.seq_len, bool),
       rng.standard_normal(self.spec.latent_dim).astype(np.float32),
     )
+
+  def sample_length(self, index: int) -> int:
+    return self.spec.seq_len
+
+  def name(self, index: int) -> str:
+    return f'synthetic sample {index}'
 
 
 # ----------------------------------------------------------------------------- from the config
@@ -172,6 +198,7 @@ def sample_spec(config: ml_collections.ConfigDict) -> SampleSpec:
     latent_dim=config.model.latent_dim,
     vocab_size=config.model.vocab_size,
     pad_id=config.tokenizer.pad_token_id,
+    truncate=config.data.truncate_long_samples,
   )
 
 

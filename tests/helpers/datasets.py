@@ -62,9 +62,12 @@ def make_config(
   max_samples=0,
   max_bad_fraction=0.5,
   synthetic=64,
+  seq_len=SEQ_LEN,
+  **data_keys,
 ):
+  """A finalized config reading these data; data_keys sets further data.* keys (packing, ...)."""
   config = config_lib.default_config()
-  config.model.update(vocab_size=VOCAB, max_seq_len=SEQ_LEN, latent_dim=LATENT_DIM)
+  config.model.update(vocab_size=VOCAB, max_seq_len=seq_len, latent_dim=LATENT_DIM)
   config.tokenizer.update(vocab_size=VOCAB, pad_token_id=0, mask_token_id=3)
   config.data.update(
     token_dir=token_dir,
@@ -77,6 +80,7 @@ def make_config(
     prefetch_batches=prefetch,
     num_workers=workers,
     synthetic_num_samples=synthetic,
+    **data_keys,
   )
   config.training.update(seed=seed, train_batch_size=batch, eval_batch_size=eval_batch)
   return config_lib.finalize(config)
