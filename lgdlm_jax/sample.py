@@ -3,6 +3,8 @@
   l2t: latents -> text. --latents is a directory of NAME.npy files (the training layout) or one
        .npy file of shape [D] or [N,D]. Writes OUT/tokens/NAME_tokens.npz (input_ids int32,
        attention_mask uint8 = id != [PAD]) and, with a tokenizer, OUT/texts.txt (NAME<TAB>text).
+       Every --seq_len position is decoded, or, for a model with a length head (trained with
+       loss.text_positions='valid'), as many as it predicts from each latent; --length N decodes N.
   t2l: text -> latents. --texts is a text file (one text per non-empty line; needs a tokenizer) or
        a directory of NAME[_tokens].npz token files. Writes OUT/latents/NAME.npy (float32 [D]).
 
@@ -26,6 +28,7 @@ import os
 from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -109,17 +112,29 @@ def run_l2t(args: flags.FlagValues, config, params, model, tokenizer) -> None:
   if args.num_samples:
     names, latents = names[: args.num_samples], latents[: args.num_samples]
   seq_len = args.seq_len or int(config.model.max_seq_len)
-  sampler = jax.jit(
-    functools.partial(
-      samplers.sample_l2t,
-      model=model,
-      config=config,
-      seq_len=seq_len,
-      steps=args.steps or _DEFAULT_STEPS['l2t'],
-      temperature=args.temperature,
-    )
+  if args.length is not None and not 1 <= args.length <= seq_len:
+    raise cli.UsageError(f'--length {args.length}: expected 1..{seq_len} (the decoded text length, --seq_len)')
+  sample = functools.partial(
+    samplers.sample_l2t,
+    model=model,
+    config=config,
+    seq_len=seq_len,
+    steps=args.steps or _DEFAULT_STEPS['l2t'],
+    temperature=args.temperature,
   )
-  tokens = batched(functools.partial(sampler, params), (latents,), args.batch_size, args.seed, 'l2t')
+
+  def sampler(params, latents_BxD, rng):
+    lengths_B = None
+    if args.length is not None:
+      lengths_B = jnp.full(latents_BxD.shape[:1], args.length, jnp.int32)
+    elif config.model.length_head:
+      lengths_B = samplers.predicted_lengths(params, latents_BxD, model=model)
+    return sample(params, latents_BxD, rng, lengths_B=lengths_B)
+
+  if args.length is None and config.model.length_head:
+    print("Each text's length: the length head's prediction from its latent (--length N overrides it)")
+  jitted = jax.jit(sampler)
+  tokens = batched(functools.partial(jitted, params), (latents,), args.batch_size, args.seed, 'l2t')
   token_dir = os.path.join(args.out, 'tokens')
   os.makedirs(token_dir, exist_ok=True)
   mask = (tokens != int(config.tokenizer.pad_token_id)).astype(np.uint8)
@@ -171,6 +186,13 @@ def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
   define(flags.DEFINE_integer, 'steps', None, 'Sampler steps; default 20 (l2t) or 50 (t2l).')
   define(flags.DEFINE_float, 'temperature', 1.0, 'l2t sampling temperature; 0 = greedy.')
   define(flags.DEFINE_integer, 'seq_len', None, 'l2t text length; default model.max_seq_len.')
+  define(
+    flags.DEFINE_integer,
+    'length',
+    None,
+    'l2t: decode N tokens of each text (padding after them); default: all --seq_len positions, or the '
+    "length head's prediction for a model that has one (model.length_head).",
+  )
   define(flags.DEFINE_integer, 'batch_size', 16, 'Samples per sampler call.')
   define(flags.DEFINE_integer, 'num_samples', 0, 'Use only the first N inputs; 0 = all.')
   define(flags.DEFINE_integer, 'seed', 0, 'Random seed; batch k uses fold_in(seed, k).')
@@ -195,6 +217,8 @@ def _check_args(args: flags.FlagValues, positional: list[str]) -> str:
       raise cli.UsageError(f'--{name} is required')
   if (mode == 'l2t') != bool(args.latents) or (mode == 't2l') != bool(args.texts):
     raise cli.UsageError('l2t takes --latents, t2l takes --texts')
+  if args.length is not None and (mode != 'l2t' or args.length < 1):
+    raise cli.UsageError(f'--length {args.length}: l2t only, and at least 1')
   return mode
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lgdlm_jax import convert
+from lgdlm_jax.convert import exporters
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.reference import model as reference_model
 from tests.helpers import models
@@ -90,3 +91,17 @@ def test_an_unknown_module_has_no_place_in_the_order(monkeypatch):
   monkeypatch.setattr(mapping, 'torch_param_shapes', lambda _: shapes)
   with pytest.raises(convert.ConversionError, match='mystery_head.weight: no known position'):
     convert.reference_parameter_order(cfg)
+
+
+def test_the_length_head_is_left_out_of_an_export_with_one_line(caplog):
+  cfg = models.tiny_config(num_residual_streams=1, n_blocks=1)
+  torch_model, params = models.build_pair(cfg, perturb=False)
+  with_head = models.tiny_config(num_residual_streams=1, n_blocks=1, length_head=True)
+  head_shapes = {p: s for p, s in mapping.param_shapes(with_head).items() if p[0] == 'length_head'}
+  assert head_shapes  # the model with a head has its parameters ...
+  params = dict(params, length_head={'hidden': {}, 'logits': {}})
+  for (_, layer, leaf), shape in head_shapes.items():
+    params['length_head'][layer][leaf] = np.ones(shape, np.float32)
+  exported = exporters.ordered_state_dict(params, with_head, None)  # ... and the export drops them
+  assert list(exported) == list(torch_model.state_dict())
+  assert sum('length head' in r.getMessage() for r in caplog.records) == 1

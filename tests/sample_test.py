@@ -7,8 +7,10 @@ import jax
 import numpy as np
 
 from lgdlm_jax import data
+from lgdlm_jax import model as model_lib
 from lgdlm_jax import sample
 from lgdlm_jax.checkpoints import workdirs
+from lgdlm_jax.evaluation import samplers
 from tests.helpers.workdirs import LATENT_DIM
 from tests.helpers.workdirs import SEQ_LEN
 from tests.helpers.workdirs import TEXTS
@@ -53,3 +55,25 @@ def test_sampling_cli_round_trip(tmp_path):
         ),
         spec,
       )
+
+
+def test_l2t_decodes_the_length_head_prediction_or_the_length_flag(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  config, _ = make_workdir(workdir, length_head=True)
+  params = workdirs.read(workdir, workdirs.load_config(workdir).model).params
+  latents = np.random.default_rng(0).standard_normal((1, LATENT_DIM)).astype(np.float32)
+  model = model_lib.MultimodalMMDiT(config.model)
+  predicted = int(samplers.predicted_lengths(params, latents, model=model)[0])
+  latents_path = str(tmp_path / 'latents.npy')
+  np.save(latents_path, latents)
+  for flags, expected in (
+    ([], predicted),
+    (['--length', str(SEQ_LEN - predicted % 2 - 1)], SEQ_LEN - predicted % 2 - 1),
+  ):
+    out = str(tmp_path / f'l2t_{len(flags)}')
+    sample.main(['l2t', '--workdir', workdir, '--latents', latents_path, '--out', out, '--steps', '2', *flags])
+    with np.load(os.path.join(out, 'tokens', '000000_tokens.npz')) as arrays:
+      assert int(np.sum(arrays['input_ids'] != config.tokenizer.pad_token_id)) == expected
+  bad = ['l2t', '--workdir', workdir, '--latents', latents_path, '--out', str(tmp_path / 'bad'), '--length']
+  assert sample.main(bad + [str(SEQ_LEN + 1)]) != 0
+  assert f'--length {SEQ_LEN + 1}' in capsys.readouterr().err

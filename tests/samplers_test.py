@@ -140,3 +140,19 @@ def test_t2l_starts_where_training_stopped():
   assert samplers.t2l_start_time(config) == pytest.approx(0.98)
   config.loss.latent_t_mode = 'full'
   assert samplers.t2l_start_time(config) == 1.0
+
+
+def test_l2t_with_lengths_decodes_each_row_to_its_length_only():
+  steps, seq_len, pad_id = 4, 12, 0
+  config = tiny_config()
+  lengths = np.array([3, 7, 12])
+  sample = jax.jit(
+    functools.partial(
+      samplers.sample_l2t, model=ScheduleStub(steps), config=config, seq_len=seq_len, steps=steps, temperature=0.0
+    )
+  )
+  tokens = np.asarray(sample({}, jnp.zeros((3, 8)), jax.random.key(0), lengths_B=jnp.asarray(lengths)))
+  for row, length in zip(tokens, lengths):
+    round_of_position = np.repeat(np.arange(steps), samplers.unmask_counts(length, steps))
+    np.testing.assert_array_equal(row[:length], FIRST_ROUND_ID + round_of_position)
+    assert (row[length:] == pad_id).all()

@@ -3,6 +3,7 @@
 from lgdlm_jax.config.declare import NON_NEGATIVE
 from lgdlm_jax.config.declare import POSITIVE
 from lgdlm_jax.config.declare import Key
+from lgdlm_jax.config.declare import boolean
 from lgdlm_jax.config.declare import multiple_of
 from lgdlm_jax.config.declare import number
 from lgdlm_jax.config.declare import one_of
@@ -46,6 +47,13 @@ KEYS = (
     'Classes of the cluster head (0 = no cluster head).',
     reference='model.cluster_size',
     summary=True,
+  ),
+  # No counterpart in the reference: its L2T learns the length from the pad tail (loss.text_positions).
+  Key(
+    'model.length_head',
+    False,
+    boolean,
+    "A head predicting a sentence's token count from its clean latent (for loss.text_positions='valid').",
   ),
   Key(
     'model.dropout', 0.0, number(0.0, 1.0, below_max=True), 'Dropout rate inside the blocks.', reference='model.dropout'

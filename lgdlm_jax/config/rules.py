@@ -72,6 +72,7 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'data.data_dir={data.data_dir!r} and data.token_dir/latent_dir are both set; set one')
   if bool(data.token_dir) != bool(data.latent_dir):
     raise ConfigError(f'data.token_dir={data.token_dir!r} and data.latent_dir={data.latent_dir!r}: set both or neither')
+  _check_text_positions(config)
   training = config.training
   if training.round_gradients == 'sequential' and not loss.cycle_stop_grad_latent:
     raise ConfigError(
@@ -103,6 +104,21 @@ def _check_agreement(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'training.profile_steps={tuple(training.profile_steps)!r} ends after '
       f'training.num_train_steps={training.num_train_steps}'
+    )
+
+
+def _check_text_positions(config: ml_collections.ConfigDict) -> None:
+  """loss.text_positions='valid' learns the length with model.length_head, and only it does."""
+  valid = config.loss.text_positions == 'valid'
+  if config.model.length_head != valid:
+    raise ConfigError(
+      f'model.length_head={config.model.length_head} with loss.text_positions={config.loss.text_positions!r}: '
+      "the length head is trained exactly when the L2T loss skips padding (set both, or neither: 'all' learns "
+      'the length from the pad tail)'
+    )
+  if not valid and config.loss.length_loss_weight != 1.0:
+    raise ConfigError(
+      f"loss.length_loss_weight={config.loss.length_loss_weight!r} is read only with loss.text_positions='valid'"
     )
 
 

@@ -188,6 +188,20 @@ LOSS = (
     POSITIVE,
     'Run the cycle terms on every N-th optimizer update only (1 = every update, as the reference).',
   ),
+  # 'all' is the reference's (losses.text_cross_entropy): padding included, so L2T learns the length
+  # from the pad tail; a packed row has no pad tail, and its run learns the length with model.length_head.
+  Key(
+    'loss.text_positions',
+    'all',
+    one_of('all', 'valid'),
+    "L2T cross-entropy over 'all' B*S positions (the reference's) or 'valid' tokens (packed rows; needs length_head).",
+  ),
+  Key(
+    'loss.length_loss_weight',
+    1.0,
+    number(0.0),
+    "Weight of the length head's cross-entropy (read with loss.text_positions='valid' only).",
+  ),
 )
 
 # The reference builds torch.optim.AdamW (decoupled decay) for both names; where its YAML leaves a key

@@ -17,6 +17,7 @@ Tensors are written in the reference model's parameter order.
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from absl import logging
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -110,6 +111,11 @@ def ordered_state_dict(
   params: Any, model_config: ml_collections.ConfigDict, dtype: str | None
 ) -> dict[str, np.ndarray]:
   """The reference's state dict of `params`, in its parameter order, optionally cast."""
+  if model_config.length_head:
+    logging.warning(
+      'the length head (model.length_head) is not exported: the reference model has none, and its L2T '
+      'sampler decodes every position'
+    )
   state_dict = mapping.flax_to_torch(params, model_config)
   return cast({name: state_dict[name] for name in mapping.reference_parameter_order(model_config)}, dtype)
 

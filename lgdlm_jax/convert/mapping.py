@@ -90,6 +90,10 @@ def problem_list(problems: list[str]) -> str:
   return named + (f'; and {rest} more' if rest > 0 else '')
 
 
+# Top-level Flax modules the reference model has no counterpart of.
+NO_REFERENCE_COUNTERPART = ('length_head',)
+
+
 def param_shapes(model_config: ml_collections.ConfigDict) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Flat {flax path: shape} of the parameters a model config implies, without allocating them."""
   return dict(_param_shapes(json.dumps(model_config.to_dict(), sort_keys=True)))
@@ -106,10 +110,16 @@ def _param_shapes(model_config_json: str) -> dict[tuple[str, ...], tuple[int, ..
   return {path: tuple(leaf.shape) for path, leaf in flax.traverse_util.flatten_dict(shapes).items()}
 
 
+def has_reference_counterpart(path: tuple[str, ...]) -> bool:
+  """False for the parameters the reference model lacks (model.length_head's): exports drop them."""
+  return path[0] not in NO_REFERENCE_COUNTERPART
+
+
 def torch_param_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-  """{reference state-dict name: torch shape} of the parameters a model config implies."""
+  """{reference state-dict name: torch shape} of the parameters a model config implies that the
+  reference model has."""
   shapes = {}
-  for path, flax_shape in param_shapes(model_config).items():
+  for path, flax_shape in filter(lambda item: has_reference_counterpart(item[0]), param_shapes(model_config).items()):
     blocks = range(flax_shape[0]) if path[:2] == _BLOCKS_PREFIX else (None,)
     shapes.update({_torch_key(path, i): _torch_shape(path, flax_shape) for i in blocks})
   return shapes
@@ -202,11 +212,14 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections.Co
 
 
 def flax_to_torch(params: Mapping[str, Any], model_config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """Flax params -> the reference's state dict (name -> numpy array), the inverse of torch_to_flax."""
+  """Flax params -> the reference's state dict (name -> numpy array), the inverse of torch_to_flax.
+
+  Parameters the reference lacks (`has_reference_counterpart`) are left out.
+  """
   flat = {path: np.asarray(v) for path, v in flax.traverse_util.flatten_dict(dict(params)).items()}
   check_params(flat, model_config)
   state_dict: dict[str, np.ndarray] = {}
-  for path, array in flat.items():
+  for path, array in filter(lambda item: has_reference_counterpart(item[0]), flat.items()):
     if path[:2] == _BLOCKS_PREFIX:
       for i in range(array.shape[0]):
         state_dict[_torch_key(path, i)] = _flax_leaf_to_torch(path[-1], array[i])

@@ -50,11 +50,14 @@ def decoded_examples(
   Text comes from the tokenizer at config.tokenizer.json_file; with no path, token ids are shown.
   Positions past each row's true length are shown as padding.
   """
+  pad_id = int(config.tokenizer.pad_token_id)
+  if 'segment_ids' in batch:  # packed: one sentence per example
+    sentences, valid = jax.device_get(metrics.per_sentence(batch, pad_id))
+    batch = {k: np.asarray(v)[valid] for k, v in sentences.items()}
   rows = {k: np.asarray(v)[:num_examples] for k, v in batch.items()}
   predict = jax.jit(functools.partial(metrics.l2t_predictions, model=model, config=config))
   predicted = jax.device_get(predict(params, rows, rng))
   mask = rows['attention_mask'].astype(bool)
-  pad_id = int(config.tokenizer.pad_token_id)
   shown = {
     name: np.where(mask, ids, pad_id)
     for name, ids in (

@@ -35,7 +35,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lgdlm_jax.model import length_head
 from lgdlm_jax.model.passes import apply_model
+from lgdlm_jax.model.passes import length_logits
 from lgdlm_jax.objective import diffusion
 
 Params = Any
@@ -83,23 +85,41 @@ def sample_l2t(
   steps: int,
   temperature: float = 1.0,
   attention_mask: jax.Array | None = None,
+  lengths_B: jax.Array | None = None,
 ) -> jax.Array:
   """Confidence-ordered unmasking; returns int32 tokens [B, seq_len] with no [MASK] left.
 
   temperature > 0 samples each position from softmax(logits / temperature); 0 is greedy (argmax).
   Confidence is the largest probability at the position, as in the reference. attention_mask
   [B,S] (None = all true, as the reference) is passed to every model call; all S positions are
-  decoded either way. A fixed rng gives fixed tokens.
+  decoded either way. lengths_B (int [B], 1..seq_len; e.g. `predicted_lengths`) instead decodes
+  the first lengths_B[b] positions of row b only, with the attention mask they imply and
+  unmask_counts(length, steps) as its schedule, never emits tokenizer.pad_token_id there, and leaves
+  it after them.
+  A fixed rng gives fixed tokens.
   """
   if temperature < 0:
     raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
+  if lengths_B is not None and attention_mask is not None:
+    raise ValueError('give sample_l2t attention_mask or lengths_B, not both (the lengths imply the mask)')
   batch = latents_BxD.shape[0]
-  counts = jnp.asarray(unmask_counts(seq_len, steps))
   text_t = 1.0 - jnp.arange(steps, dtype=jnp.float32) / steps
   keys = jax.random.split(rng, steps)
   banned_V = _banned_ids(config)
   tokens_BxS = jnp.full((batch, seq_len), config.tokenizer.mask_token_id, jnp.int32)
   decoded_BxS = jnp.zeros((batch, seq_len), bool)
+  if lengths_B is None:
+    counts = jnp.broadcast_to(jnp.asarray(unmask_counts(seq_len, steps))[:, None], (steps, batch))
+  else:
+    lengths_B = jnp.clip(jnp.asarray(lengths_B, jnp.int32), 1, seq_len)
+    table_SxT = np.stack([unmask_counts(length, steps) for length in range(1, seq_len + 1)])
+    counts = jnp.asarray(table_SxT)[lengths_B - 1].T
+    attention_mask = jnp.arange(seq_len)[None] < lengths_B[:, None]
+    # A text of a known length holds no [PAD].
+    banned_V = banned_V | (jnp.arange(banned_V.shape[0]) == config.tokenizer.pad_token_id)
+    # Past its length a row is padding from the start: decoded, so never chosen.
+    decoded_BxS = ~attention_mask
+    tokens_BxS = jnp.where(attention_mask, tokens_BxS, config.tokenizer.pad_token_id)
 
   def round_(carry, inputs):
     tokens_BxS, decoded_BxS = carry
@@ -115,12 +135,17 @@ def sample_l2t(
     confidence_BxS = jnp.where(decoded_BxS, -jnp.inf, confidence_BxS)
     # Decoded positions rank last and `count` never exceeds the masked positions left, so only
     # masked positions are chosen.
-    chosen_BxS = _rank_BxS(confidence_BxS) < count
+    chosen_BxS = _rank_BxS(confidence_BxS) < count[:, None]
     tokens_BxS = jnp.where(chosen_BxS, proposal_BxS.astype(jnp.int32), tokens_BxS)
     return (tokens_BxS, decoded_BxS | chosen_BxS), None
 
   (tokens_BxS, _), _ = jax.lax.scan(round_, (tokens_BxS, decoded_BxS), (text_t, counts, keys))
   return tokens_BxS
+
+
+def predicted_lengths(params: Params, latents_BxD: jax.Array, *, model: nn.Module) -> jax.Array:
+  """The length head's most likely token count (1..S) of each latent, int32 [B]; model.length_head only."""
+  return length_head.predicted_lengths(length_logits(model, params, latents_BxD))
 
 
 def t2l_start_time(config: ml_collections.ConfigDict) -> float:

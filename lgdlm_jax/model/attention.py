@@ -99,46 +99,60 @@ def joint_attention(
   vs: tuple[jax.Array, ...],
   key_masks: tuple[jax.Array | None, ...],
   options: AttentionOptions,
+  segment_ids: tuple[jax.Array, ...] | None = None,
 ) -> tuple[jax.Array, ...]:
   """Attention of every modality's queries over all modalities' keys; outputs [B, N_m, H, D] in options.dtype.
 
   key_masks[m]: [B, N_m] bool, False = a padding key, or None = all valid.
+  segment_ids[m] (packed rows): [B, N_m] int32; query i attends key j iff their ids are equal, and
+  key_masks are ignored (padding is segment 0, which attends only itself).
   """
   if options.backend == 'xla':
-    return _xla(qs, ks, vs, key_masks, options)
+    return _xla(qs, ks, vs, key_masks, options, segment_ids)
   lengths = [q.shape[1] for q in qs]
   q, k, v = (jnp.concatenate(xs, axis=1) for xs in (qs, ks, vs))
-  valid_BxK = jnp.concatenate(
-    [jnp.ones(k.shape[:2], bool) if m is None else m.astype(bool) for k, m in zip(ks, key_masks)], axis=1
-  )
+  if segment_ids is None:
+    # Unpacked rows as segments: valid keys 1, padding 0; the queries need no ids (they see every valid key).
+    q_ids_BxQ = None
+    kv_ids_BxK = jnp.concatenate(
+      [jnp.ones(k.shape[:2], jnp.int32) if m is None else m.astype(jnp.int32) for k, m in zip(ks, key_masks)], axis=1
+    )
+  else:
+    q_ids_BxQ = kv_ids_BxK = jnp.concatenate([ids.astype(jnp.int32) for ids in segment_ids], axis=1)
   if options.backend == 'blockwise':
-    out = blockwise_attention.attention(q, k, v, valid_BxK, block_size=options.blockwise_block_size)
+    out = blockwise_attention.attention(q, k, v, kv_ids_BxK, q_ids_BxQ, block_size=options.blockwise_block_size)
   elif options.backend == 'cudnn':
-    out = _cudnn(q, k, v, valid_BxK)
+    if segment_ids is not None:
+      raise ValueError("model.attention='cudnn' cannot run packed rows (data.packing); use 'blockwise'")
+    out = _cudnn(q, k, v, kv_ids_BxK.astype(bool))
   elif options.backend == 'splash':
-    out = _splash(q, k, v, valid_BxK, options.splash_block_size)
+    out = _splash(q, k, v, kv_ids_BxK, q_ids_BxQ, options.splash_block_size)
   else:
     raise ValueError(f'unknown attention backend {options.backend!r}; expected one of {", ".join(BACKENDS)}')
   splits = [sum(lengths[: i + 1]) for i in range(len(lengths) - 1)]
   return tuple(jnp.split(out.astype(options.dtype), splits, axis=1))
 
 
-def _xla(qs, ks, vs, key_masks, options):
+def _xla(qs, ks, vs, key_masks, options, segment_ids):
   """Per (query modality, key modality) block, never concatenating the modalities' tokens.
 
   scores[m][j] = q_m k_j^T, one max and one normaliser over all j, then out_m = sum_j weights[m][j] v_j:
   the same attention as over the concatenated sequence (up to float rounding), without the copies
   into and out of a joint tensor, which are a large share of the layer's time on CPU (README, "What
-  moved the CPU figure"). Masked keys get the most negative finite value, as x_transformers does.
+  moved the CPU figure"). Masked keys get the most negative finite value, as x_transformers does;
+  with segment_ids, every key of another segment is masked so.
   """
   head_dim = qs[0].shape[-1]
   einsum = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
   outputs = []
-  for q_BxQxKxD in qs:
+  for i, q_BxQxKxD in enumerate(qs):
     scores = []
-    for k_BxNxKxD, mask_BxN in zip(ks, key_masks):
+    for j, (k_BxNxKxD, mask_BxN) in enumerate(zip(ks, key_masks)):
       s_BxKxQxN = einsum('bqhd,bkhd->bhqk', q_BxQxKxD, k_BxNxKxD) * (head_dim**-0.5)
-      if mask_BxN is not None:
+      if segment_ids is not None:
+        mask_Bx1xQxN = segment_ids[i][:, None, :, None] == segment_ids[j][:, None, None, :]
+        s_BxKxQxN = jnp.where(mask_Bx1xQxN, s_BxKxQxN, jnp.finfo(jnp.float32).min)
+      elif mask_BxN is not None:
         s_BxKxQxN = jnp.where(mask_BxN[:, None, None, :], s_BxKxQxN, jnp.finfo(jnp.float32).min)
       scores.append(s_BxKxQxN)
     # As jax.nn.softmax: the max is a constant for differentiation.
@@ -183,7 +197,7 @@ def splash_block_size(length: int, block_size: int) -> tuple[int, int]:
   return padded, block
 
 
-def _splash(q, k, v, valid_BxK, block_size):
+def _splash(q, k, v, kv_ids_BxK, q_ids_BxQ, block_size):
   # Imported here: the Pallas TPU modules are only needed (and only importable everywhere) on demand.
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernels
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -193,8 +207,12 @@ def _splash(q, k, v, valid_BxK, block_size):
   pad = ((0, 0), (0, padded - length), (0, 0), (0, 0))
   # [B, H, L, D] as the kernel takes it; the kernel does not scale the scores itself.
   q, k, v = (jnp.swapaxes(jnp.pad(x, pad), 1, 2) for x in ((q * head_dim**-0.5).astype(q.dtype), k, v))
-  kv_segments_BxL = jnp.pad(valid_BxK.astype(jnp.int32), ((0, 0), (0, padded - length)))
-  q_segments_BxL = jnp.ones((batch, padded), jnp.int32)
+  # The tail that pads to the block size is segment 0: no key of a real query's segment.
+  kv_segments_BxL = jnp.pad(kv_ids_BxK, ((0, 0), (0, padded - length)))
+  if q_ids_BxQ is None:
+    q_segments_BxL = jnp.ones((batch, padded), jnp.int32)
+  else:
+    q_segments_BxL = jnp.pad(q_ids_BxQ, ((0, 0), (0, padded - length)))
   sizes = kernels.BlockSizes(
     block_q=block,
     block_kv=block,

@@ -5,11 +5,14 @@ model.scan_unroll = 1 that keeps compile time independent of depth, while unroll
 blocks per iteration) runs faster on CPU. Per block and modality m (0 = text, 1 = latent):
   attention: residual width -> adaptive LayerNorm -> joint attention -> * gamma -> residual depth
   feed-forward: residual width -> adaptive LayerNorm -> MLP -> * gamma -> residual depth
+On packed rows (lgdlm_jax.model.segments) the conditioning is [B, K, C], one per segment: every
+modulation (the adaptive LayerNorms' gamma and beta, the post-branch gammas) is projected per
+segment and gathered to each token by its slot, and attention stays inside each segment.
 Submodule names follow the PyTorch state dict with each numeric index joined to its parent by '_'
 (`attn_layernorms.0.to_cond.2` -> `attn_layernorms_0/to_cond_2`); see lgdlm_jax.convert.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -18,6 +21,7 @@ import jax.numpy as jnp
 from lgdlm_jax.model import attention as attention_lib
 from lgdlm_jax.model import hyper_connections
 from lgdlm_jax.model import layers
+from lgdlm_jax.model import segments as segments_lib
 
 NUM_MODALITIES = 2
 # mmdit's generalized MMDiT never forwards the reference config's n_heads, so attention is always
@@ -38,6 +42,11 @@ REMAT_POLICIES = {
 }
 
 
+def modulation_per_token(mod: jax.Array, slots_BxN: jax.Array | None) -> jax.Array:
+  """A modulation [B, F] (one per row) as [B, 1, F], or [B, K, F] (one per segment) gathered to [B, N, F]."""
+  return mod[:, None, :] if slots_BxN is None else segments_lib.per_token(mod, slots_BxN)
+
+
 class AdaptiveLayerNorm(nn.Module):
   """LayerNorm without affine, then x * gamma + beta with [gamma, beta] = Linear(silu(cond))."""
 
@@ -46,7 +55,8 @@ class AdaptiveLayerNorm(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BxNxH: jax.Array, silu_cond_BxC: jax.Array) -> jax.Array:
+  def __call__(self, x_BxNxH: jax.Array, silu_cond_BxC: jax.Array, slots_BxN: jax.Array | None = None) -> jax.Array:
+    """silu_cond_BxC: [B, C], or [B, K, C] with slots_BxN each token's segment slot (packed rows)."""
     # The reference zero-inits the weight and sets the bias to gamma = 1, beta = 0.
     to_cond = layers.torch_linear(
       2 * self.dim,
@@ -56,7 +66,8 @@ class AdaptiveLayerNorm(nn.Module):
       kernel_init=nn.initializers.zeros,
       bias_init=lambda k, s, d=jnp.float32: jnp.concatenate([jnp.ones(s[0] // 2, d), jnp.zeros(s[0] // 2, d)]),
     )
-    gamma, beta = jnp.split(to_cond(silu_cond_BxC)[:, None, :].astype(jnp.float32), 2, axis=-1)
+    modulation = modulation_per_token(to_cond(silu_cond_BxC), slots_BxN)
+    gamma, beta = jnp.split(modulation.astype(jnp.float32), 2, axis=-1)
     return (layers.layer_norm(x_BxNxH) * gamma + beta).astype(self.dtype)
 
 
@@ -65,14 +76,20 @@ class JointAttention(nn.Module):
 
   Each modality has its own qkv and output projections (no biases); the attention itself is
   lgdlm_jax.model.attention.joint_attention with the backend `attention.backend`. Masked keys are
-  excluded; the latent token is never masked, so no query row is ever fully masked.
+  excluded; the latent token is never masked, so no query row is ever fully masked. With
+  segment_ids (packed rows) a query attends exactly the keys of its own segment.
   """
 
   dims: tuple[int, ...]
   attention: attention_lib.AttentionOptions
 
   @nn.compact
-  def __call__(self, inputs: tuple[jax.Array, ...], key_masks: tuple[jax.Array | None, ...]) -> tuple[jax.Array, ...]:
+  def __call__(
+    self,
+    inputs: tuple[jax.Array, ...],
+    key_masks: tuple[jax.Array | None, ...],
+    segment_ids: tuple[jax.Array, ...] | None = None,
+  ) -> tuple[jax.Array, ...]:
     inner = ATTN_HEADS * ATTN_HEAD_DIM
     dtype = self.attention.dtype
     qs, ks, vs = [], [], []
@@ -84,7 +101,7 @@ class JointAttention(nn.Module):
       ks.append(k[:, :, 0])
       vs.append(v[:, :, 0])
 
-    attended = attention_lib.joint_attention(tuple(qs), tuple(ks), tuple(vs), key_masks, self.attention)
+    attended = attention_lib.joint_attention(tuple(qs), tuple(ks), tuple(vs), key_masks, self.attention, segment_ids)
     outputs = []
     for m, (out_BxQxKxD, dim) in enumerate(zip(attended, self.dims)):
       to_out = layers.torch_linear(dim, inner, name=f'to_out_{m}', dtype=dtype, use_bias=False)
@@ -104,6 +121,26 @@ class FeedForward(nn.Module):
     return layers.torch_linear(self.dim, 4 * self.dim, name='ff_2', dtype=self.dtype)(layers.gelu(hidden))
 
 
+class TokenLayout(NamedTuple):
+  """Per modality (text, latent): padding keys (None: none), each token's segment slot (None: the row's
+  one conditioning) and attention segment ids (None: unpacked rows)."""
+
+  key_masks: tuple[jax.Array | None, ...]
+  slots: tuple[jax.Array | None, ...]
+  segment_ids: tuple[jax.Array, ...] | None
+
+
+def token_layout(text_mask_BxS: jax.Array | None, segments: segments_lib.PackedSegments | None) -> TokenLayout:
+  if segments is None:
+    return TokenLayout((text_mask_BxS, None), (None, None), None)
+  num_slots = segments.latent_mask_BxK.shape[1]
+  return TokenLayout(
+    (text_mask_BxS, None),
+    (segments_lib.text_slots(segments.segment_ids_BxS, num_slots), segments_lib.latent_slots(segments.latent_mask_BxK)),
+    (segments.segment_ids_BxS.astype(jnp.int32), segments_lib.latent_segment_ids(segments.latent_mask_BxK)),
+  )
+
+
 class MMDiTBlock(nn.Module):
   """One generalized MMDiT block; called by nn.scan with carry = the two modalities' streams."""
 
@@ -115,7 +152,7 @@ class MMDiTBlock(nn.Module):
 
   @nn.compact
   def __call__(
-    self, streams: tuple[jax.Array, jax.Array], silu_cond_BxC: jax.Array, key_masks: tuple[jax.Array | None, ...]
+    self, streams: tuple[jax.Array, jax.Array], silu_cond_BxC: jax.Array, tokens: TokenLayout
   ) -> tuple[tuple[jax.Array, jax.Array], None]:
     dims = (self.dim,) * NUM_MODALITIES
     # One Linear gives the post-branch gammas of attention and feed-forward for every modality;
@@ -127,10 +164,12 @@ class MMDiTBlock(nn.Module):
       dtype=self.dtype,
       kernel_init=nn.initializers.zeros,
       bias_init=nn.initializers.ones,
-    )(silu_cond_BxC)[:, None, :]
+    )(silu_cond_BxC)
     attn_gammas, ff_gammas = jnp.split(gammas, 2, axis=-1)
-    attn_gammas = jnp.split(attn_gammas, NUM_MODALITIES, axis=-1)
-    ff_gammas = jnp.split(ff_gammas, NUM_MODALITIES, axis=-1)
+    attn_gammas, ff_gammas = (
+      [modulation_per_token(g, slots) for g, slots in zip(jnp.split(x, NUM_MODALITIES, axis=-1), tokens.slots)]
+      for x in (attn_gammas, ff_gammas)
+    )
 
     def residuals(kind: str) -> list[nn.Module]:
       return [
@@ -142,10 +181,14 @@ class MMDiTBlock(nn.Module):
     attn_residuals = residuals('attn')
     branch_inputs, states = zip(*(res.width(s) for res, s in zip(attn_residuals, streams)))
     normed = [
-      AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'attn_layernorms_{m}')(x, silu_cond_BxC)
+      AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'attn_layernorms_{m}')(
+        x, silu_cond_BxC, tokens.slots[m]
+      )
       for m, x in enumerate(branch_inputs)
     ]
-    attended = JointAttention(dims, self.attention, name='joint_attn')(tuple(normed), key_masks)
+    attended = JointAttention(dims, self.attention, name='joint_attn')(
+      tuple(normed), tokens.key_masks, tokens.segment_ids
+    )
     streams = tuple(res.depth(out * g, st) for res, out, g, st in zip(attn_residuals, attended, attn_gammas, states))
 
     # Feed-forward sub-layer.
@@ -153,7 +196,9 @@ class MMDiTBlock(nn.Module):
     branch_inputs, states = zip(*(res.width(s) for res, s in zip(ff_residuals, streams)))
     outs = []
     for m, x in enumerate(branch_inputs):
-      x = AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'ff_layernorms_{m}')(x, silu_cond_BxC)
+      x = AdaptiveLayerNorm(self.dim, self.cond_dim, self.dtype, name=f'ff_layernorms_{m}')(
+        x, silu_cond_BxC, tokens.slots[m]
+      )
       outs.append(FeedForward(self.dim, self.dtype, name=f'feedforwards_{m}')(x))
     streams = tuple(res.depth(out * g, st) for res, out, g, st in zip(ff_residuals, outs, ff_gammas, states))
     return streams, None
@@ -193,11 +238,17 @@ class MMDiT(nn.Module):
 
   @nn.compact
   def __call__(
-    self, text_BxSxH: jax.Array, latent_BxLxH: jax.Array, cond_BxC: jax.Array, text_mask_BxS: jax.Array | None
+    self,
+    text_BxSxH: jax.Array,
+    latent_BxLxH: jax.Array,
+    cond_BxC: jax.Array,
+    text_mask_BxS: jax.Array | None,
+    segments: segments_lib.PackedSegments | None = None,
   ) -> tuple[jax.Array, jax.Array]:
     """text_mask_BxS: False marks padding keys (None = no padding).
 
-    The latent token is never masked, so no query row is ever fully masked.
+    The latent token is never masked, so no query row is ever fully masked. With segments (packed
+    rows) cond is [B, K, C] and the latent stream [B, K, H].
     """
     block_cls = MMDiTBlock
     if self.remat_policy != 'none':
@@ -215,7 +266,7 @@ class MMDiT(nn.Module):
       hyper_connections.expand_streams(x.astype(self.residual_dtype), self.num_streams)
       for x in (text_BxSxH, latent_BxLxH)
     )
-    streams, _ = blocks(streams, nn.silu(cond_BxC), (text_mask_BxS, None))
+    streams, _ = blocks(streams, nn.silu(cond_BxC), token_layout(text_mask_BxS, segments))
     return tuple(
       layers.RMSNorm(name=f'norms_{m}')(hyper_connections.reduce_streams(s, self.num_streams))
       for m, s in enumerate(streams)

@@ -8,6 +8,10 @@
                                                    t_latent_B, mask_BxS, method=MultimodalMMDiT.backbone)
     text_logits_BxSxV = model.apply({'params': params}, text_out_BxSxH, method=MultimodalMMDiT.text_logits)
 
+Packed rows (lgdlm_jax.model.segments): with `segments=PackedSegments(...)` the latents are [B,K,D]
+(K latent tokens per row, one per segment), both timesteps [B,K] (one per segment), and the latent
+outputs [B,K,H] / [B,K,D]; every segment gets what it would get alone.
+
 Parameters are float32; `model.dtype` ('float32' or 'bfloat16') sets the compute dtype of the
 matmuls. Norms, softmax, the hyper-connection mixing and (`model.residual_dtype`, float32 by
 default) the residual streams run in float32; the text heads' matmuls accumulate into float32
@@ -29,6 +33,8 @@ import ml_collections
 from lgdlm_jax.model import attention as attention_lib
 from lgdlm_jax.model import layers
 from lgdlm_jax.model import mmdit
+from lgdlm_jax.model import segments as segments_lib
+from lgdlm_jax.model.length_head import LengthHead
 
 # The names are lgdlm_jax.config.schema.CHOICES['model.dtype'].
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -88,7 +94,9 @@ class TextEncoder(nn.Module):
   max_seq_len: int
 
   @nn.compact
-  def __call__(self, tokens_BxS: jax.Array) -> jax.Array:
+  def __call__(self, tokens_BxS: jax.Array, positions_BxS: jax.Array | None = None) -> jax.Array:
+    """positions_BxS (packed rows: each token's position inside its segment) indexes the position
+    embedding; None: positions 0..S-1."""
     # torch.nn.Embedding initialises from N(0, 1).
     embed = nn.Embed(
       self.vocab_size,
@@ -98,7 +106,9 @@ class TextEncoder(nn.Module):
       name='token_embed',
     )
     position_1xLxH = self.param('position_embed', layers.normal_002, (1, self.max_seq_len, self.hidden_size))
-    return embed(tokens_BxS) + position_1xLxH[:, : tokens_BxS.shape[1]]
+    if positions_BxS is None:
+      return embed(tokens_BxS) + position_1xLxH[:, : tokens_BxS.shape[1]]
+    return embed(tokens_BxS) + jnp.take(position_1xLxH[0], positions_BxS, axis=0)
 
 
 class LatentEncoder(nn.Module):
@@ -169,6 +179,8 @@ class MultimodalMMDiT(nn.Module):
       kernel_init=layers.normal_002,
       bias_init=nn.initializers.zeros,
     )
+    if cfg.length_head:
+      self.length_head = LengthHead(cfg.max_seq_len, h, dtype, name='length_head')
 
   def __call__(
     self,
@@ -178,13 +190,16 @@ class MultimodalMMDiT(nn.Module):
     latent_timesteps: jax.Array | None = None,
     attention_mask: jax.Array | None = None,
     deterministic: bool = True,
+    segments: segments_lib.PackedSegments | None = None,
   ) -> tuple[jax.Array, ...]:
-    """(text_logits [B,S,V], latent_pred [B,1,D][, cluster_logits [B,S,V]])."""
+    """(text_logits [B,S,V], latent_pred [B,1,D] ([B,K,D] with segments)[, cluster_logits [B,S,V]])."""
     text_out_BxSxH, latent_out_Bx1xH = self.backbone(
-      text_tokens, latents, text_timesteps, latent_timesteps, attention_mask
+      text_tokens, latents, text_timesteps, latent_timesteps, attention_mask, segments
     )
     latent_pred = self.latent_head(latent_out_Bx1xH, deterministic)
     cluster = (self.cluster_logits(text_out_BxSxH),) if self.config.cluster_size > 0 else ()
+    if self.config.length_head and self.is_initializing():
+      self.length_logits(latents)  # creates its parameters; callers read it through `length_logits`
     return (self.text_logits(text_out_BxSxH), latent_pred) + cluster
 
   def backbone(
@@ -194,29 +209,41 @@ class MultimodalMMDiT(nn.Module):
     text_timesteps: jax.Array | None = None,
     latent_timesteps: jax.Array | None = None,
     attention_mask: jax.Array | None = None,
+    segments: segments_lib.PackedSegments | None = None,
   ) -> tuple[jax.Array, jax.Array]:
-    """The text [B,S,H] and latent [B,1,H] streams after the last block, before any head."""
+    """The text [B,S,H] and latent [B,1,H] ([B,K,H] with segments) streams after the last block, before any head."""
     cfg = self.config
     batch, seq_len = text_tokens.shape
     if seq_len > cfg.max_seq_len:
       raise ValueError(f'text_tokens has sequence length {seq_len} > model.max_seq_len={cfg.max_seq_len}')
-    latents_Bx1xD = as_one_latent_token(latents)
-    if latents_Bx1xD.shape[0] != batch or latents_Bx1xD.shape[-1] != cfg.latent_dim:
+    if segments is None:
+      latents_BxLxD = as_one_latent_token(latents)
+    else:
+      segments_lib.check(segments, batch, seq_len, latents.shape)
+      latents_BxLxD = latents
+    if latents_BxLxD.shape[0] != batch or latents_BxLxD.shape[-1] != cfg.latent_dim:
       raise ValueError(
         f'latents shape {latents.shape} does not fit batch {batch} and model.latent_dim={cfg.latent_dim}'
       )
-    zeros_B = jnp.zeros((batch,), jnp.float32)
-    text_t_B = zeros_B if text_timesteps is None else jnp.broadcast_to(text_timesteps, (batch,))
-    latent_t_B = zeros_B if latent_timesteps is None else jnp.broadcast_to(latent_timesteps, (batch,))
+    # One timestep per row, or per segment (packed rows: [B,K]).
+    shape = (batch,) if segments is None else latents_BxLxD.shape[:2]
+    zeros = jnp.zeros(shape, jnp.float32)
+    text_t = zeros if text_timesteps is None else jnp.broadcast_to(text_timesteps, shape)
+    latent_t = zeros if latent_timesteps is None else jnp.broadcast_to(latent_timesteps, shape)
     # None (no padding) skips the masking altogether.
     text_mask_BxS = None if attention_mask is None else attention_mask.astype(bool)
     if text_mask_BxS is not None and text_mask_BxS.shape != (batch, seq_len):
       raise ValueError(f'attention_mask shape {attention_mask.shape} != text_tokens shape {text_tokens.shape}')
     with self._precision():
-      text_BxSxH = self.text_encoder(text_tokens)
-      latent_Bx1xH = self.latent_encoder(latents_Bx1xD.astype(jnp.float32))
-      cond_BxC = self.conditioning(text_t_B, latent_t_B)
-      return self.mmdit(text_BxSxH, latent_Bx1xH, cond_BxC, text_mask_BxS)
+      if segments is None:
+        text_BxSxH = self.text_encoder(text_tokens)
+        cond = self.conditioning(text_t, latent_t)
+      else:
+        text_BxSxH = self.text_encoder(text_tokens, segments.positions_BxS)
+        # Per segment: [B*K] timesteps -> [B,K,C], gathered per token inside the blocks.
+        cond = self.conditioning(text_t.reshape(-1), latent_t.reshape(-1)).reshape(*shape, -1)
+      latent_BxLxH = self.latent_encoder(latents_BxLxD.astype(jnp.float32))
+      return self.mmdit(text_BxSxH, latent_BxLxH, cond, text_mask_BxS, segments)
 
   def text_logits(self, text_out_BxSxH: jax.Array) -> jax.Array:
     """The token logits [B,S,V] (float32) of the backbone's text stream."""
@@ -229,10 +256,18 @@ class MultimodalMMDiT(nn.Module):
       return self.text_head_clusters(text_out_BxSxH).astype(jnp.float32)
 
   def latent_head(self, latent_out_Bx1xH: jax.Array, deterministic: bool = True) -> jax.Array:
-    """The latent prediction [B,1,D] (float32) of the backbone's latent stream; dropout sits here only."""
+    """The latent prediction [B,1,D] ([B,K,D] on packed rows; float32) of the backbone's latent stream.
+
+    Dropout sits here only."""
     with self._precision():
       x = layers.gelu(self.latent_head_0(latent_out_Bx1xH))
       return self.latent_head_3(self.latent_dropout(x, deterministic=deterministic)).astype(jnp.float32)
+
+  def length_logits(self, latents_BxD: jax.Array) -> jax.Array:
+    """The length head's logits [..., S] over lengths 1..S from clean latents [..., D]; only where
+    model.length_head (lgdlm_jax.model.length_head)."""
+    with self._precision():
+      return self.length_head(latents_BxD)
 
   def _precision(self) -> contextlib.AbstractContextManager:
     precision = self.config.matmul_precision

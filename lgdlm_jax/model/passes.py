@@ -5,6 +5,9 @@ objective's passes run the backbone and only the heads they read:
 
     outputs = run_passes(model, params, [ModelPass(...), ModelPass(...)], deterministic=True, dropout_key=None)
     text_logits_BxSxV, latent_pred_BxD = apply_model(model, params, tokens_BxS, latents_BxD, 1.0, 0.0, mask_BxS)
+
+A pass over packed rows (lgdlm_jax.model.segments) carries its PackedSegments: its latents are
+[B,K,D], its timesteps [B,K] (one per segment), and its latent prediction [B,K,D].
 """
 
 from collections.abc import Mapping, Sequence
@@ -15,18 +18,20 @@ import jax
 import jax.numpy as jnp
 
 from lgdlm_jax.model.multimodal import MultimodalMMDiT
+from lgdlm_jax.model.segments import PackedSegments
 
 Params = Mapping[str, Any]
 
 
 class ModelPass(NamedTuple):
-  """The inputs of one model pass over the batch."""
+  """The inputs of one model pass over the batch (packed rows: latents [B,K,D], timesteps [B,K])."""
 
   tokens_BxS: jax.Array
   latents_BxD: jax.Array
   text_t_B: jax.Array
   latent_t_B: jax.Array
   mask_BxS: jax.Array | None  # None: no padding (every pass of one run_passes call alike)
+  segments: PackedSegments | None = None  # packed rows (every pass of one run_passes call alike)
 
 
 def interleave(*xs_B: jax.Array) -> jax.Array:
@@ -63,7 +68,8 @@ def run_passes(
   """Independent passes of equal batch size B as ONE model call on a batch of P*B.
 
   Returns (text_logits [B,S,V], latent_pred [B,D]) per pass, in order; the model's single latent
-  token is squeezed away. Examples never interact inside the model, so this equals separate calls.
+  token is squeezed away (packed passes: latent_pred [B,K,D], one per segment). Examples never
+  interact inside the model, so this equals separate calls.
   The passes are interleaved per example (row b*P + p) rather than laid end to end: with the
   batch axis sharded over devices, each device's rows of the joint batch are then exactly its own
   rows of every pass, so joining and splitting are local reshapes, never cross-device copies.
@@ -83,6 +89,8 @@ def run_passes(
   wanted = [True] * num_passes if text_logits_wanted is None else [bool(w) for w in text_logits_wanted]
   if len(wanted) != num_passes:
     raise ValueError(f'text_logits_wanted has {len(wanted)} entries for {num_passes} passes')
+  if len({p.segments is None for p in passes}) > 1:
+    raise ValueError('passes mix packed (segments) and unpacked rows')
   joined = jax.tree.map(interleave, *passes)
   variables = {'params': params}
   text_out, latent_out = model.apply(
@@ -92,11 +100,14 @@ def run_passes(
     joined.text_t_B,
     joined.latent_t_B,
     joined.mask_BxS,
+    joined.segments,
     method=MultimodalMMDiT.backbone,
   )
   rngs = {} if deterministic else {'dropout': dropout_key}
   latent_pred = model.apply(variables, latent_out, deterministic, rngs=rngs, method=MultimodalMMDiT.latent_head)
-  latent_pred_BxPxD = latent_pred[:, 0, :].reshape(batch_size, num_passes, -1)
+  # [B*P, L, D] -> [B, P, D] (one latent token, squeezed) or [B, P, K, D] (packed rows).
+  per_row = latent_pred[:, 0, :] if passes[0].segments is None else latent_pred
+  latent_pred_BxPxD = per_row.reshape((batch_size, num_passes) + per_row.shape[1:])
   logits = [None] * num_passes
   if sum(wanted) == 1:
     only = wanted.index(True)
@@ -108,6 +119,11 @@ def run_passes(
   return [(logits[p], latent_pred_BxPxD[:, p]) for p in range(num_passes)]
 
 
+def length_logits(model: nn.Module, params: Params, latents_BxD: jax.Array) -> jax.Array:
+  """The length head's logits [..., S] (class i = length i + 1) of clean latents [..., D]."""
+  return model.apply({'params': params}, latents_BxD, method=MultimodalMMDiT.length_logits)
+
+
 def apply_model(
   model: nn.Module,
   params: Params,
@@ -116,13 +132,15 @@ def apply_model(
   text_t: float | jax.Array,
   latent_t: float | jax.Array,
   mask_BxS: jax.Array | None,
+  segments: PackedSegments | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """One deterministic pass of the whole model with scalar timesteps: (text_logits [B,S,V], latent_pred [B,D]).
 
+  Packed rows (segments): latents [B,K,D], every segment at the same timesteps, latent_pred [B,K,D].
   Under jit XLA drops the work of an output the caller discards (e.g. a T2L sampler's text logits).
   """
-  batch = tokens_BxS.shape[0]
-  full_B = lambda t: jnp.full((batch,), t, jnp.float32)
+  shape = tokens_BxS.shape[:1] if segments is None else latents_BxD.shape[:2]
+  full_B = lambda t: jnp.full(shape, t, jnp.float32)
   outputs = model.apply(
     {'params': params},
     tokens_BxS,
@@ -131,5 +149,6 @@ def apply_model(
     full_B(latent_t),
     attention_mask=mask_BxS,
     deterministic=True,
+    segments=segments,
   )
-  return outputs[0], outputs[1][:, 0, :]
+  return outputs[0], outputs[1][:, 0, :] if segments is None else outputs[1]

@@ -21,7 +21,8 @@ Conventions of the reference trainer (`cycle_vae_impl/trainers/cycle_vae_trainer
   U(loss.cycle_latent_t_min, loss.cycle_latent_t_max) clamped to <= 0.9999 (`latent_t_mode:
   random`) or are exactly 1 (`full`, also spelt `ones` / `t1`); there is no separate base range.
 - Both L2T passes (base and cycle-text) get the text attention mask; their input is all
-  `tokenizer.mask_token_id`. Their cross-entropy nevertheless averages over ALL B*S positions.
+  `tokenizer.mask_token_id`. Their cross-entropy nevertheless averages over ALL B*S positions
+  (loss.text_positions='all', the default).
 - Ramp weight: 0 while step < warmup, then base * min(1, (step - warmup) / ramp) (so the first
   step after warmup still has weight 0), base at once when ramp = 0, and 0 whenever base <= 0.
 - Metrics report the CLAMPED, UNWEIGHTED terms; latent_pred_norm and x0_pred_norm are the batch
@@ -40,6 +41,11 @@ Deliberate differences (docs/reference.md section 3):
 - `loss.cycle_every` (cycle terms on every N-th optimizer update only) has no counterpart in the
   reference; 1 (the default) is the reference's behaviour.
 - The reference also logs `cycle_latent_sampling` (a string); metrics here are float32 scalars only.
+- loss.text_positions='valid' (required by packed rows, docs/reference.md): the L2T cross-entropy
+  averages over real tokens only, and the length, which 'all' learns from the pad tail, is learned by
+  the length head (model.length_head) from the clean latent as an extra term, length_loss.
+- A packed batch ('segment_ids' present) runs every pass per segment: draws [B,K], x0 estimates
+  [B,K,D], pseudo tokens per token; each term equals that of the same samples unpacked under 'valid'.
 """
 
 from collections.abc import Mapping
@@ -99,9 +105,9 @@ def _values(
 ) -> dict[str, jax.Array]:
   """Each pass's clamped term: the text term of an L2T pass, the latent term (against `targets`) of a T2L pass."""
   return {
-    p.value: terms_lib.text_term(outputs[p.term][0], view.input_ids_BxS)
+    p.value: terms_lib.text_term(outputs[p.term][0], view.input_ids_BxS, view.text_valid_BxS)
     if p.text_logits
-    else terms_lib.latent_term(outputs[p.term][1], targets[p.term])
+    else terms_lib.latent_term(outputs[p.term][1], targets[p.term], view.latent_valid_B)
     for p in round_
   }
 
@@ -130,9 +136,9 @@ def _base_round(
   latent_pred_BxD, l2t_logits_BxSxV = outputs['base_t2l'][1], outputs['base_l2t'][0]
   x0_pred_BxD = diffusion.predict_x0(options.schedule, z_t_BxD, t_lat_B, latent_pred_BxD, options.parameterization)
   diagnostics = dict(
-    t_lat_mean=jnp.mean(t_lat_B),
-    latent_pred_norm=terms_lib.mean_l2_norm(latent_pred_BxD),
-    x0_pred_norm=terms_lib.mean_l2_norm(x0_pred_BxD),
+    t_lat_mean=terms_lib.masked_mean(t_lat_B, view.latent_valid_B),
+    latent_pred_norm=terms_lib.mean_l2_norm(latent_pred_BxD, view.latent_valid_B),
+    x0_pred_norm=terms_lib.mean_l2_norm(x0_pred_BxD, view.latent_valid_B),
   )
   x0_cycle_BxD = None
   if terms.cycle_text:
@@ -183,15 +189,18 @@ def cycle_vae_terms(
   deterministic: bool,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """(values, diagnostics) of one batch: {'<term>_loss': the clamped, unweighted term} for the base
-  terms and the cycle terms `terms` selects (differentiable: the gradient-flow test takes each
-  term's own gradient), and the diagnostic scalars t_lat_mean, latent_pred_norm, x0_pred_norm."""
-  view = terms_lib.batch_view(batch, options.mask_token_id)
+  terms, the cycle terms `terms` selects and (model.length_head) the length head's length_loss
+  (differentiable: the gradient-flow test takes each term's own gradient), and the diagnostic
+  scalars t_lat_mean, latent_pred_norm, x0_pred_norm."""
+  view = terms_lib.batch_view(batch, options)
   plan = pass_plan(options, terms)
   base_key, cycle_key = (None, None) if deterministic else jax.random.split(draws['dropout_key'])
   kwargs = dict(model=model, options=options, terms=terms, deterministic=deterministic)
   values, diagnostics, cycle_inputs = _base_round(params, view, draws, plan[0], dropout_key=base_key, **kwargs)
   for round_ in plan[1:]:
     values.update(_cycle_round(params, view, draws, round_, cycle_inputs, dropout_key=cycle_key, **kwargs))
+  if options.length_head:
+    values['length_loss'] = terms_lib.length_term(params, view, model=model)
   return values, diagnostics
 
 
@@ -203,6 +212,8 @@ def term_weights(options: ObjectiveOptions, step: int | jax.Array | None, terms:
   )
   cycle_weights = options.cycle.weights(step)
   weights.update({f'{term}_loss': cycle_weights[term] for term, on in zip(CYCLE_TERMS, terms) if on})
+  if options.length_head:
+    weights['length_loss'] = jnp.asarray(options.length_loss_weight, jnp.float32)
   return weights
 
 

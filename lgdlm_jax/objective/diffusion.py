@@ -131,12 +131,11 @@ def schedule_values(schedule: DiffusionSchedule, t_B: jax.Array) -> tuple[jax.Ar
 
 
 def _per_sample(values_B: jax.Array, x: jax.Array) -> jax.Array:
-  """Reshapes per-sample scalars [B] (or a scalar) to broadcast over x's trailing axes."""
-  if values_B.ndim > 1:
-    raise ValueError(f'Timesteps must be a scalar or rank 1 [B], got shape {values_B.shape}.')
-  if values_B.ndim == 0:
-    return values_B
-  return values_B.reshape(values_B.shape + (1,) * (x.ndim - 1))
+  """Reshapes per-sample scalars [B] ([B,K] per segment of a packed batch, or a scalar) to broadcast
+  over x's trailing axes (x [B,D] or [B,K,D])."""
+  if values_B.ndim >= max(x.ndim, 2):
+    raise ValueError(f'Timesteps must be a scalar, [B] or [B,K] below x {x.shape}, got shape {values_B.shape}.')
+  return values_B.reshape(values_B.shape + (1,) * (x.ndim - values_B.ndim))
 
 
 def _coefficients(schedule: DiffusionSchedule, t_B: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -31,6 +31,9 @@ class ObjectiveOptions:
   dropout: bool  # model.dropout > 0: the training passes draw dropout masks
   beta_schedule: str
   num_timesteps: int
+  text_positions: str  # 'all': the L2T cross-entropy over B*S positions (the reference's); 'valid': real tokens
+  length_head: bool  # model.length_head: the length term runs
+  length_loss_weight: float
   schedule: diffusion.DiffusionSchedule = dataclasses.field(compare=False, repr=False)
 
 
@@ -50,5 +53,8 @@ def from_config(config: ml_collections.ConfigDict) -> ObjectiveOptions:
     dropout=model.dropout > 0.0,
     beta_schedule=model.latent_beta_schedule,
     num_timesteps=model.latent_timesteps,
+    text_positions=loss.text_positions,
+    length_head=model.length_head,
+    length_loss_weight=loss.length_loss_weight,
     schedule=diffusion.schedule_from_config(model),
   )

@@ -155,24 +155,26 @@ def _sequential_value_and_grad(
   never pay the vocabulary projection). A scan iteration ends before the next starts, so the
   backward pass holds one pass's activations at a time.
   """
-  view = terms_lib.batch_view(batch, options.mask_token_id)
+  view = terms_lib.batch_view(batch, options)
   weights = cycle_vae.term_weights(options, step, terms)
 
   def pass_loss(p, this: _ScannedPass, tokens_BxS, latents_BxD):
     [(logits_BxSxV, latent_pred_BxD)] = run_passes(
       model,
       p,
-      [ModelPass(tokens_BxS, latents_BxD, this.text_t_B, this.latent_t_B, view.mask_BxS)],
+      [ModelPass(tokens_BxS, latents_BxD, this.text_t_B, this.latent_t_B, view.mask_BxS, view.segments)],
       deterministic=deterministic,
       dropout_key=None if deterministic else this.dropout_key,
       text_heads_on=this.is_l2t,
     )
-    latent_term = terms_lib.latent_term(latent_pred_BxD, this.target_BxD)
+    latent_term = terms_lib.latent_term(latent_pred_BxD, this.target_BxD, view.latent_valid_B)
     # Under the same switch as the text heads: a T2L pass's zero logits would otherwise cost the
     # cross-entropy's reductions over [B,S,V] at run time, and XLA would constant-fold them at
     # compile time, which makes a large model's compile much slower.
     text_term = jax.lax.cond(
-      this.is_l2t, lambda: terms_lib.text_term(logits_BxSxV, view.input_ids_BxS), lambda: jnp.zeros((), jnp.float32)
+      this.is_l2t,
+      lambda: terms_lib.text_term(logits_BxSxV, view.input_ids_BxS, view.text_valid_BxS),
+      lambda: jnp.zeros((), jnp.float32),
     )
     loss = this.latent_weight * latent_term + this.text_weight * text_term
     term = jnp.where(this.is_l2t, text_term, latent_term)
@@ -197,7 +199,8 @@ def _sequential_value_and_grad(
       )
     x0_BxD = jnp.where(this.is_base & ~this.is_l2t, pass_x0_BxD, x0_BxD)
     carry = (jax.tree.map(jnp.add, grads, pass_grads), pseudo_tokens_BxS, x0_BxD)
-    return carry, (loss, term, terms_lib.mean_l2_norm(latent_pred_BxD), terms_lib.mean_l2_norm(pass_x0_BxD))
+    norms = [terms_lib.mean_l2_norm(x, view.latent_valid_B) for x in (latent_pred_BxD, pass_x0_BxD)]
+    return carry, (loss, term, *norms)
 
   passes = _scanned_passes(view, draws, weights, options, terms, deterministic)
   init = (jax.tree.map(jnp.zeros_like, params), view.input_ids_BxS, view.latents_BxD)
@@ -205,10 +208,15 @@ def _sequential_value_and_grad(
   order = in_order(pass_plan(options, terms))
   values = {planned.value: pass_terms[i] for i, planned in enumerate(order)}
   base_t2l = [planned.term for planned in order].index('base_t2l')
+  if options.length_head:
+    # Reads no pass: the clean latents through the length head, its gradient added to the passes'.
+    length_fn = lambda p: terms_lib.length_term(p, view, model=model)
+    values['length_loss'], length_grads = jax.value_and_grad(length_fn)(params)
+    grads = jax.tree.map(lambda g, lg: g + weights['length_loss'] * lg, grads, length_grads)
   diagnostics = dict(
-    t_lat_mean=jnp.mean(passes.latent_t_B[base_t2l]),
+    t_lat_mean=terms_lib.masked_mean(passes.latent_t_B[base_t2l], view.latent_valid_B),
     latent_pred_norm=pred_norms[base_t2l],
     x0_pred_norm=x0_norms[base_t2l],
   )
-  loss = jnp.sum(pass_losses)
+  loss = jnp.sum(pass_losses) + (weights['length_loss'] * values['length_loss'] if options.length_head else 0.0)
   return (loss, cycle_vae.metrics(loss, values, diagnostics, weights)), grads

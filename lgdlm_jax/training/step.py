@@ -96,8 +96,7 @@ def train_step(
   if check:
     _debug_check_finite({'batch.latent': batch['latent']})
   key = jax.random.fold_in(rng, state.step)
-  batch_size = batch['input_ids'].shape[0]
-  draws = draws_lib.sample_draws(key, batch_size, config.model.latent_dim, options)
+  draws = draws_lib.draws_for_batch(key, batch, config.model.latent_dim, options)
   (loss, metrics), grads = gradients.value_and_grad(
     state.params,
     batch,
@@ -152,7 +151,7 @@ def eval_step(
 ) -> dict[str, jax.Array]:
   """Validation metrics with fixed draws (the same at every evaluation), no dropout: every term,
   at the base weights, so that runs with different cycle settings report the same terms."""
-  draws = draws_lib.sample_draws(rng, batch['input_ids'].shape[0], latent_dim, options)
+  draws = draws_lib.draws_for_batch(rng, batch, latent_dim, options)
   _, metrics = cycle_vae.cycle_vae_loss(
     params, batch, draws, step=None, model=model, options=options, terms=cycle_schedule.ALL_TERMS, deterministic=True
   )

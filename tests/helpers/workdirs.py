@@ -16,8 +16,9 @@ TEXTS = ['Jesus wept.', 'Rejoice evermore.', 'Pray without ceasing.', 'Quench no
 SEQ_LEN, LATENT_DIM = 8, 8
 
 
-def make_workdir(workdir: str):
-  """A tokenizer, a tiny config using it, config.json and a step-3 checkpoint of a TrainState."""
+def make_workdir(workdir: str, length_head: bool = False):
+  """A tokenizer, a tiny config using it, config.json and a step-3 checkpoint of a TrainState
+  (length_head: of a model with a length head, loss.text_positions='valid')."""
   tokenizer = text_dataset.train_wordpiece(TEXTS, 80)
   tokenizer_path = os.path.join(workdir, 'tokenizer.json')
   os.makedirs(workdir)
@@ -32,7 +33,9 @@ def make_workdir(workdir: str):
     max_seq_len=SEQ_LEN,
     latent_dim=LATENT_DIM,
     num_residual_streams=1,
+    length_head=length_head,
   )
+  config.loss.text_positions = 'valid' if length_head else 'all'
   config.tokenizer.update(
     vocab_size=vocab, mask_token_id=text.token_id(tokenizer, '[MASK]'), pad_token_id=0, json_file=tokenizer_path
   )
