@@ -75,9 +75,14 @@ def peak_flops(device: jax.Device) -> float | None:
 
 
 def attention_flops_per_step(config: ml_collections.ConfigDict, terms: cycle_schedule.TermSet | None = None) -> float:
-  """The attention core's share of train_flops_per_step (forward + backward, every pass)."""
+  """The attention core's FLOPs in one step (forward + backward, every pass); packed rows have K latent
+  tokens instead of one, S + K queries over S + K keys."""
   passes = len(plan_lib.in_order(plan_lib.pass_plan(options_lib.from_config(config), terms)))
-  return 3 * config.training.train_batch_size * passes * model_flops.attention_flops_per_sequence(config.model)
+  per_sequence = model_flops.attention_flops_per_sequence(config.model)
+  if config.data.packing:
+    s = config.model.max_seq_len
+    per_sequence *= ((s + config.data.max_segments_per_row) / (s + 1)) ** 2
+  return 3 * config.training.train_batch_size * passes * per_sequence
 
 
 def estimate_report(
@@ -117,13 +122,29 @@ def estimate_report(
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
-  """A seeded global batch of random tokens (no padding) and latents, as host arrays."""
+  """A seeded global batch of random tokens (no padding) and latents, as host arrays; with
+  data.packing, every row holds K = data.max_segments_per_row samples of S // K tokens (the last
+  one takes the remainder), in the packed batch's layout."""
   b, s = config.training.train_batch_size, config.model.max_seq_len
   rng = np.random.default_rng(seed)
-  return {
+  batch = {
     'input_ids': rng.integers(0, config.model.vocab_size, (b, s)).astype(np.int32),
     'attention_mask': np.ones((b, s), bool),
     'latent': rng.standard_normal((b, config.model.latent_dim)).astype(np.float32),
+  }
+  if not config.data.packing:
+    return batch
+  k = config.data.max_segments_per_row
+  segment_ids = np.minimum(np.arange(s) // (s // k), k - 1)  # 0-based segment of each position
+  lengths = np.bincount(segment_ids, minlength=k)
+  starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+  return {
+    **batch,
+    'segment_ids': np.broadcast_to(segment_ids + 1, (b, s)).astype(np.int32),
+    'positions': np.broadcast_to(np.arange(s) - starts[segment_ids], (b, s)).astype(np.int32),
+    'latent': rng.standard_normal((b, k, config.model.latent_dim)).astype(np.float32),
+    'latent_mask': np.ones((b, k), bool),
+    'segment_lengths': np.broadcast_to(lengths, (b, k)).astype(np.int32),
   }
 
 

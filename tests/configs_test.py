@@ -86,3 +86,12 @@ def test_cluster_state_fits_a_16_gib_chip_with_fsdp():
   # Parameters, AdamW moments and gradients take under a quarter of a 16 GiB chip. Whether one
   # 4096-token sequence's activations fit in the rest is not known (configs/cluster.py).
   assert 2 * params + opt < 4 * 2**30
+
+
+def test_cluster_packed_variant_packs_sentences_and_names_an_unknown_variant():
+  config = config_lib.finalize(load('cluster', 'packed'))
+  assert config.data.packing and config.data.max_segments_per_row == 256
+  assert config.loss.text_positions == 'valid' and config.model.length_head
+  assert config.model.max_seq_len == 4096 and not config_lib.finalize(load('cluster')).data.packing
+  with pytest.raises(ValueError, match='configs/cluster.py:pakced: unknown variant'):
+    load('cluster', 'pakced')
