@@ -13,14 +13,19 @@ tpu_python=${1:?usage: benchmarks/aot_cluster.sh TPU_PYTHON CUDA_PYTHON}
 cuda_python=${2:?usage: benchmarks/aot_cluster.sh TPU_PYTHON CUDA_PYTHON}
 export JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1
 
-compile() {  # PYTHON TOPOLOGY [--config.KEY=VALUE ...]
+compile() {  # PYTHON TOPOLOGY [--config.KEY=VALUE ...]; config=FILE.py[:ARG] before it for another config
   local python=$1 topology=$2
   shift 2
-  "$python" -m lgdlm_jax.bench --compile_only --topology "$topology" --config configs/cluster.py "$@" 2>/dev/null
+  "$python" -m lgdlm_jax.bench --compile_only --topology "$topology" --config "${config:-configs/cluster.py}" "$@" \
+    2>/dev/null
 }
 
 if [[ $tpu_python != - ]]; then
-  compile "$tpu_python" v5e:2x4                                                   # as shipped: remat dots, batch 8
+  # As shipped (remat dots, batch 8), padded and packed rows; the estimate's non-padding tokens/s on
+  # OpenWebText-like sentences (benchmarks/packing.py's lengths, 8 rows of 4096): padded rows hold
+  # 99.17% padding, packed rows (K = 256) 0.1%.
+  compile "$tpu_python" v5e:2x4 --padding_fraction 0.9917
+  config=configs/cluster.py:packed compile "$tpu_python" v5e:2x4 --padding_fraction 0.001
   compile "$tpu_python" v5e:2x4 --config.training.round_gradients=joint           # all passes in one backward pass
   compile "$tpu_python" v5e:2x4 --config.training.train_batch_size=16             # 2 sequences per chip
   compile "$tpu_python" v5e:2x4 --config.training.train_batch_size=24             # 3 per chip

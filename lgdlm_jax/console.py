@@ -4,7 +4,8 @@
   warnings and errors are shown, in a short format; the INFO lines of the libraries (Orbax writes
   about 50 per checkpoint, grain and JAX a few each) only with `verbose` (`--verbose` on every entry
   point), which also restores absl's full format.
-- `Progress`: on a terminal a tqdm bar (steps/s, the loss) that starts after the first step, so
+- `Progress`: on a terminal a tqdm bar (steps/s, the loss, non-padding tokens/s and the share of
+  padding) that starts after the first step, so
   that the compilation is not in its rate or ETA, and that log lines are written above, never across;
   when stdout is not a terminal (`> log.txt`), one short line per logged step instead.
 """
@@ -74,10 +75,12 @@ class Progress:
     self._lines = show and not (sys.stdout.isatty() and sys.stderr.isatty())
     self._bar: tqdm.tqdm | None = None
     self._first_done: tuple[int, float] | None = None  # (step, time) the rate is counted from
+    self._real_tokens = 0  # non-padding tokens of the steps after the first
     self._saved_stream: TextIO | None = None
 
-  def update(self, done: int) -> None:
-    """After step `done` (1-based) was dispatched; the first call starts the clock and the bar."""
+  def update(self, done: int, real_tokens: int = 0) -> None:
+    """After step `done` (1-based), of `real_tokens` non-padding tokens, was dispatched; the first
+    call starts the clock and the bar."""
     if self._first_done is None:
       self._first_done = (done, time.perf_counter())
       if self._bar_wanted:
@@ -90,22 +93,36 @@ class Progress:
         )
         self._redirect_logs()
       return
+    self._real_tokens += real_tokens
     if self._bar is not None:
       self._bar.update(done - self._bar.n)
 
-  def logged(self, step: int, loss: float) -> None:
-    """At each logged step: the loss in the bar, or one line on stdout."""
+  def logged(self, step: int, loss: float, padding_fraction: float | None = None) -> None:
+    """At each logged step: the loss, the non-padding tokens/s since the first step and the share of
+    padding in step `step`'s batch, in the bar or as one line on stdout."""
+    real = self.real_tokens_per_second()
+    speed = '' if real is None else f', {real:.0f} real tokens/s'
+    padding = '' if padding_fraction is None else f', {padding_fraction:.0%} padding'
     if self._bar is not None:
-      self._bar.set_postfix_str(f'loss {loss:.4f}', refresh=False)
+      self._bar.set_postfix_str(f'loss {loss:.4f}{speed}{padding}', refresh=False)
     if self._lines:
       rate = self.steps_per_second(step)
-      speed = '' if rate is None else f', {rate:.2f} steps/s'
-      print(f'step {step}/{self._total}: loss {loss:.4f}{speed}', flush=True)
+      steps = '' if rate is None else f', {rate:.2f} steps/s'
+      print(f'step {step}/{self._total}: loss {loss:.4f}{steps}{speed}{padding}', flush=True)
 
   def steps_per_second(self, step: int) -> float | None:
     if self._first_done is None or step <= self._first_done[0]:
       return None
-    return (step - self._first_done[0]) / max(time.perf_counter() - self._first_done[1], 1e-9)
+    return (step - self._first_done[0]) / self._seconds()
+
+  def real_tokens_per_second(self) -> float | None:
+    """Non-padding tokens per second of the steps dispatched after the first (None before any)."""
+    if self._first_done is None or not self._real_tokens:
+      return None
+    return self._real_tokens / self._seconds()
+
+  def _seconds(self) -> float:
+    return max(time.perf_counter() - self._first_done[1], 1e-9)
 
   def close(self) -> None:
     if self._bar is not None:

@@ -23,6 +23,7 @@ from lgdlm_jax.training import aot
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
+from lgdlm_jax.training import step_estimate
 
 needs_libtpu = pytest.mark.skipif(
   importlib.util.find_spec('libtpu') is None, reason="needs libtpu (pip install -e '.[tpu]' in a side environment)"
@@ -81,6 +82,14 @@ def test_tpu_compile_reports_per_chip_memory_and_splash_needs_less_than_xla():
     report['argument_bytes'] + report['output_bytes'] - report['alias_bytes'] + report['temp_bytes']
   )
   assert report['fits'] is True and report['compile_s'] > 0
+  # The compiler's estimate counts the loops of the step (the scan over the blocks, the pass-by-pass
+  # gradient) per iteration; the synthetic batch has no padding.
+  estimate = report['estimate']
+  assert estimate['uncounted_loops'] == [] and estimate['loops'] >= 2 and estimate['loop_scale'] > 1
+  # The splash kernels carry no cycle estimate: their FLOPs are added at the chip's peak.
+  assert any(k.startswith('splash_mha_fwd') for k in estimate['uncosted_kernels']) and estimate['attention_s'] > 0
+  assert estimate['step_s'] == estimate['compiler_s'] + estimate['attention_s'] > 0
+  assert estimate['real_tokens_per_s'] == estimate['tokens_per_s'] and 0 < estimate['mfu'] < 1
   # The plain attention holds [8, S+1, S+1] float32 scores per row: at S = 1024 that shows where
   # attention sets the peak, as when one backward pass runs through all passes ('joint'). Taken
   # pass by pass (the default), this tiny model's peak lies elsewhere (41.3 MB splash, 42.7 MB xla).
@@ -89,6 +98,37 @@ def test_tpu_compile_reports_per_chip_memory_and_splash_needs_less_than_xla():
   config.model.attention = 'xla'
   plain = bench.compile_only(config, 'v5e:2x2')
   assert plain['temp_bytes'] > fused['temp_bytes'] + 8 * 1025 * 1025 * 4, (plain['temp_bytes'], fused['temp_bytes'])
+
+
+def _toy_scan(outer: int, inner: int):
+  """The estimate of a TPU compile of `outer` iterations of a scan over `inner` matmuls (a scan in a scan)."""
+  devices, _ = aot.target_devices('v5e:2x2')
+  mesh = jax.sharding.Mesh(np.asarray(devices[:1]).reshape(1), ('x',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def matmuls(x, ws):
+    return jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x, ws)[0]
+
+  def f(x, ws):
+    return jax.lax.scan(lambda c, _: (matmuls(c, ws), None), x, None, length=outer)[0]
+
+  x = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16, sharding=replicated)
+  ws = jax.ShapeDtypeStruct((inner, 512, 512), jnp.bfloat16, sharding=replicated)
+  return step_estimate.estimate_step(jax.jit(f).lower(x, ws).compile(), devices[0])
+
+
+@needs_libtpu
+def test_tpu_step_estimate_counts_every_iteration_of_a_scan():
+  small, large = _toy_scan(2, 3), _toy_scan(4, 12)
+  # libtpu's own figure counts each loop body once, whatever the trip counts ...
+  assert large.optimal_seconds == pytest.approx(small.optimal_seconds, rel=0.1)
+  assert large.cycles_loops_once == pytest.approx(small.cycles_loops_once, rel=0.1)
+  # ... the estimate counts every iteration: 8 times the matmuls, 8 times the time.
+  assert sorted(small.loops.values()) == [2, 3] and sorted(large.loops.values()) == [4, 12]
+  assert small.uncounted_loops == large.uncounted_loops == [] and small.uncosted_kernels == {}
+  assert large.seconds == pytest.approx(8 * small.seconds, rel=0.05), (small, large)
+  # 6 matmuls of 2 x 256 x 512 x 512 FLOPs, at most at the v5e's peak.
+  assert small.seconds >= 6 * 2 * 256 * 512 * 512 / 197e12
 
 
 @needs_cuda_plugin

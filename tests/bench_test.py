@@ -94,3 +94,15 @@ def test_compile_only_needs_no_parameters_and_reports_memory():
   param_bytes = sum(x.size * 4 for x in jax.tree_util.tree_leaves(shapes))
   assert result['argument_bytes'] >= 3 * param_bytes
   assert result['temp_bytes'] > 0 and result['model_flops_per_step'] == bench.train_flops_per_step(config)
+
+
+def test_synthetic_packed_batch_has_the_packed_layout():
+  config = small_config()
+  config.model.max_seq_len = 10
+  config.data.update(packing=True, max_segments_per_row=3)
+  batch = bench.synthetic_batch(config)
+  np.testing.assert_array_equal(batch['segment_ids'][1], [1, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+  np.testing.assert_array_equal(batch['positions'][1], [0, 1, 2, 0, 1, 2, 0, 1, 2, 3])
+  np.testing.assert_array_equal(batch['segment_lengths'], [[3, 3, 4]] * 2)
+  assert batch['latent'].shape == (2, 3, config.model.latent_dim) and batch['latent_mask'].all()
+  assert batch['attention_mask'].all() and batch['input_ids'].shape == (2, 10)

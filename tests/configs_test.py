@@ -94,3 +94,12 @@ def test_pretrain_follows_the_reference_schedule_and_optimizer():
   assert config.training.sequential_schedule == (('unconditional', 5000), ('l2t', 10_000), ('t2l', 10_000))
   assert (config.optimizer.beta1, config.optimizer.beta2, config.loss.latent_loss_weight) == (0.9, 0.99, 1.0)
   assert config_lib.finalize(load('pretrain', 'unconditional')).loss.loss_type == 'unconditional'
+
+
+def test_cluster_packed_variant_packs_sentences_and_names_an_unknown_variant():
+  config = config_lib.finalize(load('cluster', 'packed'))
+  assert config.data.packing and config.data.max_segments_per_row == 256
+  assert config.loss.text_positions == 'valid' and config.model.length_head
+  assert config.model.max_seq_len == 4096 and not config_lib.finalize(load('cluster')).data.packing
+  with pytest.raises(ValueError, match='configs/cluster.py:pakced: unknown variant'):
+    load('cluster', 'pakced')

@@ -35,6 +35,7 @@ from lgdlm_jax.training import runtime
 from lgdlm_jax.training import setup as training_setup
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
+from lgdlm_jax.training import throughput
 from lgdlm_jax.training import timed_saves
 from lgdlm_jax.training import timing
 from lgdlm_jax.training import tracking
@@ -201,7 +202,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     num_steps = int(tcfg.num_train_steps)
     save_every, eval_every, log_every = int(tcfg.save_every), int(tcfg.eval_every), tcfg.log_every
     max_bad = int(tcfg.max_consecutive_nonfinite)
-    tokens_per_step = int(tcfg.train_batch_size) * int(config.model.max_seq_len)
     start = int(state.step)
     log = metrics_log.MetricsLog(workdir, config, resume_step=start if resumed else None)
     stack.callback(log.close)
@@ -215,7 +215,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
     timed = timed_saves.TimedSaves(tcfg.save_every_minutes)
     stack.callback(checkpoint.finish, manager)  # first on the way out: every save is whole before anything closes
 
-    def report(step: int, device_metrics, started: float, data_wait: float) -> None:
+    def report(step: int, device_metrics, started: float, data_wait: float, tokens: throughput.Tokens) -> None:
       with clock.phase('step'):  # blocks until the step is done
         metrics = jax.device_get(device_metrics)
       elapsed = time.perf_counter() - started
@@ -231,14 +231,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
         record = {k: float(v) for k, v in metrics.items()}
         record.update(
           step_time=elapsed,
-          tokens_per_sec=tokens_per_step / elapsed,
+          **throughput.rates(tokens, elapsed, per='sec'),
           data_wait_time=data_wait,
           data_skipped_samples=train_iter.num_skipped,
         )
         record.update(clock.interval())
         with clock.phase('log'):
           log.write(step, record)
-        progress.logged(step, record['loss'])
+        progress.logged(step, record['loss'], tokens.padding_fraction)
       if int(metrics['consecutive_nonfinite']) >= max_bad:
         raise NonFiniteError(
           f'{max_bad} consecutive steps (up to step {step}) had a non-finite loss or gradient; stopping. '
@@ -270,6 +270,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       with clock.phase('data_wait'):
         local_batch = next(train_iter)
         data_wait = time.perf_counter() - started  # the loader's share of the step
+        tokens = throughput.count_tokens(local_batch, jax.process_count())  # on the host: the step never waits
         batch = sharding.global_batch(local_batch, mesh)
       terms = programs.schedule.terms_at(step)
       if terms not in programs.made:
@@ -277,8 +278,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> train.TrainState:
       with profiler.step(step), clock.phase('step'):
         state, metrics = programs.for_terms(terms)(state, batch, step_key)
       profiler.after(step, state)
-      late.hold(step + 1, metrics, started, data_wait)
-      progress.update(step + 1)
+      late.hold(step + 1, metrics, started, data_wait, tokens)
+      progress.update(step + 1, tokens.real)
       done = step + 1
       val = None
       if eval_every and val_batches is not None and done % eval_every == 0:
