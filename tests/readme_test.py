@@ -112,6 +112,12 @@ HOW = (
     ),
   ),
   How(r'python3 -m lgdlm_jax\.main --config configs/demo\.py ', 'run', 'shortened', extra=SHORT_TRAINING),
+  How(
+    r'python3 -m lgdlm_jax\.main --config configs/(pretrain\.py|finetune\.py:runs/pretrain) ',
+    'skip',
+    "the cluster config's sizes on 8 chips (mesh.fsdp=8); tests/modes_test.py trains, validates and resumes "
+    'each mode, and tests/configs_test.py builds both configs',
+  ),
   How(r'python3 -m lgdlm_jax\.plot ', 'run', 'as written'),
   How(
     r'python3 -m lgdlm_jax\.sample (l2t|t2l) --workdir converted/ref',
@@ -126,6 +132,13 @@ HOW = (
     files=(('my_sentences.txt', 'In the beginning was the word.\nAnd the light shone.\n'),),
   ),
   How(r'python3 -m lgdlm_jax\.sample l2t ', 'run', '2 samples, 2 steps', extra=SHORT_SAMPLING),
+  How(
+    r'python3 -m lgdlm_jax\.sample unconditional ',
+    'run',
+    'from the demo run (the pretraining run above is skipped); 2 samples, 2 steps',
+    extra=SHORT_SAMPLING,
+    replace=(('runs/pretrain', 'runs/demo'),),
+  ),
   How(r'python3 -m lgdlm_jax\.evaluate text ', 'run', 'one batch', extra=('--max_batches=1',)),
   How(
     r'python3 -m lgdlm_jax\.evaluate sts ',
