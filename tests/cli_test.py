@@ -95,9 +95,10 @@ def test_a_missing_config_file_is_one_line(capsys):
 @pytest.mark.parametrize(
   'argv, code, message',
   [
-    ([], 2, 'expected one mode, l2t or t2l'),
+    ([], 2, 'expected one mode, l2t, t2l, unconditional'),
     (['l2t', '--out', 'o', '--latents', 'x'], 2, '--workdir is required'),
-    (['l2t', '--workdir', 'w', '--out', 'o', '--texts', 't'], 2, 'l2t takes --latents'),
+    (['l2t', '--workdir', 'w', '--out', 'o', '--texts', 't'], 2, '--texts is for t2l only, not l2t'),
+    (['l2t', '--workdir', 'w', '--out', 'o'], 2, 'l2t takes --latents'),
     (['t2l', '--workdir', '/no/such/run', '--out', 'o', '--texts', 't'], 1, '/no/such/run'),
   ],
 )

@@ -174,7 +174,7 @@ class ConditionDropoutTest(parameterized.TestCase):
     options = options_lib.from_config(config)
     batch = make_batch()
     draws = dict(latentdlm.sample_draws(jax.random.key(0), BATCH, SEQ_LEN, 8), null_uniform=jnp.array([0.1, 0.7, 0.3]))
-    view = terms_lib.batch_view(batch, MASK_TOKEN_ID)
+    view = terms_lib.batch_view(batch, options)
     for mode in ('unconditional', 't2l'):
       model_pass, weights, _ = latentdlm._inputs(view, draws, mode, options)  # pylint: disable=protected-access
       null = np.array([True, False, True])

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import sys
 
 import jax
@@ -195,7 +196,8 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
       ids.append(f.read().strip())
   assert ids[0] == ids[1]
   runs = [r for r in os.listdir(tmp_path / 'wandb') if r.startswith('offline-run-')]
-  assert runs and all(r.endswith('-' + ids[0]) for r in runs)
+  # wandb adds -1, -2, ... to a run directory whose name (time to the second, id) already exists.
+  assert runs and all(re.fullmatch(rf'offline-run-\d{{8}}_\d{{6}}-{ids[0]}(-\d+)?', r) for r in runs)
   run_id = ids[0]
   tracking.wandb_sink(workdir, config, resumed=False).close()  # a fresh run in the same workdir: a new W&B run
   with open(os.path.join(workdir, tracking.RUN_ID_FILE)) as f:

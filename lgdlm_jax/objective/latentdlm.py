@@ -132,7 +132,7 @@ def latentdlm_loss(
   if mode not in MODES:
     raise ValueError(f'mode={mode!r}: expected one of {", ".join(MODES)}')
   deterministic = (not options.dropout) if deterministic is None else deterministic
-  view = terms_lib.batch_view(batch, options.mask_token_id)
+  view = terms_lib.batch_view(batch, options)
   model_pass, weights_BxS, target_BxD = _inputs(view, draws, mode, options)
   [(logits_BxSxV, latent_pred_BxD)] = run_passes(
     model,

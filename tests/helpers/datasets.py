@@ -69,6 +69,9 @@ def make_config(
   config = config_lib.default_config()
   config.model.update(vocab_size=VOCAB, max_seq_len=seq_len, latent_dim=LATENT_DIM)
   config.tokenizer.update(vocab_size=VOCAB, pad_token_id=0, mask_token_id=3)
+  if data_keys.get('packing'):  # packed rows train the L2T loss on real tokens, with the length head
+    config.loss.text_positions = 'valid'
+    config.model.length_head = True
   config.data.update(
     token_dir=token_dir,
     latent_dir=latent_dir,
