@@ -292,6 +292,13 @@ class ConfigErrorTest(parameterized.TestCase):
     with pytest.raises(ConfigError, match='training.gradient_accumulation_steps=2'):
       config_lib.finalize(config)
 
+  def test_modes_take_init_from_with_its_optimizer_state(self):
+    # The per-unit update counts are restored (tests/latentdlm_continuity_test.py), so this is no longer refused.
+    for loss_type in ('l2t', 'random'):
+      config = make_config(loss_type=loss_type)
+      config.update(init_from='converted/ref', init_from_optimizer=True)
+      self.assertTrue(config_lib.finalize(config).init_from_optimizer)
+
 
 @pytest.mark.slow
 def test_a_sequential_run_trains_validates_and_resumes_each_mode_exactly(tmp_path):

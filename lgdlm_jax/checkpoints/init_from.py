@@ -24,6 +24,7 @@ from lgdlm_jax import errors
 from lgdlm_jax.checkpoints import weight_sources as sources
 from lgdlm_jax.checkpoints import workdirs
 from lgdlm_jax.convert import moments as moments_lib
+from lgdlm_jax.convert import update_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +53,21 @@ def load(config: ml_collections.FrozenConfigDict, workdir: str) -> Initial | Non
 
 
 def _check_position(weights: sources.Weights, config: ml_collections.FrozenConfigDict) -> None:
-  """The source's step and update count fit this run's gradient accumulation and length."""
+  """The source's step and update counts fit this run's gradient accumulation and length."""
   steps, updates = weights.steps_done, weights.moments.updates
   accumulation = config.training.gradient_accumulation_steps
   if steps is None:
     raise errors.InputError(f'the {weights.kind} holds AdamW moments but no step, so the schedule position is unknown')
-  if steps != updates * accumulation:
+  if config.loss.loss_type != 'cycle_vae':
+    # The pretraining modes update once per step (no accumulation), and a step skipped for a non-finite
+    # gradient advances the step without an update: a tensor may have had fewer updates than steps, never more.
+    most = update_counts.most(weights.moments.unit_updates, updates)
+    if most > steps:
+      raise errors.InputError(
+        f'its AdamW state has had {most} updates, more than the {steps} steps it is at: the optimizer state and '
+        'the step are not of one checkpoint'
+      )
+  elif steps != updates * accumulation:
     raise errors.InputError(
       f'step {steps} (micro-batches) and {updates} optimizer updates do not fit training.gradient_accumulation_steps='
       f'{accumulation}: expected step = updates x {accumulation} (a checkpoint inside an accumulation group, or '
@@ -76,11 +86,10 @@ def apply(initial: Initial, state: Any, shardings: Any) -> Any:
   weights = initial.weights
   state = state.replace(params=float32(weights.params))
   if initial.with_optimizer:
-    moments = moments_lib.AdamMoments(
-      weights.moments.updates, float32(weights.moments.mu), float32(weights.moments.nu), weights.moments.hyperparameters
-    )
+    moments = dataclasses.replace(weights.moments, mu=float32(weights.moments.mu), nu=float32(weights.moments.nu))
     state = state.replace(
-      step=np.int32(weights.steps_done), opt_state=moments_lib.into_opt_state(state.opt_state, moments)
+      step=np.int32(weights.steps_done),
+      opt_state=moments_lib.into_opt_state(state.opt_state, moments, weights.steps_done),
     )
   return jax.device_put(state, shardings)
 
@@ -89,7 +98,12 @@ def describe(initial: Initial) -> str:
   weights = initial.weights
   if not initial.with_optimizer:
     return f'the parameters of the {weights.description}'
+  moments = weights.moments
+  updates = f'{moments.updates} updates'
+  if moments.unit_updates is not None:
+    counts = [int(c) for c in np.concatenate([np.ravel(u) for u in jax.tree_util.tree_leaves(moments.unit_updates)])]
+    updates = f'{min(counts)} to {max(counts)} updates per tensor'
   return (
-    f'the parameters, AdamW moments ({weights.moments.updates} updates) and step {weights.steps_done} of the '
+    f'the parameters, AdamW moments ({updates}) and step {weights.steps_done} of the '
     f'{weights.description}; the data start at global batch {weights.steps_done}'
   )

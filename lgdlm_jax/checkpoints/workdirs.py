@@ -99,7 +99,8 @@ def _read_step(
   moments = None
   if adam_path is not None:
     adam = _at(restored['opt_state'], adam_path)
-    moments = moments_lib.AdamMoments(int(adam['count']), adam['mu'], adam['nu'], {})
+    unit_updates = adam.get(moments_lib.UNIT_COUNT_FIELD)  # the pretraining modes' per-unit counts
+    moments = moments_lib.AdamMoments(int(adam['count']), adam['mu'], adam['nu'], {}, unit_updates)
   return WorkdirCheckpoint(step, int(restored['step']), restored[params_tree], moments)
 
 

@@ -135,11 +135,6 @@ def _check_latentdlm(config: ml_collections.ConfigDict) -> None:
     )
   if loss_type == 'sequential' and not training.sequential_schedule:
     raise ConfigError("loss.loss_type='sequential' needs training.sequential_schedule ((mode, steps), ...)")
-  if loss_type != 'cycle_vae' and config.init_from_optimizer:
-    raise ConfigError(
-      f'init_from_optimizer=True: loss.loss_type={loss_type!r} keeps an update count per frozen unit, which '
-      'init_from does not restore yet; take the weights alone (init_from_optimizer=False)'
-    )
   if loss_type != 'cycle_vae' and training.gradient_accumulation_steps > 1:
     raise ConfigError(
       f'training.gradient_accumulation_steps={training.gradient_accumulation_steps}: '

@@ -43,6 +43,7 @@ from lgdlm_jax.convert import fitting
 from lgdlm_jax.convert import layout
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
+from lgdlm_jax.convert import update_counts
 from lgdlm_jax.objective import diffusion
 from lgdlm_jax.training import optimizer as optimizer_lib
 
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _to_flax(args: flags.FlagValues) -> None:
   checkpoint = files.read_checkpoint(args.input, args['unsafe-pickle'].value, args.step)
   notes = [f"unwrapped '{k}'" for k in checkpoint.unwrapped] + [f"stripped prefix '{p}'" for p in checkpoint.stripped]
+  if checkpoint.set_aside:
+    notes.append(f"set aside the trainer's buffers {', '.join(checkpoint.set_aside)} (not model parameters)")
   print(
     f'read {checkpoint.path} ({checkpoint.chosen}): {len(checkpoint.state_dict)} tensors, '
     f'{_count(checkpoint.state_dict):,} parameters, {_dtypes(checkpoint.state_dict)}' + ''.join(f'; {n}' for n in notes)
@@ -185,6 +188,9 @@ def _moments(
     return None
   hyper = ', '.join(f'{k}={v}' for k, v in moments.hyperparameters.items())
   print(f'optimizer state: AdamW moments after {moments.updates} updates ({hyper})')
+  if moments.unit_updates is not None:
+    counts = sorted(set(update_counts.to_torch(moments.unit_updates).values()))
+    print(f'  its tensors had different update counts ({", ".join(map(str, counts))}): kept per tensor')
   return moments
 
 

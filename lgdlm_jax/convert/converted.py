@@ -5,7 +5,8 @@
     DIR/converted.json   the layout version, what was converted, its step (micro-batches applied) and
                          tokenizer ids when the source said them
     DIR/optimizer/       only when the source held AdamW state: its moments {mu, nu} (float32, the
-                         params' tree); their update count is in converted.json
+                         params' tree) and, when its tensors had different update counts, those per
+                         unit (unit_updates, int32); the update count is in converted.json
 
 Layout versions: 1 = params/ and config.json only (written before versions existed; still read);
 2 = the layout above. Parameters come back as numpy arrays in their stored dtype; their shapes are
@@ -25,10 +26,12 @@ import orbax.checkpoint as ocp
 from lgdlm_jax import config as config_lib
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
+from lgdlm_jax.convert import update_counts
 
 PARAMS_DIR = 'params'
 INFO_FILE = 'converted.json'
 OPTIMIZER_DIR = 'optimizer'
+UNIT_UPDATES = 'unit_updates'
 LAYOUT_VERSION = 2
 # What TensorStore raises (through Orbax) for a checkpoint whose array files are truncated or missing.
 _DAMAGE_ERRORS = (ValueError, OSError)
@@ -52,7 +55,10 @@ def save(
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(directory, PARAMS_DIR), as_numpy(params))
     if moments is not None:
-      checkpointer.save(os.path.join(directory, OPTIMIZER_DIR), as_numpy({'mu': moments.mu, 'nu': moments.nu}))
+      optimizer = {'mu': moments.mu, 'nu': moments.nu}
+      if moments.unit_updates is not None:
+        optimizer[UNIT_UPDATES] = moments.unit_updates
+      checkpointer.save(os.path.join(directory, OPTIMIZER_DIR), as_numpy(optimizer))
   with open(os.path.join(directory, config_lib.CONFIG_FILE), 'w') as f:
     f.write(model_config.to_json(indent=2))
   info = dict(info or {}, layout_version=LAYOUT_VERSION)
@@ -112,8 +118,14 @@ def load_moments(directory: str, model_config: ml_collections.ConfigDict) -> mom
       f'{OPTIMIZER_DIR}/ have had (optimizer_updates)'
     )
   restored = restore_numpy(path, stored)
+  unit_updates = restored.get(UNIT_UPDATES)
+  if unit_updates is not None:
+    try:
+      update_counts.filled(unit_updates, restored['mu'], info['optimizer_updates'])
+    except mapping.ConversionError as e:
+      raise mapping.ConversionError(f'{path}: {e}') from e
   return moments_lib.AdamMoments(
-    info['optimizer_updates'], restored['mu'], restored['nu'], info.get('optimizer_hyperparameters', {})
+    info['optimizer_updates'], restored['mu'], restored['nu'], info.get('optimizer_hyperparameters', {}), unit_updates
   )
 
 

@@ -9,9 +9,12 @@ Inputs (`read_checkpoint(path)`):
 
 The weights come back as numpy arrays in their stored dtype (bfloat16 as ml_dtypes.bfloat16),
 unwrapped from the trainer's dict and free of wrapper prefixes, in the file's order (which is the
-reference model's parameter order). The step is converted to lgdlm_jax's numbering: micro-batches
-applied. The cycle trainer saves after micro-batch N with `step: N` (it logs its first update as
-step 0), so that is N + 1 here; latentDLM's TrainingState.step already counts the micro-batches done.
+reference model's parameter order). latentDLM's trainer saves its text noise schedule's buffers
+(`text_noise_schedule.log_prior`, ...) beside `model.*`: constants of its trainer, not parameters of
+the model (nor of its optimizer), so they are set aside and named. The step is converted to
+lgdlm_jax's numbering: micro-batches applied. The cycle trainer saves after micro-batch N with
+`step: N` (it logs its first update as step 0), so that is N + 1 here; latentDLM's
+TrainingState.step already counts the micro-batches done.
 """
 
 import dataclasses
@@ -31,6 +34,8 @@ from lgdlm_jax.convert import pickles
 WRAPPER_KEYS = ('model_state_dict', 'state_dict', 'model')
 # DDP, torch.compile and trainer wrappers; stripped only when every key carries one.
 PREFIXES = ('module.', '_orig_mod.', 'model.')
+# latentDLM's trainer's buffers beside its `model.` keys (its text noise schedule), behind any wrapper prefix.
+TRAINER_BUFFERS = re.compile(r'^((module|_orig_mod)\.)*text_noise_schedule\.')
 # Where the reference's trainers keep their config next to the weights.
 CONFIG_KEYS = ('config', 'cfg')
 OPTIMIZER_KEY = 'optimizer_state_dict'
@@ -55,6 +60,7 @@ class TorchCheckpoint:
   chosen: str  # how it was found, e.g. "the newest of the cycle trainer's run directory RUN"
   state_dict: dict[str, np.ndarray]  # in the file's order
   unwrapped: tuple[str, ...]  # the dict keys descended into, outermost first
+  set_aside: tuple[str, ...]  # the trainer's buffers left out of state_dict (TRAINER_BUFFERS)
   stripped: tuple[str, ...]  # the prefixes removed from every key, in order
   saved_config: dict[str, Any] | None  # the config the trainer stored beside the weights
   optimizer_state: dict[str, Any] | None  # torch's optimizer.state_dict(), tensors as they were saved
@@ -73,13 +79,14 @@ def read_checkpoint(path: str, unsafe_pickle: bool = False, step: int | None = N
   else:
     contents = pickles.load(path, unsafe_pickle)
   state_dict, unwrapped = _unwrap(contents, path)
-  state_dict, stripped = _strip_prefixes(state_dict)
+  set_aside = tuple(k for k in state_dict if TRAINER_BUFFERS.match(k))
+  state_dict, stripped = _strip_prefixes({k: v for k, v in state_dict.items() if k not in set_aside})
   steps_done, step_source = _steps_done(contents)
   top = contents if isinstance(contents, dict) else {}
   optimizer_state = top.get(OPTIMIZER_KEY) if isinstance(top.get(OPTIMIZER_KEY), dict) else None
   saved_config = next((top[k] for k in CONFIG_KEYS if isinstance(top.get(k), dict)), None)
   return TorchCheckpoint(
-    path, chosen, state_dict, unwrapped, stripped, saved_config, optimizer_state, steps_done, step_source
+    path, chosen, state_dict, unwrapped, set_aside, stripped, saved_config, optimizer_state, steps_done, step_source
   )
 
 

@@ -27,8 +27,8 @@ import numpy as np
 
 from lgdlm_jax import errors
 from lgdlm_jax import model as model_lib
+from lgdlm_jax.model import units
 
-_BLOCKS_PREFIX = ('mmdit', 'blocks')
 _MERGED_INDEX = re.compile(r'_(\d+)')
 # Problems named in one error line; the rest are counted.
 _MAX_NAMED_PROBLEMS = 8
@@ -120,8 +120,8 @@ def torch_param_shapes(model_config: ml_collections.ConfigDict) -> dict[str, tup
   reference model has."""
   shapes = {}
   for path, flax_shape in filter(lambda item: has_reference_counterpart(item[0]), param_shapes(model_config).items()):
-    blocks = range(flax_shape[0]) if path[:2] == _BLOCKS_PREFIX else (None,)
-    shapes.update({_torch_key(path, i): _torch_shape(path, flax_shape) for i in blocks})
+    blocks = range(flax_shape[0]) if units.is_block_parameter(path) else (None,)
+    shapes.update({torch_key(path, i): _torch_shape(path, flax_shape) for i in blocks})
   return shapes
 
 
@@ -183,7 +183,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections.Co
     array = np.asarray(value)
     segments = key.split('.')
     block = None
-    if segments[:2] == list(_BLOCKS_PREFIX) and len(segments) > 2 and segments[2].isdigit():
+    if units.is_block_parameter(segments) and len(segments) > 2 and segments[2].isdigit():
       block = int(segments[2])
       segments = segments[:2] + segments[3:]
     module_path = _merge_indices(segments[:-1])
@@ -198,11 +198,11 @@ def torch_to_flax(state_dict: Mapping[str, Any], model_config: ml_collections.Co
   for path, arrays in per_block.items():
     missing_blocks = sorted(set(range(n_blocks)) - set(arrays))
     if missing_blocks:
-      problems.append(f'missing key {_torch_key(path, missing_blocks[0])} (blocks {missing_blocks} of that parameter)')
+      problems.append(f'missing key {torch_key(path, missing_blocks[0])} (blocks {missing_blocks} of that parameter)')
       continue
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) > 1:
-      problems.append(f'the blocks of {_torch_key(path)} differ in shape: {sorted(shapes)}')
+      problems.append(f'the blocks of {torch_key(path)} differ in shape: {sorted(shapes)}')
       continue
     flat[path] = np.stack([arrays[i] for i in range(n_blocks)])
   problems += _compare(flat, expected, describe=_describe_torch)
@@ -220,11 +220,11 @@ def flax_to_torch(params: Mapping[str, Any], model_config: ml_collections.Config
   check_params(flat, model_config)
   state_dict: dict[str, np.ndarray] = {}
   for path, array in filter(lambda item: has_reference_counterpart(item[0]), flat.items()):
-    if path[:2] == _BLOCKS_PREFIX:
+    if units.is_block_parameter(path):
       for i in range(array.shape[0]):
-        state_dict[_torch_key(path, i)] = _flax_leaf_to_torch(path[-1], array[i])
+        state_dict[torch_key(path, i)] = _flax_leaf_to_torch(path[-1], array[i])
     else:
-      state_dict[_torch_key(path)] = _flax_leaf_to_torch(path[-1], array)
+      state_dict[torch_key(path)] = _flax_leaf_to_torch(path[-1], array)
   return state_dict
 
 
@@ -233,24 +233,24 @@ def _flax_leaf_to_torch(leaf: str, array: np.ndarray) -> np.ndarray:
   return np.array(array.T if leaf == 'kernel' else array, order='C')
 
 
-def _torch_key(path: tuple[str, ...], block: int | str | None = None) -> str:
+def torch_key(path: tuple[str, ...], block: int | str | None = None) -> str:
   """The reference's name of a Flax parameter path; `block` fills the block index of scanned ones."""
   leaf = 'weight' if path[-1] in ('kernel', 'scale', 'embedding') else path[-1]
   modules = [_MERGED_INDEX.sub(r'.\1', m) for m in path[:-1]]
-  if path[:2] == _BLOCKS_PREFIX:
+  if units.is_block_parameter(path):
     modules = modules[:2] + [str('*' if block is None else block)] + modules[2:]
   return '.'.join(modules + [leaf])
 
 
 def _torch_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The torch shape of a Flax parameter (per block for the stacked ones)."""
-  shape = flax_shape[1:] if path[:2] == _BLOCKS_PREFIX else flax_shape
+  shape = flax_shape[1:] if units.is_block_parameter(path) else flax_shape
   return tuple(shape[::-1] if path[-1] == 'kernel' else shape)
 
 
 def _describe_torch(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> str:
   """A parameter in the reference's terms: its state-dict name and torch shape (per block)."""
-  return f'{_torch_key(path)} {_torch_shape(path, flax_shape)}'
+  return f'{torch_key(path)} {_torch_shape(path, flax_shape)}'
 
 
 def _compare(

@@ -5,6 +5,9 @@ optax's adamw keeps `mu`, `nu` and `count` for the whole tree, nested inside wha
 optimizer is (lgdlm_jax.training.optimizer: torch-style clipping, adamw, and optax.MultiSteps under gradient
 accumulation). The update rules are the same (decoupled decay of the old parameter, bias correction
 by the update count), so AdamMoments (updates, mu, nu) carries the state between them exactly.
+torch's counts are per tensor; after latentDLM's pretraining modes (frozen groups) they differ, and
+AdamMoments carries them per unit too (`unit_updates`, lgdlm_jax.convert.update_counts), for the
+pretraining modes' optimizer, which keeps a count per unit (lgdlm_jax.training.freezing).
 
 The reference builds AdamW over `trainer.parameters()` in one group, so the state's parameter index
 i is the i-th tensor of the saved state dict (its parameters in registration order; the model has no
@@ -16,17 +19,21 @@ from collections.abc import Mapping
 import dataclasses
 from typing import Any
 
+from absl import logging
 import ml_collections
 import numpy as np
 
 from lgdlm_jax.convert import files
 from lgdlm_jax.convert import mapping
+from lgdlm_jax.convert import update_counts
 
 # optax state fields, by name: the moments and update counts, and MultiSteps' position in its group.
 _MOMENT_FIELDS = ('mu', 'nu')
 _COUNT_FIELDS = ('count', 'gradient_step')
 _MICRO_STEP_FIELD = 'mini_step'
 _ADAM_STATE_KEYS = frozenset(('count', 'mu', 'nu'))
+# The pretraining modes' AdamW (lgdlm_jax.training.freezing.FreezableAdamState): a count per unit beside `count`.
+UNIT_COUNT_FIELD = 'unit_count'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +42,9 @@ class AdamMoments:
   mu: Any  # first moments (exp_avg) as a Flax parameter tree of numpy arrays
   nu: Any  # second moments (exp_avg_sq), the same tree
   hyperparameters: dict[str, Any]  # lr, betas, eps, weight_decay of the source (for the report), if known
+  # Each unit's own update count (a tensor of the reference: lgdlm_jax.model.units) as the params' tree of
+  # int32 arrays; None when every unit has had `updates`.
+  unit_updates: Any = None
 
 
 def from_torch(
@@ -52,12 +62,13 @@ def from_torch(
     )
   exp_avg: dict[str, np.ndarray] = {}
   exp_avg_sq: dict[str, np.ndarray] = {}
-  counts: set[int] = set()
+  counts: dict[str, int] = {}
   for index, name in _index_names(groups, list(state_dict)).items():
     state = per_index.get(index)
     shape = tuple(np.shape(state_dict[name]))
     if state is None:  # torch keeps no state for a parameter that never had a gradient: zero moments
       exp_avg[name] = exp_avg_sq[name] = np.zeros(shape, np.float32)
+      counts[name] = 0
       continue
     if not {'exp_avg', 'exp_avg_sq', 'step'} <= state.keys():
       raise mapping.ConversionError(
@@ -71,17 +82,19 @@ def from_torch(
           f"the optimizer's {key} of parameter {index} has shape {moments[name].shape}, "
           f"but that parameter, {name}, has {shape}: the state is not this model's"
         )
-    counts.add(int(float(state['step'])))  # a 0-d tensor, or a number in older torch versions
-  if not counts:
+    counts[name] = int(float(state['step']))  # a 0-d tensor, or a number in older torch versions
+  if not any(counts.values()):
     raise mapping.ConversionError('the optimizer state holds no moments: no update was applied')
   group = groups[0]
   hyperparameters = {k: group[k] for k in ('lr', 'betas', 'eps', 'weight_decay') if k in group}
-  # optax keeps one count for all parameters; torch's differ only for parameters that missed gradients.
+  # `updates` is the most any tensor had (the one count of the cycle objective's optax AdamW); the
+  # per-tensor counts differ for tensors that missed gradients, and travel as unit_updates.
   return AdamMoments(
-    max(counts),
+    max(counts.values()),
     mapping.torch_to_flax(exp_avg, model_config),
     mapping.torch_to_flax(exp_avg_sq, model_config),
     hyperparameters,
+    update_counts.from_torch(counts, state_dict, model_config),
   )
 
 
@@ -106,35 +119,69 @@ def to_torch(
     [torch.zeros(1, requires_grad=True)], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay
   ).state_dict()['param_groups'][0]
   group['params'] = list(range(len(names)))
-  state = (
-    {}
-    if moments.updates == 0
-    else {
-      i: {
-        'step': torch.tensor(float(moments.updates)),
-        'exp_avg': files.to_tensor(np.asarray(exp_avg[name], np.float32)),
-        'exp_avg_sq': files.to_tensor(np.asarray(exp_avg_sq[name], np.float32)),
-      }
-      for i, name in enumerate(names)
+  if moments.unit_updates is None:
+    counts = dict.fromkeys(names, moments.updates)
+  else:
+    counts = update_counts.to_torch(moments.unit_updates)
+  # torch keeps no state for a tensor that has had no update (it never had a gradient).
+  state = {
+    i: {
+      'step': torch.tensor(float(counts[name])),
+      'exp_avg': files.to_tensor(np.asarray(exp_avg[name], np.float32)),
+      'exp_avg_sq': files.to_tensor(np.asarray(exp_avg_sq[name], np.float32)),
     }
-  )
+    for i, name in enumerate(names)
+    if counts[name]
+  }
   return {'state': state, 'param_groups': [group]}
 
 
-def into_opt_state(opt_state: Any, moments: AdamMoments) -> Any:
+def into_opt_state(opt_state: Any, moments: AdamMoments, steps_done: int | None = None) -> Any:
   """`opt_state` (an optax state of lgdlm_jax.training.optimizer's chain, any nesting) holding `moments`: the
-  AdamW moments and every update count set, and gradient accumulation at the start of a group."""
+  AdamW moments and every update count set, and gradient accumulation at the start of a group.
+
+  The pretraining modes' AdamW (a `unit_count` field) takes each unit's count from moments.unit_updates
+  (every unit at `updates` when None) and its `count`, the learning rate's position, from `steps_done`:
+  latentDLM's learning rate follows its step, which a step skipped for a non-finite gradient advances
+  without an update, so the step, not an update count, says where its schedule is. (A run of lgdlm_jax
+  keeps count = step unless it skipped a step; then the continuation takes the reference's position.)
+  """
   values = {
     'mu': moments.mu,
     'nu': moments.nu,
     _MICRO_STEP_FIELD: np.int32(0),
     **{field: np.int32(moments.updates) for field in _COUNT_FIELDS},
   }
+  if _has_field(opt_state, UNIT_COUNT_FIELD):
+    if steps_done is None:
+      raise mapping.ConversionError('the per-unit AdamW state needs the step the source is at (steps_done)')
+    values[UNIT_COUNT_FIELD] = update_counts.filled(moments.unit_updates, moments.mu, moments.updates)
+    values['count'] = np.int32(steps_done)
+  elif moments.unit_updates is not None:
+    # Logged, not refused: tensors that never had a gradient (count 0, zero moments) are common, and the
+    # difference is only the bias correction of the tensors that had fewer updates.
+    counts = update_counts.to_torch(moments.unit_updates)
+    logging.warning(
+      "the source's tensors had between %d and %d AdamW updates each; this optimizer keeps one count, so all "
+      'continue from %d (the bias correction of those with fewer updates differs from torch continuing)',
+      min(counts.values()),
+      max(counts.values()),
+      moments.updates,
+    )
   found: set[str] = set()
   opt_state = _set_fields(opt_state, values, found)
   if not set(_MOMENT_FIELDS) <= found:
     raise mapping.ConversionError('the optimizer has no AdamW state (mu, nu) to set')
   return opt_state
+
+
+def _has_field(tree: Any, field: str) -> bool:
+  """Whether an optax state (NamedTuples at any depth) has a field named `field`."""
+  if isinstance(tree, tuple) and hasattr(tree, '_fields'):
+    return field in tree._fields or any(_has_field(getattr(tree, f), field) for f in tree._fields)
+  if isinstance(tree, (tuple, list)):
+    return any(_has_field(child, field) for child in tree)
+  return False
 
 
 def _set_fields(tree: Any, values: Mapping[str, Any], found: set[str]) -> Any:

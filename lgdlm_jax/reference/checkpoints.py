@@ -32,6 +32,20 @@ class CycleTrainer(torch.nn.Module):
     self.model = model
 
 
+class LatentDLMTrainer(torch.nn.Module):
+  """latentDLM's trainer module as its checkpoints show it: the model as `self.model` and its text noise
+  schedule, whose buffers (log_prior, log_gamma, log_B) are saved beside the model's parameters; it has no
+  parameters of its own, so its optimizer's are the model's. (The buffers' values are its trainer's
+  constants; nothing here reads them.)"""
+
+  def __init__(self, model: torch.nn.Module):
+    super().__init__()
+    self.model = model
+    self.text_noise_schedule = torch.nn.Module()
+    for name in ('log_prior', 'log_gamma', 'log_B'):
+      self.text_noise_schedule.register_buffer(name, torch.zeros(()))
+
+
 def cycle_cfg(model_config, **sections) -> dict:
   """The plain dict the cycle trainer saves as `cfg` (its YAML after overrides), model section first."""
   model = {

@@ -15,8 +15,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-# Where MultimodalMMDiT keeps its scanned blocks' parameters (lgdlm_jax.model.mmdit, nn.scan name='blocks').
-_BLOCKS_PATH = ('mmdit', 'blocks')
+from lgdlm_jax.model import units
+
+_BLOCKS_PATH = units.BLOCKS_PATH
 _LAYER_INDEX = re.compile(r'_\d+$')
 
 

@@ -12,7 +12,7 @@ each tensor's bias correction counts its own updates. Here:
   feed-forward, their residual connections' post-branch parameters, its final norm) and the latent
   head; in t2l the same on the text side; the cluster head (never in any loss) always;
 - the blocks' parameters are stacked along a leading block axis, so a tensor of the reference is a
-  slice of one leaf here: freezing, and the update counts, are per block slice (`unit_shape`).
+  slice of one leaf here: freezing, and the update counts, are per block slice (lgdlm_jax.model.units).
 The train step zeroes the frozen gradients before clipping (so the global norm is torch's over the
 tensors with gradients), and `freezable_adamw` keeps a frozen unit's moments and count and gives it a
 zero update, decay included. A mode compiles its own program, so the frozen set is a constant of it.
@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from lgdlm_jax.model import units as model_units
 
 # The reference's groups, by lower-cased name substring; the text list is checked first.
 TEXT_GROUP = ('text_embed', 'text_head', 'vocab', 'token_embed', 'text_proj', 'text_norm', 'text_out', 'text_encoder')
@@ -41,8 +43,6 @@ LATENT_GROUP = (
 FROZEN_GROUPS = {'unconditional': (), 'l2t': ('latent',), 't2l': ('text',)}
 # The modality (0 = text, 1 = latent) whose output a mode's loss never reads.
 UNREAD_MODALITY = {'unconditional': None, 'l2t': 1, 't2l': 0}
-# Stacked block parameters live under this prefix, with the block index as their leading axis.
-BLOCKS = ('mmdit', 'blocks')
 # A residual connection's parameters that act after its branch (the depth connection).
 POST_BRANCH = ('static_beta', 'dynamic_beta_fn', 'h_post_scale')
 
@@ -57,16 +57,9 @@ def parameter_group(path: tuple[str, ...]) -> str:
   return 'shared'
 
 
-def unit_shape(path: tuple[str, ...], leaf: Any) -> tuple[int, ...]:
-  """The shape of a leaf's update counts: one per block for stacked block parameters, else one."""
-  if path[: len(BLOCKS)] == BLOCKS:
-    return (leaf.shape[0],) + (1,) * (len(leaf.shape) - 1)
-  return ()
-
-
 def _unread_in_last_block(path: tuple[str, ...], modality: int) -> bool:
   """A block parameter that only modality `modality`'s own stream reads after the joint attention."""
-  name = '/'.join(path[len(BLOCKS) :])
+  name = '/'.join(path[len(model_units.BLOCKS_PATH) :])
   after_attention = (f'joint_attn/to_out_{modality}', f'ff_layernorms_{modality}/', f'feedforwards_{modality}/')
   return (
     any(name.startswith(prefix) for prefix in after_attention)
@@ -81,7 +74,7 @@ def frozen_units(params: Any, mode: str) -> Any:
   head = {0: 'text_head', 1: 'latent_head'}.get(modality, '')
   frozen = {}
   for path, leaf in flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items():
-    shape = unit_shape(path, leaf)
+    shape = model_units.unit_shape(path, leaf.shape)
     units = np.full(shape, parameter_group(path) in FROZEN_GROUPS[mode])
     name = '/'.join(path)
     if name.startswith('text_head_clusters') or (head and name.startswith(head)):
@@ -116,7 +109,9 @@ def freezable_adamw(
 
   def init_fn(params: Any) -> FreezableAdamState:
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-    counts = flax.traverse_util.unflatten_dict({p: jnp.zeros(unit_shape(p, x), jnp.int32) for p, x in flat.items()})
+    counts = flax.traverse_util.unflatten_dict(
+      {p: jnp.zeros(model_units.unit_shape(p, x.shape), jnp.int32) for p, x in flat.items()}
+    )
     zeros = lambda: jax.tree.map(jnp.zeros_like, params)
     return FreezableAdamState(jnp.zeros((), jnp.int32), counts, zeros(), zeros())
 
