@@ -5,6 +5,11 @@ Use: python -m lgdlm_jax.main --config configs/pretrain.py --workdir runs/pretra
        --config.data.token_dir=... --config.data.latent_dir=...
      python -m lgdlm_jax.main --config configs/pretrain.py:unconditional --workdir ...   (one mode throughout)
 
+Continue a latentDLM run (its SAVE_DIR/RUN_NAME/latest/checkpoint.pt) mid-schedule with its AdamW state:
+     python convert_torch_weights.py --input SAVE_DIR/RUN_NAME --output converted/pre
+     python -m lgdlm_jax.main --config configs/pretrain.py --workdir runs/pretrain \
+       --config.init_from=converted/pre --config.init_from_optimizer=True ...
+
 Then fine-tune with the cycle objective from the pretrained weights:
      python -m lgdlm_jax.main --config configs/finetune.py:runs/pretrain --workdir runs/finetune ...
 

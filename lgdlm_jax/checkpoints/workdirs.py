@@ -17,6 +17,7 @@ from lgdlm_jax.checkpoints import manager as checkpoint
 from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
+from lgdlm_jax.convert import update_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +100,10 @@ def _read_step(
   moments = None
   if adam_path is not None:
     adam = _at(restored['opt_state'], adam_path)
-    unit_updates = adam.get(moments_lib.UNIT_COUNT_FIELD)  # the pretraining modes' per-unit counts
-    moments = moments_lib.AdamMoments(int(adam['count']), adam['mu'], adam['nu'], {}, unit_updates)
+    count = int(adam['count'])
+    # The pretraining modes' AdamW keeps a count per unit as well.
+    unit_updates = update_counts.unless_all(adam.get(moments_lib.UNIT_COUNT_FIELD), count)
+    moments = moments_lib.AdamMoments(count, adam['mu'], adam['nu'], {}, unit_updates)
   return WorkdirCheckpoint(step, int(restored['step']), restored[params_tree], moments)
 
 

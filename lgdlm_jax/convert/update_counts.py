@@ -92,6 +92,13 @@ def filled(unit_updates: Any | None, params: Any, updates: int) -> Any:
   return flax.traverse_util.unflatten_dict({p: np.asarray(given[p], np.int32) for p in shapes})
 
 
+def unless_all(unit_updates: Any | None, updates: int) -> Any | None:
+  """`unit_updates`, or None when every unit has had `updates` (AdamMoments' convention)."""
+  if unit_updates is None or all(np.all(leaf == updates) for leaf in jax.tree_util.tree_leaves(unit_updates)):
+    return None
+  return unit_updates
+
+
 def most(unit_updates: Any | None, updates: int) -> int:
   """The most updates any unit has had."""
   if unit_updates is None:
