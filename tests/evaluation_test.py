@@ -144,6 +144,26 @@ def test_the_console_line_shows_each_metric_beside_its_control():
   assert eval_examples.eval_line(5, dict(loss=1.0)) == 'eval step 5: val loss 1.0000'
 
 
+def test_the_console_shows_the_suites_scores_beside_their_controls_when_computed():
+  suite = dict(
+    l2t_onepass_acc=0.4,
+    l2t_onepass_acc_shuffled=0.2,
+    l2t_onepass_token_f1=0.25,
+    l2t_onepass_distinct_2=0.6,
+    t2l_recall_at_1=0.5,
+  )
+  suite.update(l2t_onepass_bleu=1.5, l2t_onepass_reencode_cosine=0.41, l2t_onepass_reencode_cosine_shuffled=0.17)
+  suite.update(l2t_sample_acc=0.15, l2t_sample_token_f1=0.07, l2t_sample_distinct_2=0.52, t2l_recall_at_5=0.75)
+  lines = eval_examples.eval_line(9, dict(loss=1.0, **suite)).split('\n')
+  assert lines == [
+    'eval step 9: val loss 1.0000 | L2T acc 0.400 (shuffled latents 0.200)',
+    '  one pass: acc 0.400, BLEU 1.50, token F1 0.250, re-encoded cosine 0.410 (shuffled latents 0.170), '
+    'distinct-2 0.600',
+    '  sampled: acc 0.150, token F1 0.070, distinct-2 0.520',  # no BLEU, no encoder: left out
+    '  T2L recall@1 0.500, @5 0.750',
+  ]
+
+
 def test_real_model_metrics_are_in_range():
   config, batch = tiny_config(), make_batch()
   model = model_lib.MultimodalMMDiT(config.model)

@@ -21,7 +21,8 @@ Params = Any
 def eval_line(step: int, val: dict[str, float]) -> str:
   """One console line of an evaluation's metrics (keys without the val_ prefix): the loss, L2T
   one-pass accuracy with the true and with shuffled latents, T2L cosine against the mean-latent
-  baseline; a metric the evaluation did not compute is left out."""
+  baseline; a metric the evaluation did not compute is left out. With the evaluation suite's scores
+  (training.eval_text_metrics), one indented line per L2T decoding and one for T2L retrieval follow."""
   parts = []
   if 'loss' in val:
     parts.append(f'val loss {val["loss"]:.4f}')
@@ -32,7 +33,30 @@ def eval_line(step: int, val: dict[str, float]) -> str:
       f'T2L cosine {val["t2l_cosine"]:.3f} (mean latent {val["t2l_mean_latent_cosine"]:.3f}, '
       f'sample norm {val["t2l_norm"]:.2f})'
     )
-  return f'eval step {step}: ' + ' | '.join(parts)
+  line = f'eval step {step}: ' + ' | '.join(parts)
+  text_scores = [
+    part for part in (_decode_scores('one pass', 'onepass', val), _decode_scores('sampled', 'sample', val)) if part
+  ]
+  if 't2l_recall_at_1' in val:
+    text_scores.append(f'T2L recall@1 {val["t2l_recall_at_1"]:.3f}, @5 {val["t2l_recall_at_5"]:.3f}')
+  return line + ''.join(f'\n  {part}' for part in text_scores)
+
+
+def _decode_scores(label: str, name: str, val: dict[str, float]) -> str:
+  """The evaluation suite's scores of one L2T decoding (training.eval_text_metrics), '' without them."""
+  if f'l2t_{name}_token_f1' not in val:
+    return ''
+  scores = [f'acc {val[f"l2t_{name}_acc"]:.3f}']
+  if f'l2t_{name}_bleu' in val:
+    scores.append(f'BLEU {val[f"l2t_{name}_bleu"]:.2f}')
+  scores.append(f'token F1 {val[f"l2t_{name}_token_f1"]:.3f}')
+  if f'l2t_{name}_reencode_cosine' in val:
+    scores.append(
+      f're-encoded cosine {val[f"l2t_{name}_reencode_cosine"]:.3f} '
+      f'(shuffled latents {val[f"l2t_{name}_reencode_cosine_shuffled"]:.3f})'
+    )
+  scores.append(f'distinct-2 {val[f"l2t_{name}_distinct_2"]:.3f}')
+  return f'{label}: ' + ', '.join(scores)
 
 
 def decoded_examples(
