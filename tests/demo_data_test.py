@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import data
@@ -18,11 +19,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BYTES = 5 * 2**20
 
 
-def demo_config():
+def demo_module():
   spec = importlib.util.spec_from_file_location('demo_config', os.path.join(REPO, 'configs', 'demo.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  return module
+
+
+def demo_config():
+  config = demo_module().get_config()
   config.data.data_dir = os.path.join(REPO, config.data.data_dir)
   config.tokenizer.json_file = os.path.join(REPO, config.tokenizer.json_file)
   return config
@@ -43,6 +48,18 @@ def test_demo_config_matches_its_dataset_and_tokenizer():
   tokenizer = text.load_tokenizer(config.tokenizer.json_file)
   assert text.token_id(tokenizer, '[MASK]') == config.tokenizer.mask_token_id
   assert tokenizer.get_vocab_size() == config.model.vocab_size
+
+
+def test_demo_config_takes_its_length_and_scales_its_intervals_to_it():
+  module = demo_module()
+  default, short = module.get_config(), module.get_config('2000')
+  assert default.training.num_train_steps == module.STEPS != 2000
+  assert short.training.num_train_steps == 2000
+  assert (short.training.eval_every, short.training.save_every) == (500, 1000)
+  assert (short.loss.cycle_text_warmup_steps, short.loss.cycle_latent_ramp_steps) == (500, 500)
+  for bad in ('2k', '3'):
+    with pytest.raises(ValueError, match=f'configs/demo.py:{bad}: expected a number of steps'):
+      module.get_config(bad)
 
 
 def test_demo_data_is_small_and_read_by_the_loader():

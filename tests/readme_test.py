@@ -35,6 +35,7 @@ SHORT_TRAINING = (
   '--config.training.save_every=1',
   '--config.training.log_every=1',
   '--config.training.eval_every=0',
+  '--config.training.eval_text_metrics=False',
   '--config.training.print_examples=0',
   '--config.model.hidden_size=32',
   '--config.model.cond_dim=32',
