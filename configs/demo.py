@@ -29,7 +29,7 @@ def get_config(num_steps: str = '') -> ml_collections.ConfigDict:
     )
   steps = int(num_steps or STEPS)
   config = config_lib.default_config()
-  # H = 64 with 4 heads of 16 (attention 64 wide, where the reference's fixed 8 x 64 = 512 cost 2.5x
+  # H = 64 with 4 heads of 16 (attention 64 wide, where the reference's fixed 8 x 64 = 512 takes 2.1x
   # the step time): many small steps beat fewer large ones in a few-minute budget on 2 cores, up to
   # about 4,000 steps, where this model starts to overfit the 2,375 training sentences (validation
   # loss rises and the L2T gap shrinks at 6,000; README, "What the demo learns").

@@ -112,7 +112,7 @@ HOW = (
       '--config.training.profile_steps=(0,1)',
     ),
   ),
-  How(r'python3 -m lgdlm_jax\.main --config configs/demo\.py ', 'run', 'shortened', extra=SHORT_TRAINING),
+  How(r'python3 -m lgdlm_jax\.main --config configs/demo\.py(:\d+)? ', 'run', 'shortened', extra=SHORT_TRAINING),
   How(
     r'python3 -m lgdlm_jax\.main --config configs/(pretrain\.py|finetune\.py:runs/pretrain) ',
     'skip',
