@@ -9,9 +9,7 @@ highest matmul precision.
 """
 
 import dataclasses
-import functools
 
-import flax
 import jax
 import numpy as np
 import pytest
@@ -21,9 +19,7 @@ import convert_torch_weights
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.checkpoints import init_from
-from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax.objective import draws as draws_lib
 from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.reference import checkpoints as reference_checkpoints
@@ -33,6 +29,7 @@ from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
 from tests.helpers import models
+from tests.helpers import params as params_lib
 
 N, M = 3, 3  # micro-batches before the hand-over, and after it
 BATCH = 4
@@ -108,24 +105,6 @@ def torch_micro_batch(trainer, adamw, config, batch, draws, step: int, tables) -
   return lr
 
 
-def relative_errors(params, torch_model, model_config) -> dict[str, float]:
-  expected = mapping.torch_to_flax({k: v.detach().numpy() for k, v in torch_model.state_dict().items()}, model_config)
-  got = flax.traverse_util.flatten_dict(params)
-  return {
-    '/'.join(path): float(np.abs(np.asarray(got[path]) - e).max() / np.abs(e).max())
-    for path, e in flax.traverse_util.flatten_dict(expected).items()
-  }
-
-
-@functools.cache
-def tables_for(schedule: str, timesteps: int):
-  table = diffusion.make_schedule(schedule, timesteps)
-  return (
-    torch.tensor(np.asarray(table.sqrt_alphas_cumprod)),
-    torch.tensor(np.asarray(table.sqrt_one_minus_alphas_cumprod)),
-  )
-
-
 @pytest.mark.slow  # one compiled train step (about 10 s on 2 cores) and 2 x (N + M) PyTorch micro-batches
 def test_pytorch_run_continued_in_lgdlm_jax_matches_pytorch_continuing(tmp_path):
   config = make_config()
@@ -135,7 +114,7 @@ def test_pytorch_run_continued_in_lgdlm_jax_matches_pytorch_continuing(tmp_path)
   step_key = jax.random.split(jax.random.key(config.training.seed), 3)[1]  # the loop's step key
   data = batches(config, N + M)
   draws = [jax_draws(config, step_key, s) for s in range(N + M)]
-  tables = tables_for(model_config.latent_beta_schedule, model_config.latent_timesteps)
+  tables = models.torch_noise_tables(model_config)
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # torch's and XLA's threads fight for the 2 cores otherwise
   try:
@@ -180,12 +159,12 @@ def test_pytorch_run_continued_in_lgdlm_jax_matches_pytorch_continuing(tmp_path)
 
     state, lrs = continue_from(state)
     np.testing.assert_allclose(lrs, torch_lrs, rtol=1e-6)
-    errors = relative_errors(jax.device_get(state.params), torch_model, model_config)
+    errors = params_lib.relative_errors(jax.device_get(state.params), torch_model, model_config)
     assert max(errors.values()) <= TOL, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
 
     # The comparison can fail: the same weights and step with the moments started afresh land elsewhere.
     zeros = jax.tree_util.tree_map(np.zeros_like, initial.weights.moments.mu)
     restarted = dataclasses.replace(initial.weights, moments=moments.AdamMoments(0, zeros, zeros, {}))
     no_moments, _ = continue_from(init_from.apply(init_from.Initial(restarted, with_optimizer=True), fresh, shardings))
-  errors = relative_errors(jax.device_get(no_moments.params), torch_model, model_config)
+  errors = params_lib.relative_errors(jax.device_get(no_moments.params), torch_model, model_config)
   assert max(errors.values()) > 100 * TOL

@@ -14,7 +14,6 @@ import torch
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.objective.mode_schedule import Mode
 from lgdlm_jax.reference import stable_loss
@@ -41,13 +40,6 @@ def make_config(**model):
   # the frameworks into differences of lr / 20; the comparison is of the freezing, not of that.
   config.optimizer.update(lr=3e-3, beta1=0.9, beta2=0.99, eps=1e-6, weight_decay=0.1, grad_clip_norm=0.5)
   return config_lib.finalize(config)
-
-
-def tables(config):
-  schedule = diffusion.make_schedule(config.model.latent_beta_schedule, config.model.latent_timesteps)
-  return torch.tensor(np.asarray(schedule.sqrt_alphas_cumprod)), torch.tensor(
-    np.asarray(schedule.sqrt_one_minus_alphas_cumprod)
-  )
 
 
 def make_batch(config, seed):
@@ -77,7 +69,13 @@ class FrozenUnitsTest(parameterized.TestCase):
     for name, p in torch_model.named_parameters():
       p.requires_grad_(stable_trainer.parameter_group(name) not in stable_trainer.FROZEN[mode])
     total, _ = stable_loss.stable_loss(
-      torch_model, *torch_batch_and_draws(batch, draws), mode, MASK_TOKEN_ID, 0.5, tables(config), 'epsilon'
+      torch_model,
+      *torch_batch_and_draws(batch, draws),
+      mode,
+      MASK_TOKEN_ID,
+      0.5,
+      models.torch_noise_tables(config.model),
+      'epsilon',
     )
     total.backward()
     without_grad = {n: np.full(p.shape, p.grad is None, np.float32) for n, p in torch_model.named_parameters()}
@@ -174,17 +172,7 @@ class FreezingTest(parameterized.TestCase):
     states = run_steps(modes, rng)
     _, params = models.build_pair(config.model)
     torch_model = models.build_pair(config.model)[0]
-    opt = config.optimizer
-    trainer = stable_trainer.StableTrainer(
-      torch_model,
-      betas=(opt.beta1, opt.beta2),
-      eps=opt.eps,
-      weight_decay=opt.weight_decay,
-      clip_norm=opt.grad_clip_norm,
-      mask_token_id=MASK_TOKEN_ID,
-      latent_loss_weight=config.loss.latent_loss_weight,
-      tables=tables(config),
-    )
+    trainer = models.stable_twin(config, torch_model, MASK_TOKEN_ID)
     lr = optimizer_lib.learning_rate_schedule(config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -29,16 +29,14 @@ from lgdlm_jax.convert import converted
 from lgdlm_jax.convert import mapping
 from lgdlm_jax.convert import moments as moments_lib
 from lgdlm_jax.convert import update_counts
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax.reference import checkpoints as reference_checkpoints
-from lgdlm_jax.reference import stable_trainer
 from lgdlm_jax.training import freezing
 from lgdlm_jax.training import modes as modes_lib
 from lgdlm_jax.training import optimizer as optimizer_lib
 from lgdlm_jax.training import sharding
 from lgdlm_jax.training import step as train
 from tests.helpers import models
-from tests.helpers.params import random_params
+from tests.helpers import params as params_lib
 
 SCHEDULE = (('unconditional', 2), ('l2t', 2), ('t2l', 2))
 N, M = 3, 3  # steps before the hand-over (inside l2t), and after it (the rest of l2t, then t2l)
@@ -103,39 +101,16 @@ def twin_step(trainer, config, step: int, rng) -> None:
   trainer.step(torch_batch, torch_draws, reference_mode(step), lr)
 
 
-def relative_errors(params, torch_model, model_config) -> dict[str, float]:
-  expected = mapping.torch_to_flax({k: v.detach().numpy() for k, v in torch_model.state_dict().items()}, model_config)
-  got = flax.traverse_util.flatten_dict(params)
-  return {
-    '/'.join(path): float(np.abs(np.asarray(got[path]) - e).max() / np.abs(e).max())
-    for path, e in flax.traverse_util.flatten_dict(expected).items()
-  }
-
-
 @pytest.mark.slow  # two compiled train steps (l2t, t2l) and N + M twin steps
 def test_latentdlm_run_continued_mid_schedule_matches_the_twin_continuing(tmp_path, capsys):
   config = make_config(tmp_path)
   model_config = config.model
   rng = jax.random.key(2)
-  schedule = diffusion.make_schedule(model_config.latent_beta_schedule, model_config.latent_timesteps)
-  tables = tuple(
-    torch.tensor(np.asarray(t)) for t in (schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod)
-  )
-  opt = config.optimizer
   threads = torch.get_num_threads()
   torch.set_num_threads(1)  # torch's and XLA's threads fight for the 2 cores otherwise
   try:
     torch_model, _ = models.build_pair(model_config, seed=5)
-    trainer = stable_trainer.StableTrainer(
-      torch_model,
-      betas=(opt.beta1, opt.beta2),
-      eps=opt.eps,
-      weight_decay=opt.weight_decay,
-      clip_norm=opt.grad_clip_norm,
-      mask_token_id=MASK_TOKEN_ID,
-      latent_loss_weight=config.loss.latent_loss_weight,
-      tables=tables,
-    )
+    trainer = models.stable_twin(config, torch_model, MASK_TOKEN_ID)
     for step in range(N):
       twin_step(trainer, config, step, rng)
     # latentDLM saves after N steps with TrainingState.step = N, its trainer's buffers beside `model.*`.
@@ -182,7 +157,7 @@ def test_latentdlm_run_continued_mid_schedule_matches_the_twin_continuing(tmp_pa
 
     state, modes = continue_from(state)
     assert modes == [MODE_CODES[reference_mode(s)] for s in range(N, N + M)] == [1, 2, 2]
-    errors_ = relative_errors(jax.device_get(state.params), torch_model, model_config)
+    errors_ = params_lib.relative_errors(jax.device_get(state.params), torch_model, model_config)
     assert max(errors_.values()) <= TOL, sorted(errors_.items(), key=lambda kv: -kv[1])[:5]
 
     # The comparison can fail: every tensor continuing from the one count N lands elsewhere.
@@ -190,13 +165,13 @@ def test_latentdlm_run_continued_mid_schedule_matches_the_twin_continuing(tmp_pa
       initial.weights, moments=dataclasses.replace(initial.weights.moments, unit_updates=None)
     )
     one, _ = continue_from(init_from.apply(init_from.Initial(one_count, with_optimizer=True), fresh, shardings))
-  errors_ = relative_errors(jax.device_get(one.params), torch_model, model_config)
+  errors_ = params_lib.relative_errors(jax.device_get(one.params), torch_model, model_config)
   assert max(errors_.values()) > 100 * TOL
 
 
 def test_counts_that_differ_within_one_tensor_are_an_error_naming_it():
   model_config = make_config().model
-  counts = jax.tree_util.tree_map(lambda x: np.full(x.shape, 4, np.int32), random_params(model_config, 0))
+  counts = jax.tree_util.tree_map(lambda x: np.full(x.shape, 4, np.int32), params_lib.random_params(model_config, 0))
   flat = flax.traverse_util.flatten_dict(counts)
   assert update_counts.to_units(counts)['text_head']['kernel'] == 4
   flat[('mmdit', 'blocks', 'feedforwards_0', 'ff_2', 'kernel')][0, 1, 2] = 5
@@ -209,13 +184,16 @@ def test_counts_that_differ_within_one_tensor_are_an_error_naming_it():
 def test_per_unit_counts_round_trip_through_torch():
   """A pretraining run's AdamW state -> torch's optimizer state dict (each tensor its own step) -> back."""
   model_config = make_config(n_blocks=2).model
-  params = random_params(model_config, 0)
+  params = params_lib.random_params(model_config, 0)
   adam = freezing.freezable_adamw(lambda count: 1e-3, 0.9, 0.99, 1e-6, 0.1)
   unit_updates = jax.tree_util.tree_map(lambda c: np.full(c.shape, 7, np.int32), adam.init(params).unit_count)
   unit_updates['latent_head_3']['kernel'] = np.int32(5)
   unit_updates['mmdit']['blocks']['feedforwards_1']['ff_2']['kernel'] = np.array([[[7]], [[6]]], np.int32)
   unit_updates['text_encoder']['token_embed']['embedding'] = np.int32(0)
-  mu, nu = random_params(model_config, 1), jax.tree_util.tree_map(np.abs, random_params(model_config, 2))
+  mu, nu = (
+    params_lib.random_params(model_config, 1),
+    jax.tree_util.tree_map(np.abs, params_lib.random_params(model_config, 2)),
+  )
   for tree in (mu, nu):  # torch keeps no state for a tensor without updates: its moments are zero
     tree['text_encoder']['token_embed']['embedding'][...] = 0
   opt_state = moments_lib.into_opt_state(adam.init(params), moments_lib.AdamMoments(7, mu, nu, {}, unit_updates), 9)
@@ -236,7 +214,7 @@ def test_per_unit_counts_round_trip_through_torch():
 
 def test_init_from_refuses_more_updates_than_steps(tmp_path):
   config = make_config(tmp_path)
-  params = random_params(config.model, 0)
+  params = params_lib.random_params(config.model, 0)
   unit_updates = jax.tree_util.tree_map(lambda x: np.full((), 2, np.int32), params)
   unit_updates['mmdit']['blocks'] = jax.tree_util.tree_map(
     lambda x: np.full((x.shape[0],) + (1,) * (x.ndim - 1), 4, np.int32), params['mmdit']['blocks']
@@ -250,7 +228,7 @@ def test_init_from_refuses_more_updates_than_steps(tmp_path):
 def test_a_pretraining_workdir_is_a_source_with_its_unit_counts(tmp_path):
   """init_from of another lgdlm_jax pretraining run: its per-unit counts come back as they were saved."""
   config = make_config()
-  params = random_params(config.model, 0)
+  params = params_lib.random_params(config.model, 0)
   optimizer = optimizer_lib.make_optimizer(config)
   opt_state = optimizer.init(params)
   unit_updates = jax.tree_util.tree_map(lambda c: np.full(c.shape, 5, np.int32), opt_state[-1].unit_count)

@@ -25,7 +25,6 @@ from lgdlm_jax import model as model_lib
 from lgdlm_jax.model import passes as model_passes
 from lgdlm_jax.objective import cycle_schedule
 from lgdlm_jax.objective import cycle_vae
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax.objective import draws as draws_lib
 from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.objective import terms as terms_lib
@@ -126,11 +125,7 @@ def draws_for(config, seed: int = 0):
 def torch_loss_and_grads(config, batch, draws, step, torch_model=None):
   """The torch twin's terms (floats) and its gradients converted to the Flax layout."""
   torch_model = torch_model or torch_pair()[0]
-  schedule = diffusion.make_schedule(config.model.latent_beta_schedule, config.model.latent_timesteps)
-  tables = (
-    torch.tensor(np.asarray(schedule.sqrt_alphas_cumprod)),
-    torch.tensor(np.asarray(schedule.sqrt_one_minus_alphas_cumprod)),
-  )
+  tables = models.torch_noise_tables(config.model)
   torch_batch = dict(
     input_ids=torch.tensor(batch['input_ids']).long(),
     attention_mask=torch.tensor(batch['attention_mask']),

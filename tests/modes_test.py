@@ -21,7 +21,6 @@ from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
 from lgdlm_jax import model as model_lib
 from lgdlm_jax.errors import ConfigError
-from lgdlm_jax.objective import diffusion
 from lgdlm_jax.objective import latentdlm
 from lgdlm_jax.objective import options as options_lib
 from lgdlm_jax.objective import terms as terms_lib
@@ -74,11 +73,7 @@ def compiled(mode: str, parameterization: str):
 
 def torch_terms_and_grads(config, batch, draws, mode):
   torch_model = torch_pair()[0]
-  schedule = diffusion.make_schedule(config.model.latent_beta_schedule, config.model.latent_timesteps)
-  tables = (
-    torch.tensor(np.asarray(schedule.sqrt_alphas_cumprod)),
-    torch.tensor(np.asarray(schedule.sqrt_one_minus_alphas_cumprod)),
-  )
+  tables = models.torch_noise_tables(config.model)
   torch_batch = dict(
     input_ids=torch.tensor(batch['input_ids']).long(),
     attention_mask=torch.tensor(batch['attention_mask']),

@@ -1,5 +1,6 @@
 """A tiny model config, the PyTorch twin and the same weights in Flax, and seeded model inputs."""
 
+import functools
 import random
 
 import ml_collections
@@ -8,7 +9,9 @@ import torch
 
 from lgdlm_jax import config as config_lib
 from lgdlm_jax import convert
+from lgdlm_jax.objective import diffusion
 from lgdlm_jax.reference import model as reference_model
+from lgdlm_jax.reference import stable_trainer
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -29,6 +32,35 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   with cfg.ignore_type():
     cfg.update(overrides)
   return cfg
+
+
+def torch_noise_tables(model_config: ml_collections.ConfigDict) -> tuple[torch.Tensor, torch.Tensor]:
+  """The latent schedule's sqrt(alpha_bar) and sqrt(1 - alpha_bar) per step, as the PyTorch twins index them."""
+  return _noise_tables(model_config.latent_beta_schedule, model_config.latent_timesteps)
+
+
+@functools.cache
+def _noise_tables(schedule: str, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+  table = diffusion.make_schedule(schedule, timesteps)
+  return (
+    torch.tensor(np.asarray(table.sqrt_alphas_cumprod)),
+    torch.tensor(np.asarray(table.sqrt_one_minus_alphas_cumprod)),
+  )
+
+
+def stable_twin(config: ml_collections.ConfigDict, torch_model, mask_token_id: int) -> stable_trainer.StableTrainer:
+  """The PyTorch twin of latentDLM's stable train step over `torch_model`, with the config's optimizer and loss."""
+  opt = config.optimizer
+  return stable_trainer.StableTrainer(
+    torch_model,
+    betas=(opt.beta1, opt.beta2),
+    eps=opt.eps,
+    weight_decay=opt.weight_decay,
+    clip_norm=opt.grad_clip_norm,
+    mask_token_id=mask_token_id,
+    latent_loss_weight=config.loss.latent_loss_weight,
+    tables=torch_noise_tables(config.model),
+  )
 
 
 # The samplers' tiny vocabulary and its [MASK] id.
